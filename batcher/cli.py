@@ -1,0 +1,218 @@
+"""The `batcher` command: options in, one call into `session`, results out. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import click
+
+from batcher import report, session, views
+from batcher.config import db_from
+from batcher.emulator import EmulatorConfig, Latency
+from batcher.emulator.command import emulator
+from batcher.errors import BatcherError, ManifestError
+from batcher.models import OnUnknown
+from batcher.store import Store
+
+T = TypeVar("T")
+MAX_PROBLEMS_SHOWN = 50
+
+
+def _usd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.lstrip("$"))
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not an amount in USD") from None
+    if not amount.is_finite() or amount < 0:
+        raise click.BadParameter("must be a non-negative amount in USD")
+    return amount
+
+
+def _latency(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Latency | None:
+    if value is None:
+        return None
+    try:
+        return Latency.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _fail(error: BatcherError) -> None:
+    if isinstance(error, ManifestError):
+        problems = error.problems
+        click.echo(f"batcher: the manifest is not valid ({len(problems)} problems); nothing was written:", err=True)
+        for p in problems[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"  {p}", err=True)
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            click.echo(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+    else:
+        click.echo(f"batcher: error: {error.message}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except BatcherError as e:
+        _fail(e)
+        raise AssertionError("unreachable") from None
+
+
+def _with_db(f: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--db", "db", metavar="PATH|URL", help="job store: a SQLite path or a database URL "
+                  "[env BATCHER_DB; default ./batcher.db]")  # fmt: skip
+    @functools.wraps(f)
+    def wrapper(*args: Any, db: str | None, **kwargs: Any) -> Any:
+        return f(*args, db=db_from(db), **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="more log lines on stderr (-vv for debug)")
+def main(verbose: int) -> None:
+    """Run thousands of paid image generations as one resumable, rate-limited, cost-accounted batch."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+main.add_command(emulator)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--db", "db", metavar="PATH|URL", help="count tasks already done in this store (read only)")
+@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool) -> None:
+    """Dry run: what MANIFEST will cost. No network; writes nothing."""
+    est = _run(session.dry_run(manifest, db, price))
+    if as_json:
+        click.echo(json.dumps(est.as_json(), indent=2))
+    else:
+        views.estimate_table(est)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_with_db
+@click.option("--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)")
+@click.option("--emulate-latency", callback=_latency, metavar="DIST", help="emulator latency: fixed:S, uniform:LO:HI, lognormal:MEDIAN:SIGMA")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="RPS", help="account-wide requests per second (creates and polls)")
+@click.option("--max-in-flight", type=click.IntRange(min=1), help="tasks between create and download at once")
+@click.option("--max-cost", callback=_usd, metavar="USD", help="budget: start no create that could pass it")
+@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="creates sent per task before it fails")
+@click.option("--on-unknown", type=click.Choice([o.value for o in OnUnknown]), default=OnUnknown.RESUBMIT.value,
+              show_default=True, help="a task whose create may have reached the API: create again, or fail it")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="no progress display")
+def run(manifest: str, db: str, emulate: bool, emulate_latency: Latency | None, rate: float | None,
+        max_in_flight: int | None, max_cost: Decimal | None, price: Decimal | None, max_attempts: int | None,
+        on_unknown: str, as_json: bool, quiet: bool) -> None:  # fmt: skip
+    """Import MANIFEST and drive every task to a final state. Run it again to resume."""
+    emu = EmulatorConfig(latency=emulate_latency or session.DEMO_LATENCY)
+    opts = session.RunOptions(manifest, db, emulate, rate, max_in_flight, max_cost, price, OnUnknown(on_unknown),
+                              max_attempts, emu)  # fmt: skip
+    progress = None if quiet else functools.partial(views.live_progress, enabled=True)
+    outcome = _run(session.run_job(opts, show_progress=progress))
+    head = outcome.summary
+    if as_json:
+        click.echo(json.dumps(head, indent=2))
+    else:
+        views.summary_lines(head)
+    result = outcome.result
+    if result.error is not None:
+        click.echo(f"batcher: error: {result.error.message}", err=True)
+    elif result.reason == "interrupted":
+        click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}", err=True)
+    elif result.reason == "budget":
+        click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
+                   f"{result.left} tasks left to do", err=True)  # fmt: skip
+    sys.exit(outcome.exit_code)
+
+
+@main.command()
+@_with_db
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def status(db: str, as_json: bool) -> None:
+    """Jobs in the store with their tasks per status, and the workers at work."""
+
+    async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+        store = await Store.open(db)
+        try:
+            return await store.status_counts(), [dict(w) for w in await store.live_workers()]
+        finally:
+            await store.close()
+
+    counts, workers = _run(go())
+    if as_json:
+        click.echo(json.dumps({"jobs": counts, "workers": workers}, indent=2))
+    else:
+        views.status_table(counts, workers)
+
+
+@main.command("report")
+@click.argument("job", required=False)
+@_with_db
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="write to FILE instead of stdout")
+def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
+    """Every task of JOB with its file, cost and error, and the job's summary."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        try:
+            jobs = await store.jobs()
+            if job is None and len(jobs) != 1:
+                names = ", ".join(j.name for j in jobs) or "none"
+                raise BatcherError(f"name the job to report on (jobs in the store: {names})")
+            the_job = await store.job(job) if job is not None else jobs[0]
+            head = await session.job_summary(store, the_job)
+            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+            try:
+                if fmt == "json":
+                    await report.write_json(out, head, report.rows(store, the_job))
+                elif fmt == "csv":
+                    await report.write_csv(out, report.rows(store, the_job))
+                else:
+                    views.report_table(head, [r async for r in report.rows(store, the_job)])
+            finally:
+                if output:
+                    out.close()
+        finally:
+            await store.close()
+
+    _run(go())
+
+
+@main.group()
+def db() -> None:
+    """The job store's schema."""
+
+
+@db.command("upgrade")
+@_with_db
+def db_upgrade(db: str) -> None:
+    """Create the store or bring its schema to the newest migration."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        await store.close()
+
+    _run(go())
+    click.echo(f"job store {db} is at the newest schema")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())  # type: ignore[func-returns-value]

@@ -1,0 +1,364 @@
+"""The LinkModel API over aiohttp: create, query, download, each turned into a typed outcome.
+
+Accepts both shapes the contract lists (`msg`/`message`, `file_url`/`output_images`, `Pending`, `Cancelled`,
+a non-zero `code` under HTTP 200). The API key goes only to the API's own origin (never to a file host) and
+never into an outcome, a record or an error message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from batcher.models import CallRecord
+from batcher.ratelimit import RateGate
+from batcher.retry import parse_retry_after
+
+DEFAULT_BASE_URL = "https://api.linkmodel.ai/api/v1"
+MAX_REPLY_BYTES = 1 << 20  # an API envelope larger than this is malformed
+DETAIL_CHARS = 300  # of an error message kept in the ledger
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    TRANSIENT = "transient"  # not done; safe to try again (nothing was created)
+    RATE_LIMITED = "rate_limited"  # 429: not done; the whole pool waits
+    PERMANENT = "permanent"  # 400 and the like: trying again cannot help
+    AUTH = "auth"  # 401/403: stop the run
+    NOT_FOUND = "not_found"  # 404 on a task id
+    AMBIGUOUS = "ambiguous"  # a create that may or may not have been accepted
+    EXPIRED = "expired"  # a file URL that no longer serves: query again for a fresh one
+
+
+class Generation(enum.StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = DEFAULT_BASE_URL
+    images_field: str = "images"  # the edit request's field for input images (LINKMODEL.md: our choice)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    total_timeout_s: float = 120.0
+    max_connections: int = 32
+    max_image_bytes: int = 40 << 20  # a 4K PNG is well under this; anything larger is not an image
+
+
+@dataclass(frozen=True)
+class Reply:
+    outcome: Outcome
+    call: CallRecord
+    message: str = ""
+    data: dict[str, Any] | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CreateReply(Reply):
+    remote_id: str | None = None
+    price_micros: int | None = None
+
+
+@dataclass(frozen=True)
+class QueryReply(Reply):
+    generation: Generation | None = None
+    urls: tuple[str, ...] = ()
+
+
+class Sink(Protocol):
+    """Where a download's bytes go (outputs.AtomicFile is one)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+
+class ApiClient:
+    """One aiohttp session with a bounded pool; every API request first passes the shared rate gate."""
+
+    def __init__(self, settings: ApiSettings, api_key: str, gate: RateGate) -> None:
+        self.settings = settings
+        self.gate = gate
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._origin = _origin(settings.base_url)
+        self._base = settings.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(
+                total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
+            ),
+            headers={"User-Agent": "batcher/0.1"},
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        return self._session
+
+    # --- create -------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        model: str,
+        prompt: str,
+        quality: str,
+        size: str,
+        images: tuple[str, ...] = (),
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> CreateReply:
+        """POST a generation. `before_send` runs after the rate gate and just before the request leaves (the
+        worker commits its intent there, so the unknown window is as small as the store allows)."""
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "quality": quality, "size": size}
+        if images:
+            body[self.settings.images_field] = list(images)
+        await self.gate.acquire(priority=False)
+        if before_send is not None:
+            await before_send()
+        reply = await self._call("create", "POST", f"{self._base}/image-generation", json_body=body)
+        if reply.outcome is not Outcome.OK or reply.data is None:
+            return CreateReply(reply.outcome, reply.call, reply.message, reply.data, reply.retry_after_s)
+        remote_id = reply.data.get("task_id")
+        if not isinstance(remote_id, str | int) or not str(remote_id):
+            # a 200 without a usable id: the service may have created it all the same
+            return CreateReply(
+                Outcome.AMBIGUOUS,
+                _with(reply.call, outcome=Outcome.AMBIGUOUS, detail="create reply has no task_id"),
+                "create reply has no task_id",
+            )
+        price = _micros(reply.data.get("price"))
+        call = _with(reply.call, remote_task_id=str(remote_id), price_micros=price)
+        return CreateReply(Outcome.OK, call, "", reply.data, None, str(remote_id), price)
+
+    # --- query --------------------------------------------------------------------------------------
+
+    async def query(self, remote_id: str) -> QueryReply:
+        await self.gate.acquire(priority=True)
+        reply = await self._call(
+            "query", "GET", f"{self._base}/query/image-generation", params={"task_id": remote_id}, remote_id=remote_id
+        )
+        if reply.outcome is not Outcome.OK or reply.data is None:
+            outcome = Outcome.TRANSIENT if reply.outcome is Outcome.AMBIGUOUS else reply.outcome
+            return QueryReply(
+                outcome, _with(reply.call, outcome=outcome), reply.message, reply.data, reply.retry_after_s
+            )
+        data = reply.data
+        status = str(data.get("status", "")).strip().lower()
+        if status in ("processing", "pending", "queued", "running"):
+            return QueryReply(Outcome.OK, reply.call, "", data, None, Generation.RUNNING)
+        if status in ("success", "succeeded", "completed"):
+            urls = _urls(data)
+            if not urls:
+                msg = "generation succeeded but the reply names no file"
+                return QueryReply(Outcome.TRANSIENT, _with(reply.call, outcome=Outcome.TRANSIENT, detail=msg), msg)
+            return QueryReply(Outcome.OK, reply.call, "", data, None, Generation.SUCCESS, urls)
+        if status in ("failed", "cancelled", "canceled"):
+            reason = str(data.get("msg") or data.get("message") or data.get("error") or status)[:DETAIL_CHARS]
+            gen = Generation.FAILED if status == "failed" else Generation.CANCELLED
+            return QueryReply(Outcome.OK, _with(reply.call, detail=reason), reason, data, None, gen)
+        msg = f"unknown task status {status!r}"
+        return QueryReply(Outcome.TRANSIENT, _with(reply.call, outcome=Outcome.TRANSIENT, detail=msg), msg)
+
+    # --- download -----------------------------------------------------------------------------------
+
+    async def download(self, url: str, sink: Sink) -> Reply:
+        """Stream `url` into `sink`, refusing non-HTTP schemes and anything larger than an image can be."""
+        start, at = time.monotonic(), time.time()
+
+        def done(outcome: Outcome, status: int | None, message: str = "") -> Reply:
+            call = CallRecord(
+                "download",
+                outcome,
+                status,
+                (time.monotonic() - start) * 1000,
+                at,
+                detail=message[:DETAIL_CHARS] or None,
+            )
+            return Reply(outcome, call, message)
+
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            return done(Outcome.PERMANENT, None, f"refused a file URL with scheme {scheme or '(none)'!r}")
+        cap = self.settings.max_image_bytes
+        # the key is for the API only: a file host (a CDN in the field) never sees it
+        headers = self._auth if _origin(url) == self._origin else {}
+        try:
+            async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
+                if resp.status in (403, 404, 410):
+                    return done(Outcome.EXPIRED, resp.status, f"file URL answered HTTP {resp.status}")
+                if resp.status == 429 or resp.status >= 500:
+                    return done(Outcome.TRANSIENT, resp.status, f"file host answered HTTP {resp.status}")
+                if resp.status != 200:
+                    return done(Outcome.PERMANENT, resp.status, f"file host answered HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > cap:
+                    return done(
+                        Outcome.PERMANENT,
+                        resp.status,
+                        f"file is {resp.content_length} bytes, more than an image can be ({cap})",
+                    )
+                got = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    got += len(chunk)
+                    if got > cap:
+                        return done(Outcome.PERMANENT, resp.status, f"file exceeds {cap} bytes: not an image")
+                    sink.write(chunk)
+                if resp.content_length is not None and got != resp.content_length:
+                    return done(Outcome.TRANSIENT, resp.status, f"download cut short at {got} bytes")
+                return done(Outcome.OK, resp.status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            return done(Outcome.TRANSIENT, None, f"download failed: {_describe(e)}")
+
+    # --- the envelope -------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        remote_id: str | None = None,
+    ) -> Reply:
+        start, at = time.monotonic(), time.time()
+        status: int | None = None
+
+        def done(
+            outcome: Outcome, message: str = "", data: dict[str, Any] | None = None, retry_after: float | None = None
+        ) -> Reply:
+            if outcome is Outcome.RATE_LIMITED:
+                self.gate.rate_limited(retry_after)
+            elif outcome is not Outcome.TRANSIENT or status is not None:
+                self.gate.answered()
+            call = CallRecord(
+                kind,
+                outcome,
+                status,
+                (time.monotonic() - start) * 1000,
+                at,
+                remote_id,
+                detail=message[:DETAIL_CHARS] or None,
+            )
+            return Reply(outcome, call, message, data, retry_after)
+
+        headers = {**self._auth, "X-Request-Id": uuid.uuid4().hex}
+        try:
+            async with self.session.request(method, url, json=json_body, params=params, headers=headers) as resp:
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+                raw = await resp.content.read(MAX_REPLY_BYTES + 1)
+        except aiohttp.ClientConnectorError as e:  # never reached the server: nothing was created
+            return done(Outcome.TRANSIENT, f"cannot connect: {_describe(e)}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            # the request may have been received: a create is ambiguous, a query merely failed
+            outcome = Outcome.AMBIGUOUS if kind == "create" else Outcome.TRANSIENT
+            return done(outcome, f"no reply: {_describe(e)}")
+        envelope = _envelope(raw)
+        if envelope is None:
+            if status == 429:
+                return done(Outcome.RATE_LIMITED, "HTTP 429", None, retry_after)
+            if status >= 500 or status in (408, 425):
+                return done(Outcome.TRANSIENT, f"HTTP {status} with a body that is not an API envelope")
+            if status == 200 and kind == "create":
+                return done(Outcome.AMBIGUOUS, "HTTP 200 with a malformed body: the create may have been accepted")
+            if status in (401, 403):
+                return done(Outcome.AUTH, f"HTTP {status}")
+            return done(
+                Outcome.TRANSIENT if status == 200 else Outcome.PERMANENT,
+                f"HTTP {status} with a body that is not an API envelope",
+            )
+        code, message, data = envelope
+        if code == 0 and status < 300:
+            return done(Outcome.OK, "", data)
+        effective = code if code not in (0, None) else status
+        message = message or f"HTTP {status}"
+        return done(_classify(effective), f"{message} (code {effective})", data, retry_after)
+
+
+def _classify(code: int) -> Outcome:
+    if code == 429:
+        return Outcome.RATE_LIMITED
+    if code in (401, 403):
+        return Outcome.AUTH
+    if code == 404:
+        return Outcome.NOT_FOUND
+    if code in (408, 425) or code >= 500:
+        return Outcome.TRANSIENT
+    if 400 <= code < 500:
+        return Outcome.PERMANENT
+    return Outcome.TRANSIENT
+
+
+def _envelope(raw: bytes) -> tuple[int, str, dict[str, Any]] | None:
+    """(code, message, data) of a LinkModel envelope; None when the body is not one."""
+    if len(raw) > MAX_REPLY_BYTES:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or "code" not in doc:
+        return None
+    try:
+        code = int(doc["code"])
+    except (TypeError, ValueError):
+        return None
+    message = doc.get("msg") or doc.get("message") or ""
+    data = doc.get("data")
+    return code, str(message)[:DETAIL_CHARS], data if isinstance(data, dict) else {}
+
+
+def _urls(data: dict[str, Any]) -> tuple[str, ...]:
+    url = data.get("file_url")
+    if isinstance(url, str) and url:
+        return (url,)
+    images = data.get("output_images")
+    if isinstance(images, list):
+        return tuple(u for u in images if isinstance(u, str) and u)
+    return ()
+
+
+def _micros(price: Any) -> int | None:
+    if price is None or isinstance(price, bool):
+        return None
+    try:
+        value = Decimal(str(price))
+    except InvalidOperation:
+        return None
+    return round(value * 1_000_000) if value.is_finite() and value >= 0 else None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _with(call: CallRecord, **changes: Any) -> CallRecord:
+    return replace(call, **changes)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}"[:DETAIL_CHARS] if text != type(e).__name__ else text

@@ -1,0 +1,86 @@
+"""Run settings: command line over manifest over environment over defaults. Pure: the environment is passed in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from batcher.client import DEFAULT_BASE_URL, ApiSettings
+from batcher.errors import ConfigError, UnknownPriceError
+from batcher.models import MODELS, OnUnknown
+from batcher.polling import PollPolicy
+from batcher.retry import RetryPolicy
+
+DEFAULT_DB = "batcher.db"
+DEFAULT_MAX_IN_FLIGHT = 64  # tasks between create and download at once; polls mostly just wait
+LEASE_S = 30.0  # a claim not renewed for this long is taken over (procrastinate: 30 s of silence)
+HEARTBEAT_S = 10.0
+
+
+def db_from(option: str | None, env: Mapping[str, str] = os.environ) -> str:
+    return option or env.get("BATCHER_DB") or DEFAULT_DB
+
+
+def unit_price(model: str, override: Decimal | None) -> Decimal:
+    """The price of one successful call: an explicit override, else the model's published price."""
+    if override is not None:
+        return override
+    facts = MODELS.get(model)
+    if facts is None or facts.price_usd is None:
+        raise UnknownPriceError(
+            f"no price is known for model {model!r}: set price_usd in the manifest or --price on the command line"
+        )
+    return facts.price_usd
+
+
+def micros(usd: Decimal) -> int:
+    return round(usd * 1_000_000)
+
+
+def usd(micros_: int) -> Decimal:
+    return (Decimal(micros_) / 1_000_000).quantize(Decimal("0.000001")).normalize()
+
+
+def fmt_usd(micros_: int) -> str:
+    """$0.067 for small sums, $12.40 for larger ones."""
+    value = Decimal(micros_) / 1_000_000
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.3f}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    api: ApiSettings = field(default_factory=ApiSettings)
+    requests_per_second: float | None = None  # None: no client-side limit (429s still pause the pool)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
+    on_unknown: OnUnknown = OnUnknown.RESUBMIT
+    budget_micros: int | None = None
+    lease_s: float = LEASE_S
+    heartbeat_s: float = HEARTBEAT_S
+
+    def __post_init__(self) -> None:
+        if self.requests_per_second is not None and self.requests_per_second <= 0:
+            raise ConfigError("the request rate must be a positive number of requests per second")
+        if self.max_in_flight < 1:
+            raise ConfigError("--max-in-flight must be at least 1")
+        if self.budget_micros is not None and self.budget_micros < 0:
+            raise ConfigError("the budget cannot be negative")
+
+
+def api_settings(env: Mapping[str, str] = os.environ, base_url: str | None = None) -> ApiSettings:
+    url = base_url or env.get("LINKMODEL_BASE_URL") or DEFAULT_BASE_URL
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"LINKMODEL_BASE_URL must be an http(s) URL, not {url!r}")
+    return ApiSettings(base_url=url, images_field=env.get("LINKMODEL_IMAGES_FIELD", "images"))
+
+
+def api_key(env: Mapping[str, str] = os.environ) -> str:
+    key = env.get("LINKMODEL_API_KEY", "").strip()
+    if not key:
+        raise ConfigError(
+            "no API key: set LINKMODEL_API_KEY, or add --emulate to rehearse against the built-in emulator"
+        )
+    return key

@@ -1,0 +1,126 @@
+"""The errors a user can act on. Each one's docstring is its default message.
+
+The CLI turns any ``BatcherError`` into one line on stderr and the exit code it carries; nothing here ever
+holds the API key (messages are built from replies and specs, never from request headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED_TASKS = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+
+class BatcherError(Exception):
+    """batcher failed."""
+
+    exit_code = EXIT_FAILED_TASKS
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+# --- manifests and settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One fault in a manifest: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    column: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class ManifestError(BatcherError):
+    """The manifest is not valid; nothing was written."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0, p.message))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(BatcherError):
+    """A setting is missing or invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnknownPriceError(ConfigError):
+    """No price is known for this model: set price_usd in the manifest or --price on the command line."""
+
+
+# --- the store ----------------------------------------------------------------------------------------
+
+
+class StoreError(BatcherError):
+    """The job store cannot be used."""
+
+
+class StoreBusyError(StoreError):
+    """The job store is locked by another process; try again when it has finished."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The job store is read-only: check the file's and its folder's permissions."""
+
+
+class StoreFullError(StoreError):
+    """The disk holding the job store is full: free space, then run again to resume."""
+
+
+class JobNotFoundError(StoreError):
+    """No such job in the store."""
+
+    exit_code = EXIT_USAGE
+
+
+# --- the API ------------------------------------------------------------------------------------------
+
+
+class ApiError(BatcherError):
+    """The LinkModel API answered with an error."""
+
+
+class AuthError(ApiError):
+    """The API key was rejected (HTTP 401/403): check LINKMODEL_API_KEY. Nothing was lost; run again to resume."""
+
+    exit_code = EXIT_USAGE
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+class OutputError(BatcherError):
+    """The output directory cannot be written: check its permissions and free space, then run again."""
+
+
+class BudgetReachedError(BatcherError):
+    """The budget is reached."""
+
+    exit_code = EXIT_BUDGET
+
+
+class InterruptedRun(BatcherError):
+    """Interrupted."""
+
+    exit_code = EXIT_INTERRUPTED

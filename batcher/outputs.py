@@ -1,0 +1,99 @@
+"""Writing downloaded images: a temporary file beside the target, fsync, atomic rename; bytes never re-encoded
+(the C2PA manifest lives in them)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from batcher.errors import OutputError
+from batcher.imageinfo import SNIFF_BYTES, ImageInfo, extension, sniff
+
+_KNOWN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def target_path(output_dir: Path, filename: str) -> Path:
+    """`filename` under `output_dir`, refusing anything that would land outside it."""
+    root = output_dir.resolve()
+    path = (root / filename).resolve()
+    if path == root or root not in path.parents:
+        raise OutputError(f"file name {filename!r} would leave the output directory {output_dir}")
+    return path
+
+
+def with_real_extension(path: Path, info: ImageInfo) -> Path:
+    """The API may send JPEG where the template says .png: name the file for what it is."""
+    ext = extension(info.format)
+    if path.suffix.lower() == ext or (info.format == "jpeg" and path.suffix.lower() == ".jpeg"):
+        return path
+    if path.suffix.lower() in _KNOWN_EXTENSIONS:
+        return path.with_suffix(ext)
+    return path.with_name(path.name + ext)
+
+
+class AtomicFile:
+    """A download in progress. `finish()` verifies it is an image and renames it into place."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
+            self._file = open(self._tmp, "xb")
+        except OSError as e:
+            raise _output_error(e, final) from None
+        self._sha = hashlib.sha256()
+        self._head = bytearray()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if len(self._head) < SNIFF_BYTES:
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+        self._sha.update(chunk)
+        self.size += len(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            self.discard()
+            raise _output_error(e, self.final) from None
+
+    def image(self) -> ImageInfo | None:
+        return sniff(bytes(self._head))
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def finish(self, final: Path) -> None:
+        """Durably move the bytes to `final` (blocking: run it in a thread)."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, final)
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            self.discard()
+            raise _output_error(e, final) from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+def _output_error(e: OSError, path: Path) -> OutputError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left for {path}: free space, then run again to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {path}: permission denied; fix the output directory, then resume")
+    return OutputError(f"cannot write {path}: {e.strerror}")

@@ -1,0 +1,87 @@
+"""What a run did and cost: the summary and per-task rows, as plain values for the table, JSON and CSV views."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import IO, Any
+
+from batcher.config import usd
+from batcher.models import TaskStatus
+from batcher.store import Job, Ledger, Store
+
+ROW_FIELDS = (
+    "key", "prompt", "model", "quality", "size", "status", "attempts", "remote_task_id", "file", "sha256",
+    "cost_usd", "error", "possible_double_charge", "source",
+)  # fmt: skip
+
+
+def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[str, Any]:
+    c = ledger.counts
+    tasks = sum(c.values())
+    wall = None
+    if ledger.first_call_at is not None and ledger.last_call_at is not None:
+        wall = round(ledger.last_call_at - ledger.first_call_at, 3)
+    succeeded = c.get(TaskStatus.SUCCEEDED, 0)
+    budget = None if job.budget_micros is None else str(usd(job.budget_micros))
+    left = None if job.budget_micros is None else str(usd(max(job.budget_micros - ledger.cost_micros, 0)))
+    return {
+        "job": job.name,
+        "tasks": tasks,
+        "succeeded": succeeded,
+        "failed": c.get(TaskStatus.FAILED, 0),
+        "pending": tasks - succeeded - c.get(TaskStatus.FAILED, 0),
+        "retired": ledger.retired,
+        "status_counts": dict(sorted(c.items())),
+        "billed_calls": ledger.billed_calls,
+        "cost_usd": str(usd(ledger.cost_micros)),
+        "unit_price_usd": {m: str(usd(p)) for m, p in sorted(unit_micros.items())},
+        "budget_usd": budget,
+        "budget_left_usd": left,
+        "price_mismatches": ledger.price_mismatches,
+        "failed_generations": ledger.gen_failures,
+        "unknown_submissions": ledger.unknown_submissions,
+        "api_calls": dict(sorted(ledger.calls.items())),
+        "calls_per_image": round(sum(ledger.calls.values()) / succeeded, 3) if succeeded else None,
+        "rate_limited_429": ledger.rate_limited,
+        "wall_time_s": wall,
+    }
+
+
+async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
+    async for r in store.task_rows(job):
+        pending_old = r["status"] == TaskStatus.PENDING and r["import_gen"] < job.import_gen
+        yield {
+            "key": r["key"],
+            "prompt": r["prompt"],
+            "model": r["model"],
+            "quality": r["quality"],
+            "size": r["size"],
+            "status": "retired" if pending_old else r["status"],
+            "attempts": r["attempts"],
+            "remote_task_id": r["remote_task_id"],
+            "file": r["output_path"],
+            "sha256": r["sha256"],
+            "cost_usd": str(usd(r["cost_micros"])),
+            "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
+            "possible_double_charge": r["unknown_count"] > 0,
+            "source": r["source"],
+        }
+
+
+async def write_json(out: IO[str], head: dict[str, Any], task_rows: AsyncIterator[dict[str, Any]]) -> None:
+    """One JSON object {summary, tasks}, written row by row so a large job never sits in memory."""
+    out.write('{"summary": ' + json.dumps(head) + ', "tasks": [')
+    first = True
+    async for row in task_rows:
+        out.write(("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False))
+        first = False
+    out.write("\n]}\n")
+
+
+async def write_csv(out: IO[str], task_rows: AsyncIterator[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    async for row in task_rows:
+        writer.writerow(row)

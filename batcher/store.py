@@ -1,0 +1,677 @@
+"""The job store: every SQL statement batcher runs lives here (SQLite and PostgreSQL alike).
+
+Every change of a task's state is fenced by the claim token its worker holds (`WHERE id = :id AND
+claim_token = :token`): a worker whose lease expired and was taken over can no longer write (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from batcher import migrate
+from batcher.database import Writer, create_engine, database_url, redacted, translated
+from batcher.errors import JobNotFoundError
+from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
+from batcher.tables import api_calls, jobs, tasks, workers
+
+IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
+S = TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    name: str
+    manifest: str
+    output_dir: str
+    price_micros: int | None
+    budget_micros: int | None
+    settings: dict[str, Any]
+    import_gen: int
+
+
+@dataclass(slots=True)
+class Task:
+    """A claimed task as a worker holds it; `claim_token` proves the claim on every change."""
+
+    id: int
+    job_id: int
+    key: str
+    seq: int
+    model: str
+    prompt: str
+    quality: str
+    size: str
+    images: tuple[str, ...]
+    filename: str
+    status: TaskStatus
+    attempts: int
+    gen_failures: int
+    unknown_count: int
+    remote_task_id: str | None
+    submitted_at: float | None
+    price_reported_micros: int | None
+    claim_token: str
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    job: Job
+    rows: int  # tasks the manifest lists (duplicates included)
+    added: int  # new tasks
+    retired: int  # pending tasks that the manifest no longer lists
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What a job has cost and done so far."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    retired: int = 0
+    cost_micros: int = 0
+    billed_calls: int = 0
+    gen_failures: int = 0
+    unknown_submissions: int = 0
+    price_mismatches: int = 0
+    calls: dict[str, int] = field(default_factory=dict)  # by kind
+    rate_limited: int = 0
+    first_call_at: float | None = None
+    last_call_at: float | None = None
+
+
+class ClaimLost(Exception):
+    """The task's claim was taken over (our lease expired): this worker must drop it."""
+
+
+_TASK_COLUMNS = (
+    tasks.c.id,
+    tasks.c.job_id,
+    tasks.c.key,
+    tasks.c.seq,
+    tasks.c.model,
+    tasks.c.prompt,
+    tasks.c.quality,
+    tasks.c.size,
+    tasks.c.images,
+    tasks.c.filename,
+    tasks.c.status,
+    tasks.c.attempts,
+    tasks.c.gen_failures,
+    tasks.c.unknown_count,
+    tasks.c.remote_task_id,
+    tasks.c.submitted_at,
+    tasks.c.price_reported_micros,
+    tasks.c.claim_token,
+    tasks.c.source,
+)
+
+
+def _task(row: RowMapping) -> Task:
+    return Task(
+        id=row["id"],
+        job_id=row["job_id"],
+        key=row["key"],
+        seq=row["seq"],
+        model=row["model"],
+        prompt=row["prompt"],
+        quality=row["quality"],
+        size=row["size"],
+        images=tuple(json.loads(row["images"])),
+        filename=row["filename"],
+        status=TaskStatus(row["status"]),
+        attempts=row["attempts"],
+        gen_failures=row["gen_failures"],
+        unknown_count=row["unknown_count"],
+        remote_task_id=row["remote_task_id"],
+        submitted_at=row["submitted_at"],
+        price_reported_micros=row["price_reported_micros"],
+        claim_token=row["claim_token"],
+        source=row["source"],
+    )
+
+
+def _job(row: RowMapping) -> Job:
+    return Job(
+        id=row["id"],
+        name=row["name"],
+        manifest=row["manifest"],
+        output_dir=row["output_dir"],
+        price_micros=row["price_micros"],
+        budget_micros=row["budget_micros"],
+        settings=json.loads(row["settings"]),
+        import_gen=row["import_gen"],
+    )
+
+
+class Store:
+    """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.writer = Writer(engine)
+
+    @classmethod
+    async def open(cls, db: str, *, upgrade: bool = True) -> Store:
+        """Open (creating it if needed) and bring the schema to the newest migration."""
+        url = database_url(db)
+        engine = create_engine(url)
+        with translated(f"opening the job store {redacted(url)}"):
+            if upgrade:
+                async with engine.begin() as conn:
+                    await migrate.upgrade(conn)
+        return cls(engine, url)
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    async def _read(self, stmt: Any) -> list[RowMapping]:
+        return [r._mapping for r in await self._rows(stmt)]
+
+    async def _rows(self, stmt: Any) -> list[Any]:
+        with translated("reading the job store"):
+            async with self.engine.connect() as conn:
+                return list(await conn.execute(stmt))
+
+    # --- jobs and import -------------------------------------------------------------------------------
+
+    async def import_manifest(
+        self, settings: JobSettings, manifest: str, specs: Iterable[TaskSpec], *, extra: dict[str, Any], now: float
+    ) -> ImportResult:
+        """Add the manifest's new tasks to its job in one transaction: an error in any row rolls all back."""
+
+        async def op(conn: AsyncConnection) -> ImportResult:
+            job = await self._upsert_job(conn, settings, manifest, extra, now)
+            before = await self._count(conn, job.id)
+            rows = 0
+            batch: list[dict[str, Any]] = []
+            for spec in specs:
+                rows += 1
+                batch.append(_task_values(job, spec, rows, now))
+                if len(batch) >= IMPORT_BATCH:
+                    await self._upsert_tasks(conn, batch)
+                    batch = []
+            if batch:
+                await self._upsert_tasks(conn, batch)
+            added = await self._count(conn, job.id) - before
+            retired = (
+                await conn.execute(
+                    select(func.count()).where(
+                        tasks.c.job_id == job.id, tasks.c.status == S.PENDING, tasks.c.import_gen < job.import_gen
+                    )
+                )
+            ).scalar_one()
+            return ImportResult(job, rows, added, retired)
+
+        return await self.writer.run(op, alone=True)
+
+    async def _upsert_job(
+        self, conn: AsyncConnection, settings: JobSettings, manifest: str, extra: dict[str, Any], now: float
+    ) -> Job:
+        values = {
+            "manifest": manifest,
+            "output_dir": settings.output_dir,
+            "price_micros": _micros(settings.price_usd),
+            "budget_micros": _micros(settings.budget_usd),
+            "settings": json.dumps(extra, sort_keys=True),
+            "updated_at": now,
+        }
+        stmt = self._insert(jobs).values(name=settings.name, created_at=now, import_gen=1, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[jobs.c.name], set_={**values, "import_gen": jobs.c.import_gen + 1}
+        ).returning(*jobs.c)
+        return _job((await conn.execute(stmt)).mappings().one())
+
+    async def _upsert_tasks(self, conn: AsyncConnection, batch: list[dict[str, Any]]) -> None:
+        stmt = self._insert(tasks)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[tasks.c.job_id, tasks.c.key],
+            set_={c: stmt.excluded[c] for c in ("import_gen", "seq", "filename", "name", "source")},
+            # identical rows later in the manifest keep the first row's place and file name
+            where=tasks.c.import_gen < stmt.excluded.import_gen,
+        )
+        await conn.execute(stmt, batch)
+
+    @staticmethod
+    async def _count(conn: AsyncConnection, job_id: int) -> int:
+        return int((await conn.execute(select(func.count()).where(tasks.c.job_id == job_id))).scalar_one())
+
+    async def job(self, name: str) -> Job:
+        rows = await self._read(select(jobs).where(jobs.c.name == name))
+        if not rows:
+            raise JobNotFoundError(f"no job named {name!r} in the store")
+        return _job(rows[0])
+
+    async def find_job(self, name: str) -> Job | None:
+        rows = await self._read(select(jobs).where(jobs.c.name == name))
+        return _job(rows[0]) if rows else None
+
+    async def jobs(self) -> list[Job]:
+        return [_job(r) for r in await self._read(select(jobs).order_by(jobs.c.id))]
+
+    async def job_models(self, job: Job) -> list[str]:
+        rows = await self._rows(select(tasks.c.model).where(tasks.c.job_id == job.id).distinct())
+        return sorted(r[0] for r in rows)
+
+    async def succeeded_keys(self, job_id: int) -> set[str]:
+        rows = await self._read(select(tasks.c.key).where(tasks.c.job_id == job_id, tasks.c.status == S.SUCCEEDED))
+        return {r["key"] for r in rows}
+
+    # --- workers and claims ----------------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, host: str, pid: int, job_names: str, now: float) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(workers).values(
+                    id=worker_id, host=host, pid=pid, jobs=job_names, started_at=now, heartbeat_at=now
+                )
+            )
+
+        await self.writer.run(op)
+
+    async def live_workers(self) -> list[RowMapping]:
+        return await self._read(select(workers).where(workers.c.stopped_at.is_(None)).order_by(workers.c.started_at))
+
+    async def heartbeat(self, worker_id: str, now: float, lease_until: float) -> None:
+        """Renew this worker's leases on everything it holds."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now))
+            await conn.execute(update(tasks).where(tasks.c.claimed_by == worker_id).values(lease_until=lease_until))
+
+        await self.writer.run(op)
+
+    async def stop_worker(self, worker_id: str, now: float, *, dead: bool = False) -> None:
+        """Mark a worker stopped and let go of what it holds (its leases end now)."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=now))
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.claimed_by == worker_id)
+                .values(claim_token=None, claimed_by=None, lease_until=None)
+            )
+            if dead:  # its creates in flight may or may not have reached the API
+                await _mark_stale_submissions_unknown(conn, now, worker_id)
+
+        await self.writer.run(op)
+
+    async def recover(self, job_id: int, now: float) -> int:
+        """Tasks left `submitting` by a worker whose lease ran out become `unknown`; returns how many."""
+
+        async def op(conn: AsyncConnection) -> int:
+            return await _mark_stale_submissions_unknown(conn, now, None, job_id)
+
+        return await self.writer.run(op)
+
+    async def claim(
+        self, job: Job, worker_id: str, limit: int, now: float, lease_until: float, *, pending: bool = True
+    ) -> list[Task]:
+        """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first);
+        tasks still to be created only when `pending`."""
+
+        async def op(conn: AsyncConnection) -> list[Task]:
+            token = uuid.uuid4().hex
+            got: list[Task] = []
+            groups = [tasks.c.status == S.SUBMITTED]
+            if pending:
+                groups += [
+                    tasks.c.status == S.UNKNOWN,
+                    and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
+                ]
+            for wanted in groups:
+                if len(got) >= limit:
+                    break
+                due = (
+                    select(tasks.c.id)
+                    .where(
+                        tasks.c.job_id == job.id,
+                        wanted,
+                        tasks.c.next_attempt_at <= now,
+                        or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
+                    )
+                    .order_by(tasks.c.seq)
+                    .limit(limit - len(got))
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
+                )
+                stmt = (
+                    update(tasks)
+                    .where(tasks.c.id.in_(due.scalar_subquery()))
+                    .values(claim_token=token, claimed_by=worker_id, lease_until=lease_until)
+                    .returning(*_TASK_COLUMNS)
+                )
+                got.extend(_task(r) for r in (await conn.execute(stmt)).mappings())
+            got.sort(key=lambda t: t.seq)
+            return got
+
+        return await self.writer.run(op)
+
+    async def next_due(self, job: Job, now: float) -> tuple[int, float | None]:
+        """How many tasks of the job are not final, and when the earliest one not held by anyone is due."""
+        open_ = or_(
+            tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN]),
+            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
+        )
+        due_at = case(
+            (or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now), tasks.c.next_attempt_at),
+            else_=tasks.c.lease_until,
+        )
+        row = (await self._rows(select(func.count(), func.min(due_at)).where(tasks.c.job_id == job.id, open_)))[0]
+        return int(row[0]), row[1]
+
+    # --- transitions (fenced by the claim) -------------------------------------------------------------
+
+    async def _transition(
+        self,
+        task: Task,
+        frm: Sequence[TaskStatus],
+        values: dict[str, Any],
+        call: CallRecord | None,
+        now: float,
+        *,
+        release: bool = False,
+    ) -> None:
+        if release:
+            values = {**values, "claim_token": None, "claimed_by": None, "lease_until": None}
+
+        async def op(conn: AsyncConnection) -> int:
+            result = await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task.id, tasks.c.claim_token == task.claim_token, tasks.c.status.in_(frm))
+                .values(updated_at=now, **values)
+            )
+            if call is not None:
+                await conn.execute(insert(api_calls).values(**_call_values(task, call)))
+            return int(result.rowcount)
+
+        if await self.writer.run(op) != 1:
+            raise ClaimLost(f"task {task.key} was taken over by another worker")
+        if "status" in values:
+            task.status = TaskStatus(values["status"])
+
+    async def begin_create(self, task: Task, now: float) -> None:
+        """Commit the intent to create (before the request is sent): a crash from here on is `unknown`."""
+        await self._transition(
+            task,
+            (S.PENDING, S.UNKNOWN),
+            {"status": S.SUBMITTING, "attempts": tasks.c.attempts + 1, "remote_task_id": None},
+            None,
+            now,
+        )
+        task.attempts += 1
+
+    async def created(self, task: Task, remote_id: str, price_micros: int | None, call: CallRecord, now: float) -> None:
+        """The API accepted the create: from now on the task is only ever polled."""
+        await self._transition(
+            task,
+            (S.SUBMITTING,),
+            {
+                "status": S.SUBMITTED,
+                "remote_task_id": remote_id,
+                "submitted_at": now,
+                "price_reported_micros": price_micros,
+            },
+            call,
+            now,
+        )
+        task.remote_task_id, task.submitted_at = remote_id, now
+
+    async def create_unknown(self, task: Task, error: str, call: CallRecord, now: float) -> None:
+        """The create may or may not have been accepted (timeout or reset after sending it)."""
+        await self._transition(
+            task,
+            (S.SUBMITTING,),
+            {"status": S.UNKNOWN, "last_error": error, "unknown_count": tasks.c.unknown_count + 1},
+            call,
+            now,
+        )
+        task.unknown_count += 1
+
+    async def retry_later(
+        self,
+        task: Task,
+        next_at: float,
+        error: str,
+        call: CallRecord | None,
+        now: float,
+        *,
+        generation_failed: bool = False,
+        refund_attempt: bool = False,
+    ) -> None:
+        """Back to `pending` (to be created again at `next_at`), letting go of the claim. `refund_attempt`:
+        the API answered that it did not take the create (429, rejected key), so it does not count."""
+        values: dict[str, Any] = {"status": S.PENDING, "next_attempt_at": next_at, "last_error": error}
+        if refund_attempt:
+            values["attempts"] = tasks.c.attempts - 1
+            task.attempts -= 1
+        if generation_failed:
+            values["gen_failures"] = tasks.c.gen_failures + 1
+            values["remote_task_id"] = None
+        await self._transition(task, (S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, release=True)
+
+    async def poll_later(self, task: Task, next_at: float, call: CallRecord | None, now: float) -> None:
+        """A submitted task goes back to the pool, to be polled at `next_at` (used when letting go of it)."""
+        await self._transition(task, (S.SUBMITTED,), {"next_attempt_at": next_at}, call, now, release=True)
+
+    async def failed(
+        self,
+        task: Task,
+        error: str,
+        call: CallRecord | None,
+        now: float,
+        *,
+        generation_failed: bool = False,
+        cost_micros: int = 0,
+    ) -> None:
+        """Final failure. `cost_micros`: the generation succeeded (and was billed) but its file was unusable."""
+        values: dict[str, Any] = {
+            "status": S.FAILED,
+            "last_error": error,
+            "finished_at": now,
+            "cost_micros": cost_micros,
+        }
+        if generation_failed:
+            values["gen_failures"] = tasks.c.gen_failures + 1
+        await self._transition(task, (S.PENDING, S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, release=True)
+
+    async def succeeded(
+        self,
+        task: Task,
+        *,
+        output_path: str,
+        sha256: str,
+        size: int,
+        width: int,
+        height: int,
+        fmt: str,
+        cost_micros: int,
+        call: CallRecord | None,
+        now: float,
+    ) -> None:
+        await self._transition(
+            task,
+            (S.SUBMITTED,),
+            {
+                "status": S.SUCCEEDED,
+                "output_path": output_path,
+                "sha256": sha256,
+                "bytes": size,
+                "width": width,
+                "height": height,
+                "image_format": fmt,
+                "cost_micros": cost_micros,
+                "finished_at": now,
+                "last_error": None,
+            },
+            call,
+            now,
+            release=True,
+        )
+
+    async def release(self, task: Task, now: float) -> None:
+        """Let go of a task without changing its state (stopping): another run takes it at once."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task.id, tasks.c.claim_token == task.claim_token)
+                .values(claim_token=None, claimed_by=None, lease_until=None, updated_at=now)
+            )
+
+        await self.writer.run(op)
+
+    def log_call(self, task: Task, call: CallRecord) -> None:
+        """Append a call record with the next commit (polls: not worth a commit of their own)."""
+        values = _call_values(task, call)
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert(api_calls).values(**values))
+
+        self.writer.post(op)
+
+    # --- reading for status and reports ----------------------------------------------------------------
+
+    async def status_counts(self) -> dict[str, dict[str, int]]:
+        """Per job name: tasks per status (a pending task the manifest no longer lists counts as retired)."""
+        status = case(
+            (and_(tasks.c.status == S.PENDING, tasks.c.import_gen < jobs.c.import_gen), "retired"), else_=tasks.c.status
+        )
+        rows = await self._read(
+            select(jobs.c.name, status.label("status"), func.count().label("n"))
+            .select_from(jobs.outerjoin(tasks, tasks.c.job_id == jobs.c.id))
+            .group_by(jobs.c.name, status)
+        )
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            counts = out.setdefault(r["name"], {})
+            if r["status"] is not None:
+                counts[r["status"]] = int(r["n"])
+        return out
+
+    async def ledger(self, job: Job) -> Ledger:
+        counts = (await self.status_counts()).get(job.name, {})
+        ledger = Ledger(counts={k: v for k, v in counts.items() if k != "retired"}, retired=counts.get("retired", 0))
+        mismatch = and_(
+            tasks.c.price_reported_micros.is_not(None), tasks.c.price_reported_micros != tasks.c.cost_micros
+        )
+        row = (
+            await self._rows(
+                select(
+                    func.coalesce(func.sum(tasks.c.cost_micros), 0),
+                    func.coalesce(func.sum(tasks.c.gen_failures), 0),
+                    func.coalesce(func.sum(tasks.c.unknown_count), 0),
+                    func.count().filter(and_(tasks.c.status == S.SUCCEEDED, mismatch)),
+                ).where(tasks.c.job_id == job.id)
+            )
+        )[0]
+        ledger.cost_micros, ledger.gen_failures, ledger.unknown_submissions = int(row[0]), int(row[1]), int(row[2])
+        ledger.price_mismatches = int(row[3])
+        ledger.billed_calls = counts.get(S.SUCCEEDED, 0)
+        for r in await self._rows(
+            select(
+                api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)
+            )
+            .where(api_calls.c.job_id == job.id)
+            .group_by(api_calls.c.kind, api_calls.c.outcome)
+        ):
+            ledger.calls[r[0]] = ledger.calls.get(r[0], 0) + int(r[2])
+            if r[1] == "rate_limited":
+                ledger.rate_limited += int(r[2])
+            ledger.first_call_at = min(x for x in (ledger.first_call_at, r[3]) if x is not None)
+            ledger.last_call_at = max(x for x in (ledger.last_call_at, r[4]) if x is not None)
+        return ledger
+
+    async def task_rows(self, job: Job) -> AsyncIterator[RowMapping]:
+        """Every task of the job in manifest order, streamed."""
+        with translated("reading the job store"):
+            async with self.engine.connect() as conn:
+                result = await conn.stream(select(tasks).where(tasks.c.job_id == job.id).order_by(tasks.c.seq))
+                async for row in result.mappings():
+                    yield row
+
+    async def calls(self, job: Job) -> list[RowMapping]:
+        return await self._read(select(api_calls).where(api_calls.c.job_id == job.id).order_by(api_calls.c.id))
+
+
+async def _mark_stale_submissions_unknown(
+    conn: AsyncConnection, now: float, worker_id: str | None, job_id: int | None = None
+) -> int:
+    cond = [tasks.c.status == S.SUBMITTING]
+    if worker_id is not None:
+        cond.append(tasks.c.claimed_by == worker_id)
+    else:
+        cond.append(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now))
+    if job_id is not None:
+        cond.append(tasks.c.job_id == job_id)
+    result = await conn.execute(
+        update(tasks)
+        .where(*cond)
+        .values(
+            status=S.UNKNOWN,
+            unknown_count=tasks.c.unknown_count + 1,
+            claim_token=None,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=now,
+            last_error="interrupted between create and its reply: the API may have accepted it",
+        )
+    )
+    return int(result.rowcount)
+
+
+def _micros(usd: Any) -> int | None:
+    return None if usd is None else round(usd * 1_000_000)
+
+
+def _task_values(job: Job, spec: TaskSpec, seq: int, now: float) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "key": spec.key,
+        "seq": seq,
+        "import_gen": job.import_gen,
+        "name": spec.name,
+        "source": spec.source,
+        "model": spec.model,
+        "prompt": spec.prompt,
+        "quality": spec.quality,
+        "size": spec.size,
+        "images": json.dumps(list(spec.images)),
+        "seed": spec.seed,
+        "filename": spec.filename,
+        "status": S.PENDING,
+        "next_attempt_at": 0.0,
+        "updated_at": now,
+    }
+
+
+def _call_values(task: Task, call: CallRecord) -> dict[str, Any]:
+    return {
+        "job_id": task.job_id,
+        "task_id": task.id,
+        "kind": call.kind,
+        "http_status": call.http_status,
+        "outcome": call.outcome,
+        "latency_ms": call.latency_ms,
+        "at": call.at,
+        "remote_task_id": call.remote_task_id,
+        "price_micros": call.price_micros,
+        "detail": call.detail,
+    }

@@ -1,0 +1,124 @@
+"""The schema, declared once. Alembic's migrations must produce exactly this (tests/migration proves it).
+
+Portable SQL only: the same tables run on SQLite and PostgreSQL. Money is integer micro-dollars
+(1 USD = 1_000_000) so sums are exact on both engines; times are float epoch seconds.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("manifest", Text, nullable=False),  # path the job was last imported from
+    Column("output_dir", Text, nullable=False),
+    Column("price_micros", BigInteger, nullable=True),  # manifest's price override, per call
+    Column("budget_micros", BigInteger, nullable=True),
+    Column("settings", Text, nullable=False, server_default="{}"),  # JSON: rate, in-flight, attempts
+    Column("import_gen", Integer, nullable=False, server_default="0"),  # bumped by every import
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(32), nullable=False),  # models.spec_key: identity of what the API is asked
+    Column("seq", BigInteger, nullable=False),  # order in the manifest
+    # The job's import_gen when the manifest last listed this task: a pending task from an older
+    # import was edited out of the manifest and is never created (tasks already paid for still finish).
+    Column("import_gen", Integer, nullable=False, server_default="0"),
+    Column("name", String(200), nullable=True),
+    Column("source", Text, nullable=False),  # "file:line"
+    Column("model", String(100), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("quality", String(8), nullable=False),
+    Column("size", String(8), nullable=False),
+    Column("images", Text, nullable=False, server_default="[]"),  # JSON list of input image refs
+    Column("seed", String(200), nullable=True),
+    Column("filename", Text, nullable=False),  # relative to the job's output_dir
+    Column("status", String(16), nullable=False),  # models.TaskStatus
+    Column("attempts", Integer, nullable=False, server_default="0"),  # creates sent
+    Column("gen_failures", Integer, nullable=False, server_default="0"),  # Failed/Cancelled generations
+    Column("unknown_count", Integer, nullable=False, server_default="0"),  # creates of unknown outcome
+    Column("remote_task_id", String(200), nullable=True),
+    Column("next_attempt_at", Float, nullable=False, server_default="0"),
+    Column("claim_token", String(32), nullable=True),  # fencing token: every transition must present it
+    Column("claimed_by", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("output_path", Text, nullable=True),
+    Column("sha256", String(64), nullable=True),
+    Column("bytes", BigInteger, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("image_format", String(8), nullable=True),
+    Column("cost_micros", BigInteger, nullable=False, server_default="0"),
+    Column("price_reported_micros", BigInteger, nullable=True),  # data.price of the accepted create
+    Column("submitted_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("job_id", "key"),
+    Index(None, "job_id", "status", "seq"),  # claims scan one status in manifest order
+    Index(None, "claimed_by"),
+)
+
+# Append-only: one row per HTTP call made to the API, so a report can explain every cent.
+api_calls = Table(
+    "api_calls",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Id, nullable=True),
+    Column("worker_id", String(64), nullable=True),
+    Column("kind", String(16), nullable=False),  # create | query | download
+    Column("http_status", Integer, nullable=True),  # None: no reply (connection error, timeout)
+    Column("outcome", String(24), nullable=False),  # client.Outcome
+    Column("latency_ms", Float, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("remote_task_id", String(200), nullable=True),
+    Column("price_micros", BigInteger, nullable=True),
+    Column("detail", Text, nullable=True),
+    Index(None, "job_id", "kind"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("jobs", Text, nullable=False),  # names of the jobs it drains
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+)

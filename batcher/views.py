@@ -1,0 +1,135 @@
+"""What a person sees on the terminal: rich tables, the live progress bar, plain lines when not a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from batcher.config import fmt_usd
+from batcher.estimate import Estimate
+from batcher.worker import Progress as RunProgress
+
+PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def estimate_table(est: Estimate) -> None:
+    table = Table(title=f"Estimate for job {est.job}", title_justify="left")
+    for col in ("model", "size", "tasks"):
+        table.add_column(col, justify="right" if col == "tasks" else "left")
+    for (model, size), n in sorted(est.by_model_size.items()):
+        table.add_row(model, size, str(n))
+    stdout.print(table)
+    prices = ", ".join(f"{m} ${p}" for m, p in sorted(est.unit_price.items()))
+    lines = [
+        f"rows in manifest      {est.rows}",
+        f"duplicate rows        {est.duplicates} (collapsed)",
+        f"distinct tasks        {est.tasks}",
+        f"already done          {est.done}",
+        f"to run                {est.to_run}",
+        f"unit price            {prices or '-'} per call",
+        f"estimated cost        ${est.cost_usd:.3f}",
+    ]
+    if est.budget_usd is not None:
+        verdict = "within" if est.cost_usd <= est.budget_usd else "OVER"
+        lines.append(f"budget                ${est.budget_usd} ({verdict} budget)")
+    stdout.print("\n".join(lines), highlight=False)
+
+
+def status_table(counts: Mapping[str, Mapping[str, int]], workers: list[Mapping[str, Any]]) -> None:
+    statuses = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")
+    table = Table(title="Jobs", title_justify="left")
+    table.add_column("job")
+    for s in (*statuses, "total"):
+        table.add_column(s, justify="right")
+    for job, c in sorted(counts.items()):
+        table.add_row(job, *(str(c.get(s, 0)) for s in statuses), str(sum(c.values())))
+    stdout.print(table)
+    if workers:
+        wt = Table(title="Workers", title_justify="left")
+        for col in ("worker", "host", "pid", "jobs", "heartbeat", "holds"):
+            wt.add_column(col)
+        now = time.time()
+        for w in workers:
+            wt.add_row(w["id"], w["host"], str(w["pid"]), w["jobs"], f"{now - w['heartbeat_at']:.0f} s ago",
+                       str(w.get("holds", 0)))  # fmt: skip
+        stdout.print(wt)
+
+
+def report_table(head: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None:
+    table = Table(title=f"Job {head['job']}", title_justify="left")
+    for col in ("key", "size", "status", "attempts", "cost_usd", "file / error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["key"][:12], r["size"], r["status"], str(r["attempts"]), r["cost_usd"],
+                      r["file"] or r["error"] or "")  # fmt: skip
+    stdout.print(table)
+    summary_lines(head)
+
+
+def summary_lines(head: Mapping[str, Any]) -> None:
+    calls = ", ".join(f"{k} {v}" for k, v in head["api_calls"].items()) or "none"
+    lines = [
+        f"job {head['job']}: {head['succeeded']} succeeded, {head['failed']} failed, {head['pending']} not finished "
+        f"of {head['tasks']}",
+        f"billed calls {head['billed_calls']}, cost ${head['cost_usd']}"
+        + (f" of budget ${head['budget_usd']}" if head.get("budget_usd") else ""),
+        f"API calls: {calls}; 429s {head['rate_limited_429']}; calls per image {head['calls_per_image']}",
+        f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
+        f"{head['unknown_submissions']}",
+    ]
+    if head.get("price_mismatches"):
+        lines.append(f"the API reported a price other than the unit price on {head['price_mismatches']} calls")
+    stderr.print("\n".join(lines), highlight=False)
+
+
+@contextlib.asynccontextmanager
+async def live_progress(progress: RunProgress, enabled: bool) -> AsyncIterator[None]:
+    """A progress bar on a terminal; a line every few seconds otherwise; nothing when disabled."""
+    if not enabled:
+        yield
+        return
+    task = asyncio.create_task(_bar(progress) if sys.stderr.isatty() else _lines(progress))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _figures(p: RunProgress) -> tuple[int, str]:
+    elapsed = max(time.monotonic() - p.started, 1e-6)
+    done = p.done_before + p.succeeded + p.failed
+    text = (
+        f"in flight {p.in_flight}, failed {p.failed}, {p.requests / elapsed:.1f} req/s, "
+        f"spent {fmt_usd(p.spent_micros)}"
+    )
+    return done, text
+
+
+async def _bar(p: RunProgress) -> None:
+    columns = (TextColumn("[bold]run"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        tid = bar.add_task("", total=p.total)
+        while True:
+            done, text = _figures(p)
+            bar.update(tid, completed=done, total=p.total, description=text)
+            await asyncio.sleep(0.25)
+
+
+async def _lines(p: RunProgress) -> None:
+    while True:
+        await asyncio.sleep(PLAIN_EVERY_S)
+        done, text = _figures(p)
+        stderr.print(f"progress: {done}/{p.total} done, {text}", highlight=False)

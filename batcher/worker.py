@@ -1,0 +1,451 @@
+"""The worker pool: claims tasks from the store and drives each one to a final state through the API.
+
+The store is the truth. A create is preceded by a committed intent (`submitting`) and followed at once by the
+committed remote id (`submitted`); a submitted task is only ever polled again, never created. Everything this
+process holds is under a lease it renews; a task whose lease runs out may be taken over by another worker, and
+the claim token on every write keeps the old holder from touching it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batcher.client import ApiClient, Generation, Outcome, QueryReply
+from batcher.config import RunConfig
+from batcher.errors import AuthError, BatcherError, OutputError
+from batcher.models import CallRecord, OnUnknown, TaskStatus
+from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.polling import LatencyStats, next_poll_in
+from batcher.retry import backoff_s
+from batcher.store import ClaimLost, Job, Store, Task
+
+log = logging.getLogger("batcher")
+
+IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
+STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
+
+
+class StopReason:
+    DONE = "done"
+    BUDGET = "budget"
+    INTERRUPTED = "interrupted"
+    FATAL = "fatal"
+
+
+@dataclass
+class Progress:
+    """Counters for the progress display (read by the CLI, written only here)."""
+
+    total: int = 0
+    done_before: int = 0  # finished before this run started
+    succeeded: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    requests: int = 0
+    spent_micros: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunResult:
+    reason: str
+    error: BatcherError | None = None
+    left: int = 0  # tasks not final when the run stopped
+
+
+class _Abort(Exception):
+    """Raised from the create's before-send hook: the stop came while waiting for the rate gate."""
+
+
+class Runner:
+    """Drains one job. `await run()`; `request_stop()` from a signal handler stops it gracefully."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ApiClient,
+        job: Job,
+        config: RunConfig,
+        prices: dict[str, int],
+        *,
+        worker_id: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store, self.client, self.job, self.config = store, client, job, config
+        self.prices = prices  # micro-dollars per successful call, by model
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.rng = rng or random.Random()
+        self.progress = Progress()
+        self.latency = LatencyStats()
+        self.output_dir = Path(job.output_dir)
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._polling: set[int] = set()  # tasks past their create: safe to cancel on a stop
+        self._reserved: set[int] = set()  # tasks of this run that may still cost the unit price
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._budget_blocked = False
+        self._fatal: BatcherError | None = None
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        now = time.time()
+        await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.job.name, now)
+        await self._take_over_dead_workers(now)
+        await self._init_progress()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")
+        try:
+            reason = await self._loop()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._wind_down()
+            await self.store.stop_worker(self.worker_id, time.time())
+        left, _ = await self.store.next_due(self.job, time.time())
+        return RunResult(reason, self._fatal, left)
+
+    async def _loop(self) -> str:
+        while True:
+            if self._fatal is not None:
+                return StopReason.FATAL
+            if self._stopping:
+                return StopReason.INTERRUPTED
+            self._wake.clear()
+            now = time.time()
+            free = self.config.max_in_flight - len(self._active)
+            claimed: list[Task] = []
+            if free > 0:
+                claimed = await self.store.claim(
+                    self.job, self.worker_id, free, now, now + self.config.lease_s, pending=not self._budget_blocked
+                )
+                for task in claimed:
+                    self._active[task.id] = asyncio.create_task(self._drive(task), name=f"task-{task.key}")
+                self.progress.in_flight = len(self._active)
+            if claimed and len(claimed) == free:
+                await self._wake.wait()
+                continue
+            if not self._active:
+                left, due = await self.store.next_due(self.job, now)
+                if left == 0:
+                    return StopReason.DONE
+                if self._budget_blocked and not await self._others_in_flight():
+                    return StopReason.BUDGET
+                wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due - now, 0.01))
+            else:
+                wait = IDLE_WAIT_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _others_in_flight(self) -> bool:
+        """Submitted work held by nobody (or by others) still has to finish before a budget stop."""
+        counts = (await self.store.status_counts()).get(self.job.name, {})
+        return any(counts.get(s, 0) for s in (TaskStatus.SUBMITTED, TaskStatus.SUBMITTING))
+
+    def request_stop(self) -> None:
+        """Stop creating; let creates on the wire record their replies; leave submitted tasks to a resume."""
+        self._stopping = True
+        for task_id, t in self._active.items():
+            if task_id in self._polling:
+                t.cancel()
+        self._wake.set()
+
+    async def _wind_down(self) -> None:
+        if not self._active:
+            return
+        self._stopping = True
+        for task_id, t in list(self._active.items()):
+            if task_id in self._polling or self._fatal is not None:
+                t.cancel()
+        _, pending = await asyncio.wait(list(self._active.values()), timeout=STOP_GRACE_S)
+        for t in pending:  # a create still without a reply: it stays `submitting`, so resume treats it as unknown
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            now = time.time()
+            try:
+                await self.store.heartbeat(self.worker_id, now, now + self.config.lease_s)
+            except BatcherError as e:  # keep going: the next beat may succeed before the lease runs out
+                log.warning("heartbeat failed: %s", e.message)
+
+    async def _take_over_dead_workers(self, now: float) -> None:
+        """A worker on this host whose process is gone, or any whose heartbeat stopped, lets go of its tasks."""
+        host = socket.gethostname()
+        for w in await self.store.live_workers():
+            if w["id"] == self.worker_id:
+                continue
+            gone = w["host"] == host and not _pid_alive(int(w["pid"]))
+            silent = w["heartbeat_at"] < now - self.config.lease_s
+            if gone or silent:
+                log.info("taking over from stopped worker %s", w["id"])
+                await self.store.stop_worker(w["id"], now, dead=True)
+        await self.store.recover(self.job.id, now)
+
+    async def _init_progress(self) -> None:
+        ledger = await self.store.ledger(self.job)
+        c = ledger.counts
+        self.progress.total = sum(c.values())
+        self.progress.done_before = c.get(TaskStatus.SUCCEEDED, 0) + c.get(TaskStatus.FAILED, 0)
+        self.progress.spent_micros = ledger.cost_micros
+
+    # --- one task -------------------------------------------------------------------------------------
+
+    async def _drive(self, task: Task) -> None:
+        try:
+            if task.status is TaskStatus.UNKNOWN and self.config.on_unknown is OnUnknown.SKIP:
+                await self.store.failed(
+                    task,
+                    "the create's outcome is unknown; skipped (--on-unknown=skip) to avoid a second charge",
+                    None,
+                    time.time(),
+                )
+                self.progress.failed += 1
+                return
+            if task.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN) and not await self._create(task):
+                return
+            self._reserved.add(task.id)
+            self._polling.add(task.id)
+            await self._finish(task)
+        except ClaimLost as e:
+            log.warning("%s", e)
+        except AuthError as e:
+            self._fail_run(e)
+        except OutputError as e:
+            self._fail_run(e)
+        except BatcherError as e:  # the store failed: stop, nothing is lost (the store is the truth)
+            self._fail_run(e)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._reserved.discard(task.id)
+            self._polling.discard(task.id)
+            self._active.pop(task.id, None)
+            self.progress.in_flight = len(self._active)
+            self._wake.set()
+
+    def _fail_run(self, error: BatcherError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            log.error("%s", error.message)
+        self._wake.set()
+
+    def _over_budget(self, task: Task) -> bool:
+        """Could one more create take the spend past the budget, counting all this run has in flight?"""
+        budget = self.config.budget_micros
+        if budget is None:
+            return False
+        unit = max(self.prices.values(), default=0)
+        return self.progress.spent_micros + len(self._reserved) * unit + self.prices[task.model] > budget
+
+    async def _create(self, task: Task) -> bool:
+        """Send the create. True when the API accepted it and the task is now `submitted`."""
+        if self._stopping or self._fatal is not None:
+            await self.store.release(task, time.time())
+            return False
+        if self._over_budget(task):
+            self._budget_blocked = True
+            await self.store.release(task, time.time())
+            return False
+        self._reserved.add(task.id)
+
+        async def commit_intent() -> None:
+            if self._stopping or self._fatal is not None:
+                raise _Abort
+            await self.store.begin_create(task, time.time())
+
+        try:
+            reply = await self.client.create(
+                task.model, task.prompt, task.quality, task.size, task.images, before_send=commit_intent
+            )
+        except _Abort:
+            await self.store.release(task, time.time())
+            return False
+        self.progress.requests += 1
+        now = time.time()
+        if reply.outcome is Outcome.OK and reply.remote_id is not None:
+            await self.store.created(task, reply.remote_id, reply.price_micros, reply.call, now)
+            return True
+        await self._create_failed(task, reply.outcome, reply.message, reply.call, reply.retry_after_s, now)
+        return False
+
+    async def _create_failed(
+        self, task: Task, outcome: Outcome, message: str, call: CallRecord, retry_after: float | None, now: float
+    ) -> None:
+        retry = self.config.retry
+        if outcome is Outcome.AUTH:
+            await self.store.retry_later(task, now, message, call, now, refund_attempt=True)
+            raise AuthError(
+                f"the API rejected the key ({message}): check LINKMODEL_API_KEY; nothing was lost, run again to resume"
+            )
+        if outcome in (Outcome.PERMANENT, Outcome.NOT_FOUND):
+            await self.store.failed(task, f"rejected by the API: {message}", call, now)
+            self.progress.failed += 1
+            log.warning("task %s (%s) failed for good: %s", task.key, task.source, message)
+            return
+        if outcome is Outcome.AMBIGUOUS:
+            await self.store.create_unknown(task, message, call, now)
+            log.warning("task %s: create outcome unknown (%s)", task.key, message)
+            if self.config.on_unknown is OnUnknown.SKIP:
+                await self.store.failed(
+                    task, f"create outcome unknown ({message}); skipped (--on-unknown=skip)", None, now
+                )
+                self.progress.failed += 1
+                return
+        if outcome is Outcome.RATE_LIMITED:
+            wait = retry_after if retry_after is not None else 1.0
+            await self.store.retry_later(task, now + wait, message, call, now, refund_attempt=True)
+            return
+        if task.attempts >= retry.max_attempts:
+            await self.store.failed(task, f"gave up after {task.attempts} attempts: {message}", None, now)
+            self.progress.failed += 1
+            log.warning("task %s failed for good after %d attempts: %s", task.key, task.attempts, message)
+            return
+        delay = backoff_s(task.attempts, retry, self.rng.random())
+        await self.store.retry_later(task, now + delay, message, None if outcome is Outcome.AMBIGUOUS else call, now)
+
+    async def _finish(self, task: Task) -> None:
+        """Poll a submitted task until its generation ends, then download it."""
+        assert task.remote_task_id is not None
+        polls = 0
+        download_failures = 0
+        submitted_at = task.submitted_at or time.time()
+        while True:
+            elapsed = time.time() - submitted_at
+            delay = next_poll_in(elapsed, polls, self.latency, self.config.poll)
+            if delay is None:
+                await self.store.failed(
+                    task,
+                    f"still not finished after {elapsed:.0f} s; given up (the API may still bill it)",
+                    None,
+                    time.time(),
+                )
+                self.progress.failed += 1
+                return
+            await asyncio.sleep(delay)
+            reply = await self.client.query(task.remote_task_id)
+            polls += 1
+            self.progress.requests += 1
+            now = time.time()
+            if reply.outcome is Outcome.AUTH:
+                self.store.log_call(task, reply.call)
+                raise AuthError(
+                    f"the API rejected the key ({reply.message}): check LINKMODEL_API_KEY; nothing "
+                    "was lost, run again to resume"
+                )
+            if reply.outcome is Outcome.OK and reply.generation is Generation.RUNNING:
+                self.store.log_call(task, reply.call)
+                continue
+            if reply.outcome is Outcome.OK and reply.generation is Generation.SUCCESS:
+                self.store.log_call(task, reply.call)
+                if polls == 1 or download_failures == 0:
+                    self.latency.add(now - submitted_at)
+                done = await self._download(task, reply)
+                if done:
+                    return
+                download_failures += 1
+                if download_failures >= self.config.retry.max_download_failures:
+                    await self.store.failed(
+                        task,
+                        f"the image could not be downloaded after {download_failures} tries",
+                        None,
+                        now,
+                        cost_micros=self._cost(task),
+                    )
+                    self.progress.failed += 1
+                    return
+                polls = 0  # query again at once for a fresh URL
+                submitted_at = time.time() - self.config.poll.initial_s
+                continue
+            if reply.outcome is Outcome.OK:  # Failed or Cancelled
+                await self._generation_failed(task, reply, now)
+                return
+            if reply.outcome in (Outcome.NOT_FOUND, Outcome.PERMANENT):
+                await self.store.failed(
+                    task, f"the API no longer knows task {task.remote_task_id}: {reply.message}", reply.call, now
+                )
+                self.progress.failed += 1
+                return
+            self.store.log_call(task, reply.call)  # transient or 429: poll again later
+
+    async def _generation_failed(self, task: Task, reply: QueryReply, now: float) -> None:
+        what = "cancelled" if reply.generation is Generation.CANCELLED else "failed"
+        reason = f"generation {what}: {reply.message}"
+        if task.gen_failures + 1 > self.config.retry.max_generation_failures:
+            await self.store.failed(task, reason, reply.call, now, generation_failed=True)
+            self.progress.failed += 1
+            log.warning("task %s (%s) failed for good: %s", task.key, task.source, reason)
+            return
+        delay = backoff_s(task.gen_failures + 1, self.config.retry, self.rng.random())
+        await self.store.retry_later(task, now + delay, reason, reply.call, now, generation_failed=True)
+
+    def _cost(self, task: Task) -> int:
+        return task.price_reported_micros if task.price_reported_micros is not None else self.prices[task.model]
+
+    async def _download(self, task: Task, reply: QueryReply) -> bool:
+        """Fetch the image into place; True when the task is recorded as succeeded."""
+        target = target_path(self.output_dir, task.filename)
+        sink = AtomicFile(target)
+        result = await self.client.download(reply.urls[0], sink)
+        now = time.time()
+        if result.outcome is Outcome.OK:
+            info = sink.image()
+            if info is None:
+                sink.discard()
+                await self.store.failed(
+                    task,
+                    "the file URL did not serve an image; nothing was written",
+                    result.call,
+                    now,
+                    cost_micros=self._cost(task),
+                )
+                self.progress.failed += 1
+                return True
+            final = with_real_extension(target, info)
+            await asyncio.to_thread(sink.finish, final)
+            cost = self._cost(task)
+            await self.store.succeeded(
+                task,
+                output_path=str(final),
+                sha256=sink.sha256,
+                size=sink.size,
+                width=info.width,
+                height=info.height,
+                fmt=info.format,
+                cost_micros=cost,
+                call=result.call,
+                now=now,
+            )
+            self.progress.succeeded += 1
+            self.progress.spent_micros += cost
+            return True
+        sink.discard()
+        if result.outcome is Outcome.PERMANENT:
+            await self.store.failed(
+                task, f"download refused: {result.message}", result.call, now, cost_micros=self._cost(task)
+            )
+            self.progress.failed += 1
+            return True
+        self.store.log_call(task, result.call)
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

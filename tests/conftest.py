@@ -1,0 +1,76 @@
+"""Factories shared by the tiers: real SQLite stores, real emulators on loopback, manifests on disk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batcher.emulator import Emulator
+from batcher.store import Store
+
+OpenStore = Callable[..., Awaitable[Store]]
+StartEmulator = Callable[..., Awaitable[Emulator]]
+WriteManifest = Callable[..., Path]
+
+
+@pytest.fixture
+async def open_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """`await open_store()` opens (and migrates) a SQLite store in tmp_path; closed after the test."""
+    opened: list[Store] = []
+
+    async def open_(name: str = "batcher.db") -> Store:
+        store = await Store.open(str(tmp_path / name))
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def start_emu() -> AsyncIterator[StartEmulator]:
+    """`await start_emu(fail_rate=0.5, ...)`: an emulator on a loopback port, closed after the test."""
+    started: list[Emulator] = []
+
+    async def start(**knobs: Any) -> Emulator:
+        emu = Emulator(**knobs)
+        await emu.start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        await emu.close()
+
+
+@pytest.fixture
+def write_manifest(tmp_path: Path) -> WriteManifest:
+    """`write_manifest(tasks=[...], **top)` writes a YAML manifest whose outputs go under tmp_path/out."""
+
+    def write(name: str = "job.yaml", *, tasks: list[dict[str, Any]] | None = None, **top: Any) -> Path:
+        doc: dict[str, Any] = {"job": Path(name).stem, "output": {"dir": str(tmp_path / "out")}}
+        doc.update(top)
+        if tasks is not None:
+            doc["tasks"] = tasks
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach for a real key or endpoint from the developer's environment."""
+    for var in ("LINKMODEL_API_KEY", "LINKMODEL_BASE_URL", "BATCHER_DB"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def pg_url() -> str | None:
+    return os.environ.get("BATCHER_TEST_PG_URL")

@@ -1,0 +1,45 @@
+"""Fixtures for the emulator tests: real servers on loopback ports, closed after each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from batcher.emulator import Emulator
+
+from .emu_helpers import Api, MakeApi, StartEmulator
+
+
+@pytest.fixture
+async def start_emulator() -> AsyncIterator[StartEmulator]:
+    """A factory: ``await start_emulator(fail_rate=1.0)`` starts an emulator with those knobs."""
+    started: list[Emulator] = []
+
+    async def start(**knobs: Any) -> Emulator:
+        emu = Emulator(**knobs)
+        await emu.start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        await emu.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+async def make_api(start_emulator: StartEmulator, session: aiohttp.ClientSession) -> MakeApi:
+    """A factory: ``api = await make_api(latency="fixed:0.3")``; `api.emu` is the emulator behind it."""
+
+    async def make(**knobs: Any) -> Api:
+        return Api(session, await start_emulator(**knobs))
+
+    return make
