@@ -15,7 +15,7 @@ class RetryPolicy:
     max_generation_failures: int = 2  # `Failed`/`Cancelled` generations retried this many times, then fail
     base_s: float = 1.0  # backoff base, seconds
     cap_s: float = 60.0  # longest backoff, seconds
-    max_download_failures: int = 6  # broken downloads of one finished generation before failing the task
+    max_download_failures: int = 10  # broken downloads of one finished generation before failing the task
 
 
 def backoff_s(failures: int, policy: RetryPolicy, rnd: float) -> float:

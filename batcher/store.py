@@ -578,13 +578,14 @@ class Store:
                     func.coalesce(func.sum(tasks.c.cost_micros), 0),
                     func.coalesce(func.sum(tasks.c.gen_failures), 0),
                     func.coalesce(func.sum(tasks.c.unknown_count), 0),
-                    func.count().filter(and_(tasks.c.status == S.SUCCEEDED, mismatch)),
+                    func.count().filter(and_(tasks.c.cost_micros > 0, mismatch)),
+                    func.count().filter(tasks.c.cost_micros > 0),
                 ).where(tasks.c.job_id == job.id)
             )
         )[0]
         ledger.cost_micros, ledger.gen_failures, ledger.unknown_submissions = int(row[0]), int(row[1]), int(row[2])
-        ledger.price_mismatches = int(row[3])
-        ledger.billed_calls = counts.get(S.SUCCEEDED, 0)
+        # billed: generations that reached Success, including any whose file then proved unusable
+        ledger.price_mismatches, ledger.billed_calls = int(row[3]), int(row[4])
         for r in await self._rows(
             select(
                 api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)

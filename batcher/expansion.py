@@ -1,0 +1,267 @@
+"""Validated plans → TaskSpecs, streaming: the per-task half of reading a manifest.
+
+A plan is what loading the manifest settled once (templates compiled, defaults and column positions
+resolved, everything static checked). Expanding it does only per-task work: fill templates, check what
+only the filled-in values can show (an empty prompt, an unsafe filename, a duplicate name, two different
+tasks writing one file), build the spec. CSV rows are read one at a time, never held.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batcher.csvsource import iter_records
+from batcher.models import TaskSpec, spec_key
+from batcher.sourcetext import SourceFault
+from batcher.taskfields import (
+    KEY_CHARS,
+    Problems,
+    choice_errors,
+    images_problem,
+    name_problem,
+    normalise_quality,
+    normalise_size,
+    seed_problem,
+)
+from batcher.templates import Template, TemplateError, check_relative_path
+
+AxisValue = str | Template | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One list of a matrix: a field (model, quality, size, seed, images, prompt) or a variable."""
+
+    key: str
+    values: tuple[AxisValue, ...]
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """A `tasks:` entry (no axes) or a `matrix:` (the cartesian product of its axes)."""
+
+    file: str
+    line: int
+    column: int | None
+    model: str
+    quality: str
+    size: str
+    prompt: Template
+    filename: Template
+    name: Template | None
+    images: tuple[str, ...] = ()
+    seed: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    axes: tuple[Axis, ...] = ()
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for axis in self.axes:
+            n *= len(axis.values)
+        return n
+
+
+@dataclass(frozen=True)
+class RowsPlan:
+    """A CSV file: one task per data row. Cells of the special columns override the plan's defaults."""
+
+    file: str  # the CSV's path as shown in messages
+    path: Path
+    delimiter: str | None
+    header: tuple[str, ...]  # as first read, to notice a file changed before it is streamed
+    columns: dict[str, int]  # field ("prompt", "size", ...) → column index
+    variables: tuple[tuple[str, int], ...]  # variable name → column index
+    prompt: Template | None
+    filename: Template
+    name: Template | None
+    model: str
+    quality: str
+    size: str
+    images: tuple[str, ...] = ()
+    seed: str | None = None
+    constants: dict[str, str] = field(default_factory=dict)  # variables given in the manifest, for every row
+
+
+Plan = TaskPlan | RowsPlan
+
+
+class _Run:
+    """One pass over a manifest's tasks: numbering, and the checks that span tasks."""
+
+    def __init__(self, problems: Problems) -> None:
+        self.problems = problems
+        self.index = 0
+        self.names: dict[str, str] = {}  # task name → where first used
+        # casefolded filename hash → (first 48 bits of its spec key << 32) | task index. Hashes keep this
+        # small for a million rows; names are casefolded because macOS and Windows ignore case.
+        self.filenames: dict[int, int] = {}
+
+    def make(
+        self, file: str, line: int, column: int | None, *, model: str, quality: str, size: str, prompt: str, images: tuple[str, ...],
+        seed: str | None, filename: Template | str, name: Template | None, variables: dict[str, str],
+    ) -> TaskSpec | None:  # fmt: skip
+        """The spec, or None after recording why it cannot be one."""
+        self.index += 1
+        if not prompt.strip():
+            self.problems.add(file, line, column, "the prompt is empty")
+            return None
+        key = spec_key(model, prompt, quality, size, images, seed)
+        fields: dict[str, str | int] = {
+            **variables, "model": model, "quality": quality, "size": size, "seed": seed or "",
+            "index": self.index, "key": key[:KEY_CHARS],
+        }  # fmt: skip
+        try:
+            rendered = filename.render_filename(fields) if isinstance(filename, Template) else filename
+            task_name = name.render(fields) if name is not None else None
+        except TemplateError as e:
+            self.problems.add(file, line, column, str(e))
+            return None
+        why = check_relative_path(rendered)
+        if why:
+            self.problems.add(file, line, column, f"filename '{rendered}' {why}")
+            return None
+        source = f"{file}:{line}"
+        if task_name is not None and not self._name_ok(task_name, file, line, column, source):
+            return None
+        # A template with {index} names every task differently; any other may send two tasks to one file.
+        if not (isinstance(filename, Template) and "index" in filename.names):
+            self._check_collision(rendered, key, file, line, column)
+        return TaskSpec(model=model, prompt=prompt, quality=quality, size=size, filename=rendered,
+                        images=images, seed=seed, name=task_name, source=source, variables=variables)  # fmt: skip
+
+    def _name_ok(self, name: str, file: str, line: int, column: int | None, source: str) -> bool:
+        why = name_problem(name)
+        if why:
+            self.problems.add(file, line, column, why)
+            return False
+        first = self.names.get(name)
+        if first is not None:
+            self.problems.add(file, line, column, f"duplicate task name '{name}' (first used at {first})")
+            return False
+        self.names[name] = source
+        return True
+
+    def _check_collision(self, filename: str, key: str, file: str, line: int, column: int | None) -> None:
+        slot = hash(filename.casefold())
+        mine = (int(key[:KEY_CHARS], 16) << 32) | self.index
+        theirs = self.filenames.setdefault(slot, mine)
+        if theirs >> 32 != mine >> 32:
+            self.problems.add(file, line, column, f"filename '{filename}' is also the file of task #{theirs & 0xFFFFFFFF}"
+                              ", which asks for a different image; put {key} or a distinguishing variable "
+                              "in the filename")  # fmt: skip
+
+
+def generate(plans: tuple[Plan, ...], problems: Problems) -> Iterator[TaskSpec]:
+    """Every valid task of the plans in order; problems go to `problems`, the caller decides what then."""
+    run = _Run(problems)
+    for plan in plans:
+        if isinstance(plan, TaskPlan):
+            yield from _expand(plan, run)
+        else:
+            yield from _rows(plan, run)
+
+
+def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
+    for combo in itertools.product(*(axis.values for axis in plan.axes)):
+        model, quality, size, prompt, images, seed = (plan.model, plan.quality, plan.size, plan.prompt, plan.images,
+                                                      plan.seed)  # fmt: skip
+        variables = dict(plan.variables)
+        for axis, value in zip(plan.axes, combo, strict=True):
+            if isinstance(value, Template):
+                prompt = value
+            elif isinstance(value, tuple):
+                images = value
+            elif axis.key == "model":
+                model = value
+            elif axis.key == "quality":
+                quality = value
+            elif axis.key == "size":
+                size = value
+            elif axis.key == "seed":
+                seed = value
+            else:
+                variables[axis.key] = value
+        try:
+            text = prompt.render(variables)
+        except TemplateError as e:
+            run.index += 1
+            run.problems.add(plan.file, plan.line, plan.column, str(e))
+            continue
+        spec = run.make(plan.file, plan.line, plan.column, model=model, quality=quality, size=size, prompt=text, images=images,
+                        seed=seed, filename=plan.filename, name=plan.name, variables=variables)  # fmt: skip
+        if spec is not None:
+            yield spec
+
+
+def _rows(plan: RowsPlan, run: _Run) -> Iterator[TaskSpec]:
+    records = iter_records(plan.path, plan.file, plan.delimiter)
+    try:
+        first = next(records, None)
+        if first is None or tuple(first[1]) != plan.header:
+            run.problems.add(plan.file, first[0] if first else None, None, "the file changed while being read")
+            return
+        yield from _row_tasks(plan, records, run)
+    except SourceFault as fault:
+        run.problems.add_problem(fault.problem)
+    finally:
+        records.close()
+
+
+def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _Run) -> Iterator[TaskSpec]:
+    width = len(plan.header)
+    cols = plan.columns
+    c_prompt, c_model, c_quality, c_size = (cols.get(k) for k in ("prompt", "model", "quality", "size"))
+    c_filename, c_seed, c_images = (cols.get(k) for k in ("filename", "seed", "images"))
+    problems, file = run.problems, plan.file
+    for line, cells in records:
+        if len(cells) != width:
+            if len(cells) > width and "".join(cells[width:]).strip():
+                run.index += 1
+                problems.add(file, line, None, f"the row has {len(cells)} fields but the header has {width} "
+                             "columns (a value holding the delimiter must be quoted)")  # fmt: skip
+                continue
+            cells = (cells + [""] * width)[:width]
+        variables = dict(plan.constants)
+        variables.update((name, cells[i].strip()) for name, i in plan.variables)
+        prompt = cells[c_prompt].strip() if c_prompt is not None else ""
+        if not prompt and plan.prompt is not None:
+            try:
+                prompt = plan.prompt.render(variables)
+            except TemplateError as e:
+                run.index += 1
+                problems.add(file, line, None, str(e))
+                continue
+        model, quality, size = plan.model, plan.quality, plan.size
+        if c_model is not None or c_quality is not None or c_size is not None:
+            model = (cells[c_model].strip() if c_model is not None else "") or model
+            quality = normalise_quality(cells[c_quality]) if c_quality is not None else ""
+            quality = quality or plan.quality
+            size = (normalise_size(cells[c_size]) if c_size is not None else "") or size
+            errors = choice_errors(model, quality, size)
+            if errors:
+                run.index += 1
+                for error in errors:
+                    problems.add(file, line, None, error.message)
+                continue
+        seed, images, why = plan.seed, plan.images, None
+        if c_seed is not None and cells[c_seed].strip():
+            seed = cells[c_seed].strip()
+            why = seed_problem(seed)
+        if c_images is not None and cells[c_images].strip():
+            images = tuple(cells[c_images].split())
+            why = why or images_problem(images)
+        filename: Template | str = plan.filename
+        if c_filename is not None and cells[c_filename].strip():
+            filename = cells[c_filename].strip()
+        if why:
+            run.index += 1
+            problems.add(file, line, None, why)
+            continue
+        spec = run.make(file, line, None, model=model, quality=quality, size=size, prompt=prompt, images=images, seed=seed,
+                        filename=filename, name=plan.name, variables=variables)  # fmt: skip
+        if spec is not None:
+            yield spec

@@ -1,0 +1,133 @@
+"""The job store on a real SQLite file: idempotent import, fenced claims, recovery of interrupted creates."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batcher.errors import ManifestError, Problem
+from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
+from batcher.store import ClaimLost, Store
+from tests.conftest import OpenStore
+
+MODEL = "gemini-3.1-flash-lite-image"
+
+
+def specs(n: int, prefix: str = "p") -> list[TaskSpec]:
+    return [TaskSpec(MODEL, f"{prefix} {i}", "1K", "1x1", f"{prefix}-{i}.png", source=f"m.yaml:{i + 1}") for i in range(n)]
+
+
+def call(kind: str = "create") -> CallRecord:
+    return CallRecord(kind, "ok", 200, 1.0, time.time())
+
+
+async def imported(store: Store, items: list[TaskSpec], name: str = "job") -> int:
+    result = await store.import_manifest(JobSettings(name, "out"), "m.yaml", iter(items), extra={}, now=time.time())
+    return result.added
+
+
+async def test_reimport_adds_only_new_tasks_and_retires_removed_ones(open_store: OpenStore) -> None:
+    store = await open_store()
+    assert await imported(store, specs(10)) == 10
+    assert await imported(store, specs(10)) == 0
+    edited = specs(8) + specs(3, prefix="new")  # two rows removed, three added
+    assert await imported(store, edited) == 3
+    counts = (await store.status_counts())["job"]
+    assert counts == {"pending": 11, "retired": 2}
+    job = await store.job("job")
+    now = time.time()
+    claimed = await store.claim(job, "w", 100, now, now + 30)
+    assert sorted(t.prompt for t in claimed) == sorted(s.prompt for s in edited)
+
+
+async def test_identical_rows_are_one_task(open_store: OpenStore) -> None:
+    store = await open_store()
+    items = specs(5) + specs(5)
+    result = await store.import_manifest(JobSettings("job", "out"), "m.yaml", iter(items), extra={}, now=time.time())
+    assert (result.rows, result.added) == (10, 5)
+
+
+async def test_a_manifest_error_mid_stream_writes_nothing(open_store: OpenStore) -> None:
+    store = await open_store()
+
+    def broken() -> Iterator[TaskSpec]:
+        yield from specs(7000)  # more than one insert batch
+        raise ManifestError([Problem("m.yaml", 9000, None, "bad row")])
+
+    with pytest.raises(ManifestError):
+        await store.import_manifest(JobSettings("job", "out"), "m.yaml", broken(), extra={}, now=time.time())
+    assert await store.status_counts() == {}
+    assert await store.jobs() == []
+
+
+async def test_claims_are_disjoint_and_fenced(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(6))
+    job = await store.job("job")
+    now = time.time()
+    a = await store.claim(job, "a", 4, now, now + 30)
+    b = await store.claim(job, "b", 4, now, now + 30)
+    assert len(a) == 4 and len(b) == 2
+    assert not {t.id for t in a} & {t.id for t in b}
+    # a's lease runs out; b takes the task over; a can no longer write it
+    later = now + 60
+    taken = await store.claim(job, "b", 1, later, later + 30)
+    assert taken[0].id == a[0].id
+    with pytest.raises(ClaimLost):
+        await store.begin_create(a[0], later)
+    await store.begin_create(taken[0], later)
+    assert taken[0].status is TaskStatus.SUBMITTING
+
+
+async def test_a_create_interrupted_before_its_reply_becomes_unknown(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(2))
+    job = await store.job("job")
+    now = time.time()
+    t1, t2 = await store.claim(job, "w", 2, now, now + 30)
+    await store.begin_create(t1, now)
+    await store.begin_create(t2, now)
+    await store.created(t2, "remote-2", None, call(), now)
+    # the worker dies: its lease ends; recovery finds t1 in the unknown window, t2 safely submitted
+    assert await store.recover(job.id, now + 31) == 1
+    counts = (await store.status_counts())["job"]
+    assert counts == {"unknown": 1, "submitted": 1}
+    again = await store.claim(job, "w2", 5, now + 31, now + 61)
+    by_id = {t.id: t for t in again}
+    assert by_id[t2.id].status is TaskStatus.SUBMITTED and by_id[t2.id].remote_task_id == "remote-2"
+    assert by_id[t1.id].status is TaskStatus.UNKNOWN and by_id[t1.id].unknown_count == 1
+
+
+async def test_a_submitted_task_can_never_be_created_again(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    await store.begin_create(t, now)
+    await store.created(t, "r1", 67_000, call(), now)
+    with pytest.raises(ClaimLost):  # the fenced update requires pending/unknown: it matches no row
+        await store.begin_create(t, now)
+
+
+async def test_the_store_file_is_private(open_store: OpenStore, tmp_path: Path) -> None:
+    await open_store("private.db")
+    mode = stat.S_IMODE(os.stat(tmp_path / "private.db").st_mode)
+    assert mode == 0o600
+
+
+async def test_call_records_are_appended_with_the_next_commit(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    store.log_call(t, call("query"))
+    await store.writer.flush()
+    rows = await store.calls(job)
+    assert [(r["kind"], r["task_id"]) for r in rows] == [("query", t.id)]
