@@ -17,7 +17,7 @@ from batcher.emulator import BackgroundEmulator
 
 from .emu_helpers import read_png
 
-GUIDE_QUICK_START = '''\
+GUIDE_QUICK_START = """\
 import time
 import requests
 
@@ -60,7 +60,7 @@ while True:
         break
     if status == "Failed":
         raise RuntimeError(f"generation failed: {poll['msg']}")
-'''
+"""
 POLL_S = 0.1  # the guide sleeps 3 s between polls
 
 

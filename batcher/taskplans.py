@@ -1,0 +1,397 @@
+"""`tasks:`, `matrix:` and `rows:` (and a CSV manifest's header) → plans, every static fault located.
+
+The load-time half of reading a manifest: types, known models/qualities/sizes, templates that compile
+and use only defined variables, CSV headers. What only filled-in values can show is left to expansion.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from batcher.csvsource import iter_records
+from batcher.expansion import Axis, AxisValue, RowsPlan, TaskPlan
+from batcher.sourcetext import SourceFault
+from batcher.taskfields import (
+    FIELD_KEYS,
+    FILENAME_BUILTINS,
+    Problems,
+    choice_errors,
+    did_you_mean,
+    images_problem,
+    name_problem,
+    normalise_quality,
+    normalise_size,
+    seed_problem,
+)
+from batcher.templates import Template, TemplateError, check_filename_template, compile_template
+from batcher.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
+
+MAX_MATRIX_TASKS = 1_000_000  # one matrix; past this a typo (a long list pasted twice) is the likelier cause
+CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images")
+_ROWS_KEYS = ("file", "delimiter", "prompt", "filename", "name", "model", "quality", "size", "seed", "variant",
+              "images")  # fmt: skip
+_CHOICES = ("model", "quality", "size")
+
+
+@dataclass(frozen=True)
+class Given:
+    """A model, quality or size as written, and where (None: the built-in default)."""
+
+    text: str
+    loc: Loc | None
+    level: int  # 0 built-in, 1 the job's default, 2 the task/matrix/rows entry itself
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the job sets for every task."""
+
+    model: Given
+    quality: Given
+    size: Given
+    prompt: Template | None
+    filename: Template
+
+
+class PlanBuilder:
+    """Builds the plans of one YAML manifest (or of a CSV manifest's single file), recording problems."""
+
+    def __init__(self, file: str, problems: Problems, defaults: Defaults, base_dir: Path) -> None:
+        self.file = file
+        self.problems = problems
+        self.d = defaults
+        self.base_dir = base_dir  # `rows:` paths are relative to the manifest's folder
+
+    def _at(self, loc: Loc | None, message: str) -> None:
+        self.problems.add(self.file, loc.line if loc else None, loc.column if loc else None, message)
+
+    # --- reading values ------------------------------------------------------------------------------
+
+    def text(self, node: YNode, what: str) -> str | None:
+        if isinstance(node, YScalar) and not node.is_null:
+            return node.text
+        self._at(node.loc, f"{what} has no value" if isinstance(node, YScalar) else
+                 f"{what} must be a single value, not {kind(node)}")  # fmt: skip
+        return None
+
+    def template(self, node: YNode, what: str) -> Template | None:
+        text = self.text(node, what)
+        if text is None:
+            return None
+        try:
+            return compile_template(text)
+        except TemplateError as e:
+            self._at(node.loc, f"{what} template '{text}': {e}")
+            return None
+
+    def filename_template(self, node: YNode) -> Template | None:
+        template = self.template(node, "filename")
+        why = template is not None and check_filename_template(template)
+        if template is not None and why:
+            self._at(node.loc, f"filename template '{template.text}' {why}")
+            return None
+        return template
+
+    def _images(self, node: YNode) -> tuple[str, ...] | None:
+        items = node.items if isinstance(node, YSeq) else [node]
+        texts = [self.text(item, "an image") for item in items]
+        if any(t is None for t in texts):
+            return None
+        images = tuple(t for t in texts if t is not None)
+        why = images_problem(images)
+        if why:
+            self._at(node.loc, why)
+            return None
+        return images
+
+    def _seed(self, node: YNode) -> str | None:
+        seed = self.text(node, "seed")
+        why = seed is not None and seed_problem(seed)
+        if why:
+            self._at(node.loc, why)
+            return None
+        return seed
+
+    # --- tasks and matrices --------------------------------------------------------------------------
+
+    def tasks(self, node: YNode) -> list[TaskPlan]:
+        if not isinstance(node, YSeq):
+            self._at(node.loc, f"tasks must be a list (lines starting with '- '), not {kind(node)}")
+            return []
+        plans = []
+        for item in node.items:
+            if isinstance(item, YScalar) and not item.is_null:  # `- "A red mug"`: a task that is only a prompt
+                item = YMap({"prompt": item}, {"prompt": item.loc}, item.loc)
+            if not isinstance(item, YMap):
+                self._at(item.loc, f"a task must be a mapping (prompt: ..., size: ...) or a prompt, not {kind(item)}")
+                continue
+            plan = self.entry(item, matrix=False)
+            if plan is not None:
+                plans.append(plan)
+        return plans
+
+    def matrices(self, node: YNode) -> list[TaskPlan]:
+        items = node.items if isinstance(node, YSeq) else [node]
+        plans = []
+        for item in items:
+            if not isinstance(item, YMap):
+                self._at(item.loc, f"matrix must be a mapping of value lists (animal: [cat, dog]), or a list of "
+                         f"such mappings, not {kind(item)}")  # fmt: skip
+                continue
+            plan = self.entry(item, matrix=True)
+            if plan is not None:
+                plans.append(plan)
+        return plans
+
+    def entry(self, m: YMap, *, matrix: bool) -> TaskPlan | None:
+        """One task (matrix=False) or one matrix: lists in a matrix are axes, scalars are constants."""
+        before = len(self.problems.kept)
+        what = "matrix" if matrix else "task"
+        choices: dict[str, list[Given]] = {"model": [self.d.model], "quality": [self.d.quality], "size": [self.d.size]}
+        axes: list[Axis] = []
+        variables: dict[str, str] = {}
+        own_prompt: Template | None = None
+        prompt_axis: list[Template] = []
+        filename, name, images, seed = self.d.filename, None, (), None
+        templates_loc: dict[str, Loc] = {}
+        if "seed" in m.items and "variant" in m.items:
+            self._at(m.key_locs["variant"], "give either seed or variant, not both")
+        for key, node in m.items.items():
+            as_axis = matrix and isinstance(node, YSeq)
+            if as_axis and not node.items:  # type: ignore[union-attr]
+                self._at(node.loc, f"'{key}' is an empty list: a matrix axis needs at least one value")
+                continue
+            if key in _CHOICES:
+                values = self._choice_values(key, node, as_axis)
+                if values:
+                    choices[key] = values
+                    if as_axis:
+                        axes.append(Axis(key, tuple(v.text for v in values)))
+            elif key == "prompt":
+                templates_loc["prompt"] = node.loc
+                if as_axis:
+                    assert isinstance(node, YSeq)
+                    prompt_axis = [t for t in (self.template(i, "prompt") for i in node.items) if t is not None]
+                    axes.append(Axis("prompt", tuple(prompt_axis)))
+                else:
+                    own_prompt = self.template(node, "prompt")
+            elif key == "filename":
+                templates_loc["filename"] = node.loc
+                filename = self.filename_template(node) or filename
+            elif key == "name":
+                templates_loc["name"] = node.loc
+                name = self.template(node, "name")
+                if name is not None and not name.names and (why := name_problem(name.text)):
+                    self._at(node.loc, why)
+            elif key == "images":
+                if as_axis and all(isinstance(i, YSeq) for i in node.items):  # type: ignore[union-attr]
+                    assert isinstance(node, YSeq)
+                    lists = [self._images(i) for i in node.items]
+                    axes.append(Axis("images", tuple(x for x in lists if x is not None)))
+                else:
+                    images = self._images(node) or ()
+            elif key in ("seed", "variant"):
+                if as_axis:
+                    assert isinstance(node, YSeq)
+                    seeds = [self._seed(i) for i in node.items]
+                    axes.append(Axis("seed", tuple(s for s in seeds if s is not None)))
+                else:
+                    seed = self._seed(node)
+            elif as_axis:
+                assert isinstance(node, YSeq)
+                texts = [self.text(i, f"a value of '{key}'") for i in node.items]
+                axes.append(Axis(key, tuple(t for t in texts if t is not None)))
+            else:
+                value = self.text(node, f"variable '{key}'")
+                if value is not None:
+                    variables[key] = value
+        prompt = own_prompt or (prompt_axis[0] if prompt_axis else None) or self.d.prompt
+        if prompt is None:
+            self._at(m.loc, f"the {what} has no prompt (and the job sets no top-level prompt template)")
+        self._check_choices(choices, m.loc)
+        names = set(variables) | {a.key for a in axes if a.key not in FIELD_KEYS}
+        templates = [("prompt", t) for t in ([own_prompt] if own_prompt else prompt_axis or [self.d.prompt])]
+        templates += [("filename", filename)] + ([("name", name)] if name else [])
+        used: set[str] = set()
+        for role, template in templates:
+            if template is not None:
+                used |= template.names
+                self._check_defined(template, role, names, templates_loc.get(role), m.loc)
+        self._check_typos(m, names - used)
+        plan = TaskPlan(self.file, m.loc.line, m.loc.column, choices["model"][0].text, choices["quality"][0].text,
+                        choices["size"][0].text, prompt or compile_template("-"), filename, name, images, seed,
+                        variables, tuple(axes))  # fmt: skip
+        if plan.count > MAX_MATRIX_TASKS:
+            self._at(m.loc, f"the matrix expands to {plan.count:,} tasks, more than {MAX_MATRIX_TASKS:,}")
+        return plan if len(self.problems.kept) == before else None
+
+    def _choice_values(self, key: str, node: YNode, as_axis: bool) -> list[Given]:
+        items = node.items if as_axis and isinstance(node, YSeq) else [node]
+        out = []
+        for item in items:
+            text = self.text(item, key)
+            if text is not None:
+                norm = normalise_quality(text) if key == "quality" else normalise_size(text) if key == "size" else text
+                out.append(Given(norm.strip(), item.loc, 2))
+        return out if len(out) == len(items) else []
+
+    def _check_choices(self, choices: dict[str, list[Given]], fallback: Loc) -> None:
+        for model, quality, size in itertools.product(choices["model"], choices["quality"], choices["size"]):
+            for error in choice_errors(model.text, quality.text, size.text):
+                given = {"model": model, "quality": quality, "size": size}[error.field]
+                if error.field != "model" and model.level > given.level:
+                    given = model  # the task chose the model; the default quality/size does not fit it
+                self._at(given.loc or fallback, error.message)
+
+    def _check_defined(self, template: Template, role: str, names: set[str], loc: Loc | None, entry: Loc) -> None:
+        allowed = names if role == "prompt" else names | set(FILENAME_BUILTINS)
+        for missing in sorted(template.names - allowed):
+            hint = did_you_mean(missing, allowed)
+            if role == "prompt" and missing in FIELD_KEYS:
+                hint += f" ('{missing}' is a task field; a prompt can use only variables)"
+            whose = "" if loc else "the job's "
+            defined = ", ".join(sorted(allowed)) or "none"
+            self._at(loc or entry, f"undefined variable '{missing}' in {whose}{role} template '{template.text}'"
+                     f"{hint}; defined: {defined}")  # fmt: skip
+
+    def _check_typos(self, m: YMap, unused: set[str]) -> None:
+        """A variable no template uses, spelled almost like a field, is a misspelt field."""
+        for key in sorted(unused):
+            hint = did_you_mean(key, FIELD_KEYS)
+            if hint and key.lower() not in FIELD_KEYS:
+                self._at(m.key_locs.get(key, m.loc), f"unknown key '{key}'{hint}: other keys are template variables, "
+                         "but no template uses this one")  # fmt: skip
+
+    # --- CSV files -----------------------------------------------------------------------------------
+
+    def rows(self, node: YNode) -> list[tuple[RowsPlan, bool]]:
+        """Plans for `rows:` (a file name, a mapping, or a list of them), each with whether it has data rows."""
+        items = node.items if isinstance(node, YSeq) else [node]
+        out = []
+        for item in items:
+            if isinstance(item, YScalar) and not item.is_null:
+                item = YMap({"file": item}, {"file": item.loc}, item.loc)
+            if not isinstance(item, YMap):
+                self._at(item.loc, f"rows must be a CSV file name or a mapping (file: ..., prompt: ...), not {kind(item)}")
+                continue
+            plan = self._rows_entry(item)
+            if plan is not None:
+                out.append(plan)
+        return out
+
+    def _rows_entry(self, m: YMap) -> tuple[RowsPlan, bool] | None:
+        before = len(self.problems.kept)
+        if "file" not in m.items:
+            self._at(m.loc, "rows needs file: (the CSV file's path, relative to the manifest)")
+            return None
+        name = self.text(m.items["file"], "rows file")
+        delimiter = m.items.get("delimiter")
+        sep = self.text(delimiter, "delimiter") if delimiter else None
+        if sep is not None and len(sep.replace("\\t", "\t")) != 1:
+            self._at(delimiter.loc if delimiter else m.loc, "delimiter must be one character, e.g. ';' or '\\t'")
+        if name is None:
+            return None
+        csv_file = str(Path(self.file).parent / name)
+        header = self._read_header(self.base_dir / name, csv_file, sep.replace("\\t", "\t") if sep else None,
+                                   m.items["file"].loc)  # fmt: skip
+        if header is None:
+            return None
+        line, cells, has_rows = header
+        columns, variables = csv_columns(cells, csv_file, line, self.problems)
+        given: dict[str, Given] = {"model": self.d.model, "quality": self.d.quality, "size": self.d.size}
+        prompt, filename, task_name, images, seed = self.d.prompt, self.d.filename, None, (), None
+        constants: dict[str, str] = {}
+        templates_loc: dict[str, Loc] = {}
+        for key, node in m.items.items():
+            if key in ("file", "delimiter"):
+                continue
+            if key in _CHOICES:
+                values = self._choice_values(key, node, False)
+                given[key] = values[0] if values else given[key]
+            elif key == "prompt":
+                prompt, templates_loc[key] = self.template(node, "prompt"), node.loc
+            elif key == "filename":
+                filename, templates_loc[key] = self.filename_template(node) or filename, node.loc
+            elif key == "name":
+                task_name, templates_loc[key] = self.template(node, "name"), node.loc
+            elif key == "images":
+                images = self._images(node) or ()
+            elif key in ("seed", "variant"):
+                seed = self._seed(node)
+            else:
+                value = self.text(node, f"variable '{key}'")
+                if value is not None:
+                    constants[key] = value
+        if "prompt" not in columns and prompt is None:
+            self._at(m.loc, f"{csv_file} has no 'prompt' column and no prompt template is given "
+                     "(rows: {file: ..., prompt: \"... {column} ...\"})")  # fmt: skip
+        self._check_choices({k: [v] for k, v in given.items()}, m.loc)
+        names = {n for n, _ in variables} | set(constants)
+        for role, template in (("prompt", prompt), ("filename", filename), ("name", task_name)):
+            if template is not None:
+                self._check_defined(template, role, names, templates_loc.get(role), m.loc)
+        if len(self.problems.kept) != before:
+            return None
+        plan = RowsPlan(csv_file, self.base_dir / name, sep.replace("\\t", "\t") if sep else None, tuple(cells),
+                        columns, tuple(variables), prompt, filename, task_name, given["model"].text,
+                        given["quality"].text, given["size"].text, images, seed, constants)  # fmt: skip
+        return plan, has_rows
+
+    def _read_header(
+        self, path: Path, csv_file: str, delimiter: str | None, loc: Loc | None
+    ) -> tuple[int, list[str], bool] | None:
+        if not path.is_file():
+            where = path.parent.resolve() if path.parent.exists() else path.parent
+            self._at(loc, f"rows file '{path.name}' not found (looked in {where})")
+            return None
+        return read_header(path, csv_file, delimiter, self.problems)
+
+
+def read_header(
+    path: Path, csv_file: str, delimiter: str | None, problems: Problems
+) -> tuple[int, list[str], bool] | None:
+    """(header line, header cells, whether a data row follows), or None after recording why not."""
+    records = iter_records(path, csv_file, delimiter)
+    try:
+        header = next(records, None)
+        if header is None:
+            problems.add(csv_file, None, None, "the CSV file is empty: it needs a header row (prompt,...)")
+            return None
+        return header[0], header[1], next(records, None) is not None
+    except SourceFault as fault:
+        problems.add_problem(fault.problem)
+        return None
+    finally:
+        records.close()
+
+
+def csv_columns(
+    cells: list[str], csv_file: str, line: int, problems: Problems
+) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """Header cells → (field → column index, [(variable, column index)]). Names are trimmed; fields are
+    matched ignoring case ("Prompt"); `variant` is another name for `seed`; empty trailing names ignored."""
+    names = [c.strip() for c in cells]
+    while names and not names[-1]:
+        names.pop()
+    columns: dict[str, int] = {}
+    variables: list[tuple[str, int]] = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            problems.add(csv_file, line, None, f"column {i + 1} of the header has no name")
+            continue
+        field = name.lower() if name.lower() in CSV_FIELDS else None
+        field = "seed" if field == "variant" else field
+        ident = field or name
+        if ident in seen:
+            problems.add(csv_file, line, None, f"column '{name}' appears twice in the header (columns "
+                         f"{seen[ident] + 1} and {i + 1})")  # fmt: skip
+            continue
+        seen[ident] = i
+        if field:
+            columns[field] = i
+        else:
+            variables.append((name, i))
+    return columns, variables
