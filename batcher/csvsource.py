@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from batcher.errors import Problem
@@ -25,7 +25,7 @@ def guess_delimiter(header_line: str) -> str:
     return best if counts[best] > counts[","] else ","
 
 
-def iter_records(path: Path, file: str, delimiter: str | None = None) -> Iterator[tuple[int, list[str]]]:
+def iter_records(path: Path, file: str, delimiter: str | None = None) -> Generator[tuple[int, list[str]]]:
     """Non-blank records, header first, each with the line it starts on; raises SourceFault on a bad file.
 
     `delimiter` None means: guess from the header line (`.tsv` files: tab).
@@ -70,11 +70,15 @@ def iter_records(path: Path, file: str, delimiter: str | None = None) -> Iterato
 
 def _csv_problem(file: str, start: int, current: int, error: str) -> Problem:
     if "field larger than field limit" in error:
-        message = f"a field is longer than {MAX_FIELD_CHARS // (1 << 20)} MiB: is a quote (\") left open?"
+        message = f'a field is longer than {MAX_FIELD_CHARS // (1 << 20)} MiB: is a quote (") left open?'
         return Problem(file, start, None, message)
     if "unexpected end of data" in error:
-        return Problem(file, start, None, "a quoted field starting on this line is never closed (missing \")")
+        return Problem(file, start, None, 'a quoted field starting on this line is never closed (missing ")')
     if "new-line character seen in unquoted field" in error:
-        return Problem(file, current, None, "lone carriage return (\\r) line ends: save the file with Windows "
-                       "(CRLF) or Unix (LF) line ends")  # fmt: skip
-    return Problem(file, current, None, f"bad CSV quoting: {error} (a quote inside a quoted field is written \"\")")
+        return Problem(
+            file,
+            current,
+            None,
+            "lone carriage return (\\r) line ends: save the file with Windows (CRLF) or Unix (LF) line ends",
+        )
+    return Problem(file, current, None, f'bad CSV quoting: {error} (a quote inside a quoted field is written "")')

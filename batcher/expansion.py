@@ -84,6 +84,7 @@ class RowsPlan:
     images: tuple[str, ...] = ()
     seed: str | None = None
     constants: dict[str, str] = field(default_factory=dict)  # variables given in the manifest, for every row
+    header_line: int = 1
 
 
 Plan = TaskPlan | RowsPlan
@@ -101,9 +102,21 @@ class _Run:
         self.filenames: dict[int, int] = {}
 
     def make(
-        self, file: str, line: int, column: int | None, *, model: str, quality: str, size: str, prompt: str, images: tuple[str, ...],
-        seed: str | None, filename: Template | str, name: Template | None, variables: dict[str, str],
-    ) -> TaskSpec | None:  # fmt: skip
+        self,
+        file: str,
+        line: int,
+        column: int | None,
+        *,
+        model: str,
+        quality: str,
+        size: str,
+        prompt: str,
+        images: tuple[str, ...],
+        seed: str | None,
+        filename: Template | str,
+        name: Template | None,
+        variables: dict[str, str],
+    ) -> TaskSpec | None:
         """The spec, or None after recording why it cannot be one."""
         self.index += 1
         if not prompt.strip():
@@ -111,9 +124,14 @@ class _Run:
             return None
         key = spec_key(model, prompt, quality, size, images, seed)
         fields: dict[str, str | int] = {
-            **variables, "model": model, "quality": quality, "size": size, "seed": seed or "",
-            "index": self.index, "key": key[:KEY_CHARS],
-        }  # fmt: skip
+            **variables,
+            "model": model,
+            "quality": quality,
+            "size": size,
+            "seed": seed or "",
+            "index": self.index,
+            "key": key[:KEY_CHARS],
+        }
         try:
             rendered = filename.render_filename(fields) if isinstance(filename, Template) else filename
             task_name = name.render(fields) if name is not None else None
@@ -130,8 +148,18 @@ class _Run:
         # A template with {index} names every task differently; any other may send two tasks to one file.
         if not (isinstance(filename, Template) and "index" in filename.names):
             self._check_collision(rendered, key, file, line, column)
-        return TaskSpec(model=model, prompt=prompt, quality=quality, size=size, filename=rendered,
-                        images=images, seed=seed, name=task_name, source=source, variables=variables)  # fmt: skip
+        return TaskSpec(
+            model=model,
+            prompt=prompt,
+            quality=quality,
+            size=size,
+            filename=rendered,
+            images=images,
+            seed=seed,
+            name=task_name,
+            source=source,
+            variables=variables,
+        )
 
     def _name_ok(self, name: str, file: str, line: int, column: int | None, source: str) -> bool:
         why = name_problem(name)
@@ -150,9 +178,14 @@ class _Run:
         mine = (int(key[:KEY_CHARS], 16) << 32) | self.index
         theirs = self.filenames.setdefault(slot, mine)
         if theirs >> 32 != mine >> 32:
-            self.problems.add(file, line, column, f"filename '{filename}' is also the file of task #{theirs & 0xFFFFFFFF}"
-                              ", which asks for a different image; put {key} or a distinguishing variable "
-                              "in the filename")  # fmt: skip
+            self.problems.add(
+                file,
+                line,
+                column,
+                f"filename '{filename}' is also the file of task #{theirs & 0xFFFFFFFF}"
+                ", which asks for a different image; put {key} or a distinguishing variable "
+                "in the filename",
+            )
 
 
 def generate(plans: tuple[Plan, ...], problems: Problems) -> Iterator[TaskSpec]:
@@ -167,8 +200,14 @@ def generate(plans: tuple[Plan, ...], problems: Problems) -> Iterator[TaskSpec]:
 
 def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
     for combo in itertools.product(*(axis.values for axis in plan.axes)):
-        model, quality, size, prompt, images, seed = (plan.model, plan.quality, plan.size, plan.prompt, plan.images,
-                                                      plan.seed)  # fmt: skip
+        model, quality, size, prompt, images, seed = (
+            plan.model,
+            plan.quality,
+            plan.size,
+            plan.prompt,
+            plan.images,
+            plan.seed,
+        )
         variables = dict(plan.variables)
         for axis, value in zip(plan.axes, combo, strict=True):
             if isinstance(value, Template):
@@ -191,8 +230,20 @@ def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
             run.index += 1
             run.problems.add(plan.file, plan.line, plan.column, str(e))
             continue
-        spec = run.make(plan.file, plan.line, plan.column, model=model, quality=quality, size=size, prompt=text, images=images,
-                        seed=seed, filename=plan.filename, name=plan.name, variables=variables)  # fmt: skip
+        spec = run.make(
+            plan.file,
+            plan.line,
+            plan.column,
+            model=model,
+            quality=quality,
+            size=size,
+            prompt=text,
+            images=images,
+            seed=seed,
+            filename=plan.filename,
+            name=plan.name,
+            variables=variables,
+        )
         if spec is not None:
             yield spec
 
@@ -221,8 +272,13 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
         if len(cells) != width:
             if len(cells) > width and "".join(cells[width:]).strip():
                 run.index += 1
-                problems.add(file, line, None, f"the row has {len(cells)} fields but the header has {width} "
-                             "columns (a value holding the delimiter must be quoted)")  # fmt: skip
+                problems.add(
+                    file,
+                    line,
+                    None,
+                    f"the row has {len(cells)} fields but the header has {width} "
+                    "columns (a value holding the delimiter must be quoted)",
+                )
                 continue
             cells = (cells + [""] * width)[:width]
         variables = dict(plan.constants)
@@ -261,7 +317,19 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
             run.index += 1
             problems.add(file, line, None, why)
             continue
-        spec = run.make(file, line, None, model=model, quality=quality, size=size, prompt=prompt, images=images, seed=seed,
-                        filename=filename, name=plan.name, variables=variables)  # fmt: skip
+        spec = run.make(
+            file,
+            line,
+            None,
+            model=model,
+            quality=quality,
+            size=size,
+            prompt=prompt,
+            images=images,
+            seed=seed,
+            filename=filename,
+            name=plan.name,
+            variables=variables,
+        )
         if spec is not None:
             yield spec

@@ -39,14 +39,18 @@ def _not_utf8(file: str, line: int, raw_line: bytes, byte_offset: int) -> Proble
         hint = "it looks like Windows-1252/Latin-1; " + hint
     except UnicodeDecodeError:
         pass
-    return Problem(file, line, _column(raw_line, byte_offset), f"the file is not valid UTF-8 (byte 0x{bad:02X}): {hint}")
+    return Problem(
+        file, line, _column(raw_line, byte_offset), f"the file is not valid UTF-8 (byte 0x{bad:02X}): {hint}"
+    )
 
 
 def _nul(file: str, line: int, raw_line: bytes, byte_offset: int) -> Problem:
     return Problem(
-        file, line, _column(raw_line, byte_offset),
+        file,
+        line,
+        _column(raw_line, byte_offset),
         "the file contains a NUL byte: it is binary or UTF-16, not a UTF-8 text file",
-    )  # fmt: skip
+    )
 
 
 def _too_long(file: str, line: int) -> Problem:
@@ -81,9 +85,13 @@ def read_text(path: Path, file: str, limit_bytes: int = MAX_YAML_BYTES) -> str:
     if len(data) > limit_bytes:
         limit_mib = limit_bytes // (1 << 20)
         raise SourceFault(
-            Problem(file, None, None, f"the file is larger than {limit_mib} MiB; put large task lists in a CSV "
-                    "file and point `rows:` at it")
-        )  # fmt: skip
+            Problem(
+                file,
+                None,
+                None,
+                f"the file is larger than {limit_mib} MiB; put large task lists in a CSV file and point `rows:` at it",
+            )
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -30,17 +30,19 @@ _DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """' (did you mean 'x'?)' for a close match, else ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def job_name_problem(name: str) -> str | None:
     if JOB_NAME.fullmatch(name):
         return None
-    return (f"job name '{name}' is not valid: use 1 to 100 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit (it becomes a folder name)")  # fmt: skip
+    return (
+        f"job name '{name}' is not valid: use 1 to 100 letters, digits, '.', '_' or '-', starting with a "
+        "letter or digit (it becomes a folder name)"
+    )
 
 
 # --- model, quality, size ------------------------------------------------------------------------------
@@ -72,11 +74,19 @@ def choice_errors(model: str, quality: str, size: str) -> tuple[ChoiceError, ...
     errors: list[ChoiceError] = []
     if quality not in TIER_SCALE:
         tiers = ", ".join(TIER_SCALE)
-        errors.append(ChoiceError("quality", f"unknown quality '{quality}'; {model} accepts {_accepts(facts.qualities)}"
-                                  f" (the tiers are {tiers})"))  # fmt: skip
+        errors.append(
+            ChoiceError(
+                "quality",
+                f"unknown quality '{quality}'; {model} accepts {_accepts(facts.qualities)} (the tiers are {tiers})",
+            )
+        )
     elif quality not in facts.qualities:
-        errors.append(ChoiceError("quality", f"quality {quality} is not available for {model}, which "
-                                  f"{_accepts(facts.qualities, verb=True)}"))  # fmt: skip
+        errors.append(
+            ChoiceError(
+                "quality",
+                f"quality {quality} is not available for {model}, which {_accepts(facts.qualities, verb=True)}",
+            )
+        )
     if size not in facts.sizes:
         colon = _RATIO_WITH_COLON.fullmatch(size)
         if colon:

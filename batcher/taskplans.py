@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batcher.csvsource import iter_records
-from batcher.expansion import Axis, AxisValue, RowsPlan, TaskPlan
+from batcher.expansion import Axis, RowsPlan, TaskPlan
 from batcher.sourcetext import SourceFault
 from batcher.taskfields import (
     FIELD_KEYS,
@@ -30,8 +30,19 @@ from batcher.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
 
 MAX_MATRIX_TASKS = 1_000_000  # one matrix; past this a typo (a long list pasted twice) is the likelier cause
 CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images")
-_ROWS_KEYS = ("file", "delimiter", "prompt", "filename", "name", "model", "quality", "size", "seed", "variant",
-              "images")  # fmt: skip
+_ROWS_KEYS = (
+    "file",
+    "delimiter",
+    "prompt",
+    "filename",
+    "name",
+    "model",
+    "quality",
+    "size",
+    "seed",
+    "variant",
+    "images",
+)
 _CHOICES = ("model", "quality", "size")
 
 
@@ -72,8 +83,10 @@ class PlanBuilder:
     def text(self, node: YNode, what: str) -> str | None:
         if isinstance(node, YScalar) and not node.is_null:
             return node.text
-        self._at(node.loc, f"{what} has no value" if isinstance(node, YScalar) else
-                 f"{what} must be a single value, not {kind(node)}")  # fmt: skip
+        self._at(
+            node.loc,
+            f"{what} has no value" if isinstance(node, YScalar) else f"{what} must be a single value, not {kind(node)}",
+        )
         return None
 
     def template(self, node: YNode, what: str) -> Template | None:
@@ -137,8 +150,11 @@ class PlanBuilder:
         plans = []
         for item in items:
             if not isinstance(item, YMap):
-                self._at(item.loc, f"matrix must be a mapping of value lists (animal: [cat, dog]), or a list of "
-                         f"such mappings, not {kind(item)}")  # fmt: skip
+                self._at(
+                    item.loc,
+                    f"matrix must be a mapping of value lists (animal: [cat, dog]), or a list of "
+                    f"such mappings, not {kind(item)}",
+                )
                 continue
             plan = self.entry(item, matrix=True)
             if plan is not None:
@@ -154,7 +170,8 @@ class PlanBuilder:
         variables: dict[str, str] = {}
         own_prompt: Template | None = None
         prompt_axis: list[Template] = []
-        filename, name, images, seed = self.d.filename, None, (), None
+        filename, name, seed = self.d.filename, None, None
+        images: tuple[str, ...] = ()
         templates_loc: dict[str, Loc] = {}
         if "seed" in m.items and "variant" in m.items:
             self._at(m.key_locs["variant"], "give either seed or variant, not both")
@@ -208,21 +225,35 @@ class PlanBuilder:
                 if value is not None:
                     variables[key] = value
         prompt = own_prompt or (prompt_axis[0] if prompt_axis else None) or self.d.prompt
-        if prompt is None:
+        if prompt is None and "prompt" not in m.items:
             self._at(m.loc, f"the {what} has no prompt (and the job sets no top-level prompt template)")
         self._check_choices(choices, m.loc)
-        names = set(variables) | {a.key for a in axes if a.key not in FIELD_KEYS}
-        templates = [("prompt", t) for t in ([own_prompt] if own_prompt else prompt_axis or [self.d.prompt])]
+        # Every other key defines a variable, even one whose value was refused above: one problem per fault.
+        names = {key for key in m.items if key not in FIELD_KEYS}
+        prompts: list[Template | None] = [own_prompt] if own_prompt else [*prompt_axis] or [self.d.prompt]
+        templates: list[tuple[str, Template | None]] = [("prompt", t) for t in prompts]
         templates += [("filename", filename)] + ([("name", name)] if name else [])
         used: set[str] = set()
         for role, template in templates:
             if template is not None:
                 used |= template.names
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
-        self._check_typos(m, names - used)
-        plan = TaskPlan(self.file, m.loc.line, m.loc.column, choices["model"][0].text, choices["quality"][0].text,
-                        choices["size"][0].text, prompt or compile_template("-"), filename, name, images, seed,
-                        variables, tuple(axes))  # fmt: skip
+        self._check_typos(m, set(variables) - used)
+        plan = TaskPlan(
+            self.file,
+            m.loc.line,
+            m.loc.column,
+            choices["model"][0].text,
+            choices["quality"][0].text,
+            choices["size"][0].text,
+            prompt or compile_template("-"),
+            filename,
+            name,
+            images,
+            seed,
+            variables,
+            tuple(axes),
+        )
         if plan.count > MAX_MATRIX_TASKS:
             self._at(m.loc, f"the matrix expands to {plan.count:,} tasks, more than {MAX_MATRIX_TASKS:,}")
         return plan if len(self.problems.kept) == before else None
@@ -253,16 +284,20 @@ class PlanBuilder:
                 hint += f" ('{missing}' is a task field; a prompt can use only variables)"
             whose = "" if loc else "the job's "
             defined = ", ".join(sorted(allowed)) or "none"
-            self._at(loc or entry, f"undefined variable '{missing}' in {whose}{role} template '{template.text}'"
-                     f"{hint}; defined: {defined}")  # fmt: skip
+            self._at(
+                loc or entry,
+                f"undefined variable '{missing}' in {whose}{role} template '{template.text}'{hint}; defined: {defined}",
+            )
 
     def _check_typos(self, m: YMap, unused: set[str]) -> None:
         """A variable no template uses, spelled almost like a field, is a misspelt field."""
         for key in sorted(unused):
-            hint = did_you_mean(key, FIELD_KEYS)
-            if hint and key.lower() not in FIELD_KEYS:
-                self._at(m.key_locs.get(key, m.loc), f"unknown key '{key}'{hint}: other keys are template variables, "
-                         "but no template uses this one")  # fmt: skip
+            hint = did_you_mean(key, FIELD_KEYS, cutoff=0.8)
+            if hint:
+                self._at(
+                    m.key_locs.get(key, m.loc),
+                    f"unknown key '{key}'{hint}: other keys are template variables, but no template uses this one",
+                )
 
     # --- CSV files -----------------------------------------------------------------------------------
 
@@ -274,7 +309,9 @@ class PlanBuilder:
             if isinstance(item, YScalar) and not item.is_null:
                 item = YMap({"file": item}, {"file": item.loc}, item.loc)
             if not isinstance(item, YMap):
-                self._at(item.loc, f"rows must be a CSV file name or a mapping (file: ..., prompt: ...), not {kind(item)}")
+                self._at(
+                    item.loc, f"rows must be a CSV file name or a mapping (file: ..., prompt: ...), not {kind(item)}"
+                )
                 continue
             plan = self._rows_entry(item)
             if plan is not None:
@@ -294,14 +331,14 @@ class PlanBuilder:
         if name is None:
             return None
         csv_file = str(Path(self.file).parent / name)
-        header = self._read_header(self.base_dir / name, csv_file, sep.replace("\\t", "\t") if sep else None,
-                                   m.items["file"].loc)  # fmt: skip
+        header = self._read_header(name, csv_file, sep.replace("\\t", "\t") if sep else None, m.items["file"].loc)
         if header is None:
             return None
         line, cells, has_rows = header
         columns, variables = csv_columns(cells, csv_file, line, self.problems)
         given: dict[str, Given] = {"model": self.d.model, "quality": self.d.quality, "size": self.d.size}
-        prompt, filename, task_name, images, seed = self.d.prompt, self.d.filename, None, (), None
+        prompt, filename, task_name, seed = self.d.prompt, self.d.filename, None, None
+        images: tuple[str, ...] = ()
         constants: dict[str, str] = {}
         templates_loc: dict[str, Loc] = {}
         for key, node in m.items.items():
@@ -325,8 +362,11 @@ class PlanBuilder:
                 if value is not None:
                     constants[key] = value
         if "prompt" not in columns and prompt is None:
-            self._at(m.loc, f"{csv_file} has no 'prompt' column and no prompt template is given "
-                     "(rows: {file: ..., prompt: \"... {column} ...\"})")  # fmt: skip
+            self._at(
+                m.loc,
+                f"{csv_file} has no 'prompt' column and no prompt template is given "
+                '(rows: {file: ..., prompt: "... {column} ..."})',
+            )
         self._check_choices({k: [v] for k, v in given.items()}, m.loc)
         names = {n for n, _ in variables} | set(constants)
         for role, template in (("prompt", prompt), ("filename", filename), ("name", task_name)):
@@ -334,17 +374,33 @@ class PlanBuilder:
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
         if len(self.problems.kept) != before:
             return None
-        plan = RowsPlan(csv_file, self.base_dir / name, sep.replace("\\t", "\t") if sep else None, tuple(cells),
-                        columns, tuple(variables), prompt, filename, task_name, given["model"].text,
-                        given["quality"].text, given["size"].text, images, seed, constants)  # fmt: skip
+        plan = RowsPlan(
+            csv_file,
+            self.base_dir / name,
+            sep.replace("\\t", "\t") if sep else None,
+            tuple(cells),
+            columns,
+            tuple(variables),
+            prompt,
+            filename,
+            task_name,
+            given["model"].text,
+            given["quality"].text,
+            given["size"].text,
+            images,
+            seed,
+            constants,
+            line,
+        )
         return plan, has_rows
 
     def _read_header(
-        self, path: Path, csv_file: str, delimiter: str | None, loc: Loc | None
+        self, name: str, csv_file: str, delimiter: str | None, loc: Loc | None
     ) -> tuple[int, list[str], bool] | None:
+        path = self.base_dir / name
         if not path.is_file():
-            where = path.parent.resolve() if path.parent.exists() else path.parent
-            self._at(loc, f"rows file '{path.name}' not found (looked in {where})")
+            state = "is not a file" if path.exists() else "not found"
+            self._at(loc, f"rows file '{name}' {state} (looked for {path.absolute()})")
             return None
         return read_header(path, csv_file, delimiter, self.problems)
 
@@ -386,8 +442,12 @@ def csv_columns(
         field = "seed" if field == "variant" else field
         ident = field or name
         if ident in seen:
-            problems.add(csv_file, line, None, f"column '{name}' appears twice in the header (columns "
-                         f"{seen[ident] + 1} and {i + 1})")  # fmt: skip
+            problems.add(
+                csv_file,
+                line,
+                None,
+                f"column '{name}' appears twice in the header (columns {seen[ident] + 1} and {i + 1})",
+            )
             continue
         seen[ident] = i
         if field:

@@ -15,9 +15,7 @@ MAX_SEGMENT_BYTES = 255  # the common limit on one file or folder name (ext4, AP
 
 # Replaced in values substituted into a filename: path separators, characters Windows and macOS refuse,
 # and control characters. A value can then never add a folder level or leave the output directory.
-_UNSAFE_IN_NAME = dict.fromkeys(
-    [*range(0x20), 0x7F, *range(0x80, 0xA0), *(ord(c) for c in '/\\:*?"<>|')], "_"
-)
+_UNSAFE_IN_NAME = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), *(ord(c) for c in '/\\:*?"<>|')], "_")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -89,8 +87,9 @@ def compile_template(text: str) -> Template:
             literal.append(token[0])
             continue
         if token in ("{", "}"):
-            raise TemplateError(f"unmatched '{token}' at position {match.start() + 1}; write '{token * 2}' "
-                                "for a literal brace")  # fmt: skip
+            raise TemplateError(
+                f"unmatched '{token}' at position {match.start() + 1}; write '{token * 2}' for a literal brace"
+            )
         name, _, spec = match.group(1).partition(":")
         if not name.strip():
             raise TemplateError(f"empty placeholder '{token}' at position {match.start() + 1}")

@@ -99,8 +99,11 @@ class _Walker:
         if id(node) in self.seen:
             self.revisits += 1
             if self.revisits > MAX_ALIAS_NODES:
-                raise self._fatal(_loc(node), f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes "
-                                  "(an alias bomb?); repeat fewer or smaller anchors")  # fmt: skip
+                raise self._fatal(
+                    _loc(node),
+                    f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes "
+                    "(an alias bomb?); repeat fewer or smaller anchors",
+                )
         else:
             self.seen.add(id(node))
         if self.nodes > MAX_NODES:
@@ -158,9 +161,12 @@ class _Walker:
 
     def _bad_tag(self, node: yaml.Node) -> None:
         self.problems.append(
-            self._at(_loc(node), f"the YAML tag '{_short_tag(node.tag)}' is not allowed in a manifest "
-                     "(only plain values, lists and mappings)")
-        )  # fmt: skip
+            self._at(
+                _loc(node),
+                f"the YAML tag '{_short_tag(node.tag)}' is not allowed in a manifest "
+                "(only plain values, lists and mappings)",
+            )
+        )
 
     def _at(self, loc: Loc, message: str) -> Problem:
         return Problem(self.file, loc.line, loc.column, message)
@@ -179,7 +185,9 @@ def _syntax_problem(file: str, text: str, error: yaml.YAMLError) -> Problem:
     if isinstance(error, yaml.reader.ReaderError):
         line = text.count("\n", 0, error.position) + 1
         column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
-        return Problem(file, line, column, f"character {error.character!r} is not allowed in YAML")
+        char = error.character
+        code = char if isinstance(char, int) else ord(char)
+        return Problem(file, line, column, f"character U+{code:04X} (a control character) is not allowed in YAML")
     return Problem(file, None, None, f"YAML error: {error}")
 
 

@@ -126,9 +126,7 @@ class EmulatorApp:
             wait_s = self.state.admit(now)
             if wait_s > 0:
                 self.state.stats.rate_limited += 1
-                return self._error(
-                    429, "rate limit exceeded, slow down", {"Retry-After": self._retry_after(wait_s)}
-                )
+                return self._error(429, "rate limit exceeded, slow down", {"Retry-After": self._retry_after(wait_s)})
             faulted = await self._faults(request, kind)
             if faulted is not None:
                 return faulted

@@ -37,9 +37,7 @@ _RATE_OPTIONS = {
 def _rate_options(command: F) -> F:
     for name, help_text in reversed(_RATE_OPTIONS.items()):
         flag = "--" + name.replace("_", "-")
-        command = click.option(flag, name, type=click.FloatRange(0.0, 1.0), default=0.0, help=help_text)(
-            command
-        )
+        command = click.option(flag, name, type=click.FloatRange(0.0, 1.0), default=0.0, help=help_text)(command)
     return command
 
 
@@ -79,9 +77,7 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--max-image-bytes", type=click.IntRange(min=1), default=10 * 2**20, show_default=True)
 @_rate_options
 @click.option("--fail-reason", default="content refused", show_default=True)
-@click.option(
-    "--slow-s", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="delay, seconds"
-)
+@click.option("--slow-s", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="delay, seconds")
 @click.option(
     "--fault-kinds",
     default=",".join(sorted(DEFAULT_FAULT_KINDS)),
@@ -93,9 +89,7 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--burst", type=click.FloatRange(min=1.0), default=None, help="tokens (default: 1 s worth)")
 @click.option("--retry-after-format", type=click.Choice(["seconds", "http-date"]), default="seconds")
 @click.option("--errors-http-200", is_flag=True, help="answer errors under HTTP 200 (code stays non-zero)")
-@click.option(
-    "--price", "prices", multiple=True, callback=_parse_prices, help="MODEL=USD, or USD for all models"
-)
+@click.option("--price", "prices", multiple=True, callback=_parse_prices, help="MODEL=USD, or USD for all models")
 @click.option("--no-price", is_flag=True, help="leave price out of create replies")
 @click.option("--max-events", type=click.IntRange(min=0), default=4_000_000, show_default=True)
 def emulator(no_price: bool, fault_kinds: str, **knobs: Any) -> None:
@@ -114,11 +108,16 @@ async def _serve(config: EmulatorConfig) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    emu = Emulator(config)
     try:
-        async with Emulator(config) as emu:
-            click.echo(f"{READY_PREFIX} base_url={emu.base_url} api_key={emu.api_key}")
-            sys.stdout.flush()  # a parent process waits for this line
-            await stop.wait()
+        try:
+            await emu.start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        click.echo(f"{READY_PREFIX} base_url={emu.base_url} api_key={emu.api_key}")
+        sys.stdout.flush()  # a parent process waits for this line
+        await stop.wait()
     finally:
+        await emu.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -94,9 +94,7 @@ class EmulatorConfig:
         if self.retry_after_format not in ("seconds", "http-date"):
             raise ValueError("retry_after_format must be 'seconds' or 'http-date'")
         if not self.fault_kinds <= REQUEST_KINDS:
-            raise ValueError(
-                f"fault_kinds must be among {sorted(REQUEST_KINDS)}, got {sorted(self.fault_kinds)}"
-            )
+            raise ValueError(f"fault_kinds must be among {sorted(REQUEST_KINDS)}, got {sorted(self.fault_kinds)}")
         if not self.images_field:
             raise ValueError("images_field must not be empty")
         if self.max_image_bytes < 1 or self.max_events < 0:

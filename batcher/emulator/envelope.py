@@ -22,6 +22,4 @@ def envelope(code: int, data: Any, msg: str, request_id: str, field_variant: boo
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """A JSON reply, encoded once without aiohttp's per-call dumps wrapper."""
-    return web.Response(
-        body=_dumps(payload).encode("utf-8"), status=status, content_type=JSON_TYPE, headers=headers
-    )
+    return web.Response(body=_dumps(payload).encode("utf-8"), status=status, content_type=JSON_TYPE, headers=headers)

@@ -31,11 +31,12 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
         self._app: EmulatorApp | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
 
     async def start(self) -> None:
         """Bind the socket and start serving."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._state = EmulatorState(self._initial, loop.time())
         self._app = EmulatorApp(self._state, loop.time)
         self._runner = web.AppRunner(
@@ -43,7 +44,11 @@ class Emulator:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._initial.host, self._initial.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self.close()
+            raise
         self._port = int(self._runner.addresses[0][1])
         if self._initial.host not in ("0.0.0.0", "::", ""):
             # File URLs name the address we listen on; a wildcard bind uses each request's Host instead.
@@ -70,6 +75,12 @@ class Emulator:
             raise RuntimeError("the emulator has not been started")
         return self._state
 
+    def _now(self) -> float:
+        # The serving loop's clock, readable from outside the loop too (it is monotonic time).
+        if self._loop is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._loop.time()
+
     @property
     def port(self) -> int:
         return self._port
@@ -95,15 +106,15 @@ class Emulator:
     @property
     def stats(self) -> Stats:
         """The live counters, with generations finished by now counted."""
-        return self.state.settled_stats(asyncio.get_running_loop().time())
+        return self.state.settled_stats(self._now())
 
     def configure(self, **knobs: Any) -> EmulatorConfig:
         """Change knobs at run time (not host or port); returns the new config."""
-        return self.state.configure(asyncio.get_running_loop().time(), **knobs)
+        return self.state.configure(self._now(), **knobs)
 
     def reset(self) -> None:
         """Forget all tasks and counters and re-seed."""
-        self.state.reset(asyncio.get_running_loop().time())
+        self.state.reset(self._now())
 
 
 class BackgroundEmulator:

@@ -49,9 +49,7 @@ def parse_create(body: Any, images_field: str, max_image_bytes: int) -> CreateRe
         raise InvalidRequest("prompt is required: a non-empty string")
     quality = body.get("quality", DEFAULT_QUALITY)
     if not isinstance(quality, str) or quality not in facts.tiers:
-        raise InvalidRequest(
-            f"quality {quality!r} is not offered by {model}; use one of {', '.join(facts.tiers)}"
-        )
+        raise InvalidRequest(f"quality {quality!r} is not offered by {model}; use one of {', '.join(facts.tiers)}")
     size = body.get("size", DEFAULT_SIZE)
     if not isinstance(size, str) or size not in facts.sizes_at_1k:
         raise InvalidRequest(

@@ -1,1 +1,1 @@
-"""Tests of the LinkModel emulator (a package, so its module names cannot clash with other test tiers)."""
+"""Tests of the LinkModel emulator, organised by behaviour."""

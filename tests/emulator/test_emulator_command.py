@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -110,3 +111,13 @@ def test_help_lists_one_option_per_knob() -> None:
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(emulator, args)
     assert result.exit_code == 2, result.output
+
+
+def test_a_busy_port_is_one_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(emulator, ["--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output

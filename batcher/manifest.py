@@ -1,0 +1,351 @@
+"""Manifest files (YAML or CSV) → job settings and a stream of validated TaskSpecs.
+
+`load_manifest` reads and checks everything but the rows of CSV files (and the expansion of very large
+matrices): the YAML document, the settings, every CSV header. `Manifest.specs()` then streams the tasks,
+reading CSV files row by row, and raises ManifestError at the end if any row was bad. Every problem is
+reported with its file, line and (for YAML) column. The layers below, bottom up: sourcetext (bytes →
+checked text), yamlsource / csvsource (text → located values), templates, taskfields (single-field
+checks), taskplans (values → plans, at load) and expansion (plans → specs, streaming).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batcher.errors import ManifestError, Problem
+from batcher.expansion import Plan, RowsPlan, TaskPlan, generate
+from batcher.models import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SIZE, JobSettings, TaskSpec
+from batcher.sourcetext import SourceFault, read_text
+from batcher.taskfields import (
+    DEFAULT_FILENAME,
+    Problems,
+    choice_errors,
+    did_you_mean,
+    job_name_problem,
+    normalise_quality,
+    normalise_size,
+)
+from batcher.taskplans import Defaults, Given, PlanBuilder, csv_columns, read_header
+from batcher.templates import Template, TemplateError, check_filename_template, compile_template
+from batcher.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
+
+EAGER_CHECK_TASKS = 100_000  # in-document tasks (tasks:, matrix:) fully checked at load when no more than this
+_SOURCES = ("tasks", "matrix", "rows")
+CSV_SUFFIXES = (".csv", ".tsv")
+
+
+# --- the public API -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded, checked manifest: the job's settings and the way to its tasks."""
+
+    path: Path
+    settings: JobSettings
+    plans: tuple[Plan, ...] = field(default=(), repr=False, compare=False)  # what specs() expands
+
+    def specs(self) -> Iterator[TaskSpec]:
+        """Every task in manifest order, streaming (CSV files are re-read on each call).
+
+        Identical tasks are yielded as often as they appear. Bad tasks are not yielded; when the stream is
+        exhausted, ManifestError lists them all.
+        """
+        problems = Problems()
+        count = 0
+        for spec in generate(self.plans, problems):
+            count += 1
+            yield spec
+        if not problems and count == 0:
+            problems.add(str(self.path), None, None, "the manifest has no tasks")
+        if problems:
+            raise problems.error()
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and check a manifest (`*.csv`/`*.tsv`: a CSV manifest, anything else: YAML).
+
+    Raises ManifestError listing every problem found.
+    """
+    file = os.fspath(path)
+    problems = Problems()
+    p = Path(file)
+    try:
+        if p.suffix.lower() in CSV_SUFFIXES:
+            manifest = _load_csv(p, file, problems)
+        else:
+            manifest = _load_yaml(p, file, problems)
+    except SourceFault as fault:
+        problems.add_problem(fault.problem)
+        manifest = None
+    if problems or manifest is None:
+        raise problems.error()
+    return manifest
+
+
+# --- a CSV manifest -----------------------------------------------------------------------------------
+
+
+def _load_csv(p: Path, file: str, problems: Problems) -> Manifest | None:
+    job = p.stem
+    if why := job_name_problem(job):
+        problems.add(file, None, None, f"{why}; rename the file")
+    header = read_header(p, file, None, problems)
+    if header is None:
+        return None
+    line, cells, has_rows = header
+    columns, variables = csv_columns(cells, file, line, problems)
+    if "prompt" not in columns:
+        named = ", ".join(c.strip() for c in cells if c.strip()) or "none"
+        problems.add(file, line, None, f"the header has no 'prompt' column (its columns: {named})")
+    if not has_rows:
+        problems.add(file, line, None, "the file has a header but no data rows")
+    plan = RowsPlan(
+        file,
+        p,
+        None,
+        tuple(cells),
+        columns,
+        tuple(variables),
+        None,
+        compile_template(DEFAULT_FILENAME),
+        None,
+        DEFAULT_MODEL,
+        DEFAULT_QUALITY,
+        DEFAULT_SIZE,
+        header_line=line,
+    )
+    return Manifest(p, JobSettings(name=job, output_dir=f"out/{job}"), (plan,))
+
+
+# --- a YAML manifest: settings -------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Output(_Strict):
+    dir: str | None = None
+    filename: str | None = None
+
+
+class _RateLimit(_Strict):
+    requests_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_in_flight: int | None = Field(default=None, ge=1)
+
+
+class _Retries(_Strict):
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class _Settings(_Strict):
+    """The job-wide part of a YAML manifest. Values arrive as the text written, so pydantic parses the
+    numbers (exactly: `0.05` is Decimal('0.05'))."""
+
+    job: str | None = None
+    description: str | None = None
+    model: str | None = None
+    quality: str | None = None
+    size: str | None = None
+    prompt: str | None = None
+    output: _Output | None = None
+    price_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)  # per image, overrides the model's price
+    budget_usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
+    rate_limit: _RateLimit | None = None
+    retries: _Retries | None = None
+
+
+TOP_KEYS = (*_Settings.model_fields, *_SOURCES)
+_KEYS_OF: dict[str, tuple[str, ...]] = {
+    "output": tuple(_Output.model_fields),
+    "rate_limit": tuple(_RateLimit.model_fields),
+    "retries": tuple(_Retries.model_fields),
+}
+_PYDANTIC_MESSAGES = {
+    "string_type": "must be text",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "decimal_parsing": "must be a number",
+    "decimal_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "model_type": "must be a mapping (indented `key: value` lines)",
+    "dict_type": "must be a mapping (indented `key: value` lines)",
+}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _settings(root: YMap, file: str, problems: Problems) -> _Settings | None:
+    data = {k: to_plain(v) for k, v in root.items.items() if k in _Settings.model_fields}
+    if isinstance(data.get("output"), str):
+        data["output"] = {"dir": data["output"]}  # `output: out/spring` is short for `output: {dir: ...}`
+    try:
+        return _Settings.model_validate(data)
+    except ValidationError as err:
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            key = ".".join(str(part) for part in loc)
+            if e["type"] == "extra_forbidden":
+                allowed = _KEYS_OF.get(str(loc[0]), ())
+                where = locate(root, loc, key=True)
+                message = (
+                    f"unknown key '{loc[-1]}' in {loc[0]}{did_you_mean(str(loc[-1]), allowed)}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+            else:
+                where = locate(root, loc)
+                ctx = e.get("ctx", {})
+                if e["type"] == "greater_than_equal":
+                    what = f"must be at least {ctx.get('ge'):g}"
+                elif e["type"] == "greater_than":
+                    what = f"must be greater than {ctx.get('gt'):g}"
+                else:
+                    what = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
+                message = f"{key} {what}, not {_shown(e.get('input'))}"
+            problems.add(file, where.line, where.column, message)
+        return None
+
+
+# --- a YAML manifest ------------------------------------------------------------------------------------
+
+
+def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
+    text = read_text(p, file)
+    root, walk_problems = parse_yaml(text, file) if text.strip() else (None, [])
+    if walk_problems:
+        for problem in walk_problems:
+            problems.add_problem(problem)
+        return None
+    if root is None:
+        problems.add(file, None, None, "the manifest is empty")
+        return None
+    if not isinstance(root, YMap):
+        problems.add(
+            file,
+            root.loc.line,
+            root.loc.column,
+            "the manifest must be a mapping (job: ..., tasks: ...), not a list or a single value",
+        )
+        return None
+    for key, loc in root.key_locs.items():
+        if key not in TOP_KEYS and not key.startswith("x-"):  # `x-...` keys hold anchors to reuse
+            hint = did_you_mean(key, TOP_KEYS) or f"; the keys are: {', '.join(TOP_KEYS)}"
+            problems.add(file, loc.line, loc.column, f"unknown key '{key}'{hint}")
+    settings = _settings(root, file, problems)
+    if settings is None:
+        return None
+    job = settings.job if settings.job is not None else p.stem
+    if why := job_name_problem(job):
+        at = root.items["job"].loc if "job" in root.items else None
+        hint = "" if at else "; set job: in the manifest"
+        problems.add(file, at.line if at else None, at.column if at else None, why + hint)
+    defaults = _defaults(root, settings, file, problems)
+    if defaults is None:
+        return None
+    builder = PlanBuilder(file, problems, defaults, p.parent)
+    plans: list[Plan] = []
+    data_rows = 0
+    for key, node in root.items.items():
+        if key == "tasks":
+            plans += builder.tasks(node)
+        elif key == "matrix":
+            plans += builder.matrices(node)
+        elif key == "rows":
+            for plan, has_rows in builder.rows(node):
+                plans.append(plan)
+                data_rows += has_rows
+    if problems:
+        return None
+    in_document = [plan for plan in plans if isinstance(plan, TaskPlan)]
+    if not data_rows and not sum(plan.count for plan in in_document):
+        _no_tasks(root, plans, file, problems)
+        return None
+    if sum(plan.count for plan in in_document) <= EAGER_CHECK_TASKS:
+        for _ in generate(tuple(in_document), problems):
+            pass
+    output = settings.output or _Output()
+    rate, retries = settings.rate_limit or _RateLimit(), settings.retries or _Retries()
+    out_dir = output.dir if output.dir is not None else f"out/{job}"
+    if not out_dir.strip() or any(ord(c) < 32 for c in out_dir):
+        where = locate(root, ("output", "dir"))
+        problems.add(file, where.line, where.column, "output.dir must be a folder path, without control characters")
+    job_settings = JobSettings(
+        name=job,
+        output_dir=out_dir,
+        price_usd=settings.price_usd,
+        budget_usd=settings.budget_usd,
+        requests_per_second=rate.requests_per_second,
+        max_in_flight=rate.max_in_flight,
+        max_attempts=retries.max_attempts,
+    )
+    return Manifest(p, job_settings, tuple(plans))
+
+
+def _defaults(root: YMap, settings: _Settings, file: str, problems: Problems) -> Defaults | None:
+    """The job-wide model, quality, size, prompt and filename templates, each checked where it is written."""
+
+    def given(key: str, text: str | None, builtin: str) -> Given:
+        if text is None:
+            return Given(builtin, None, 0)
+        norm = normalise_quality(text) if key == "quality" else normalise_size(text) if key == "size" else text
+        return Given(norm.strip(), locate(root, (key,)), 1)
+
+    model = given("model", settings.model, DEFAULT_MODEL)
+    quality = given("quality", settings.quality, DEFAULT_QUALITY)
+    size = given("size", settings.size, DEFAULT_SIZE)
+    for error in choice_errors(model.text, quality.text, size.text):
+        at = {"model": model, "quality": quality, "size": size}[error.field].loc
+        problems.add(file, at.line if at else None, at.column if at else None, error.message)
+    prompt = _template(root, ("prompt",), settings.prompt, "prompt", file, problems)
+    output = settings.output or _Output()
+    filename = _template(root, ("output", "filename"), output.filename, "filename", file, problems)
+    if filename is not None and (why := check_filename_template(filename)):
+        where = locate(root, ("output", "filename"))
+        problems.add(file, where.line, where.column, f"filename template '{filename.text}' {why}")
+    if problems:
+        return None
+    return Defaults(model, quality, size, prompt, filename or compile_template(DEFAULT_FILENAME))
+
+
+def _template(
+    root: YMap, path: tuple[str, ...], text: str | None, what: str, file: str, problems: Problems
+) -> Template | None:
+    if text is None:
+        return None
+    try:
+        return compile_template(text)
+    except TemplateError as e:
+        where = locate(root, path)
+        problems.add(file, where.line, where.column, f"{what} template '{text}': {e}")
+        return None
+
+
+def _no_tasks(root: YMap, plans: list[Plan], file: str, problems: Problems) -> None:
+    empty_csvs = [plan for plan in plans if isinstance(plan, RowsPlan)]
+    for plan in empty_csvs:
+        problems.add_problem(Problem(plan.file, plan.header_line, None, "the file has a header but no data rows"))
+    if empty_csvs:
+        return
+    present: list[YNode] = [root.items[k] for k in _SOURCES if k in root.items]
+    where: Loc = present[0].loc if present else root.loc
+    problems.add(file, where.line, where.column, "the manifest has no tasks: add tasks:, matrix: or rows:")
+
+
+__all__ = ["Manifest", "ManifestError", "load_manifest"]
