@@ -142,6 +142,19 @@ def run(manifest: str, db: str, emulate: bool, emulate_latency: Latency | None, 
     sys.exit(outcome.exit_code)
 
 
+@main.command("import")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_with_db
+@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+def import_(manifest: str, db: str, price: Decimal | None) -> None:
+    """Add MANIFEST's new tasks to the store without running them (`run` does this too)."""
+    result = _run(session.import_only(manifest, db, price))
+    click.echo(
+        f"job {result.job.name}: {result.rows} rows, {result.added} new tasks, "
+        f"{result.rows - result.added} already in the store or duplicates, {result.retired} no longer listed"
+    )
+
+
 @main.command()
 @_with_db
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -214,5 +227,14 @@ def db_upgrade(db: str) -> None:
     click.echo(f"job store {db} is at the newest schema")
 
 
+def entry() -> None:
+    """The console script: a Ctrl-C before the run's own handlers are in place still exits cleanly."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        click.echo("batcher: interrupted before anything was sent; nothing to resume", err=True)
+        sys.exit(130)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())  # type: ignore[func-returns-value]
+    entry()

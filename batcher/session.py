@@ -96,6 +96,16 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
                                        now=time.time())  # fmt: skip
 
 
+async def import_only(manifest_path: str, db: str, price: Decimal | None) -> ImportResult:
+    """`batcher import`: stage a manifest's tasks in the store."""
+    manifest = load_manifest(manifest_path)
+    store = await Store.open(db)
+    try:
+        return await import_manifest(store, manifest, price)
+    finally:
+        await store.close()
+
+
 def run_config(opts: RunOptions, manifest: Manifest, api: ApiSettings) -> RunConfig:
     s = manifest.settings
     budget = opts.max_cost if opts.max_cost is not None else s.budget_usd

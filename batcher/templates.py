@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_SEGMENT_BYTES = 255  # the common limit on one file or folder name (ext4, APFS, NTFS)
 
@@ -36,16 +36,27 @@ class Template:
     text: str
     parts: tuple[str | Placeholder, ...]
     names: frozenset[str]
+    # The same template as a positional str.format string and the value names it takes, in order: rendering
+    # is then one C call per task, which matters for a million CSV rows.
+    _format: str = field(default="", compare=False, repr=False)
+    _order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def render(self, values: Mapping[str, str | int]) -> str:
         """The text with every placeholder filled in; KeyError for a missing value."""
-        return "".join(p if isinstance(p, str) else _format(values[p.name], p) for p in self.parts)
+        return self._render([values[name] for name in self._order])
 
     def render_filename(self, values: Mapping[str, str | int]) -> str:
         """Like render, with unsafe characters of each substituted value replaced by `_`."""
-        return "".join(
-            p if isinstance(p, str) else _format(values[p.name], p).translate(_UNSAFE_IN_NAME) for p in self.parts
+        return self._render(
+            [v.translate(_UNSAFE_IN_NAME) if isinstance(v, str) else v for v in (values[n] for n in self._order)]
         )
+
+    def _render(self, args: list[str | int]) -> str:
+        try:
+            return self._format.format(*args)
+        except ValueError:  # a numeric spec on text: the slow path knows what to do, or says what is wrong
+            fields = iter(args)
+            return "".join(p if isinstance(p, str) else _format(next(fields), p) for p in self.parts)
 
 
 def _format(value: str | int, p: Placeholder) -> str:
@@ -102,12 +113,24 @@ def compile_template(text: str) -> Template:
     literal.append(text[pos:])
     if "".join(literal):
         parts.append("".join(literal))
-    return Template(text, tuple(parts), frozenset(p.name for p in parts if isinstance(p, Placeholder)))
+    return _template(text, tuple(parts))
+
+
+def _template(text: str, parts: tuple[str | Placeholder, ...]) -> Template:
+    order = tuple(p.name for p in parts if isinstance(p, Placeholder))
+    pieces, n = [], 0
+    for p in parts:
+        if isinstance(p, str):
+            pieces.append(p.replace("{", "{{").replace("}", "}}"))
+        else:
+            pieces.append(f"{{{n}:{p.spec}}}" if p.spec else f"{{{n}}}")
+            n += 1
+    return Template(text, parts, frozenset(order), "".join(pieces), order)
 
 
 def literal_template(text: str) -> Template:
     """A template that renders `text` as it is (braces included)."""
-    return Template(text, (text,) if text else (), frozenset())
+    return _template(text, (text,) if text else ())
 
 
 def check_relative_path(path: str) -> str | None:
@@ -129,6 +152,22 @@ def check_relative_path(path: str) -> str | None:
             return "has an empty or '.' part (doubled or trailing '/'?)"
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
             return f"has a part longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
+
+
+def check_rendered_filename(path: str) -> str | None:
+    """check_relative_path for the output of a template that passed check_filename_template.
+
+    Its own text is known safe and values cannot hold separators or control characters, so only a part
+    made wholly of values can be wrong (empty, '.', '..', too long). The common single-part name is checked
+    without splitting or encoding.
+    """
+    if "/" in path:
+        return check_relative_path(path)
+    if path in ("", ".", ".."):
+        return check_relative_path(path) or "is empty"
+    if len(path) * 4 > MAX_SEGMENT_BYTES and len(path.encode()) > MAX_SEGMENT_BYTES:  # UTF-8: ≤ 4 bytes a character
+        return f"is longer than {MAX_SEGMENT_BYTES} bytes"
     return None
 
 
