@@ -13,12 +13,14 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Executable
 
 from batcher.errors import StoreBusyError, StoreError, StoreFullError, StoreReadOnlyError
 
@@ -121,6 +123,19 @@ def store_error(e: exc.DBAPIError, where: str) -> StoreError:
     return StoreError(f"{where}: {type(e.orig).__name__}: {e.orig}")
 
 
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row's change by a prepared statement. The writer runs all changes of one statement in a group as a
+    single executemany (one trip to the driver's thread instead of one per row)."""
+
+    stmt: Executable
+    params: dict[str, Any]
+    fenced: bool = False  # must change exactly one row; the caller learns the row count either way
+
+
+Change = Op | RowChange
+
+
 class Writer:
     """Runs queued changes in group commits on one connection; each caller learns its own result."""
 
@@ -128,10 +143,13 @@ class Writer:
         self._engine = engine
         # (op, future or None, alone): an op marked alone gets a transaction of its own (a long import that
         # may roll back must not take unrelated changes down with it).
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any] | None, bool]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any] | None, bool]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
-        self._pending: tuple[Op, asyncio.Future[Any] | None, bool] | None = None
+        self._pending: tuple[Change, asyncio.Future[Any] | None, bool] | None = None
+        self._conn: AsyncConnection | None = None  # the writer's own connection, kept open between groups
+        self.groups = 0  # transactions committed, and the changes in them (for benchmarks)
+        self.ops = 0
 
     async def run(self, op: Callable[[AsyncConnection], Awaitable[T]], *, alone: bool = False) -> T:
         """Queue `op` and wait for its commit."""
@@ -139,11 +157,17 @@ class Writer:
         self._put(op, fut, alone)
         return await fut
 
-    def post(self, op: Op) -> None:
-        """Queue `op` for the next commit without waiting (append-only records)."""
+    async def change(self, row: RowChange) -> int:
+        """Queue a row change and wait for its commit; returns the rows it changed."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._put(row, fut, False)
+        return await fut
+
+    def post(self, op: Change) -> None:
+        """Queue a change for the next commit without waiting (append-only records)."""
         self._put(op, None, False)
 
-    def _put(self, op: Op, fut: asyncio.Future[Any] | None, alone: bool) -> None:
+    def _put(self, op: Change, fut: asyncio.Future[Any] | None, alone: bool) -> None:
         if self._failure is not None:
             raise self._failure
         if self._task is None:
@@ -167,11 +191,17 @@ class Writer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._conn is not None:
+            with contextlib.suppress(BaseException):
+                await self._conn.close()
+            self._conn = None
 
     async def _loop(self) -> None:
         while True:
             first = self._pending if self._pending is not None else await self._queue.get()
             self._pending = None
+            if self._queue.empty():
+                await asyncio.sleep(0)  # one turn of the loop: changes made ready by the same wake-up join in
             batch = [(first[0], first[1])]
             while not first[2] and len(batch) < MAX_GROUP and not self._queue.empty():
                 op, fut, alone = self._queue.get_nowait()
@@ -179,12 +209,15 @@ class Writer:
                     self._pending = (op, fut, alone)
                     break
                 batch.append((op, fut))
-            results: list[Any] = []
+            self.groups += 1
+            self.ops += len(batch)
+            results: list[Any] = [None] * len(batch)
             try:
                 with translated("writing the job store"):
-                    async with self._engine.begin() as conn:
-                        for op, _ in batch:
-                            results.append(await op(conn))
+                    if self._conn is None or self._conn.closed or self._conn.invalidated:
+                        self._conn = await self._engine.connect()
+                    async with self._conn.begin():
+                        await _apply(self._conn, [op for op, _ in batch], results)
             except BaseException as e:  # the whole group rolled back: every waiter learns why
                 if isinstance(e, asyncio.CancelledError):
                     for _, fut in batch:
@@ -200,3 +233,37 @@ class Writer:
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut is not None and not fut.done():
                     fut.set_result(result)
+
+
+async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any]) -> None:
+    """Run one group's changes: callables in order, then each prepared statement's rows as one executemany."""
+    by_stmt: dict[int, list[int]] = {}
+    for i, change in enumerate(changes):
+        if isinstance(change, RowChange):
+            by_stmt.setdefault(id(change.stmt), []).append(i)
+        else:
+            results[i] = await change(conn)
+    for indexes in by_stmt.values():
+        rows = [changes[i] for i in indexes]
+        stmt = rows[0].stmt  # type: ignore[union-attr]
+        params = [r.params for r in rows]  # type: ignore[union-attr]
+        if len(rows) == 1:
+            results[indexes[0]] = (await conn.execute(stmt, params[0])).rowcount  # type: ignore[attr-defined]
+            continue
+        fenced = any(r.fenced for r in rows)  # type: ignore[union-attr]
+        if not fenced:
+            await conn.execute(stmt, params)
+            for i in indexes:
+                results[i] = 1
+            continue
+        savepoint = await conn.begin_nested()
+        changed = (await conn.execute(stmt, params)).rowcount  # type: ignore[attr-defined]
+        if changed == len(rows):
+            await savepoint.commit()
+            for i in indexes:
+                results[i] = 1
+            continue
+        # some fenced row no longer matched (a claim was taken over): redo them one by one to learn which
+        await savepoint.rollback()
+        for i, p in zip(indexes, params, strict=True):
+            results[i] = (await conn.execute(stmt, p)).rowcount  # type: ignore[attr-defined]

@@ -6,19 +6,20 @@ claim_token = :token`): a worker whose lease expired and was taken over can no l
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from batcher import migrate
-from batcher.database import Writer, create_engine, database_url, redacted, translated
+from batcher.database import RowChange, Writer, create_engine, database_url, redacted, translated
 from batcher.errors import JobNotFoundError
 from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
 from batcher.tables import api_calls, jobs, tasks, workers
@@ -382,27 +383,25 @@ class Store:
     async def _transition(
         self,
         task: Task,
-        frm: Sequence[TaskStatus],
+        frm: tuple[TaskStatus, ...],
         values: dict[str, Any],
         call: CallRecord | None,
         now: float,
         *,
+        incr: dict[str, int] | None = None,
         release: bool = False,
     ) -> None:
+        """Change a claimed task's row, if it is still ours and in one of the states `frm`."""
         if release:
             values = {**values, "claim_token": None, "claimed_by": None, "lease_until": None}
-
-        async def op(conn: AsyncConnection) -> int:
-            result = await conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task.id, tasks.c.claim_token == task.claim_token, tasks.c.status.in_(frm))
-                .values(updated_at=now, **values)
-            )
-            if call is not None:
-                await conn.execute(insert(api_calls).values(**_call_values(task, call)))
-            return int(result.rowcount)
-
-        if await self.writer.run(op) != 1:
+        incr = incr or {}
+        stmt = _transition_stmt(frm, tuple(sorted(values)), tuple(sorted(incr)))
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update({f"inc_{k}": n for k, n in incr.items()})
+        params.update(_id=task.id, _token=task.claim_token, _now=now)
+        if call is not None:
+            self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call)))
+        if await self.writer.change(RowChange(stmt, params, fenced=True)) != 1:
             raise ClaimLost(f"task {task.key} was taken over by another worker")
         if "status" in values:
             task.status = TaskStatus(values["status"])
@@ -410,12 +409,9 @@ class Store:
     async def begin_create(self, task: Task, now: float) -> None:
         """Commit the intent to create (before the request is sent): a crash from here on is `unknown`."""
         await self._transition(
-            task,
-            (S.PENDING, S.UNKNOWN),
-            {"status": S.SUBMITTING, "attempts": tasks.c.attempts + 1, "remote_task_id": None},
-            None,
-            now,
-        )
+            task, (S.PENDING, S.UNKNOWN), {"status": S.SUBMITTING, "remote_task_id": None}, None, now,
+            incr={"attempts": 1},
+        )  # fmt: skip
         task.attempts += 1
 
     async def created(self, task: Task, remote_id: str, price_micros: int | None, call: CallRecord, now: float) -> None:
@@ -437,11 +433,7 @@ class Store:
     async def create_unknown(self, task: Task, error: str, call: CallRecord, now: float) -> None:
         """The create may or may not have been accepted (timeout or reset after sending it)."""
         await self._transition(
-            task,
-            (S.SUBMITTING,),
-            {"status": S.UNKNOWN, "last_error": error, "unknown_count": tasks.c.unknown_count + 1},
-            call,
-            now,
+            task, (S.SUBMITTING,), {"status": S.UNKNOWN, "last_error": error}, call, now, incr={"unknown_count": 1}
         )
         task.unknown_count += 1
 
@@ -459,13 +451,14 @@ class Store:
         """Back to `pending` (to be created again at `next_at`), letting go of the claim. `refund_attempt`:
         the API answered that it did not take the create (429, rejected key), so it does not count."""
         values: dict[str, Any] = {"status": S.PENDING, "next_attempt_at": next_at, "last_error": error}
+        incr: dict[str, int] = {}
         if refund_attempt:
-            values["attempts"] = tasks.c.attempts - 1
+            incr["attempts"] = -1
             task.attempts -= 1
         if generation_failed:
-            values["gen_failures"] = tasks.c.gen_failures + 1
+            incr["gen_failures"] = 1
             values["remote_task_id"] = None
-        await self._transition(task, (S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, release=True)
+        await self._transition(task, (S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, incr=incr, release=True)
 
     async def poll_later(self, task: Task, next_at: float, call: CallRecord | None, now: float) -> None:
         """A submitted task goes back to the pool, to be polled at `next_at` (used when letting go of it)."""
@@ -488,9 +481,10 @@ class Store:
             "finished_at": now,
             "cost_micros": cost_micros,
         }
-        if generation_failed:
-            values["gen_failures"] = tasks.c.gen_failures + 1
-        await self._transition(task, (S.PENDING, S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, release=True)
+        incr = {"gen_failures": 1} if generation_failed else {}
+        await self._transition(
+            task, (S.PENDING, S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, incr=incr, release=True
+        )
 
     async def succeeded(
         self,
@@ -529,23 +523,12 @@ class Store:
     async def release(self, task: Task, now: float) -> None:
         """Let go of a task without changing its state (stopping): another run takes it at once."""
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task.id, tasks.c.claim_token == task.claim_token)
-                .values(claim_token=None, claimed_by=None, lease_until=None, updated_at=now)
-            )
-
-        await self.writer.run(op)
+        params = {"_id": task.id, "_token": task.claim_token, "_now": now}
+        await self.writer.change(RowChange(_RELEASE, params))
 
     def log_call(self, task: Task, call: CallRecord) -> None:
         """Append a call record with the next commit (polls: not worth a commit of their own)."""
-        values = _call_values(task, call)
-
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(insert(api_calls).values(**values))
-
-        self.writer.post(op)
+        self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call)))
 
     # --- reading for status and reports ----------------------------------------------------------------
 
@@ -610,6 +593,30 @@ class Store:
 
     async def calls(self, job: Job) -> list[RowMapping]:
         return await self._read(select(api_calls).where(api_calls.c.job_id == job.id).order_by(api_calls.c.id))
+
+
+_INSERT_CALL = insert(api_calls)
+_RELEASE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("_id"), tasks.c.claim_token == bindparam("_token"))
+    .values(claim_token=None, claimed_by=None, lease_until=None, updated_at=bindparam("_now"))
+)
+
+
+@functools.cache
+def _transition_stmt(frm: tuple[TaskStatus, ...], keys: tuple[str, ...], incr: tuple[str, ...]) -> Any:
+    """One prepared UPDATE per kind of transition, so SQLAlchemy compiles it once and the writer can batch it."""
+    values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys}
+    values.update({k: tasks.c[k] + bindparam(f"inc_{k}") for k in incr})
+    return (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("_id"),
+            tasks.c.claim_token == bindparam("_token"),
+            or_(*(tasks.c.status == literal(str(s)) for s in frm)),
+        )
+        .values(updated_at=bindparam("_now"), **values)
+    )
 
 
 async def _mark_stale_submissions_unknown(
