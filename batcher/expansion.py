@@ -12,14 +12,15 @@ import hashlib
 import itertools
 from array import array
 from collections.abc import Iterator
-from json.encoder import encode_basestring
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from pathlib import Path
 
 from batcher.csvsource import iter_records
 from batcher.models import TaskSpec, normalise_prompt
 from batcher.sourcetext import SourceFault
 from batcher.taskfields import (
+    FILENAME_BUILTINS,
     KEY_CHARS,
     Problems,
     choice_errors,
@@ -29,7 +30,7 @@ from batcher.taskfields import (
     normalise_size,
     seed_problem,
 )
-from batcher.templates import Template, TemplateError, check_relative_path, check_rendered_filename
+from batcher.templates import UNSAFE_IN_NAME, Template, TemplateError, check_relative_path, check_rendered_filename
 
 AxisValue = str | Template | tuple[str, ...]
 
@@ -93,9 +94,7 @@ class RowsPlan:
 Plan = TaskPlan | RowsPlan
 
 
-def fast_spec_key(
-    model: str, prompt: str, quality: str, size: str, images: tuple[str, ...], seed: str | None
-) -> str:
+def fast_spec_key(model: str, prompt: str, quality: str, size: str, images: tuple[str, ...], seed: str | None) -> str:
     """models.spec_key without building a JSON encoder per call (a test proves the two equal).
 
     json.dumps(..., ensure_ascii=False) encodes each string with encode_basestring; joining those pieces
@@ -160,6 +159,32 @@ class FilenameTable:
                 self._count += 1
 
 
+class Filenames:
+    """One filename template, with the source of each placeholder settled once (not looked up per task)."""
+
+    _SEED = FILENAME_BUILTINS.index("seed")
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        # Per placeholder: its position in the built-in values (model, quality, size, seed, index, key), or
+        # -1 for a variable (built-ins win over variables of the same name), and whether the value is text a
+        # user wrote (a variable, the seed) and so must be made safe; model, quality and size are checked.
+        self._slots = tuple(
+            (FILENAME_BUILTINS.index(n) if n in FILENAME_BUILTINS else -1, n, n not in FILENAME_BUILTINS or n == "seed")
+            for n in template.order
+        )
+        self.unique = "index" in template.names  # every task gets a different name
+
+    def render(self, builtins: tuple[str, str, str, str, int, str], variables: dict[str, str]) -> str:
+        values: list[str | int] = [
+            (variables[name] if slot < 0 else builtins[slot]).translate(UNSAFE_IN_NAME)  # type: ignore[union-attr]
+            if unsafe
+            else builtins[slot]
+            for slot, name, unsafe in self._slots
+        ]
+        return self.template.render_values(values)
+
+
 class _Run:
     """One pass over a manifest's tasks: numbering, and the checks that span tasks."""
 
@@ -174,36 +199,34 @@ class _Run:
         file: str,
         line: int,
         column: int | None,
-        *,
         model: str,
         quality: str,
         size: str,
         prompt: str,
         images: tuple[str, ...],
         seed: str | None,
-        filename: Template | str,
+        filename: Filenames | str,
         name: Template | None,
         variables: dict[str, str],
     ) -> TaskSpec | None:
-        """The spec, or None after recording why it cannot be one."""
+        """The spec, or None after recording why it cannot be one. (Positional: this runs once a task.)"""
         self.index += 1
-        if not prompt or prompt.isspace():
+        prompt = prompt.strip()  # a YAML block scalar (`prompt: |`) ends in a line break the API need not see
+        if not prompt:
             self.problems.add(file, line, column, "the prompt is empty")
             return None
         key = fast_spec_key(model, prompt, quality, size, images, seed)
-        if isinstance(filename, Template) or name is not None:
-            fields: dict[str, str | int] = {
-                **variables, "model": model, "quality": quality, "size": size, "seed": seed or "",
-                "index": self.index, "key": key[:KEY_CHARS],
-            }  # fmt: skip
+        builtins = (model, quality, size, seed or "", self.index, key[:KEY_CHARS])
         try:
-            if isinstance(filename, Template):
-                rendered = filename.render_filename(fields)
+            if isinstance(filename, Filenames):
+                rendered = filename.render(builtins, variables)
                 why = check_rendered_filename(rendered)
             else:
                 rendered = filename
                 why = check_relative_path(rendered)
-            task_name = name.render(fields) if name is not None else None
+            task_name = None
+            if name is not None:
+                task_name = name.render({**variables, **dict(zip(FILENAME_BUILTINS, builtins, strict=True))})
         except TemplateError as e:
             self.problems.add(file, line, column, str(e))
             return None
@@ -213,8 +236,7 @@ class _Run:
         source = f"{file}:{line}"
         if task_name is not None and not self._name_ok(task_name, file, line, column, source):
             return None
-        # A template with {index} names every task differently; any other may send two tasks to one file.
-        if not (isinstance(filename, Template) and "index" in filename.names):
+        if not (isinstance(filename, Filenames) and filename.unique):
             other = self.filenames.claim(rendered, key, self.index)
             if other is not None:
                 self.problems.add(
@@ -252,6 +274,7 @@ def generate(plans: tuple[Plan, ...], problems: Problems) -> Iterator[TaskSpec]:
 
 
 def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
+    filenames = Filenames(plan.filename)
     for combo in itertools.product(*(axis.values for axis in plan.axes)):
         model, quality, size, prompt, images, seed = (
             plan.model,
@@ -284,18 +307,7 @@ def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
             run.problems.add(plan.file, plan.line, plan.column, str(e))
             continue
         spec = run.make(
-            plan.file,
-            plan.line,
-            plan.column,
-            model=model,
-            quality=quality,
-            size=size,
-            prompt=text,
-            images=images,
-            seed=seed,
-            filename=plan.filename,
-            name=plan.name,
-            variables=variables,
+            plan.file, plan.line, plan.column, model, quality, size, text, images, seed, filenames, plan.name, variables
         )
         if spec is not None:
             yield spec
@@ -321,6 +333,7 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
     c_prompt, c_model, c_quality, c_size = (cols.get(k) for k in ("prompt", "model", "quality", "size"))
     c_filename, c_seed, c_images = (cols.get(k) for k in ("filename", "seed", "images"))
     problems, file = run.problems, plan.file
+    filenames = Filenames(plan.filename)
     for line, cells in records:
         if len(cells) != width:
             if len(cells) > width and "".join(cells[width:]).strip():
@@ -364,26 +377,13 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
         if c_images is not None and cells[c_images].strip():
             images = tuple(cells[c_images].split())
             why = why or images_problem(images)
-        filename: Template | str = plan.filename
+        filename: Filenames | str = filenames
         if c_filename is not None and cells[c_filename].strip():
             filename = cells[c_filename].strip()
         if why:
             run.index += 1
             problems.add(file, line, None, why)
             continue
-        spec = run.make(
-            file,
-            line,
-            None,
-            model=model,
-            quality=quality,
-            size=size,
-            prompt=prompt,
-            images=images,
-            seed=seed,
-            filename=filename,
-            name=plan.name,
-            variables=variables,
-        )
+        spec = run.make(file, line, None, model, quality, size, prompt, images, seed, filename, plan.name, variables)
         if spec is not None:
             yield spec

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batcher.errors import ManifestError, Problem
 from batcher.expansion import Plan, RowsPlan, TaskPlan, generate
 from batcher.models import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SIZE, JobSettings, TaskSpec
+from batcher.rowplans import csv_columns, read_header
 from batcher.sourcetext import SourceFault, read_text
 from batcher.taskfields import (
     DEFAULT_FILENAME,
@@ -32,7 +33,7 @@ from batcher.taskfields import (
     normalise_quality,
     normalise_size,
 )
-from batcher.taskplans import Defaults, Given, PlanBuilder, csv_columns, read_header
+from batcher.taskplans import Defaults, Given, PlanBuilder
 from batcher.templates import Template, TemplateError, check_filename_template, compile_template
 from batcher.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
 
@@ -108,20 +109,10 @@ def _load_csv(p: Path, file: str, problems: Problems) -> Manifest | None:
     if not has_rows:
         problems.add(file, line, None, "the file has a header but no data rows")
     plan = RowsPlan(
-        file,
-        p,
-        None,
-        tuple(cells),
-        columns,
-        tuple(variables),
-        None,
-        compile_template(DEFAULT_FILENAME),
-        None,
-        DEFAULT_MODEL,
-        DEFAULT_QUALITY,
-        DEFAULT_SIZE,
-        header_line=line,
-    )
+        file=file, path=p, delimiter=None, header=tuple(cells), columns=columns, variables=tuple(variables),
+        prompt=None, filename=compile_template(DEFAULT_FILENAME), name=None, model=DEFAULT_MODEL,
+        quality=DEFAULT_QUALITY, size=DEFAULT_SIZE, header_line=line,
+    )  # fmt: skip
     return Manifest(p, JobSettings(name=job, output_dir=f"out/{job}"), (plan,))
 
 
@@ -192,13 +183,15 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _settings(root: YMap, file: str, problems: Problems) -> _Settings | None:
+def _settings(root: YMap, file: str, problems: Problems) -> _Settings:
+    """The settings; a faulty one is reported and left out, so the tasks are still checked."""
     data = {k: to_plain(v) for k, v in root.items.items() if k in _Settings.model_fields}
     if isinstance(data.get("output"), str):
         data["output"] = {"dir": data["output"]}  # `output: out/spring` is short for `output: {dir: ...}`
     try:
         return _Settings.model_validate(data)
     except ValidationError as err:
+        faulty = {str(e["loc"][0]) for e in err.errors()}
         for e in err.errors():
             loc = tuple(e["loc"])
             key = ".".join(str(part) for part in loc)
@@ -220,7 +213,7 @@ def _settings(root: YMap, file: str, problems: Problems) -> _Settings | None:
                     what = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
                 message = f"{key} {what}, not {_shown(e.get('input'))}"
             problems.add(file, where.line, where.column, message)
-        return None
+        return _Settings.model_validate({k: v for k, v in data.items() if k not in faulty})
 
 
 # --- a YAML manifest ------------------------------------------------------------------------------------
@@ -249,8 +242,6 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
             hint = did_you_mean(key, TOP_KEYS) or f"; the keys are: {', '.join(TOP_KEYS)}"
             problems.add(file, loc.line, loc.column, f"unknown key '{key}'{hint}")
     settings = _settings(root, file, problems)
-    if settings is None:
-        return None
     job = settings.job if settings.job is not None else p.stem
     if why := job_name_problem(job):
         at = root.items["job"].loc if "job" in root.items else None
@@ -307,6 +298,7 @@ def _defaults(root: YMap, settings: _Settings, file: str, problems: Problems) ->
         norm = normalise_quality(text) if key == "quality" else normalise_size(text) if key == "size" else text
         return Given(norm.strip(), locate(root, (key,)), 1)
 
+    before = len(problems.kept)
     model = given("model", settings.model, DEFAULT_MODEL)
     quality = given("quality", settings.quality, DEFAULT_QUALITY)
     size = given("size", settings.size, DEFAULT_SIZE)
@@ -319,8 +311,8 @@ def _defaults(root: YMap, settings: _Settings, file: str, problems: Problems) ->
     if filename is not None and (why := check_filename_template(filename)):
         where = locate(root, ("output", "filename"))
         problems.add(file, where.line, where.column, f"filename template '{filename.text}' {why}")
-    if problems:
-        return None
+    if len(problems.kept) != before:
+        return None  # tasks checked against a broken default would only repeat its problem
     return Defaults(model, quality, size, prompt, filename or compile_template(DEFAULT_FILENAME))
 
 

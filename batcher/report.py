@@ -67,6 +67,11 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
             "source": r["source"],
+            # for the HTML gallery; the CSV keeps its columns (ROW_FIELDS)
+            "width": r["width"],
+            "height": r["height"],
+            "submitted_at": r["submitted_at"],
+            "finished_at": r["finished_at"],
         }
 
 
@@ -81,7 +86,7 @@ async def write_json(out: IO[str], head: dict[str, Any], task_rows: AsyncIterato
 
 
 async def write_csv(out: IO[str], task_rows: AsyncIterator[dict[str, Any]]) -> None:
-    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     async for row in task_rows:
         writer.writerow(row)

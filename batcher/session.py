@@ -193,15 +193,19 @@ def _signals(runner: Runner) -> Iterator[None]:
         os.write(2, f"\n{name}: stopping; creates on the wire are being recorded (Ctrl-C again to quit now)\n".encode())
         runner.request_stop()
 
-    installed = []
+    installed: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
+            previous = signal.getsignal(sig)
             loop.add_signal_handler(sig, on_signal, sig)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread
+            installed[sig] = previous
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             pass
     try:
         yield
     finally:
-        for sig in installed:
+        for sig, previous in installed.items():
             loop.remove_signal_handler(sig)
+            # asyncio resets SIGTERM to the default action, which would kill the process while it writes the
+            # summary; hand the signal back to whoever had it (the CLI turns it into exit 130)
+            signal.signal(sig, previous)

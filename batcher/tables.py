@@ -122,3 +122,24 @@ workers = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("stopped_at", Float, nullable=True),
 )
+
+# What a run learned about the API, so the next run starts warm: the account's rate limit, each model's
+# generation latency (issue: throughput at the API's limit).
+learned = Table(
+    "learned",
+    metadata,
+    Column("name", String(200), primary_key=True),  # e.g. "rate_limit", "first_poll_s:<model>"
+    Column("value", Text, nullable=False),  # JSON
+    Column("updated_at", Float, nullable=False),
+)
+
+# One account-wide token bucket shared by every worker on the store (PostgreSQL, several machines).
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("rate", Float, nullable=False),  # tokens per second
+    Column("capacity", Float, nullable=False),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),  # epoch seconds of the database clock
+)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from batcher.csvsource import iter_records
 from batcher.expansion import Axis, RowsPlan, TaskPlan
-from batcher.sourcetext import SourceFault
+from batcher.rowplans import csv_columns, read_header
 from batcher.taskfields import (
     FIELD_KEYS,
     FILENAME_BUILTINS,
@@ -29,21 +29,12 @@ from batcher.templates import Template, TemplateError, check_filename_template, 
 from batcher.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
 
 MAX_MATRIX_TASKS = 1_000_000  # one matrix; past this a typo (a long list pasted twice) is the likelier cause
-CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images")
-_ROWS_KEYS = (
-    "file",
-    "delimiter",
-    "prompt",
-    "filename",
-    "name",
-    "model",
-    "quality",
-    "size",
-    "seed",
-    "variant",
-    "images",
-)
 _CHOICES = ("model", "quality", "size")
+
+
+@lru_cache(maxsize=1024)  # the same variable names recur in every task of a long list
+def _field_typo(key: str) -> str:
+    return did_you_mean(key, FIELD_KEYS, cutoff=0.8)
 
 
 @dataclass(frozen=True)
@@ -220,6 +211,9 @@ class PlanBuilder:
                 assert isinstance(node, YSeq)
                 texts = [self.text(i, f"a value of '{key}'") for i in node.items]
                 axes.append(Axis(key, tuple(t for t in texts if t is not None)))
+            elif isinstance(node, YSeq) and not matrix:
+                self._at(node.loc, f"variable '{key}' must be a single value, not a list (a list of values makes "
+                         "one task each only in matrix:)")  # fmt: skip
             else:
                 value = self.text(node, f"variable '{key}'")
                 if value is not None:
@@ -239,24 +233,17 @@ class PlanBuilder:
                 used |= template.names
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
         self._check_typos(m, set(variables) - used)
+        if len(self.problems.kept) != before or prompt is None:
+            return None
         plan = TaskPlan(
-            self.file,
-            m.loc.line,
-            m.loc.column,
-            choices["model"][0].text,
-            choices["quality"][0].text,
-            choices["size"][0].text,
-            prompt or compile_template("-"),
-            filename,
-            name,
-            images,
-            seed,
-            variables,
-            tuple(axes),
-        )
+            file=self.file, line=m.loc.line, column=m.loc.column, model=choices["model"][0].text,
+            quality=choices["quality"][0].text, size=choices["size"][0].text, prompt=prompt, filename=filename,
+            name=name, images=images, seed=seed, variables=variables, axes=tuple(axes),
+        )  # fmt: skip
         if plan.count > MAX_MATRIX_TASKS:
             self._at(m.loc, f"the matrix expands to {plan.count:,} tasks, more than {MAX_MATRIX_TASKS:,}")
-        return plan if len(self.problems.kept) == before else None
+            return None
+        return plan
 
     def _choice_values(self, key: str, node: YNode, as_axis: bool) -> list[Given]:
         items = node.items if as_axis and isinstance(node, YSeq) else [node]
@@ -292,7 +279,7 @@ class PlanBuilder:
     def _check_typos(self, m: YMap, unused: set[str]) -> None:
         """A variable no template uses, spelled almost like a field, is a misspelt field."""
         for key in sorted(unused):
-            hint = did_you_mean(key, FIELD_KEYS, cutoff=0.8)
+            hint = _field_typo(key)
             if hint:
                 self._at(
                     m.key_locs.get(key, m.loc),
@@ -375,23 +362,11 @@ class PlanBuilder:
         if len(self.problems.kept) != before:
             return None
         plan = RowsPlan(
-            csv_file,
-            self.base_dir / name,
-            sep.replace("\\t", "\t") if sep else None,
-            tuple(cells),
-            columns,
-            tuple(variables),
-            prompt,
-            filename,
-            task_name,
-            given["model"].text,
-            given["quality"].text,
-            given["size"].text,
-            images,
-            seed,
-            constants,
-            line,
-        )
+            file=csv_file, path=self.base_dir / name, delimiter=sep.replace("\\t", "\t") if sep else None,
+            header=tuple(cells), columns=columns, variables=tuple(variables), prompt=prompt, filename=filename,
+            name=task_name, model=given["model"].text, quality=given["quality"].text, size=given["size"].text,
+            images=images, seed=seed, constants=constants, header_line=line,
+        )  # fmt: skip
         return plan, has_rows
 
     def _read_header(
@@ -403,55 +378,3 @@ class PlanBuilder:
             self._at(loc, f"rows file '{name}' {state} (looked for {path.absolute()})")
             return None
         return read_header(path, csv_file, delimiter, self.problems)
-
-
-def read_header(
-    path: Path, csv_file: str, delimiter: str | None, problems: Problems
-) -> tuple[int, list[str], bool] | None:
-    """(header line, header cells, whether a data row follows), or None after recording why not."""
-    records = iter_records(path, csv_file, delimiter)
-    try:
-        header = next(records, None)
-        if header is None:
-            problems.add(csv_file, None, None, "the CSV file is empty: it needs a header row (prompt,...)")
-            return None
-        return header[0], header[1], next(records, None) is not None
-    except SourceFault as fault:
-        problems.add_problem(fault.problem)
-        return None
-    finally:
-        records.close()
-
-
-def csv_columns(
-    cells: list[str], csv_file: str, line: int, problems: Problems
-) -> tuple[dict[str, int], list[tuple[str, int]]]:
-    """Header cells → (field → column index, [(variable, column index)]). Names are trimmed; fields are
-    matched ignoring case ("Prompt"); `variant` is another name for `seed`; empty trailing names ignored."""
-    names = [c.strip() for c in cells]
-    while names and not names[-1]:
-        names.pop()
-    columns: dict[str, int] = {}
-    variables: list[tuple[str, int]] = []
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if not name:
-            problems.add(csv_file, line, None, f"column {i + 1} of the header has no name")
-            continue
-        field = name.lower() if name.lower() in CSV_FIELDS else None
-        field = "seed" if field == "variant" else field
-        ident = field or name
-        if ident in seen:
-            problems.add(
-                csv_file,
-                line,
-                None,
-                f"column '{name}' appears twice in the header (columns {seen[ident] + 1} and {i + 1})",
-            )
-            continue
-        seen[ident] = i
-        if field:
-            columns[field] = i
-        else:
-            variables.append((name, i))
-    return columns, variables

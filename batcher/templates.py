@@ -15,7 +15,7 @@ MAX_SEGMENT_BYTES = 255  # the common limit on one file or folder name (ext4, AP
 
 # Replaced in values substituted into a filename: path separators, characters Windows and macOS refuse,
 # and control characters. A value can then never add a folder level or leave the output directory.
-_UNSAFE_IN_NAME = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), *(ord(c) for c in '/\\:*?"<>|')], "_")
+UNSAFE_IN_NAME = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), *(ord(c) for c in '/\\:*?"<>|')], "_")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -41,22 +41,31 @@ class Template:
     _format: str = field(default="", compare=False, repr=False)
     _order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The names of the placeholders, in order, as `render_values` takes their values."""
+        return self._order
+
     def render(self, values: Mapping[str, str | int]) -> str:
         """The text with every placeholder filled in; KeyError for a missing value."""
-        return self._render([values[name] for name in self._order])
+        return self.render_values([values[name] for name in self._order])
 
     def render_filename(self, values: Mapping[str, str | int]) -> str:
         """Like render, with unsafe characters of each substituted value replaced by `_`."""
-        return self._render(
-            [v.translate(_UNSAFE_IN_NAME) if isinstance(v, str) else v for v in (values[n] for n in self._order)]
-        )
+        return self.render_values([safe_value(values[name]) for name in self._order])
 
-    def _render(self, args: list[str | int]) -> str:
+    def render_values(self, args: list[str | int]) -> str:
+        """The text with the placeholders filled in from `args`, one per placeholder in `order`."""
         try:
             return self._format.format(*args)
         except ValueError:  # a numeric spec on text: the slow path knows what to do, or says what is wrong
             fields = iter(args)
             return "".join(p if isinstance(p, str) else _format(next(fields), p) for p in self.parts)
+
+
+def safe_value(value: str | int) -> str | int:
+    """A value fit for a filename: separators, reserved and control characters replaced by `_`."""
+    return value.translate(UNSAFE_IN_NAME) if isinstance(value, str) else value
 
 
 def _format(value: str | int, p: Placeholder) -> str:

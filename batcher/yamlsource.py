@@ -204,9 +204,60 @@ def parse_yaml(text: str, file: str) -> tuple[YNode | None, list[Problem]]:
         loader.dispose()
     if root is None:
         return None, []
+    _refuse_bombs(root, file)
     walker = _Walker(file)
     tree = walker.walk(root)
     return tree, walker.problems
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _refuse_bombs(root: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases would expand too far, before expanding any of it.
+
+    The composed document is a graph: an alias is a second edge to a node. Each node's expanded size is
+    counted once (memoised), so this costs the size of the file, however large the expansion would be.
+    Problems are reported at the top-level key holding the fault.
+    """
+    sizes: dict[int, int] = {}
+    excess = 0  # nodes reached again through aliases
+
+    def size(node: yaml.Node, depth: int) -> int:
+        nonlocal excess
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        known = sizes.get(id(node))
+        if known is not None:
+            excess += known
+            return known
+        if depth > MAX_DEPTH:  # also ends a recursive alias, which has no size
+            raise _TooDeep
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child, depth + 1) for child in node.value)
+        else:
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        sizes[id(node)] = n
+        return n
+
+    tops = root.value if isinstance(root, yaml.MappingNode) else [(root, root)]
+    for key, value in tops:
+        try:
+            size(key, 1)
+            size(value, 1)
+        except _TooDeep:
+            where = _loc(key)
+            message = f"values nested more than {MAX_DEPTH} levels deep (a recursive alias?)"
+            raise SourceFault(Problem(file, where.line, where.column, message)) from None
+        if excess > MAX_ALIAS_NODES:
+            where = _loc(key)
+            message = (
+                f"aliases expand to more than {MAX_ALIAS_NODES:,} values beyond the document's own "
+                "(an alias bomb?); repeat fewer or smaller anchors"
+            )
+            raise SourceFault(Problem(file, where.line, where.column, message))
 
 
 def to_plain(node: YNode) -> Any:

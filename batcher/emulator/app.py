@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -26,6 +27,11 @@ ADMIN_PREFIX = "/_emulator"
 # Large enough for ten data: URIs at the default size cap; the cap itself is checked per image.
 MAX_BODY_BYTES = 160 * 2**20
 BEARER = "Bearer "
+# Hostile file URLs (hostile_file_rate): what each kind serves or names.
+HOSTILE_SCHEME_URLS = ("file:///etc/passwd", "ftp://{host}/files/{task_id}/image.png")
+HOSTILE_NAME = "../../../../tmp/batcher-traversal.png"  # a file name that climbs out of any directory
+HOSTILE_NOT_IMAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Session expired</body></html>\n"
+HUGE_CHUNK = bytes(256 * 1024)  # one zero-filled chunk, sent again and again: a huge reply never sits in memory
 
 Clock = Callable[[], float]
 Inner = Callable[[web.Request, float], Awaitable[web.StreamResponse]]
@@ -58,6 +64,8 @@ class EmulatorApp:
         app.router.add_post(CREATE_PATH, self.create)
         app.router.add_get(QUERY_PATH, self.query)
         app.router.add_get(FILES_PREFIX + "/{task_id}/{token}.png", self.download)
+        # a hostile "traversal" URL: the same file under a last segment that decodes to ../../..
+        app.router.add_get(FILES_PREFIX + "/{task_id}/{token}/{name}", self.download)
         app.router.add_get(ADMIN_PREFIX + "/stats", self.get_stats)
         app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
         app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
@@ -208,7 +216,14 @@ class EmulatorApp:
 
     def _file_url(self, request: web.Request, task: Task, now: float) -> str:
         origin = self.origin or f"{request.scheme}://{request.host}"
-        return f"{origin}{FILES_PREFIX}/{task.task_id}/{self.state.file_token(task, now)}.png"
+        token = self.state.file_token(task, now)
+        if task.hostile == "scheme":
+            # alternate by task so both a local file and another protocol are tried
+            template = HOSTILE_SCHEME_URLS[int(task.task_id[-6:]) % len(HOSTILE_SCHEME_URLS)]
+            return template.format(host=request.host, task_id=task.task_id)
+        if task.hostile == "traversal":
+            return f"{origin}{FILES_PREFIX}/{task.task_id}/{token}/{quote(HOSTILE_NAME, safe='')}"
+        return f"{origin}{FILES_PREFIX}/{task.task_id}/{token}.png"
 
     # -- file hosting ------------------------------------------------------------------------------------
 
@@ -229,12 +244,44 @@ class EmulatorApp:
             state.stats.expired_downloads += 1
             return web.Response(status=410, text="this file URL has expired; query the task for a fresh one")
         spec = task.request
+        if task.hostile is not None:
+            state.stats.hostile_downloads += 1
+            if task.hostile == "not-image":
+                # labelled a PNG, so only a client that looks at the bytes notices
+                return web.Response(body=HOSTILE_NOT_IMAGE, content_type="image/png")
+            if task.hostile == "huge":
+                return await self._huge(request, state.images.png(spec.prompt, spec.width, spec.height))
         png = state.images.png(spec.prompt, spec.width, spec.height)
+        if task.hostile == "traversal":  # the real file, under a name no client may use as a path
+            state.stats.downloads += 1
+            name = HOSTILE_NAME.rsplit("/", 1)[-1]
+            headers = {"Content-Disposition": f"attachment; filename=\"{HOSTILE_NAME}\"; filename*=UTF-8''{name}"}
+            return web.Response(body=png, content_type="image/png", headers=headers)
         if state.roll(state.config.truncate_rate):
             state.stats.truncated_downloads += 1
             return await self._truncated(request, png)
         state.stats.downloads += 1
         return web.Response(body=png, content_type="image/png")
+
+    async def _huge(self, request: web.Request, png: bytes) -> web.StreamResponse:
+        """A real PNG's first bytes (so its head passes a sniff), then zeros, chunked with no length, until
+        hostile_huge_bytes are out or the client hangs up; one chunk is reused, so nothing big is allocated."""
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        left = self.state.config.hostile_huge_bytes
+        try:
+            head = png[: min(len(png), left)]
+            await response.write(head)
+            left -= len(head)
+            while left > 0:
+                chunk = HUGE_CHUNK if left >= len(HUGE_CHUNK) else HUGE_CHUNK[:left]
+                await response.write(chunk)
+                left -= len(chunk)
+            await response.write_eof()
+        except ConnectionError:  # the client hung up, as it should
+            _close_connection(request)
+        return response
 
     async def _truncated(self, request: web.Request, png: bytes) -> web.StreamResponse:
         """Promise the whole file in Content-Length, send half of it, then close the connection."""

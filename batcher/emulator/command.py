@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from batcher.emulator.config import ALL_MODELS, DEFAULT_FAULT_KINDS, EmulatorConfig
+from batcher.emulator.config import (
+    ALL_MODELS,
+    DEFAULT_FAULT_KINDS,
+    DEFAULT_HOSTILE_HUGE_BYTES,
+    HOSTILE_KINDS,
+    EmulatorConfig,
+)
 from batcher.emulator.facts import DEFAULT_PRICES
 from batcher.emulator.latency import Latency
 from batcher.emulator.server import Emulator
@@ -31,6 +37,7 @@ _RATE_OPTIONS = {
     "slow_rate": "probability a reply is delayed by --slow-s",
     "lost_create_rate": "probability a create is accepted, then its reply is lost",
     "truncate_rate": "probability a download is cut short",
+    "hostile_file_rate": "probability a successful task's file URL attacks the client (see --hostile-file-kind)",
 }
 
 
@@ -83,6 +90,20 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
     default=",".join(sorted(DEFAULT_FAULT_KINDS)),
     show_default=True,
     help="request kinds that 500/503/drop/malformed/slow apply to (create,query,download)",
+)
+@click.option(
+    "--hostile-file-kind",
+    type=click.Choice(HOSTILE_KINDS),
+    default="scheme",
+    show_default=True,
+    help="scheme: file:// or ftp:// URL; huge: an endless download; not-image: HTML bytes; traversal: a ../ name",
+)
+@click.option(
+    "--hostile-huge-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_HOSTILE_HUGE_BYTES,
+    show_default=True,
+    help="bytes a huge download streams unless the client hangs up",
 )
 @click.option("--url-ttl-s", type=click.FloatRange(min=0.0), default=None, help="file URLs expire (HTTP 410)")
 @click.option("--rate-limit", type=click.FloatRange(min=0.0, min_open=True), default=None, help="requests/s")

@@ -13,6 +13,10 @@ from batcher.emulator.latency import Latency
 
 Variant = Literal["guide", "field"]
 RetryAfterFormat = Literal["seconds", "http-date"]
+# What a hostile file URL attacks: its scheme (file://, ftp://), the client's size cap (an endless stream),
+# its image check (HTML bytes labelled image/png), or its choice of path (a name full of ../).
+HostileKind = Literal["scheme", "huge", "not-image", "traversal"]
+HOSTILE_KINDS: tuple[HostileKind, ...] = ("scheme", "huge", "not-image", "traversal")
 
 REQUEST_KINDS = frozenset({"create", "query", "download"})
 DEFAULT_FAULT_KINDS = frozenset({"create", "query"})
@@ -20,6 +24,7 @@ ALL_MODELS = "*"  # key in `prices` that applies to every model without its own 
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 2**20  # bytes, per decoded data: URI
 DEFAULT_MAX_EVENTS = 4_000_000  # request timestamps kept; ~100 bytes each
+DEFAULT_HOSTILE_HUGE_BYTES = 2**30  # bytes a "huge" download streams (lazily) unless the client hangs up
 
 # Knobs fixed when the server starts; configure() refuses to change them.
 STARTUP_ONLY = frozenset({"host", "port"})
@@ -34,6 +39,7 @@ _RATES = (
     "slow_rate",
     "lost_create_rate",
     "truncate_rate",
+    "hostile_file_rate",
 )
 
 
@@ -65,6 +71,10 @@ class EmulatorConfig:
     truncate_rate: float = 0.0
     # Hosted files.
     url_ttl_s: float | None = None
+    # A successful generation whose file URL attacks the client instead (drawn once per task at create time).
+    hostile_file_rate: float = 0.0
+    hostile_file_kind: HostileKind = "scheme"
+    hostile_huge_bytes: int = DEFAULT_HOSTILE_HUGE_BYTES
     # Account-wide token bucket over create and query requests.
     rate_limit: float | None = None  # requests per second; None: unlimited
     burst: float | None = None  # tokens; None: one second's worth (at least 1)
@@ -97,6 +107,12 @@ class EmulatorConfig:
             raise ValueError(f"fault_kinds must be among {sorted(REQUEST_KINDS)}, got {sorted(self.fault_kinds)}")
         if not self.images_field:
             raise ValueError("images_field must not be empty")
+        if self.hostile_file_kind not in HOSTILE_KINDS:
+            raise ValueError(
+                f"hostile_file_kind must be one of {', '.join(HOSTILE_KINDS)}, got {self.hostile_file_kind!r}"
+            )
+        if self.hostile_huge_bytes < 1:
+            raise ValueError("hostile_huge_bytes must be >= 1")
         if self.max_image_bytes < 1 or self.max_events < 0:
             raise ValueError("max_image_bytes must be >= 1 and max_events >= 0")
 
@@ -157,7 +173,7 @@ def coerce_knob(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number")
         return float(value)
-    if name in ("port", "seed", "max_image_bytes", "max_events"):
+    if name in ("port", "seed", "max_image_bytes", "max_events", "hostile_huge_bytes"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer")
         return value

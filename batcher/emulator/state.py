@@ -81,8 +81,12 @@ class EmulatorState:
         latency = config.latency.sample(self.rng)
         task_id = self.next_id()
         task = Task(task_id, f"ord-{task_id}", request, now, now + latency, outcome, reason)
-        self.book.add(task, now, self.stats)
         stats = self.stats
+        # Drawn after everything else, so a zero rate leaves every other draw of a seeded run unchanged.
+        if outcome == "Success" and self.roll(config.hostile_file_rate):
+            task.hostile = config.hostile_file_kind
+            stats.hostile_files += 1
+        self.book.add(task, now, stats)
         stats.creates_accepted += 1
         stats.accepted_by_prompt[request.prompt] = stats.accepted_by_prompt.get(request.prompt, 0) + 1
         return task

@@ -40,6 +40,8 @@ class Stats:
     downloads: int = 0  # files sent in full
     truncated_downloads: int = 0
     expired_downloads: int = 0  # answered 410
+    hostile_files: int = 0  # successful tasks whose file URL attacks the client (hostile_file_rate)
+    hostile_downloads: int = 0  # requests answered from a hostile file URL (traversal ones count as downloads too)
     rate_limited: int = 0  # answered 429
     peak_concurrent_requests: int = 0
     peak_concurrent_generations: int = 0
@@ -103,6 +105,8 @@ class Stats:
             "downloads": self.downloads,
             "truncated_downloads": self.truncated_downloads,
             "expired_downloads": self.expired_downloads,
+            "hostile_files": self.hostile_files,
+            "hostile_downloads": self.hostile_downloads,
             "rate_limited": self.rate_limited,
             "peak_concurrent_requests": self.peak_concurrent_requests,
             "peak_concurrent_generations": self.peak_concurrent_generations,

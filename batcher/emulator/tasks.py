@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from batcher.emulator.config import HostileKind
 from batcher.emulator.stats import Stats
 from batcher.emulator.validate import CreateRequest
 
@@ -31,6 +32,7 @@ class Task:
     reason: str = ""  # why it failed or was cancelled
     stable_token: str | None = None  # the one file token handed out when URLs never expire
     url_expiry: dict[str, float] = field(default_factory=dict)  # file token -> loop time it expires
+    hostile: HostileKind | None = None  # the file URL this task's Success names attacks the client
 
     def status(self, now: float, field_variant: bool) -> str:
         """The status a query sees at `now`. The field variant spends the first half of the wait Pending."""

@@ -1,0 +1,349 @@
+"""The HTML report in a real browser: a run against the emulator, rendered by the real CLI, opened in headless
+Chromium from the system's packages and driven over the DevTools protocol (with aiohttp, which we ship anyway).
+
+Set BATCHER_GALLERY_SHOT=docs/gallery.png to refresh the README's screenshot from the first test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import bindparam, insert, update
+
+from batcher.config import fmt_usd
+from batcher.emulator import Latency
+from batcher.emulator.images import encode_png
+from batcher.imageinfo import sniff
+from batcher.models import TaskSpec
+from batcher.tables import api_calls, tasks
+from tests.acceptance.cli_kit import batcher, cli_env
+from tests.conftest import OpenStore, StartEmulator
+from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs
+
+CHROMIUM = Path(os.environ.get("BATCHER_CHROMIUM", "/usr/bin/chromium"))
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"), reason=f"no {CHROMIUM} (apt-get install chromium); CI has it"
+)
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1280,900",
+)  # fmt: skip
+VIEWPORT = (1280, 900)  # px, the screenshot's size
+BROWSER_START_S = 30.0  # seconds for Chromium to open its DevTools port
+SCRIPT_PROMPT = "<script>alert(1)</script>"
+TRICKY_PROMPT = 'Sticker of a mug saying "hi" & <img src=x onerror=alert(2)>'
+CATALOG = [
+    ("Studio shot of a red ceramic mug on a white background, soft shadows", "1x1"),
+    (SCRIPT_PROMPT, "1x1"),
+    ("Banner of a blue mug in an aspect ratio the API refuses", "7x7"),  # the emulator answers HTTP 400
+    ("A flat-lay of a leather notebook, a brass pen and a coffee cup on an oak desk", "16x9"),
+    ("Product photo of a canvas tote bag hanging on a hook, morning light", "3x4"),
+    (TRICKY_PROMPT, "4x5"),
+    ("Die-cut sticker of a fox, flat vector style, thick white border", "1x1"),
+    ("Die-cut sticker of an owl, 3d clay style, thick white border", "1x1"),
+    ("Lifestyle photo of a sage green mug on a windowsill, rain outside", "4x5"),
+    ("Top-down photo of a ceramic mug of latte art on a marble table", "1x1"),
+    ("Hero banner: a row of six mugs in pastel colours, shallow depth of field", "16x9"),
+    ("Phone wallpaper of a mug-shaped planet orbiting a teapot star", "9x16"),
+]
+
+# Everything the assertions need, read from the live DOM after the page's own script ran.
+FACTS = """(() => {
+  const cards = Array.from(document.querySelectorAll("#grid > .card"));
+  return {
+    cards: cards.map((c) => ({status: c.dataset.status, size: c.dataset.size, hidden: c.hidden,
+      prompt: c.querySelector(".prompt").textContent, error: c.querySelector(".err")?.textContent ?? null,
+      missing: c.classList.contains("missing")})),
+    images: Array.from(document.querySelectorAll("#grid img")).map((i) => ({src: i.getAttribute("src"),
+      loading: i.getAttribute("loading"), href: i.parentElement.getAttribute("href")})),
+    stats: Object.fromEntries(Array.from(document.querySelectorAll("[data-stat]"),
+      (e) => [e.dataset.stat, e.querySelector("b").textContent])),
+    scripts: document.scripts.length,
+    injected: document.querySelectorAll("#grid script, #grid [onerror]").length,
+    shown: document.getElementById("shown").textContent,
+    hash: location.hash,
+  };
+})()"""
+VISIBLE = """Array.from(document.querySelectorAll("#grid > .card")).filter((c) => !c.hidden)
+  .map((c) => c.querySelector(".prompt").textContent)"""
+# True once every image in the viewport has loaded (and decoded to real pixels), so a screenshot shows them.
+IMAGES_IN_VIEW = """(() => {
+  const seen = Array.from(document.querySelectorAll("#grid img")).filter((i) => {
+    const r = i.getBoundingClientRect();
+    return r.width > 0 && r.bottom > 0 && r.top < innerHeight;
+  });
+  return seen.length > 0 && seen.every((i) => i.complete && i.naturalWidth > 0);
+})()"""
+
+
+class Browser:
+    """One page of a headless Chromium, over the DevTools protocol; it notes dialogs, JS errors and console errors."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._id = 0
+        self.dialogs: list[str] = []  # alert() and friends: an injected script would open one
+        self.errors: list[str] = []  # uncaught exceptions, CSP violations, failed loads
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        await self._ws.send_json({"id": self._id, "method": method, "params": params})
+        async for msg in self._ws:
+            data = json.loads(msg.data)
+            if data.get("id") == self._id:
+                if "error" in data:
+                    raise AssertionError(f"{method}: {data['error']}")
+                return dict(data["result"])
+            self._note(data)
+        raise AssertionError("Chromium closed the DevTools connection")
+
+    def _note(self, event: dict[str, Any]) -> None:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Page.javascriptDialogOpening":
+            self.dialogs.append(params["message"])
+            # dismiss it, or the page would hang; the reply (id 0) is never awaited
+            asyncio.ensure_future(self._ws.send_json({"id": 0, "method": "Page.handleJavaScriptDialog",
+                                                      "params": {"accept": True}}))  # fmt: skip
+        elif method == "Runtime.exceptionThrown":
+            self.errors.append(params["exceptionDetails"].get("text", "exception"))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.errors.append(params["entry"]["text"])
+
+    async def eval(self, expression: str) -> Any:
+        reply = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in reply:
+            raise AssertionError(f"{expression[:60]}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    async def until(self, expression: str, timeout: float = 20.0) -> Any:
+        """Poll `expression` until it is truthy."""
+        deadline = time.monotonic() + timeout
+        problem = "still false"
+        while True:
+            try:
+                if value := await self.eval(expression):
+                    return value
+            except AssertionError as e:  # the page was between documents; or the expression is wrong
+                problem = str(e)
+            assert time.monotonic() < deadline, f"after {timeout} s: {problem}: {expression[:80]}"
+            await asyncio.sleep(0.05)
+
+    async def open(self, url: str, timeout: float = 20.0) -> float:
+        """Load `url` afresh; returns the milliseconds the page's script took to be ready (its data-ready-ms)."""
+        await self.call("Page.navigate", url="about:blank")
+        await self.until("location.href === 'about:blank'")
+        await self.call("Page.navigate", url=url)
+        return float(await self.until("document.documentElement.dataset.readyMs", timeout))
+
+    async def screenshot(self) -> bytes:
+        return base64.b64decode((await self.call("Page.captureScreenshot", format="png"))["data"])
+
+
+@asynccontextmanager
+async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium with a fresh profile and one page, ended (with its helpers) when the block exits."""
+    profile = tmp_path / "chromium-profile"
+    proc = await asyncio.create_subprocess_exec(
+        str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"  # Chromium writes its port here once it listens
+        deadline = time.monotonic() + BROWSER_START_S
+        while len(lines := (port_file.read_text().split() if port_file.exists() else [])) < 2:
+            assert proc.returncode is None, f"Chromium exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "Chromium did not open its DevTools port"
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{lines[0]}/json/list") as reply:
+                page = next(t for t in await reply.json() if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                browser = Browser(ws)
+                for domain in ("Page", "Runtime", "Log"):
+                    await browser.call(f"{domain}.enable")
+                width, height = VIEWPORT
+                await browser.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                                   deviceScaleFactor=1, mobile=False)  # fmt: skip
+                yield browser
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the group: Chromium's renderer and GPU helpers too
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def render(tmp_path: Path, page: Path, *extra: str) -> None:
+    done = await batcher("report", *extra, "--db", str(tmp_path / "batcher.db"), "--format", "html", "-o", str(page),
+                         env=cli_env(None), cwd=tmp_path)  # fmt: skip
+    assert done.code == 0, done.err
+
+
+async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
+    open_store: OpenStore, start_emu: StartEmulator, tmp_path: Path
+) -> None:
+    store = await open_store()
+    # a rate limit the pool runs into now and then, so the throughput chart has 429s to show
+    emu = await start_emu(latency=Latency("uniform", 0.1, 0.6), seed=3, rate_limit=20.0, burst=4.0)
+    items = [TaskSpec(MODEL, p, "1K", size, f"{i:02d}-{size}.png", source=f"catalog.yaml:{i + 2}")
+             for i, (p, size) in enumerate(CATALOG)]  # fmt: skip
+    await load(store, items, tmp_path / "out")
+    await drive(store, emu, fast_config(max_in_flight=6))
+    ledger = await store.ledger(await store.job("job"))
+    assert ledger.counts == {"succeeded": len(CATALOG) - 1, "failed": 1}
+
+    page = tmp_path / "report.html"
+    await render(tmp_path, page)
+    text = page.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
+    assert SCRIPT_PROMPT not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+    async with chromium(tmp_path) as browser:
+        await browser.open(page.as_uri())
+        facts = await browser.eval(FACTS)
+        cards = facts["cards"]
+        assert len(cards) == len(CATALOG) and facts["shown"] == str(len(CATALOG))
+        assert facts["stats"]["tasks"] == str(len(CATALOG))
+        assert facts["stats"]["status-succeeded"] == str(len(CATALOG) - 1)
+        assert facts["stats"]["status-failed"] == "1"
+        assert facts["stats"]["cost"] == fmt_usd(ledger.cost_micros) == fmt_usd((len(CATALOG) - 1) * PRICE)
+        assert facts["stats"]["rate-limited"] == str(ledger.rate_limited)
+        assert facts["stats"]["unknown"] == str(ledger.unknown_submissions)
+        # the injected markup is text on the page, not elements in it: our one script, no alert
+        assert [c["prompt"] for c in cards if c["prompt"] in (SCRIPT_PROMPT, TRICKY_PROMPT)] == [
+            SCRIPT_PROMPT, TRICKY_PROMPT,
+        ]  # fmt: skip
+        assert facts["scripts"] == 1 and facts["injected"] == 0
+        failed = [c for c in cards if c["status"] == "failed"]
+        assert len(failed) == 1 and failed[0]["size"] == "7x7" and "7x7" in (failed[0]["error"] or "")
+        # images: lazily loaded, linked relative to the page (so page and folder zip together), all found
+        assert len(facts["images"]) == len(CATALOG) - 1
+        for img in facts["images"]:
+            assert img["loading"] == "lazy" and img["src"] == img["href"]
+            assert img["src"].startswith("out/") and (tmp_path / img["src"]).is_file()
+        await browser.until(IMAGES_IN_VIEW)
+
+        # a filter from the URL: what a shared link to "the failed ones" shows
+        await browser.open(page.as_uri() + "#status=failed")
+        assert await browser.eval(VISIBLE) == [CATALOG[2][0]]
+        await browser.open(page.as_uri() + "#size=16x9&q=MUG")
+        assert await browser.eval(VISIBLE) == [CATALOG[10][0]]
+
+        # the controls: choose a size, then search; the count follows and the URL keeps the view
+        await browser.open(page.as_uri())
+        await browser.eval("""(() => { const s = document.getElementById("f-size");
+            s.value = "4x5"; s.dispatchEvent(new Event("change")); })()""")
+        assert await browser.eval(VISIBLE) == [TRICKY_PROMPT, CATALOG[8][0]]
+        await browser.eval("""(() => { const q = document.getElementById("f-q");
+            q.value = "sage"; q.dispatchEvent(new Event("input")); })()""")
+        await browser.until("document.getElementById('shown').textContent === '1'")
+        assert await browser.eval(VISIBLE) == [CATALOG[8][0]]
+        assert await browser.eval("location.hash") == "#size=4x5&q=sage"
+
+        # a click on a thumbnail opens the full image over the page
+        await browser.eval("document.querySelector('#grid > .card:not([hidden]) a.thumb').click()")
+        box = await browser.eval("""(() => { const box = document.getElementById("box");
+            return {open: box.open, src: box.querySelector("img").getAttribute("src")}; })()""")
+        assert box["open"] and box["src"].startswith("out/08-4x5")
+
+        await browser.open(page.as_uri())
+        await browser.until(IMAGES_IN_VIEW)
+        shot = await browser.screenshot()
+        assert browser.dialogs == [] and browser.errors == []
+
+    info = sniff(shot[:64])
+    assert info is not None and (info.width, info.height) == VIEWPORT
+    (tmp_path / "gallery.png").write_bytes(shot)
+    if target := os.environ.get("BATCHER_GALLERY_SHOT"):
+        shutil.copyfile(tmp_path / "gallery.png", target)
+
+
+LARGE = 10_000  # tasks
+FAILING_EVERY = 50  # every 50th synthetic task failed
+
+
+async def test_a_10000_task_report_renders_quickly_and_stays_usable(open_store: OpenStore, tmp_path: Path) -> None:
+    store = await open_store()
+    out = tmp_path / "out"
+    await load(store, specs(LARGE, prefix="catalog item"), out)
+    job = await store.job("job")
+    # a finished overnight run, written straight into the store: four real images shared by every task
+    out.mkdir()
+    files = []
+    for n, (w, h) in enumerate([(1024, 1024), (1376, 768), (768, 1376), (896, 1152)]):
+        (out / f"shared-{n}.png").write_bytes(encode_png(f"image {n}", w, h))
+        files.append((str(out / f"shared-{n}.png"), w, h))
+    t0 = time.time() - 8 * 3600
+    done = [
+        {
+            "jid": job.id, "s": seq, "st": "failed" if seq % FAILING_EVERY == 0 else "succeeded",
+            "path": None if seq % FAILING_EVERY == 0 else files[seq % 4][0],
+            "w": files[seq % 4][1], "h": files[seq % 4][2], "cost": 0 if seq % FAILING_EVERY == 0 else PRICE,
+            "err": "content refused" if seq % FAILING_EVERY == 0 else None,
+            "sub": t0 + seq * 2.5, "fin": t0 + seq * 2.5 + 4 + seq % 13,
+        }
+        for seq in range(LARGE)
+    ]  # fmt: skip
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.job_id == bindparam("jid"), tasks.c.seq == bindparam("s"))
+            .values(status=bindparam("st"), output_path=bindparam("path"), width=bindparam("w"),
+                    height=bindparam("h"), cost_micros=bindparam("cost"), last_error=bindparam("err"),
+                    attempts=1, submitted_at=bindparam("sub"), finished_at=bindparam("fin")),  # fmt: skip
+            done,
+        )
+        calls = [
+            {"job_id": job.id, "kind": kind, "http_status": 200, "outcome": "ok", "latency_ms": 80.0,
+             "at": d["sub"] + k}  # fmt: skip
+            for d in done
+            for k, kind in enumerate(("create", "query", "download"))
+        ]
+        await conn.execute(insert(api_calls), calls)
+
+    print("stored", time.monotonic(), flush=True)
+    page = tmp_path / "report.html"
+    started = time.monotonic()
+    await render(tmp_path, page)
+    took = time.monotonic() - started
+    size = page.stat().st_size
+    assert took < 30, f"rendering {LARGE} tasks took {took:.1f} s"  # about 1 s here; CI machines are slower
+    assert size < LARGE * 1_500, f"{size} bytes for {LARGE} tasks"  # about 600 bytes a card
+
+    print("rendered", took, size, flush=True)
+    async with chromium(tmp_path) as browser:
+        print("browser", time.monotonic(), flush=True)
+        ready_ms = await browser.open(page.as_uri(), timeout=60)
+        print("ready", ready_ms, time.monotonic(), flush=True)
+        assert ready_ms < 20_000, f"the page's script was ready after {ready_ms:.0f} ms"
+        counts = await browser.eval("""({cards: document.querySelectorAll("#grid > .card").length,
+            lazy: document.querySelectorAll("#grid img[loading=lazy]").length,
+            shown: document.getElementById("shown").textContent})""")
+        assert counts == {"cards": LARGE, "lazy": LARGE - LARGE // FAILING_EVERY, "shown": str(LARGE)}
+        # lazy loading: only the images near the viewport were fetched, not ten thousand
+        await browser.until(IMAGES_IN_VIEW)
+        loaded = await browser.eval("Array.from(document.images).filter((i) => i.complete).length")
+        assert 0 < loaded < 500
+        # scrolling to the end lays out and loads only what comes into view there
+        await browser.eval("window.scrollTo(0, document.documentElement.scrollHeight)")
+        await browser.until(IMAGES_IN_VIEW)
+        await browser.open(page.as_uri() + "#status=failed")
+        assert await browser.eval("document.getElementById('shown').textContent") == str(LARGE // FAILING_EVERY)
+        await browser.open(page.as_uri() + "#q=catalog%20item%209999")
+        assert await browser.eval(VISIBLE) == ["catalog item 9999"]
+        assert browser.dialogs == [] and browser.errors == []
