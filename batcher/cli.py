@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -63,10 +63,28 @@ def _fail(error: BatcherError) -> None:
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(coro)
+            result = runner.run(coro)
     except BatcherError as e:
+        _settled()
         _fail(e)
         raise AssertionError("unreachable") from None
+    except KeyboardInterrupt:  # before the run's own handlers were in place, or after (see session._signals)
+        _interrupted()
+    _settled()
+    return result
+
+
+def _settled() -> None:
+    """The outcome is decided and committed: a late Ctrl-C or SIGTERM must not turn it into "Aborted!" or a
+    death by signal while the last lines are printed."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _interrupted() -> NoReturn:
+    _settled()
+    click.echo("batcher: interrupted; run the same command again to resume anything left", err=True)
+    sys.exit(130)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -105,13 +123,40 @@ main.add_command(emulator)
 @click.option("--db", "db", metavar="PATH|URL", help="count tasks already done in this store (read only)")
 @click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool) -> None:
-    """Dry run: what MANIFEST will cost. No network; writes nothing."""
-    est = _run(session.dry_run(manifest, db, price))
+@click.option("--no-cache", is_flag=True, help="count tasks finished in other jobs as new (as `run --no-cache` would)")
+@click.option("--against", metavar="JOB", help="also list what changed since the tasks JOB last imported (needs --db)")  # fmt: skip
+def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool, no_cache: bool,
+             against: str | None) -> None:  # fmt: skip
+    """Dry run: what MANIFEST will cost: new, cached and already-done tasks. No network; writes nothing."""
+    if against is not None and db is None:
+        raise click.UsageError("--against needs --db: the store that holds the job")
+    est = _run(session.dry_run(manifest, db, price, use_cache=not no_cache))
+    change = None
+    if against is not None:
+        change = _run(session.compare(None, manifest, db, price, against=against, use_cache=not no_cache))
     if as_json:
-        click.echo(json.dumps(est.as_json(), indent=2))
+        out = est.as_json() | ({"against": {"job": against, **change.as_json()}} if change is not None else {})
+        click.echo(json.dumps(out, indent=2))
     else:
         views.estimate_table(est)
+        if change is not None:
+            views.diff_table(change, f"Changes against job {against}")
+
+
+@main.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--db", "db", metavar="PATH|URL", help="count changed tasks made already in this store as free")
+@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+@click.option("--no-cache", is_flag=True, help="with --db: count only the job's own finished tasks as made")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def diff(old: str, new: str, db: str | None, price: Decimal | None, no_cache: bool, as_json: bool) -> None:
+    """Which tasks OLD → NEW adds, removes and changes, and what the change costs. No network; writes nothing."""
+    change = _run(session.compare(old, new, db, price, use_cache=not no_cache))
+    if as_json:
+        click.echo(json.dumps(change.as_json(), indent=2))
+    else:
+        views.diff_table(change, f"Changes from {old} to {new}")
 
 
 @main.command()
@@ -128,13 +173,14 @@ def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool
               show_default=True, help="a task whose create may have reached the API: create again, or fail it")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+@click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
 def run(manifest: str, db: str, emulate: bool, emulate_latency: Latency | None, rate: float | None,
         max_in_flight: int | None, max_cost: Decimal | None, price: Decimal | None, max_attempts: int | None,
-        on_unknown: str, as_json: bool, quiet: bool) -> None:  # fmt: skip
+        on_unknown: str, as_json: bool, quiet: bool, no_cache: bool) -> None:  # fmt: skip
     """Import MANIFEST and drive every task to a final state. Run it again to resume."""
     emu = EmulatorConfig(latency=emulate_latency or session.DEMO_LATENCY)
     opts = session.RunOptions(manifest, db, emulate, rate, max_in_flight, max_cost, price, OnUnknown(on_unknown),
-                              max_attempts, emu)  # fmt: skip
+                              max_attempts, emu, use_cache=not no_cache)  # fmt: skip
     progress = None if quiet else functools.partial(views.live_progress, enabled=True)
     outcome = _run(session.run_job(opts, show_progress=progress))
     head = outcome.summary
@@ -205,7 +251,7 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                 raise BatcherError(f"name the job to report on (jobs in the store: {names})")
             the_job = await store.job(job) if job is not None else jobs[0]
             head = await session.job_summary(store, the_job)
-            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
             try:
                 if fmt == "json":
                     await report.write_json(out, head, report.rows(store, the_job))
@@ -250,8 +296,7 @@ def entry() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        click.echo("batcher: interrupted; run the same command again to resume anything left", err=True)
-        sys.exit(130)
+        _interrupted()
 
 
 if __name__ == "__main__":  # pragma: no cover

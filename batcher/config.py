@@ -14,7 +14,7 @@ from batcher.polling import PollPolicy
 from batcher.retry import RetryPolicy
 
 DEFAULT_DB = "batcher.db"
-DEFAULT_MAX_IN_FLIGHT = 64  # tasks between create and download at once; polls mostly just wait
+DEFAULT_MAX_IN_FLIGHT = 256  # tasks between create and download at once: enough to keep a rate limit busy
 LEASE_S = 30.0  # a claim not renewed for this long is taken over (procrastinate: 30 s of silence)
 HEARTBEAT_S = 10.0
 
@@ -60,6 +60,7 @@ class RunConfig:
     budget_micros: int | None = None
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
+    use_cache: bool = True  # cache and chains: reuse a finished output of the same spec (`--no-cache`: never)
 
     def __post_init__(self) -> None:
         if self.requests_per_second is not None and self.requests_per_second <= 0:

@@ -248,7 +248,7 @@ async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any
         stmt = rows[0].stmt  # type: ignore[union-attr]
         params = [r.params for r in rows]  # type: ignore[union-attr]
         if len(rows) == 1:
-            results[indexes[0]] = (await conn.execute(stmt, params[0])).rowcount  # type: ignore[attr-defined]
+            results[indexes[0]] = (await conn.execute(stmt, params[0])).rowcount
             continue
         fenced = any(r.fenced for r in rows)  # type: ignore[union-attr]
         if not fenced:
@@ -257,7 +257,7 @@ async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any
                 results[i] = 1
             continue
         savepoint = await conn.begin_nested()
-        changed = (await conn.execute(stmt, params)).rowcount  # type: ignore[attr-defined]
+        changed = (await conn.execute(stmt, params)).rowcount
         if changed == len(rows):
             await savepoint.commit()
             for i in indexes:
@@ -266,4 +266,4 @@ async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any
         # some fenced row no longer matched (a claim was taken over): redo them one by one to learn which
         await savepoint.rollback()
         for i, p in zip(indexes, params, strict=True):
-            results[i] = (await conn.execute(stmt, p)).rowcount  # type: ignore[attr-defined]
+            results[i] = (await conn.execute(stmt, p)).rowcount

@@ -55,7 +55,7 @@ class ManifestError(BatcherError):
     exit_code = EXIT_USAGE
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0, p.message))
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line is None, p.line or 0, p.column or 0, p.message))
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -18,6 +18,7 @@ class Estimate:
     tasks: int = 0  # distinct tasks
     duplicates: int = 0  # rows collapsed into an identical earlier one
     done: int = 0  # distinct tasks already succeeded in the store
+    cached: int = 0  # distinct tasks a finished output of another job satisfies: no API call, no cost
     by_model_size: Counter[tuple[str, str]] = field(default_factory=Counter)  # distinct tasks
     to_run_by_model: Counter[str] = field(default_factory=Counter)
     unit_price: dict[str, Decimal] = field(default_factory=dict)  # per model, USD per call
@@ -25,7 +26,8 @@ class Estimate:
 
     @property
     def to_run(self) -> int:
-        return self.tasks - self.done
+        """New tasks: the ones that will be created, and paid for."""
+        return self.tasks - self.done - self.cached
 
     @property
     def cost_usd(self) -> Decimal:
@@ -39,6 +41,8 @@ class Estimate:
             "tasks": self.tasks,
             "duplicates_collapsed": self.duplicates,
             "already_done": self.done,
+            "cached": self.cached,
+            "new": self.to_run,
             "to_run": self.to_run,
             "by_model_size": [
                 {"model": m, "size": s, "tasks": n} for (m, s), n in sorted(self.by_model_size.items())
@@ -55,8 +59,10 @@ def estimate(
     done_keys: set[str],
     price_of: Callable[[str], Decimal],
     budget_usd: Decimal | None = None,
+    cached: Callable[[str], bool] | None = None,
 ) -> Estimate:
-    """Count `specs` (streamed; only a hash per distinct task is kept) against the keys already done."""
+    """Count `specs` (streamed; only a hash per distinct task is kept) against the keys already done, and those
+    `cached` says a finished output elsewhere will satisfy (None: no cache). Only new tasks are priced."""
     est = Estimate(job, budget_usd=budget_usd)
     seen: set[int] = set()  # hash(key): 1M distinct tasks cost ~60 MB here, not ~150 MB of strings
     for spec in specs:
@@ -73,6 +79,8 @@ def estimate(
             est.unit_price[spec.model] = price_of(spec.model)
         if key in done_keys:
             est.done += 1
+        elif cached is not None and cached(key):
+            est.cached += 1
         else:
             est.to_run_by_model[spec.model] += 1
     return est

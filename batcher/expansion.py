@@ -8,16 +8,16 @@ tasks writing one file), build the spec. CSV rows are read one at a time, never 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring
 from pathlib import Path
 
+from batcher.chains import ChainBook, Waiting
 from batcher.csvsource import iter_records
-from batcher.models import TaskSpec, normalise_prompt
+from batcher.inputs import InputProblem, LocalImages, is_local
+from batcher.models import TaskSpec, from_ref, spec_key
 from batcher.sourcetext import SourceFault
 from batcher.taskfields import (
     FILENAME_BUILTINS,
@@ -60,6 +60,8 @@ class TaskPlan:
     seed: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
     axes: tuple[Axis, ...] = ()
+    parent: Template | None = None  # `from:`, the name of the task whose output is the first input
+    parent_at: tuple[int, int | None] | None = None  # line and column of `from:`
 
     @property
     def count(self) -> int:
@@ -89,23 +91,10 @@ class RowsPlan:
     seed: str | None = None
     constants: dict[str, str] = field(default_factory=dict)  # variables given in the manifest, for every row
     header_line: int = 1
+    parent: Template | None = None  # `from:` for every row (a `from` column overrides it)
 
 
 Plan = TaskPlan | RowsPlan
-
-
-def fast_spec_key(model: str, prompt: str, quality: str, size: str, images: tuple[str, ...], seed: str | None) -> str:
-    """models.spec_key without building a JSON encoder per call (a test proves the two equal).
-
-    json.dumps(..., ensure_ascii=False) encodes each string with encode_basestring; joining those pieces
-    gives the same canonical text at a third of the cost, which is seconds on a million rows.
-    """
-    e = encode_basestring
-    canon = (
-        f"[{e(model)},{e(normalise_prompt(prompt))},{e(quality)},{e(size)},[{','.join(map(e, images))}],"
-        f"{'null' if seed is None else e(seed)}]"
-    )
-    return hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
 class FilenameTable:
@@ -193,6 +182,8 @@ class _Run:
         self.index = 0
         self.names: dict[str, str] = {}  # task name → where first used
         self.filenames = FilenameTable()
+        self.chains = ChainBook()  # names → keys, and chained tasks waiting for their parent
+        self.local = LocalImages()  # local input files, each read and hashed once
 
     def make(
         self,
@@ -208,15 +199,51 @@ class _Run:
         filename: Filenames | str,
         name: Template | None,
         variables: dict[str, str],
+        parent: str | None = None,
+        parent_at: tuple[int, int | None] | None = None,
     ) -> TaskSpec | None:
-        """The spec, or None after recording why it cannot be one. (Positional: this runs once a task.)"""
+        """The spec, or None after recording why it cannot be one, or when it waits for its parent (`parent`:
+        the task named by `from:`, whose line and column are `parent_at`). (Positional: this runs once a task.)"""
         self.index += 1
         prompt = prompt.strip()  # a YAML block scalar (`prompt: |`) ends in a line break the API need not see
         if not prompt:
             self.problems.add(file, line, column, "the prompt is empty")
             return None
-        key = fast_spec_key(model, prompt, quality, size, images, seed)
-        builtins = (model, quality, size, seed or "", self.index, key[:KEY_CHARS])
+        index = self.index
+        if parent is not None:
+            parent_key = self.chains.key_of(parent)
+            if parent_key is None:  # not built yet: build this task right after it (chains.py)
+
+                def build(key: str) -> TaskSpec | None:
+                    return self._build(file, line, column, model, quality, size, prompt, (from_ref(key), *images),
+                                       seed, filename, name, variables, index)  # fmt: skip
+
+                at_line, at_column = parent_at or (line, column)
+                early = _early_name(name, variables, (model, quality, size, seed or "", index, ""))
+                self.chains.wait(Waiting(parent, early, file, at_line, at_column, build))
+                return None
+            images = (from_ref(parent_key), *images)
+        return self._build(file, line, column, model, quality, size, prompt, images, seed, filename, name, variables,
+                           index)  # fmt: skip
+
+    def _build(
+        self,
+        file: str,
+        line: int,
+        column: int | None,
+        model: str,
+        quality: str,
+        size: str,
+        prompt: str,
+        images: tuple[str, ...],
+        seed: str | None,
+        filename: Filenames | str,
+        name: Template | None,
+        variables: dict[str, str],
+        index: int,
+    ) -> TaskSpec | None:
+        key = spec_key(model, prompt, quality, size, images, seed)
+        builtins = (model, quality, size, seed or "", index, key[:KEY_CHARS])
         try:
             if isinstance(filename, Filenames):
                 rendered = filename.render(builtins, variables)
@@ -237,7 +264,7 @@ class _Run:
         if task_name is not None and not self._name_ok(task_name, file, line, column, source):
             return None
         if not (isinstance(filename, Filenames) and filename.unique):
-            other = self.filenames.claim(rendered, key, self.index)
+            other = self.filenames.claim(rendered, key, index)
             if other is not None:
                 self.problems.add(
                     file, line, column,
@@ -245,10 +272,12 @@ class _Run:
                     "put {key} or a distinguishing variable in the filename",
                 )  # fmt: skip
                 return None
-        return TaskSpec(
+        spec = TaskSpec(
             model=model, prompt=prompt, quality=quality, size=size, filename=rendered, images=images, seed=seed,
             name=task_name, source=source, variables=variables,
         )  # fmt: skip
+        spec.__dict__["key"] = key  # TaskSpec.key is a cached property: the key is already known
+        return spec
 
     def _name_ok(self, name: str, file: str, line: int, column: int | None, source: str) -> bool:
         why = name_problem(name)
@@ -263,14 +292,30 @@ class _Run:
         return True
 
 
-def generate(plans: tuple[Plan, ...], problems: Problems) -> Iterator[TaskSpec]:
-    """Every valid task of the plans in order; problems go to `problems`, the caller decides what then."""
+def generate(plans: tuple[Plan, ...], problems: Problems, *, complete: bool = True) -> Iterator[TaskSpec]:
+    """Every valid task of the plans in order, except that a chained task comes right after its parent; problems
+    go to `problems`, the caller decides what then. `complete`: the plans are the whole manifest, so a `from:`
+    still unresolved at the end names no task (False: a partial check, where the name may be further on)."""
     run = _Run(problems)
     for plan in plans:
-        if isinstance(plan, TaskPlan):
-            yield from _expand(plan, run)
-        else:
-            yield from _rows(plan, run)
+        for spec in _expand(plan, run) if isinstance(plan, TaskPlan) else _rows(plan, run):
+            yield spec
+            if spec.name is not None:
+                yield from run.chains.built(spec)
+    if complete:
+        run.chains.report_unresolved(problems, run.names)
+
+
+def _early_name(
+    name: Template | None, variables: dict[str, str], builtins: tuple[str, str, str, str, int, str]
+) -> str | None:
+    """A waiting task's own name, when its template does not need the key (to find cycles of waiting tasks)."""
+    if name is None or "key" in name.names:
+        return None
+    try:
+        return name.render({**variables, **dict(zip(FILENAME_BUILTINS, builtins, strict=True))})
+    except TemplateError:
+        return None
 
 
 def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
@@ -302,13 +347,15 @@ def _expand(plan: TaskPlan, run: _Run) -> Iterator[TaskSpec]:
                 variables[axis.key] = value
         try:
             text = prompt.render(variables)
+            parent = plan.parent.render(variables) if plan.parent is not None else None
         except TemplateError as e:
             run.index += 1
             run.problems.add(plan.file, plan.line, plan.column, str(e))
             continue
         spec = run.make(
-            plan.file, plan.line, plan.column, model, quality, size, text, images, seed, filenames, plan.name, variables
-        )
+            plan.file, plan.line, plan.column, model, quality, size, text, images, seed, filenames, plan.name, variables,
+            parent, plan.parent_at,
+        )  # fmt: skip
         if spec is not None:
             yield spec
 
@@ -331,7 +378,7 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
     width = len(plan.header)
     cols = plan.columns
     c_prompt, c_model, c_quality, c_size = (cols.get(k) for k in ("prompt", "model", "quality", "size"))
-    c_filename, c_seed, c_images = (cols.get(k) for k in ("filename", "seed", "images"))
+    c_filename, c_seed, c_images, c_from = (cols.get(k) for k in ("filename", "seed", "images", "from"))
     problems, file = run.problems, plan.file
     filenames = Filenames(plan.filename)
     for line, cells in records:
@@ -371,12 +418,22 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
                     problems.add(file, line, None, error.message)
                 continue
         seed, images, why = plan.seed, plan.images, None
+        parent = cells[c_from].strip() or None if c_from is not None else None
+        if parent is None and plan.parent is not None:
+            try:
+                parent = plan.parent.render(variables)
+            except TemplateError as e:
+                why = str(e)
         if c_seed is not None and cells[c_seed].strip():
             seed = cells[c_seed].strip()
-            why = seed_problem(seed)
+            why = why or seed_problem(seed)
         if c_images is not None and cells[c_images].strip():
             images = tuple(cells[c_images].split())
-            why = why or images_problem(images)
+            why = why or images_problem(images, chained=parent is not None)
+            if not why:
+                images, why = local_refs(images, plan.path.parent, run.local)
+        elif images and parent is not None:
+            why = why or images_problem(images, chained=True)
         filename: Filenames | str = filenames
         if c_filename is not None and cells[c_filename].strip():
             filename = cells[c_filename].strip()
@@ -384,6 +441,15 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
             run.index += 1
             problems.add(file, line, None, why)
             continue
-        spec = run.make(file, line, None, model, quality, size, prompt, images, seed, filename, plan.name, variables)
+        spec = run.make(file, line, None, model, quality, size, prompt, images, seed, filename, plan.name, variables,
+                        parent)  # fmt: skip
         if spec is not None:
             yield spec
+
+
+def local_refs(images: tuple[str, ...], base_dir: Path, local: LocalImages) -> tuple[tuple[str, ...], str | None]:
+    """Input images with local files (relative to `base_dir`) as `file:` references, or why that failed."""
+    try:
+        return tuple(local.ref(i, base_dir) if is_local(i) else i for i in images), None
+    except InputProblem as problem:
+        return images, problem.message

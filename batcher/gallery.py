@@ -52,7 +52,7 @@ def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: It
     yield '<main id="grid">\n'
     for r in tasks:
         yield _card(r, page_dir)
-    yield "</main>\n" + LIGHTBOX + f"<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    yield "</main>\n" + LIGHTBOX + "</body>\n</html>\n"
 
 
 # --- the summary ---------------------------------------------------------------------------------------------
@@ -68,7 +68,8 @@ def _top(head: Mapping[str, Any]) -> str:
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>batcher report: {esc(head['job'])}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<title>batcher report: {esc(head['job'])}</title>\n<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n"
+        "</head>\n<body>\n"
     )
 
 
@@ -322,7 +323,12 @@ dialog p{margin:0;padding:6px 10px;font-size:13px}
 # Filters read and write the URL fragment (#status=failed&size=1x1&q=mug), so a filtered view is a link.
 SCRIPT = """
 "use strict";
-(() => {
+// In <head>, so an image that fails before the page has parsed is still marked.
+document.addEventListener("error", (e) => {
+  const card = e.target instanceof HTMLImageElement && e.target.closest(".card");
+  if (card) card.classList.add("missing");
+}, true);
+document.addEventListener("DOMContentLoaded", () => {
   const grid = document.getElementById("grid");
   const cards = Array.from(grid.children);
   const text = cards.map((c) => c.querySelector(".prompt").textContent.toLowerCase());
@@ -360,9 +366,6 @@ SCRIPT = """
   size.addEventListener("change", changed);
   q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(changed, 150); });
   window.addEventListener("hashchange", () => { fromHash(); apply(); });
-  let loaded = 0;
-  grid.addEventListener("load", () => { loaded += 1; grid.dataset.loaded = String(loaded); }, true);
-  grid.addEventListener("error", (e) => { e.target.closest(".card").classList.add("missing"); }, true);
   const box = document.getElementById("box"), big = box.querySelector("img"), cap = box.querySelector("p");
   let at = -1;
   function open(i) {
@@ -391,5 +394,5 @@ SCRIPT = """
   fromHash();
   apply();
   document.documentElement.dataset.readyMs = String(Math.round(performance.now()));
-})();
+});
 """

@@ -269,7 +269,8 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         _no_tasks(root, plans, file, problems)
         return None
     if sum(plan.count for plan in in_document) <= EAGER_CHECK_TASKS:
-        for _ in generate(tuple(in_document), problems):
+        # a `from:` may name a task of a CSV file, read only when the tasks are streamed
+        for _ in generate(tuple(in_document), problems, complete=len(in_document) == len(plans)):
             pass
     output = settings.output or _Output()
     rate, retries = settings.rate_limit or _RateLimit(), settings.retries or _Retries()

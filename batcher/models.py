@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
-import json
 import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal
+from json.encoder import encode_basestring
 
 # --- the models (../shared/api/LINKMODEL.md) ------------------------------------------------------------
 
@@ -83,22 +84,66 @@ class TaskSpec:
     source: str = ""  # "file:line" the task came from, for messages
     variables: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """A stable identity from what the API is asked for (not where the file goes)."""
         return spec_key(self.model, self.prompt, self.quality, self.size, self.images, self.seed)
+
+    @property
+    def parent_key(self) -> str | None:
+        """The key of the task whose output is this task's first input (`from:` in the manifest), if any."""
+        return parent_of(self.images)
 
 
 def spec_key(
     model: str, prompt: str, quality: str, size: str, images: tuple[str, ...] = (), seed: str | None = None
 ) -> str:
-    """128-bit hex digest of the normalised spec; equal specs give equal keys across jobs and runs."""
-    canon = json.dumps(
-        [model, normalise_prompt(prompt), quality, size, list(images), seed],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    """128-bit hex digest of the normalised spec; equal specs give equal keys across jobs and runs.
+
+    The canonical text is the compact JSON array [model, prompt, quality, size, [images], seed], built from
+    json's own string encoder piece by piece: the same text as json.dumps at a third of the cost (a million
+    rows are imported at once), and stable forever, since stored keys depend on it.
+    """
+    e = encode_basestring
+    pictures = ",".join([e(image_identity(i)) for i in images]) if images else ""
+    canon = (
+        f"[{e(model)},{e(normalise_prompt(prompt))},{e(quality)},{e(size)},[{pictures}],"
+        f"{'null' if seed is None else e(seed)}]"
     )
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+# --- cache and chains: input image references -----------------------------------------------------------
+# A task's `images` hold references, resolved to what the API accepts only when the create is sent:
+#   https://...                 a URL, sent as it is
+#   data:image/...;base64,...   an inline image, sent as it is
+#   file:<sha256>:<abs path>    a local file, read, checked against its sha256 and inlined as a data: URI
+#   from:<parent key>           the output of another task of the job (a chain), inlined the same way
+# Identity (spec_key) sees a local file by its content only, so moving a project keeps its keys and an edited
+# file makes a new task; a chained task sees its parent by the parent's key, so a changed parent changes it.
+
+LOCAL_REF = "file:"
+FROM_REF = "from:"
+
+
+def local_ref(sha256: str, path: str) -> str:
+    return f"{LOCAL_REF}{sha256}:{path}"
+
+
+def from_ref(parent_key: str) -> str:
+    return f"{FROM_REF}{parent_key}"
+
+
+def image_identity(ref: str) -> str:
+    """What identity sees of one input image reference: a local file's content hash, anything else as is."""
+    if ref.startswith(LOCAL_REF):
+        return "sha256:" + ref[len(LOCAL_REF) : len(LOCAL_REF) + 64]
+    return ref
+
+
+def parent_of(images: tuple[str, ...]) -> str | None:
+    """The parent task's key when the first input is another task's output."""
+    return images[0][len(FROM_REF) :] if images and images[0].startswith(FROM_REF) else None
 
 
 class OnUnknown(enum.StrEnum):

@@ -1,77 +1,66 @@
-"""When to poll a submitted task next: a pure function of how long it has run and what the run has seen.
+"""When to poll a submitted task next: pure functions of how long it has run and what the run has learned.
 
-Every poll costs a request against the account's rate limit, so polls aim where generations actually end:
-with enough observed completions, at the quantiles of their latency; before that, on a gentle backoff.
+Every poll costs a request against the account's rate limit, so the first poll aims where most generations are
+done: at a high quantile (`FIRST_POLL_QUANTILE`) of their latency. Polls only see whether a task is done yet,
+never when it finished, so the quantile is tracked directly from those yes/no answers (a Robbins-Monro
+quantile estimate): a task still running at its first poll pushes the estimate up, a finished one nudges it
+down, and it settles where that share of tasks is done. Stragglers are then polled on a growing interval.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 POLL_FLOOR_S = 0.25  # never poll one task more often than this, seconds
-QUANTILES = (0.5, 0.8, 0.95, 0.99)  # poll targets once the latency distribution is known
-MIN_SAMPLES = 8  # completions seen before their distribution is trusted
-MAX_SAMPLES = 2048  # newest completions kept
+FIRST_POLL_QUANTILE = 0.9  # most generations are done at the first poll: about 1.1 polls per image
+TRACK_STEP = 0.06  # how fast the first-poll estimate moves per observation (relative)
+LATE_FIRST_POLL = 1.15  # a first poll later than this x the estimate says little about it: ignored
 
 
 @dataclass(frozen=True)
 class PollPolicy:
-    initial_s: float = 2.0  # first poll after a create when nothing is known yet, seconds
-    factor: float = 1.5  # backoff between later polls
-    max_interval_s: float = 10.0
+    initial_s: float = 2.0  # first poll after a create before anything is learned, seconds
+    growth: float = 1.3  # each later poll waits this much longer than the task's age at the last one
+    max_interval_s: float = 15.0
     give_up_s: float = 900.0  # a generation still running after this is failed (LinkModel's client: 15 min)
 
 
-class LatencyStats:
-    """Completion latencies seen in this run (seconds from accepted create to seeing `Success`)."""
+class FirstPollTracker:
+    """The delay of a task's first poll, tracked as the FIRST_POLL_QUANTILE of generation latency."""
 
-    __slots__ = ("_recent", "_sorted")
+    __slots__ = ("observations", "seconds")
 
-    def __init__(self, samples: Iterable[float] = ()) -> None:
-        self._recent: list[float] = []
-        self._sorted: list[float] = []
-        for s in samples:
-            self.add(s)
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.observations = 0
 
-    def add(self, seconds: float) -> None:
-        if len(self._recent) >= MAX_SAMPLES:
-            old = self._recent.pop(0)
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
-        self._recent.append(seconds)
-        bisect.insort(self._sorted, seconds)
-
-    def __len__(self) -> int:
-        return len(self._sorted)
-
-    def quantile(self, q: float) -> float:
-        if not self._sorted:
-            raise ValueError("no samples")
-        i = min(len(self._sorted) - 1, max(0, round(q * (len(self._sorted) - 1))))
-        return self._sorted[i]
-
-    def samples(self) -> list[float]:
-        return list(self._recent)
+    def observe(self, first_poll_after_s: float, done: bool) -> None:
+        """What a task's first poll, `first_poll_after_s` after its create, found."""
+        if done and first_poll_after_s > self.seconds * LATE_FIRST_POLL:
+            return  # it waited long for its turn: "done by then" is no news about the quantile
+        q = FIRST_POLL_QUANTILE
+        # stationary where P(still running) = 1 - q
+        self.seconds *= (1 + TRACK_STEP * q) if not done else (1 - TRACK_STEP * (1 - q))
+        self.seconds = min(max(self.seconds, POLL_FLOOR_S), 600.0)
+        self.observations += 1
 
 
-def next_poll_in(elapsed_s: float, polls: int, stats: LatencyStats | None, policy: PollPolicy) -> float | None:
-    """Seconds from now until the next poll of a task created `elapsed_s` ago and polled `polls` times;
-    None when it has run too long and should be given up."""
-    if elapsed_s >= policy.give_up_s:
+DRAIN_FIRST = 0.75  # while draining, the first poll comes this much earlier (near the median)
+DRAIN_GROWTH = 1.15  # and stragglers are polled more often
+
+
+def next_poll_in(
+    age_s: float, polls: int, first_poll_s: float, policy: PollPolicy, *, draining: bool = False
+) -> float | None:
+    """Seconds from now until the next poll of a task created `age_s` ago and polled `polls` times; None when
+    it has run too long and should be given up. `draining`: nothing is left to create, so the rate budget
+    has room and the last images are worth collecting sooner."""
+    if age_s >= policy.give_up_s:
         return None
-    if stats is not None and len(stats) >= MIN_SAMPLES:
-        for q in QUANTILES:
-            target = stats.quantile(q)
-            if target > elapsed_s + POLL_FLOOR_S:
-                return _capped(target - elapsed_s, elapsed_s, policy)
-        # past every quantile: a straggler, back off from its age
-        return _capped(max(POLL_FLOOR_S, elapsed_s * (policy.factor - 1.0)), elapsed_s, policy)
+    first, growth = (first_poll_s * DRAIN_FIRST, DRAIN_GROWTH) if draining else (first_poll_s, policy.growth)
     if polls == 0:
-        return _capped(max(policy.initial_s - elapsed_s, 0.0), elapsed_s, policy)
-    return _capped(policy.initial_s * policy.factor**polls, elapsed_s, policy)
-
-
-def _capped(delay: float, elapsed_s: float, policy: PollPolicy) -> float:
-    delay = min(max(delay, POLL_FLOOR_S), policy.max_interval_s)
-    return min(delay, max(policy.give_up_s - elapsed_s, POLL_FLOOR_S))
+        delay = first - age_s
+    else:
+        delay = max(first, age_s) * (growth - 1.0)
+    delay = min(max(delay, POLL_FLOOR_S if polls else 0.0), policy.max_interval_s)
+    return min(delay, max(policy.give_up_s - age_s, POLL_FLOOR_S))

@@ -11,7 +11,7 @@ from batcher.csvsource import iter_records
 from batcher.sourcetext import SourceFault
 from batcher.taskfields import Problems
 
-CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images")
+CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images", "from")
 
 
 def read_header(

@@ -7,23 +7,24 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from batcher.client import ApiClient, ApiSettings
 from batcher.config import RunConfig, api_key, api_settings, micros, unit_price
+from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import Emulator, EmulatorConfig, Latency
-from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError
+from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.models import OnUnknown, TaskSpec
-from batcher.ratelimit import RateGate
+from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.report import summary
 from batcher.retry import RetryPolicy
 from batcher.store import ImportResult, Job, Store
-from batcher.worker import Runner, RunResult, StopReason
+from batcher.worker import RATE_LIMIT_KEY, Runner, RunResult, StopReason
 
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
 
@@ -40,6 +41,7 @@ class RunOptions:
     on_unknown: OnUnknown = OnUnknown.RESUBMIT
     max_attempts: int | None = None
     emulator: EmulatorConfig = field(default_factory=lambda: EmulatorConfig(latency=DEMO_LATENCY))
+    use_cache: bool = True  # cache and chains: `--no-cache` sets False
 
 
 @dataclass
@@ -70,21 +72,24 @@ def _priced(specs: Iterator[TaskSpec], override: Decimal | None) -> Iterator[Tas
         yield spec
 
 
-async def dry_run(manifest_path: str, db: str | None, price: Decimal | None) -> Estimate:
+async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, use_cache: bool = True) -> Estimate:
     """`batcher estimate`: no network, and nothing written (an absent store is not even created)."""
     manifest = load_manifest(manifest_path)
     override = price if price is not None else manifest.settings.price_usd
     done: set[str] = set()
+    cached: Callable[[str], bool] | None = None
     if db is not None and (("://" in db) or os.path.exists(db)):
         store = await Store.open(db, upgrade=False)
         try:
             job = await store.find_job(manifest.settings.name)
             if job is not None:
                 done = await store.succeeded_keys(job.id)
+            if use_cache:  # cache and chains
+                cached = cache_forecast(await store.outputs_by_key(None if job is None else job.id))
         finally:
             await store.close()
     return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override),
-                    manifest.settings.budget_usd)  # fmt: skip
+                    manifest.settings.budget_usd, cached)  # fmt: skip
 
 
 async def import_manifest(store: Store, manifest: Manifest, price: Decimal | None) -> ImportResult:
@@ -119,6 +124,7 @@ def run_config(opts: RunOptions, manifest: Manifest, api: ApiSettings) -> RunCon
         retry=retry,
         on_unknown=opts.on_unknown,
         budget_micros=None if budget is None else micros(budget),
+        use_cache=opts.use_cache,
     )
 
 
@@ -143,7 +149,8 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
         prices = {m: micros(unit_price(m, override)) for m in await store.job_models(job)}
         async with api_endpoint(opts) as (api, key):
             config = run_config(opts, manifest, api)
-            gate = RateGate(config.requests_per_second)
+            remembered = (await store.learned()).get(RATE_LIMIT_KEY)
+            gate = RateGate(AdaptiveRate.start(config.requests_per_second, remembered))
             async with ApiClient(api, key, gate) as client:
                 runner = Runner(store, client, job, config, prices)
                 with _signals(runner):
@@ -165,7 +172,9 @@ async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = No
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
                 prices[m] = micros(unit_price(m, override))
-    return summary(job, await store.ledger(job), prices)
+    head = summary(job, await store.ledger(job), prices)
+    head["cached"] = await store.cached_count(job)  # cache and chains: succeeded without an API call
+    return head
 
 
 def _resume_hint(opts: RunOptions) -> str:
@@ -204,8 +213,62 @@ def _signals(runner: Runner) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, previous in installed.items():
-            loop.remove_signal_handler(sig)
+        for signum, previous in installed.items():
+            loop.remove_signal_handler(signum)
             # asyncio resets SIGTERM to the default action, which would kill the process while it writes the
             # summary; hand the signal back to whoever had it (the CLI turns it into exit 130)
-            signal.signal(sig, previous)
+            signal.signal(signum, previous)
+
+
+# --- cache and chains -------------------------------------------------------------------------------------
+
+
+def cache_forecast(outputs: dict[str, list[tuple[str, int | None]]]) -> Callable[[str], bool]:
+    """Whether a finished output of a key is still on disk with its recorded size (the run itself checks the
+    sha256 too, so a corrupted file there becomes a new generation after all)."""
+
+    def cached(key: str) -> bool:
+        for path, size in outputs.get(key, ()):
+            with contextlib.suppress(OSError):
+                if size is None or os.stat(path).st_size == size:
+                    return True
+        return False
+
+    return cached
+
+
+def _entries(manifest: Manifest) -> Iterator[Entry]:
+    for spec in manifest.specs():
+        yield entry(spec.name, spec.filename, spec.key, spec.model, spec.source)
+
+
+async def compare(old: str | None, new_path: str, db: str | None, price: Decimal | None, *,
+                  against: str | None = None, use_cache: bool = True) -> Diff:  # fmt: skip
+    """`batcher diff OLD NEW`, or `estimate NEW --against JOB` (`old` None): added, removed, changed and
+    unchanged tasks, and what the added and changed ones cost (less those already made, with `db`)."""
+    new = load_manifest(new_path)
+    override = price if price is not None else new.settings.price_usd
+    olds: list[Entry] = []
+    if old is not None:
+        olds = list(_entries(load_manifest(old)))
+    made: Callable[[str], bool] | None = None
+    if db is not None and (("://" in db) or os.path.exists(db)):
+        store = await Store.open(db, upgrade=False)
+        try:
+            if against is not None:
+                job = await store.job(against)
+                olds = [entry(r["name"], r["filename"], r["key"], r["model"], r["source"])
+                        async for r in store.listed_tasks(job)]  # fmt: skip
+            own = await store.find_job(new.settings.name)
+            done = await store.succeeded_keys(own.id) if own is not None else set()
+            outputs = await store.outputs_by_key(None if own is None else own.id) if use_cache else {}
+            forecast = cache_forecast(outputs)
+
+            def made(key: str) -> bool:
+                return key in done or forecast(key)
+
+        finally:
+            await store.close()
+    elif against is not None:
+        raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
+    return diff(olds, _entries(new), lambda m: unit_price(m, override), made)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from batcher import migrate
 from batcher.database import RowChange, Writer, create_engine, database_url, redacted, translated
 from batcher.errors import JobNotFoundError
-from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
-from batcher.tables import api_calls, jobs, tasks, workers
+from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, parent_of
+from batcher.tables import api_calls, jobs, learned, tasks, workers
 
 IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
 S = TaskStatus
@@ -336,7 +336,7 @@ class Store:
             if pending:
                 groups += [
                     tasks.c.status == S.UNKNOWN,
-                    and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
+                    and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen, _inputs_settled()),
                 ]
             for wanted in groups:
                 if len(got) >= limit:
@@ -372,6 +372,7 @@ class Store:
             and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
         )
         due_at = case(
+            (~_inputs_settled(), None),  # cache and chains: waits for its input task, not for a time
             (or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now), tasks.c.next_attempt_at),
             else_=tasks.c.lease_until,
         )
@@ -530,6 +531,22 @@ class Store:
         """Append a call record with the next commit (polls: not worth a commit of their own)."""
         self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call)))
 
+    # --- what runs learned --------------------------------------------------------------------------------
+
+    async def learned(self) -> dict[str, Any]:
+        return {r["name"]: json.loads(r["value"]) for r in await self._read(select(learned))}
+
+    async def remember(self, values: dict[str, Any], now: float) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            for name, value in values.items():
+                stmt = self._insert(learned).values(name=name, value=json.dumps(value), updated_at=now)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[learned.c.name], set_={"value": stmt.excluded.value, "updated_at": now}
+                )
+                await conn.execute(stmt)
+
+        await self.writer.run(op)
+
     # --- reading for status and reports ----------------------------------------------------------------
 
     async def status_counts(self) -> dict[str, dict[str, int]]:
@@ -593,6 +610,83 @@ class Store:
 
     async def calls(self, job: Job) -> list[RowMapping]:
         return await self._read(select(api_calls).where(api_calls.c.job_id == job.id).order_by(api_calls.c.id))
+
+    # --- cache and chains ---------------------------------------------------------------------------------
+
+    async def cache_candidates(self, key: str, exclude_id: int) -> list[CachedOutput]:
+        """Finished outputs of the same spec in any job, newest first (the caller checks each file)."""
+        rows = await self._read(
+            select(tasks.c.id, tasks.c.output_path, tasks.c.sha256)
+            .where(tasks.c.key == key, tasks.c.status == S.SUCCEEDED, tasks.c.id != exclude_id)
+            .where(tasks.c.output_path.is_not(None), tasks.c.sha256.is_not(None))
+            .order_by(tasks.c.finished_at.desc())
+            .limit(CACHE_CANDIDATES)
+        )
+        return [CachedOutput(r["id"], r["output_path"], r["sha256"]) for r in rows]
+
+    async def succeeded_from_cache(
+        self, task: Task, *, origin: int, output_path: str, sha256: str, size: int, width: int, height: int, fmt: str,
+        now: float,
+    ) -> None:  # fmt: skip
+        """The task is satisfied by another task's output, copied to its own path: no create, no cost."""
+        await self._transition(
+            task, (S.PENDING, S.UNKNOWN),
+            {"status": S.SUCCEEDED, "output_path": output_path, "sha256": sha256, "bytes": size, "width": width,
+             "height": height, "image_format": fmt, "cost_micros": 0, "cached_from": origin, "finished_at": now,
+             "last_error": None},
+            None, now, release=True,
+        )  # fmt: skip
+
+    async def parent_row(self, task: Task) -> RowMapping | None:
+        """The row of a chained task's parent (same job): its status, output and name."""
+        key = parent_of(task.images)
+        if key is None:
+            return None
+        rows = await self._read(
+            select(tasks.c.id, tasks.c.key, tasks.c.name, tasks.c.status, tasks.c.output_path, tasks.c.sha256,
+                   tasks.c.last_error)
+            .where(tasks.c.job_id == task.job_id, tasks.c.key == key)
+        )  # fmt: skip
+        return rows[0] if rows else None
+
+    async def outputs_by_key(self, exclude_job_id: int | None) -> dict[str, list[tuple[str, int | None]]]:
+        """Every finished output outside one job, by key: (path, bytes). For the estimate's cache forecast."""
+        stmt = select(tasks.c.key, tasks.c.output_path, tasks.c.bytes).where(
+            tasks.c.status == S.SUCCEEDED, tasks.c.output_path.is_not(None)
+        )
+        if exclude_job_id is not None:
+            stmt = stmt.where(tasks.c.job_id != exclude_job_id)
+        out: dict[str, list[tuple[str, int | None]]] = {}
+        for key, path, size in await self._rows(stmt):
+            out.setdefault(key, []).append((path, size))
+        return out
+
+    async def cache_origins(self, job: Job) -> dict[int, str]:
+        """For the job's tasks satisfied from the cache: origin task id → "job:file" of the output reused."""
+        origin = tasks.alias("origin")
+        mine = select(tasks.c.cached_from).where(tasks.c.job_id == job.id, tasks.c.cached_from.is_not(None))
+        rows = await self._rows(
+            select(origin.c.id, jobs.c.name, origin.c.output_path)
+            .select_from(origin.join(jobs, jobs.c.id == origin.c.job_id))
+            .where(origin.c.id.in_(mine.scalar_subquery()))
+        )
+        return {int(r[0]): f"{r[1]}:{r[2]}" for r in rows}
+
+    async def cached_count(self, job: Job) -> int:
+        rows = await self._rows(select(func.count()).where(tasks.c.job_id == job.id, tasks.c.cached_from.is_not(None)))
+        return int(rows[0][0])
+
+    async def listed_tasks(self, job: Job) -> AsyncIterator[RowMapping]:
+        """The tasks the job's last import listed (name, filename, key, model, status), in manifest order."""
+        with translated("reading the job store"):
+            async with self.engine.connect() as conn:
+                result = await conn.stream(
+                    select(tasks.c.name, tasks.c.filename, tasks.c.key, tasks.c.model, tasks.c.status, tasks.c.source)
+                    .where(tasks.c.job_id == job.id, tasks.c.import_gen == job.import_gen)
+                    .order_by(tasks.c.seq)
+                )
+                async for row in result.mappings():
+                    yield row
 
 
 _INSERT_CALL = insert(api_calls)
@@ -664,6 +758,7 @@ def _task_values(job: Job, spec: TaskSpec, seq: int, now: float) -> dict[str, An
         "images": json.dumps(list(spec.images)),
         "seed": spec.seed,
         "filename": spec.filename,
+        "parent_key": spec.parent_key,  # cache and chains
         "status": S.PENDING,
         "next_attempt_at": 0.0,
         "updated_at": now,
@@ -683,3 +778,31 @@ def _call_values(task: Task, call: CallRecord) -> dict[str, Any]:
         "price_micros": call.price_micros,
         "detail": call.detail,
     }
+
+
+# --- cache and chains -----------------------------------------------------------------------------------
+
+CACHE_CANDIDATES = 5  # finished outputs of one spec tried before giving up on the cache
+_parent = tasks.alias("parent")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedOutput:
+    """A finished output that may satisfy a task of the same spec: its task id, file and recorded sha256."""
+
+    task_id: int
+    path: str
+    sha256: str
+
+
+def _inputs_settled() -> Any:
+    """A task without `from:`, or one whose parent has finished: succeeded (its input is ready) or failed (the
+    worker fails it too). Uses the (job_id, key) unique index; only tasks with a parent evaluate the EXISTS."""
+    return or_(
+        tasks.c.parent_key.is_(None),
+        exists().where(
+            _parent.c.job_id == tasks.c.job_id,
+            _parent.c.key == tasks.c.parent_key,
+            _parent.c.status.in_([S.SUCCEEDED, S.FAILED]),
+        ),
+    )

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -87,9 +88,19 @@ tasks = Table(
     Column("submitted_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
+    # --- cache and chains (migration 0003)
+    Column("parent_key", String(32), nullable=True),  # `from:`: the key of the job's task whose output is the input
+    Column("cached_from", Id, nullable=True),  # the task (any job) whose output this one reused, at no cost
     UniqueConstraint("job_id", "key"),
     Index(None, "job_id", "status", "seq"),  # claims scan one status in manifest order
     Index(None, "claimed_by"),
+    # finished outputs by identity, for the cache; partial, so importing pending tasks never touches it
+    Index(
+        "ix_tasks_key_succeeded",
+        "key",
+        sqlite_where=text("status = 'succeeded'"),
+        postgresql_where=text("status = 'succeeded'"),
+    ),
 )
 
 # Append-only: one row per HTTP call made to the API, so a report can explain every cent.

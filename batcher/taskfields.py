@@ -14,9 +14,10 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from batcher.errors import ManifestError, Problem
+from batcher.inputs import is_local
 from batcher.models import MAX_INPUT_IMAGES, MODELS, TIER_SCALE
 
-FIELD_KEYS = ("prompt", "model", "quality", "size", "filename", "images", "seed", "variant", "name")
+FIELD_KEYS = ("prompt", "model", "quality", "size", "filename", "images", "seed", "variant", "name", "from")
 FILENAME_BUILTINS = ("model", "quality", "size", "seed", "index", "key")  # besides the task's variables
 DEFAULT_FILENAME = "{index:05d}-{key}.png"  # manifest order, then identity: unique per task, sorts well
 KEY_CHARS = 12  # hex characters of spec.key in `{key}`: 48 bits, plenty to tell a job's tasks apart
@@ -107,11 +108,18 @@ def _accepts(qualities: tuple[str, ...], *, verb: bool = False) -> str:
 # --- images, seeds, names ------------------------------------------------------------------------------
 
 
-def images_problem(images: tuple[str, ...]) -> str | None:
-    """Why a task's input images are not valid; None when they are."""
+def images_problem(images: tuple[str, ...], *, chained: bool = False) -> str | None:
+    """Why a task's input images are not valid; None when they are. Local file names pass here (they are read
+    later); `chained`: the task's parent output (`from:`) is one more input."""
     if not 1 <= len(images) <= MAX_INPUT_IMAGES:
         return f"images must list 1 to {MAX_INPUT_IMAGES} input images (got {len(images)}), or be left out"
+    if chained and len(images) >= MAX_INPUT_IMAGES:
+        return f"images may list at most {MAX_INPUT_IMAGES - 1} input images besides the one from: gives"
     for i, image in enumerate(images, start=1):
+        if is_local(image):
+            if not image.strip() or _CONTROL.search(image):
+                return f"image {i} is not a file name, an http(s) URL or a data:image/... URI"
+            continue
         if image.startswith("data:"):
             if not _DATA_URI.fullmatch(image):
                 return f"image {i} is not a valid data: URI (expected data:image/<type>;base64,<data>)"

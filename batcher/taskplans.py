@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from batcher.expansion import Axis, RowsPlan, TaskPlan
+from batcher.expansion import Axis, RowsPlan, TaskPlan, local_refs
+from batcher.inputs import LocalImages
+from batcher.models import MAX_INPUT_IMAGES
 from batcher.rowplans import csv_columns, read_header
 from batcher.taskfields import (
     FIELD_KEYS,
@@ -64,7 +66,8 @@ class PlanBuilder:
         self.file = file
         self.problems = problems
         self.d = defaults
-        self.base_dir = base_dir  # `rows:` paths are relative to the manifest's folder
+        self.base_dir = base_dir  # `rows:` paths and local input images are relative to the manifest's folder
+        self.local = LocalImages()
 
     def _at(self, loc: Loc | None, message: str) -> None:
         self.problems.add(self.file, loc.line if loc else None, loc.column if loc else None, message)
@@ -105,6 +108,8 @@ class PlanBuilder:
             return None
         images = tuple(t for t in texts if t is not None)
         why = images_problem(images)
+        if not why:
+            images, why = local_refs(images, self.base_dir, self.local)
         if why:
             self._at(node.loc, why)
             return None
@@ -163,6 +168,7 @@ class PlanBuilder:
         prompt_axis: list[Template] = []
         filename, name, seed = self.d.filename, None, None
         images: tuple[str, ...] = ()
+        parent: Template | None = None
         templates_loc: dict[str, Loc] = {}
         if "seed" in m.items and "variant" in m.items:
             self._at(m.key_locs["variant"], "give either seed or variant, not both")
@@ -193,6 +199,9 @@ class PlanBuilder:
                 name = self.template(node, "name")
                 if name is not None and not name.names and (why := name_problem(name.text)):
                     self._at(node.loc, why)
+            elif key == "from":
+                templates_loc["from"] = node.loc
+                parent = self._parent(node)
             elif key == "images":
                 if as_axis and all(isinstance(i, YSeq) for i in node.items):  # type: ignore[union-attr]
                     assert isinstance(node, YSeq)
@@ -226,24 +235,43 @@ class PlanBuilder:
         names = {key for key in m.items if key not in FIELD_KEYS}
         prompts: list[Template | None] = [own_prompt] if own_prompt else [*prompt_axis] or [self.d.prompt]
         templates: list[tuple[str, Template | None]] = [("prompt", t) for t in prompts]
-        templates += [("filename", filename)] + ([("name", name)] if name else [])
+        templates += [("filename", filename)] + ([("name", name)] if name else []) + ([("from", parent)] if parent else [])
         used: set[str] = set()
         for role, template in templates:
             if template is not None:
                 used |= template.names
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
         self._check_typos(m, set(variables) - used)
+        if parent is not None:
+            self._check_chained_images(m, images, axes)
         if len(self.problems.kept) != before or prompt is None:
             return None
+        at = templates_loc.get("from")
         plan = TaskPlan(
             file=self.file, line=m.loc.line, column=m.loc.column, model=choices["model"][0].text,
             quality=choices["quality"][0].text, size=choices["size"][0].text, prompt=prompt, filename=filename,
-            name=name, images=images, seed=seed, variables=variables, axes=tuple(axes),
+            name=name, images=images, seed=seed, variables=variables, axes=tuple(axes), parent=parent,
+            parent_at=(at.line, at.column) if at else None,
         )  # fmt: skip
         if plan.count > MAX_MATRIX_TASKS:
             self._at(m.loc, f"the matrix expands to {plan.count:,} tasks, more than {MAX_MATRIX_TASKS:,}")
             return None
         return plan
+
+    def _parent(self, node: YNode) -> Template | None:
+        """`from:`: the name (a template) of the task whose output is this task's first input."""
+        parent = self.template(node, "from")
+        if parent is not None and not parent.names and (why := name_problem(parent.text)):
+            self._at(node.loc, f"from: {why}")
+            return None
+        return parent
+
+    def _check_chained_images(self, m: YMap, images: tuple[str, ...], axes: list[Axis]) -> None:
+        """With `from:`, the parent's output is one more input: at most MAX_INPUT_IMAGES - 1 may be listed."""
+        lists = [images] + [v for a in axes if a.key == "images" for v in a.values if isinstance(v, tuple)]
+        if any(len(x) >= MAX_INPUT_IMAGES for x in lists):
+            why = f"images may list at most {MAX_INPUT_IMAGES - 1} input images besides the one from: gives"
+            self._at(m.items["images"].loc, why)
 
     def _choice_values(self, key: str, node: YNode, as_axis: bool) -> list[Given]:
         items = node.items if as_axis and isinstance(node, YSeq) else [node]
@@ -264,7 +292,7 @@ class PlanBuilder:
                 self._at(given.loc or fallback, error.message)
 
     def _check_defined(self, template: Template, role: str, names: set[str], loc: Loc | None, entry: Loc) -> None:
-        allowed = names if role == "prompt" else names | set(FILENAME_BUILTINS)
+        allowed = names if role in ("prompt", "from") else names | set(FILENAME_BUILTINS)
         for missing in sorted(template.names - allowed):
             hint = did_you_mean(missing, allowed)
             if role == "prompt" and missing in FIELD_KEYS:
@@ -325,6 +353,7 @@ class PlanBuilder:
         columns, variables = csv_columns(cells, csv_file, line, self.problems)
         given: dict[str, Given] = {"model": self.d.model, "quality": self.d.quality, "size": self.d.size}
         prompt, filename, task_name, seed = self.d.prompt, self.d.filename, None, None
+        parent: Template | None = None
         images: tuple[str, ...] = ()
         constants: dict[str, str] = {}
         templates_loc: dict[str, Loc] = {}
@@ -340,6 +369,8 @@ class PlanBuilder:
                 filename, templates_loc[key] = self.filename_template(node) or filename, node.loc
             elif key == "name":
                 task_name, templates_loc[key] = self.template(node, "name"), node.loc
+            elif key == "from":
+                parent, templates_loc[key] = self._parent(node), node.loc
             elif key == "images":
                 images = self._images(node) or ()
             elif key in ("seed", "variant"):
@@ -356,7 +387,7 @@ class PlanBuilder:
             )
         self._check_choices({k: [v] for k, v in given.items()}, m.loc)
         names = {n for n, _ in variables} | set(constants)
-        for role, template in (("prompt", prompt), ("filename", filename), ("name", task_name)):
+        for role, template in (("prompt", prompt), ("filename", filename), ("name", task_name), ("from", parent)):
             if template is not None:
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
         if len(self.problems.kept) != before:
@@ -365,7 +396,7 @@ class PlanBuilder:
             file=csv_file, path=self.base_dir / name, delimiter=sep.replace("\\t", "\t") if sep else None,
             header=tuple(cells), columns=columns, variables=tuple(variables), prompt=prompt, filename=filename,
             name=task_name, model=given["model"].text, quality=given["quality"].text, size=given["size"].text,
-            images=images, seed=seed, constants=constants, header_line=line,
+            images=images, seed=seed, constants=constants, header_line=line, parent=parent,
         )  # fmt: skip
         return plan, has_rows
 

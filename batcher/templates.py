@@ -38,7 +38,7 @@ class Template:
     names: frozenset[str]
     # The same template as a positional str.format string and the value names it takes, in order: rendering
     # is then one C call per task, which matters for a million CSV rows.
-    _format: str = field(default="", compare=False, repr=False)
+    _pattern: str = field(default="", compare=False, repr=False)
     _order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -57,7 +57,7 @@ class Template:
     def render_values(self, args: list[str | int]) -> str:
         """The text with the placeholders filled in from `args`, one per placeholder in `order`."""
         try:
-            return self._format.format(*args)
+            return self._pattern.format(*args)
         except ValueError:  # a numeric spec on text: the slow path knows what to do, or says what is wrong
             fields = iter(args)
             return "".join(p if isinstance(p, str) else _format(next(fields), p) for p in self.parts)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batcher.config import fmt_usd
+from batcher.diff import KINDS, Diff
 from batcher.estimate import Estimate
 from batcher.worker import Progress as RunProgress
 
@@ -35,7 +36,8 @@ def estimate_table(est: Estimate) -> None:
         f"duplicate rows        {est.duplicates} (collapsed)",
         f"distinct tasks        {est.tasks}",
         f"already done          {est.done}",
-        f"to run                {est.to_run}",
+        f"cached (free)         {est.cached}",
+        f"new (to pay for)      {est.to_run}",
         f"unit price            {prices or '-'} per call",
         f"estimated cost        ${est.cost_usd:.3f}",
     ]
@@ -87,6 +89,8 @@ def summary_lines(head: Mapping[str, Any]) -> None:
         f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
         f"{head['unknown_submissions']}",
     ]
+    if head.get("cached"):  # cache and chains
+        lines.append(f"from the cache (no API call, no cost) {head['cached']}")
     if head.get("price_mismatches"):
         lines.append(f"the API reported a price other than the unit price on {head['price_mismatches']} calls")
     stderr.print("\n".join(lines), highlight=False)
@@ -133,3 +137,27 @@ async def _lines(p: RunProgress) -> None:
         await asyncio.sleep(PLAIN_EVERY_S)
         done, text = _figures(p)
         stderr.print(f"progress: {done}/{p.total} done, {text}", highlight=False)
+
+
+# --- cache and chains -------------------------------------------------------------------------------------
+
+
+def diff_table(d: Diff, title: str) -> None:
+    """`batcher diff` / `estimate --against`: counts per kind, some examples, and the cost of the change."""
+    table = Table(title=title, title_justify="left")
+    for col in ("change", "tasks", "e.g."):
+        table.add_column(col, justify="right" if col == "tasks" else "left")
+    for kind in KINDS:
+        shown = ", ".join(e.slot.partition(":")[2] for e in d.examples[kind][:3])
+        more = "" if d.counts[kind] <= 3 else ", ..."
+        table.add_row(kind, str(d.counts[kind]), shown + more if shown else "")
+    stdout.print(table)
+    prices = ", ".join(f"{m} ${p}" for m, p in sorted(d.unit_price.items()))
+    lines = [
+        f"added + changed       {d.counts['added'] + d.counts['changed']}",
+        f"already made (free)   {d.free}",
+        f"to pay for            {d.to_pay}",
+        f"unit price            {prices or '-'} per call",
+        f"cost of the change    ${d.cost_usd:.3f}",
+    ]
+    stdout.print("\n".join(lines), highlight=False)

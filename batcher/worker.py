@@ -18,18 +18,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from batcher import cache
 from batcher.client import ApiClient, Generation, Outcome, QueryReply
 from batcher.config import RunConfig
-from batcher.errors import AuthError, BatcherError, OutputError
+from batcher.errors import AuthError, BatcherError
 from batcher.models import CallRecord, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, target_path, with_real_extension
-from batcher.polling import LatencyStats, next_poll_in
+from batcher.polling import FirstPollTracker, next_poll_in
 from batcher.retry import backoff_s
 from batcher.store import ClaimLost, Job, Store, Task
 
 log = logging.getLogger("batcher")
 
+RATE_LIMIT_KEY = "rate_limit"  # learned: the account's requests per second, found from 429s
+FIRST_POLL_PREFIX = "first_poll_s:"  # learned, per model: when most generations are done
+MIN_OBSERVATIONS = 20  # first polls seen before the estimate is worth keeping
 IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 
@@ -53,6 +58,7 @@ class Progress:
     requests: int = 0
     spent_micros: int = 0
     started: float = field(default_factory=time.monotonic)
+    cached: int = 0  # of `succeeded`: satisfied from the cache, no API call
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Runner:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.rng = rng or random.Random()
         self.progress = Progress()
-        self.latency = LatencyStats()
+        self.first_polls: dict[str, FirstPollTracker] = {}  # per model; warm from the store's memory
         self.output_dir = Path(job.output_dir)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._polling: set[int] = set()  # tasks past their create: safe to cancel on a stop
@@ -93,7 +99,9 @@ class Runner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._budget_blocked = False
+        self._draining = False  # nothing left to create: the last images are collected sooner
         self._fatal: BatcherError | None = None
+        self._inline: dict[int, tuple[str, ...]] = {}  # cache and chains: input images as the next create sends them
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -102,6 +110,7 @@ class Runner:
         await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.job.name, now)
         await self._take_over_dead_workers(now)
         await self._init_progress()
+        self._warm_start(await self.store.learned())
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")
         try:
             reason = await self._loop()
@@ -110,6 +119,8 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._wind_down()
+            with contextlib.suppress(BatcherError):
+                await self._remember(time.time())
             await self.store.stop_worker(self.worker_id, time.time())
         left, _ = await self.store.next_due(self.job, time.time())
         return RunResult(reason, self._fatal, left)
@@ -128,6 +139,7 @@ class Runner:
                 claimed = await self.store.claim(
                     self.job, self.worker_id, free, now, now + self.config.lease_s, pending=not self._budget_blocked
                 )
+                self._draining = len(claimed) < free
                 for task in claimed:
                     self._active[task.id] = asyncio.create_task(self._drive(task), name=f"task-{task.key}")
                 self.progress.in_flight = len(self._active)
@@ -177,8 +189,27 @@ class Runner:
             now = time.time()
             try:
                 await self.store.heartbeat(self.worker_id, now, now + self.config.lease_s)
+                await self._remember(now)
             except BatcherError as e:  # keep going: the next beat may succeed before the lease runs out
                 log.warning("heartbeat failed: %s", e.message)
+
+    def _warm_start(self, learned: dict[str, Any]) -> None:
+        for name, value in learned.items():
+            if name.startswith(FIRST_POLL_PREFIX) and isinstance(value, int | float) and value > 0:
+                self.first_polls[name[len(FIRST_POLL_PREFIX) :]] = FirstPollTracker(float(value))
+
+    async def _remember(self, now: float) -> None:
+        """Keep what this run learned (the account's limit, when to poll) for the next run to start warm."""
+        values: dict[str, Any] = {
+            f"{FIRST_POLL_PREFIX}{model}": round(t.seconds, 3)
+            for model, t in self.first_polls.items()
+            if t.observations >= MIN_OBSERVATIONS
+        }
+        limit = self.client.gate.control.found_limit
+        if limit is not None:
+            values[RATE_LIMIT_KEY] = round(limit, 3)
+        if values:
+            await self.store.remember(values, now)
 
     async def _take_over_dead_workers(self, now: float) -> None:
         """A worker on this host whose process is gone, or any whose heartbeat stopped, lets go of its tasks."""
@@ -213,18 +244,17 @@ class Runner:
                 )
                 self.progress.failed += 1
                 return
-            if task.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN) and not await self._create(task):
+            fresh = task.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)
+            if fresh and await self._settled_without_api(task):  # cache and chains
+                return
+            if fresh and not await self._create(task):
                 return
             self._reserved.add(task.id)
             self._polling.add(task.id)
-            await self._finish(task)
+            await self._finish(task, fresh=fresh)
         except ClaimLost as e:
             log.warning("%s", e)
-        except AuthError as e:
-            self._fail_run(e)
-        except OutputError as e:
-            self._fail_run(e)
-        except BatcherError as e:  # the store failed: stop, nothing is lost (the store is the truth)
+        except BatcherError as e:  # a rejected key, an unwritable output, a failing store: stop; nothing is lost
             self._fail_run(e)
         except asyncio.CancelledError:
             pass
@@ -234,6 +264,24 @@ class Runner:
             self._active.pop(task.id, None)
             self.progress.in_flight = len(self._active)
             self._wake.set()
+
+    # --- cache and chains -----------------------------------------------------------------------------
+
+    async def _settled_without_api(self, task: Task) -> bool:
+        """True when the task needs no create: it succeeded from the cache, or failed because its input did (or
+        was let go of, its input not finished). Else its input images are made ready for `_create`."""
+        self._inline.pop(task.id, None)
+        if self._stopping or self._fatal is not None:
+            return False  # `_create` lets go of it
+        prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=self.config.use_cache)
+        if prepared.outcome is cache.Outcome.CACHED:
+            self.progress.succeeded += 1
+            self.progress.cached += 1
+        elif prepared.outcome is cache.Outcome.FAILED:
+            self.progress.failed += 1
+        elif prepared.images is not None:
+            self._inline[task.id] = prepared.images
+        return prepared.outcome is not cache.Outcome.READY
 
     def _fail_run(self, error: BatcherError) -> None:
         if self._fatal is None:
@@ -265,9 +313,10 @@ class Runner:
                 raise _Abort
             await self.store.begin_create(task, time.time())
 
+        images = self._inline.pop(task.id, task.images)  # cache and chains: inputs inlined as data: URIs
         try:
             reply = await self.client.create(
-                task.model, task.prompt, task.quality, task.size, task.images, before_send=commit_intent
+                task.model, task.prompt, task.quality, task.size, images, before_send=commit_intent
             )
         except _Abort:
             await self.store.release(task, time.time())
@@ -315,22 +364,27 @@ class Runner:
         delay = backoff_s(task.attempts, retry, self.rng.random())
         await self.store.retry_later(task, now + delay, message, None if outcome is Outcome.AMBIGUOUS else call, now)
 
-    async def _finish(self, task: Task) -> None:
-        """Poll a submitted task until its generation ends, then download it."""
+    async def _finish(self, task: Task, *, fresh: bool) -> None:
+        """Poll a submitted task until its generation ends, then download it. `fresh`: created by this run (its
+        first poll then teaches the run when to poll)."""
         assert task.remote_task_id is not None
-        polls = 0
-        download_failures = 0
+        tracker = self._first_poll(task.model)
+        polls = download_failures = 0
         submitted_at = task.submitted_at or time.time()
+        retry_in: float | None = None  # set after a broken download: query again soon for a fresh URL
         while True:
-            elapsed = time.time() - submitted_at
-            delay = next_poll_in(elapsed, polls, self.latency, self.config.poll)
+            age = time.time() - submitted_at
+            delay = (
+                retry_in
+                if retry_in is not None
+                else next_poll_in(age, polls, tracker.seconds, self.config.poll, draining=self._draining)
+            )
+            retry_in = None
             if delay is None:
                 await self.store.failed(
-                    task,
-                    f"still not finished after {elapsed:.0f} s; given up (the API may still bill it)",
-                    None,
+                    task, f"still not finished after {age:.0f} s; given up (the API may still bill it)", None,
                     time.time(),
-                )
+                )  # fmt: skip
                 self.progress.failed += 1
                 return
             await asyncio.sleep(delay)
@@ -338,6 +392,8 @@ class Runner:
             polls += 1
             self.progress.requests += 1
             now = time.time()
+            if fresh and polls == 1 and reply.outcome is Outcome.OK and reply.generation is not None:
+                tracker.observe(reply.call.at - submitted_at, done=reply.generation is not Generation.RUNNING)
             if reply.outcome is Outcome.AUTH:
                 self.store.log_call(task, reply.call)
                 raise AuthError(
@@ -349,24 +405,17 @@ class Runner:
                 continue
             if reply.outcome is Outcome.OK and reply.generation is Generation.SUCCESS:
                 self.store.log_call(task, reply.call)
-                if polls == 1 or download_failures == 0:
-                    self.latency.add(now - submitted_at)
-                done = await self._download(task, reply)
-                if done:
+                if await self._download(task, reply):
                     return
                 download_failures += 1
                 if download_failures >= self.config.retry.max_download_failures:
                     await self.store.failed(
-                        task,
-                        f"the image could not be downloaded after {download_failures} tries",
-                        None,
-                        now,
+                        task, f"the image could not be downloaded after {download_failures} tries", None, now,
                         cost_micros=self._cost(task),
-                    )
+                    )  # fmt: skip
                     self.progress.failed += 1
                     return
-                polls = 0  # query again at once for a fresh URL
-                submitted_at = time.time() - self.config.poll.initial_s
+                retry_in = backoff_s(download_failures, self.config.retry, self.rng.random())
                 continue
             if reply.outcome is Outcome.OK:  # Failed or Cancelled
                 await self._generation_failed(task, reply, now)
@@ -378,6 +427,12 @@ class Runner:
                 self.progress.failed += 1
                 return
             self.store.log_call(task, reply.call)  # transient or 429: poll again later
+
+    def _first_poll(self, model: str) -> FirstPollTracker:
+        tracker = self.first_polls.get(model)
+        if tracker is None:
+            tracker = self.first_polls[model] = FirstPollTracker(self.config.poll.initial_s)
+        return tracker
 
     async def _generation_failed(self, task: Task, reply: QueryReply, now: float) -> None:
         what = "cancelled" if reply.generation is Generation.CANCELLED else "failed"
@@ -397,7 +452,11 @@ class Runner:
         """Fetch the image into place; True when the task is recorded as succeeded."""
         target = target_path(self.output_dir, task.filename)
         sink = AtomicFile(target)
-        result = await self.client.download(reply.urls[0], sink)
+        try:
+            result = await self.client.download(reply.urls[0], sink)
+        except BaseException:  # a stop cancels downloads in progress: leave no partial file behind
+            sink.discard()
+            raise
         now = time.time()
         if result.outcome is Outcome.OK:
             info = sink.image()
@@ -413,7 +472,8 @@ class Runner:
                 self.progress.failed += 1
                 return True
             final = with_real_extension(target, info)
-            await asyncio.to_thread(sink.finish, final)
+            # shielded: a stop that cancelled the thread's job before it started would leave the .part behind
+            await asyncio.shield(asyncio.to_thread(sink.finish, final))
             cost = self._cost(task)
             await self.store.succeeded(
                 task,

@@ -7,7 +7,8 @@ One copy serves both `bench/chaos.py` (full size, prints the figures) and `tests
 What is checked after the last run (each failure becomes one line in `Figures.problems`):
 - every task succeeded, and the report says so;
 - every file exists, is a whole PNG (every chunk's CRC, IDAT inflates, IEND last) and matches its recorded sha256
-  and size; nothing else (no `.part` file) is left in the output directory;
+  and size; nothing else is in the output directory but the hidden `.part` file of a download a SIGKILL cut
+  (at most one per SIGKILL: a killed process cannot clean up; a SIGINT/SIGTERM stop must leave none);
 - by the emulator's count, no prompt was created more often than 1 + its failed generations + its unknown
   submissions, and the report marks every task with an unknown submission as a possible double charge;
 - the ledger's cost is its billed calls times the unit price, and the emulator's successes lie between the
@@ -91,6 +92,7 @@ class Figures:
     failed_generations: int = 0
     unknown_submissions: int = 0
     possible_double_charges: int = 0  # tasks the report marks
+    partial_files_left: int = 0  # hidden .part files of downloads cut by SIGKILL
     billed_calls: int = 0
     emulator_creates: int = 0
     emulator_successes: int = 0
@@ -112,6 +114,7 @@ class Figures:
             ("tasks", str(self.tasks)),
             ("succeeded", str(self.succeeded)),
             ("files verified (PNG + sha256)", str(self.files_verified)),
+            ("partial files left by SIGKILL", str(self.partial_files_left)),
             ("prompts created twice", f"{self.prompts_created_twice} ({self.extra_creates} extra creates)"),
             ("failed generations (retried)", str(self.failed_generations)),
             ("unknown submissions", f"{self.unknown_submissions} ({self.possible_double_charges} tasks marked)"),
@@ -389,9 +392,14 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
         else:
             f.files_verified += 1
     out_dir = driver.workdir / "out"
-    stray = sorted(str(p) for p in out_dir.rglob("*") if p.is_file() and p.resolve() not in expected)
-    if stray:
-        problems.append(f"{len(stray)} stray files in the output directory, e.g. {stray[:3]}")
+    stray = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.resolve() not in expected)
+    # a process killed with SIGKILL mid-download cannot remove its hidden partial file; nothing else may stay
+    partial = [p for p in stray if p.name.startswith(".") and p.name.endswith(".part")]
+    f.partial_files_left = len(partial)
+    if len(partial) > f.signals.get("SIGKILL", 0):
+        problems.append(f"{len(partial)} partial files left with {f.signals.get('SIGKILL', 0)} SIGKILLs: {partial[:3]}")
+    if len(stray) > len(partial):
+        problems.append(f"{len(stray) - len(partial)} stray files in the output directory: {stray[:3]}")
 
     # nothing created twice outside a failed generation or the unknown window
     accepted: dict[str, int] = stats["accepted_by_prompt"]

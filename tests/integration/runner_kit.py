@@ -19,7 +19,7 @@ from batcher.worker import Runner, RunResult
 
 MODEL = "gemini-3.1-flash-lite-image"
 PRICE = 67_000  # micro-dollars
-FAST_POLL = PollPolicy(initial_s=0.05, factor=1.5, max_interval_s=0.3, give_up_s=60.0)
+FAST_POLL = PollPolicy(initial_s=0.05, growth=1.5, max_interval_s=0.3, give_up_s=60.0)
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.05)
 
 

@@ -27,9 +27,9 @@ FAULTS: dict[str, dict[str, Any]] = {
     "failed-generations": {"fail_rate": 0.3},
     "cancelled-generations": {"cancel_rate": 0.3},
     "truncated-downloads": {"truncate_rate": 0.5},
-    "expired-urls": {"url_ttl_s": 0.004},
-    "429-storm": {"rate_limit": 40.0, "burst": 5},
-    "429-http-date": {"rate_limit": 40.0, "burst": 5, "retry_after_format": "http-date"},
+    "expired-urls": {"url_ttl_s": 0.0005},  # every URL has expired by the time it is fetched
+    "429-storm": {"rate_limit": 10.0, "burst": 2},  # under the runner's starting rate: it must find it
+    "429-http-date": {"rate_limit": 10.0, "burst": 2, "retry_after_format": "http-date"},
     "field-variant": {"variant": "field", "cancel_rate": 0.2},
     "errors-under-http-200": {"errors_http_200": True, "error_503_rate": 0.4},
     "no-price-reported": {"report_price": False, "error_500_rate": 0.2},

@@ -118,9 +118,10 @@ def test_a_csv_row_with_an_empty_prompt_is_refused(tmp_path: Path) -> None:
 
 def test_bad_images_cell_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
-        specs_of(write(tmp_path, "prompt,images\nedit it,https://e.com/a.png file.png\n"))
+        specs_of(write(tmp_path, "prompt,images\nedit it,https://e.com/a.png ftp://e.com/b.png\nagain,file.png\n"))
     assert [(p.line, p.message) for p in caught.value.problems] == [
-        (2, "image 2 'file.png' is not an http(s) URL or a data:image/... URI")
+        (2, "image 2 'ftp://e.com/b.png' is not an http(s) URL or a data:image/... URI"),
+        (3, f"input image 'file.png' not found (looked for {tmp_path / 'file.png'})"),  # a name is a local file
     ]
 
 

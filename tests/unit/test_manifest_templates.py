@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -10,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batcher.errors import ManifestError
-from batcher.expansion import FilenameTable, fast_spec_key
+from batcher.expansion import FilenameTable
 from batcher.manifest import load_manifest
-from batcher.models import spec_key
+from batcher.models import normalise_prompt, spec_key
 from batcher.templates import (
     TemplateError,
     check_filename_template,
@@ -197,18 +199,19 @@ def test_names_are_templates_too(tmp_path: Path) -> None:
     assert [s.name for s in load_manifest(path).specs()] == ["pet-cat", "pet-dog"]
 
 
-# --- the key, computed the fast way, is the model's key -------------------------------------------------
+# --- the key is the hash of the spec's canonical JSON, now and forever (stored keys depend on it) ---------
 
 text = st.text(st.characters(codec="utf-8"), max_size=40)
 
 
 @given(text, text, text, text, st.lists(text, max_size=3).map(tuple), st.none() | text)
-def test_fast_spec_key_equals_models_spec_key(
+def test_spec_key_hashes_the_canonical_json(
     model: str, prompt: str, quality: str, size: str, images: tuple[str, ...], seed: str | None
 ) -> None:
-    assert fast_spec_key(model, prompt, quality, size, images, seed) == spec_key(
-        model, prompt, quality, size, images, seed
+    canon = json.dumps(
+        [model, normalise_prompt(prompt), quality, size, list(images), seed], ensure_ascii=False, separators=(",", ":")
     )
+    assert spec_key(model, prompt, quality, size, images, seed) == hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
 # --- which task writes which file -------------------------------------------------------------------------

@@ -228,8 +228,8 @@ def test_problem_list_is_capped_with_a_count_of_the_rest(tmp_path: Path) -> None
     path.write_text("prompt,size\n" + "a mug,7x7\n" * 500, encoding="utf-8")
     problems = problems_of(path)
     assert len(problems) == 201
-    # ManifestError sorts by line, a line-less problem first: the count leads the list.
-    assert problems[0] == Problem(str(path), None, None, "... and 300 more problems")
+    # ManifestError sorts by line, a line-less problem last: the count ends the list.
+    assert problems[-1] == Problem(str(path), None, None, "... and 300 more problems")
     assert sorted(p.line for p in problems if p.line is not None) == list(range(2, 202))
 
 

@@ -1,47 +1,57 @@
-"""When to poll next: a gentle backoff before anything is known, the latency quantiles after."""
+"""When to poll next: the first poll at the tracked latency quantile, stragglers on a growing interval."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from batcher.polling import MIN_SAMPLES, POLL_FLOOR_S, LatencyStats, PollPolicy, next_poll_in
+from batcher.polling import FIRST_POLL_QUANTILE, POLL_FLOOR_S, FirstPollTracker, PollPolicy, next_poll_in
 
-POLICY = PollPolicy(initial_s=2.0, factor=1.5, max_interval_s=10.0, give_up_s=900.0)
+POLICY = PollPolicy(initial_s=2.0, growth=1.5, max_interval_s=10.0, give_up_s=900.0)
 
 
 @pytest.mark.parametrize(
-    ("elapsed", "polls", "expected"),
-    [(0.0, 0, 2.0), (1.5, 0, 0.5), (5.0, 0, POLL_FLOOR_S), (2.0, 1, 3.0), (5.0, 2, 4.5), (30.0, 6, 10.0),
-     (899.9, 40, POLL_FLOOR_S)],
-)  # fmt: skip
-def test_without_observations_polls_back_off(elapsed: float, polls: int, expected: float) -> None:
-    assert next_poll_in(elapsed, polls, None, POLICY) == pytest.approx(expected)
+    ("age", "polls", "first", "expected"),
+    [
+        (0.0, 0, 2.0, 2.0),  # first poll at the estimate
+        (1.5, 0, 2.0, 0.5),
+        (5.0, 0, 2.0, 0.0),  # a resumed task, older than the estimate: poll now
+        (2.0, 1, 2.0, 1.0),  # then each wait is half the task's age (growth 1.5)
+        (6.0, 3, 2.0, 3.0),
+        (40.0, 9, 2.0, 10.0),  # capped
+        (2.1, 1, 0.1, 1.05),
+        (0.3, 1, 0.1, POLL_FLOOR_S),  # floor
+        (899.9, 40, 2.0, POLL_FLOOR_S),
+    ],
+)
+def test_poll_schedule(age: float, polls: int, first: float, expected: float) -> None:
+    assert next_poll_in(age, polls, first, POLICY) == pytest.approx(expected)
 
 
 def test_gives_up_after_the_limit() -> None:
-    assert next_poll_in(900.0, 50, None, POLICY) is None
+    assert next_poll_in(900.0, 50, 2.0, POLICY) is None
 
 
-def test_with_observations_polls_aim_at_the_latency_quantiles() -> None:
-    stats = LatencyStats(float(s) for s in range(1, 101))  # 1..100 s
-    assert next_poll_in(0.0, 0, stats, POLICY) == pytest.approx(10.0)  # median 51 s, capped at max interval
-    wide = PollPolicy(initial_s=2.0, max_interval_s=1000.0)
-    assert next_poll_in(0.0, 0, stats, wide) == pytest.approx(stats.quantile(0.5))
-    assert next_poll_in(stats.quantile(0.5), 1, stats, wide) == pytest.approx(
-        stats.quantile(0.8) - stats.quantile(0.5)
-    )
-    beyond = next_poll_in(200.0, 5, stats, wide)
-    assert beyond is not None and beyond >= POLL_FLOOR_S
+@pytest.mark.parametrize("median", [0.5, 2.0, 8.0])
+def test_the_first_poll_settles_at_the_latency_quantile(median: float) -> None:
+    rng = random.Random(1)
+    tracker = FirstPollTracker(2.0)
+    latencies = [rng.lognormvariate(0, 0.5) * median for _ in range(3000)]
+    done_share = []
+    for i, latency in enumerate(latencies):
+        done = latency <= tracker.seconds
+        if i >= 2000:
+            done_share.append(done)
+        tracker.observe(tracker.seconds, done)
+    true_q = sorted(latencies)[int(FIRST_POLL_QUANTILE * len(latencies))]
+    assert tracker.seconds == pytest.approx(true_q, rel=0.2)
+    assert sum(done_share) / len(done_share) == pytest.approx(FIRST_POLL_QUANTILE, abs=0.05)
 
 
-def test_too_few_observations_are_not_trusted() -> None:
-    stats = LatencyStats([0.1] * (MIN_SAMPLES - 1))
-    assert next_poll_in(0.0, 0, stats, POLICY) == pytest.approx(POLICY.initial_s)
-
-
-def test_latency_stats_keep_a_bounded_window() -> None:
-    stats = LatencyStats()
-    for i in range(5000):
-        stats.add(float(i))
-    assert len(stats) == 2048
-    assert stats.quantile(0.0) == 5000 - 2048
+def test_a_late_first_poll_that_finds_the_task_done_teaches_nothing() -> None:
+    tracker = FirstPollTracker(2.0)
+    tracker.observe(5.0, done=True)
+    assert tracker.seconds == 2.0 and tracker.observations == 0
+    tracker.observe(5.0, done=False)  # still running at 5 s: the estimate was too low
+    assert tracker.seconds > 2.0

@@ -1,0 +1,202 @@
+"""Throughput at the API's limit: batcher against the bound, and against three plain baselines.
+
+Against the emulator (its own process): 1,000 tasks, log-normal latency (median 2 s, sigma 0.5), account limit
+50 requests/s over creates and polls. No runner can finish N images faster than about 2N/R + p99 latency.
+
+Rows: batcher with the limit configured (`--rate 50`); batcher with it unknown (a fresh store); batcher with
+it unknown but learned by a previous run (the same store, a new job); the provider guide's quick-start loop
+(one task at a time, poll every 3 s) on a 20-task slice, extrapolated; a plain concurrent loop (semaphore of 32,
+poll every 3 s, sleep 1 s on 429); that loop with LinkModel's own client schedule (first poll at 10 s, then
+every 3 s to 1 min, 6 s to 3 min, 10 s after).
+
+    .venv/bin/python bench/throughput.py [--tasks 1000] [--rate 50] [--skip-baselines]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+MODEL = "gemini-3.1-flash-lite-image"
+MEDIAN_S, SIGMA = 2.0, 0.5
+
+
+@dataclass
+class Row:
+    name: str
+    tasks: int
+    makespan_s: float
+    calls_per_image: float
+    rate_limited: int
+    requests: int
+    note: str = ""
+
+
+class EmulatorProcess:
+    def __init__(self, rate: float, seed: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batcher.emulator", "--port", "0", "--seed", str(seed),
+             "--latency", f"lognormal:{MEDIAN_S}:{SIGMA}", "--rate-limit", str(rate), "--max-events", "0"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        fields = dict(p.split("=", 1) for p in self.proc.stdout.readline().split()[2:])
+        self.base_url, self.key = fields["base_url"], fields["api_key"]
+        self.origin = self.base_url.split("/api/")[0]
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.origin}/_emulator/reset", method="POST")).read()
+
+    def stats(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.origin}/_emulator/stats?events=0") as r:
+            return dict(json.load(r))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def api_calls(stats: dict[str, object]) -> int:
+    requests = stats["requests"]
+    assert isinstance(requests, dict)
+    return sum(sum(by.values()) for kind, by in requests.items() if kind in ("create", "query"))
+
+
+def rate_limited(stats: dict[str, object]) -> int:
+    return int(str(stats["rate_limited"]))
+
+
+# --- batcher ------------------------------------------------------------------------------------------
+
+
+def run_batcher(emu: EmulatorProcess, tmp: Path, name: str, tasks: int, db: str, extra: list[str]) -> Row:
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    manifest = tmp / f"{slug}.csv"
+    manifest.write_text("prompt\n" + "".join(f"Throughput image {slug} {i}\n" for i in range(tasks)))
+    emu.reset()
+    env = {**os.environ, "LINKMODEL_BASE_URL": emu.base_url, "LINKMODEL_API_KEY": emu.key}
+    cmd = [sys.executable, "-m", "batcher.cli", "run", str(manifest), "--db", db, "-q", "--json", *extra]
+    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"batcher failed: {done.stderr[-2000:]}")
+    head = json.loads(done.stdout)
+    stats = emu.stats()
+    return Row(name, tasks, float(head["wall_time_s"]), api_calls(stats) / tasks, rate_limited(stats), api_calls(stats))
+
+
+# --- the baselines, written plainly -------------------------------------------------------------------
+
+
+async def request(session: aiohttp.ClientSession, method: str, url: str, **kw: object) -> dict[str, object]:
+    while True:
+        async with session.request(method, url, **kw) as resp:  # type: ignore[arg-type]
+            if resp.status == 429:
+                await asyncio.sleep(1.0)
+                continue
+            body = await resp.json(content_type=None)
+            return dict(body)
+
+
+async def one_task(session: aiohttp.ClientSession, base: str, prompt: str, schedule: Callable[[float], float]) -> None:
+    created = await request(session, "POST", f"{base}/image-generation",
+                            json={"model": MODEL, "prompt": prompt, "quality": "1K", "size": "1x1"})  # fmt: skip
+    task_id = created["data"]["task_id"]  # type: ignore[index]
+    start = time.monotonic()
+    while True:
+        await asyncio.sleep(schedule(time.monotonic() - start))
+        polled = await request(session, "GET", f"{base}/query/image-generation", params={"task_id": task_id})
+        data = polled["data"]
+        assert isinstance(data, dict)
+        if data["status"] == "Success":
+            async with session.get(data["file_url"]) as resp:
+                await resp.read()
+            return
+        if data["status"] in ("Failed", "Cancelled"):
+            return
+
+
+def every_3s(_age: float) -> float:
+    return 3.0
+
+
+def linkmodel_schedule(age: float) -> float:
+    if age < 1.0:
+        return 10.0
+    return 3.0 if age < 60 else 6.0 if age < 180 else 10.0
+
+
+async def baseline(emu: EmulatorProcess, name: str, tasks: int, concurrency: int,
+                   schedule: Callable[[float], float]) -> Row:  # fmt: skip
+    emu.reset()
+    headers = {"Authorization": f"Bearer {emu.key}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def guarded(i: int) -> None:
+            async with sem:
+                await one_task(session, emu.base_url, f"Baseline {name} {i}", schedule)
+
+        start = time.monotonic()
+        await asyncio.gather(*(guarded(i) for i in range(tasks)))
+        wall = time.monotonic() - start
+    stats = emu.stats()
+    return Row(name, tasks, wall, api_calls(stats) / tasks, rate_limited(stats), api_calls(stats))
+
+
+def run(coro: Awaitable[Row]) -> Row:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--guide-slice", type=int, default=20)
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    n, rate = args.tasks, args.rate
+    p99 = MEDIAN_S * math.exp(2.326 * SIGMA)
+    bound = 2 * n / rate + p99
+    emu = EmulatorProcess(rate, args.seed)
+    rows: list[Row] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp_:
+            tmp = Path(tmp_)
+            rows.append(run_batcher(emu, tmp, "batcher, limit configured", n, str(tmp / "a.db"), ["--rate", str(rate)]))
+            rows.append(run_batcher(emu, tmp, "batcher, limit unknown", n, str(tmp / "b.db"), []))
+            rows.append(run_batcher(emu, tmp, "batcher, limit learned", n, str(tmp / "b.db"), []))
+            if not args.skip_baselines:
+                k = args.guide_slice
+                guide = run(baseline(emu, "guide quick-start loop", k, 1, every_3s))
+                rows.append(Row(guide.name, n, guide.makespan_s * n / k, guide.calls_per_image, guide.rate_limited,
+                                guide.requests, f"{k}-task slice, extrapolated"))  # fmt: skip
+                rows.append(run(baseline(emu, "semaphore 32, poll 3 s", n, 32, every_3s)))
+                rows.append(run(baseline(emu, "semaphore 32, LinkModel schedule", n, 32, linkmodel_schedule)))
+    finally:
+        emu.close()
+    print(f"\n{n} tasks, log-normal latency median {MEDIAN_S} s sigma {SIGMA} (p99 {p99:.1f} s), limit {rate:g}/s; "
+          f"bound 2N/R + p99 = {bound:.1f} s\n")  # fmt: skip
+    print(f"{'runner':36} {'makespan s':>10} {'/ bound':>8} {'calls/img':>9} {'429s':>6} {'429 %':>6}  note")
+    for r in rows:
+        share = 100 * r.rate_limited / max(r.requests, 1)
+        print(f"{r.name:36} {r.makespan_s:10.1f} {r.makespan_s / bound:8.2f} {r.calls_per_image:9.2f} "
+              f"{r.rate_limited:6d} {share:6.2f}  {r.note}")  # fmt: skip
+    print("\ncalls/img counts creates and polls (the requests the account limit counts); downloads are file hosting.")
+
+
+if __name__ == "__main__":
+    main()
