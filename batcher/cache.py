@@ -52,10 +52,14 @@ async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool
     parent = None
     if parent_of(task.images) is not None:
         parent = await store.parent_row(task)
-        label = _label(parent["name"], parent["key"]) if parent is not None else "(missing)"
-        if parent is None or parent["status"] == TaskStatus.FAILED:
-            why = f": {parent['last_error']}" if parent is not None and parent["last_error"] else ""
-            await store.failed(task, f"input task {label} failed{why}", None, time.time())
+        if parent is None:  # only a store filled by hand can hold one: a manifest names its parents
+            await store.failed(task, "its input task is not in the job", None, time.time())
+            return Prepared(Outcome.FAILED)
+        if parent["status"] == TaskStatus.FAILED:
+            why = f": {parent['last_error']}" if parent["last_error"] else ""
+            await store.failed(
+                task, f"input task {_label(parent['name'], parent['key'])} failed{why}", None, time.time()
+            )
             return Prepared(Outcome.FAILED)
         if parent["status"] != TaskStatus.SUCCEEDED or parent["output_path"] is None:
             await store.release(task, time.time())

@@ -159,44 +159,114 @@ def diff(old: str, new: str, db: str | None, price: Decimal | None, no_cache: bo
         views.diff_table(change, f"Changes from {old} to {new}")
 
 
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `work` share; they reach the command as one RunOptions `opts`."""
+
+    @_with_db
+    @click.option(
+        "--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)"
+    )
+    @click.option(
+        "--emulate-latency",
+        callback=_latency,
+        metavar="DIST",
+        help="emulator latency: fixed:S, uniform:LO:HI, lognormal:MEDIAN:SIGMA",
+    )
+    @click.option(
+        "--rate",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="RPS",
+        help="account-wide requests per second (creates and polls); unset: found from 429s",
+    )
+    @click.option("--max-in-flight", type=click.IntRange(min=1), help="tasks between create and download at once")
+    @click.option("--max-cost", callback=_usd, metavar="USD", help="budget: start no create that could pass it")
+    @click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+    @click.option("--max-attempts", type=click.IntRange(min=1), help="creates sent per task before it fails")
+    @click.option(
+        "--on-unknown",
+        type=click.Choice([o.value for o in OnUnknown]),
+        default=OnUnknown.RESUBMIT.value,
+        show_default=True,
+        help="a task whose create may have reached the API: create again, or fail it",
+    )
+    @click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
+    @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+    @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        db: str,
+        emulate: bool,
+        emulate_latency: Latency | None,
+        rate: float | None,
+        max_in_flight: int | None,
+        max_cost: Decimal | None,
+        price: Decimal | None,
+        max_attempts: int | None,
+        on_unknown: str,
+        no_cache: bool,
+        **kwargs: Any,
+    ) -> Any:
+        emu = EmulatorConfig(latency=emulate_latency or session.DEMO_LATENCY)
+        opts = session.RunOptions(
+            kwargs.pop("manifest", ""),
+            db,
+            emulate,
+            rate,
+            max_in_flight,
+            max_cost,
+            price,
+            OnUnknown(on_unknown),
+            max_attempts,
+            emu,
+            use_cache=not no_cache,
+        )
+        return f(*args, opts=opts, **kwargs)
+
+    return wrapper  # fmt: skip
+
+
+def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
+    """Summaries on stdout (JSON) or stderr, one line on how it ended; exit with the last run's code."""
+    if as_json:
+        heads = [o.summary for o in outcomes]
+        click.echo(json.dumps(heads[0] if len(heads) == 1 else heads, indent=2))
+    for outcome in outcomes:
+        head, result = outcome.summary, outcome.result
+        if not as_json:
+            views.summary_lines(head)
+        if result.error is not None:
+            click.echo(f"batcher: error: {result.error.message}", err=True)
+        elif result.reason == "interrupted":
+            click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}",
+                       err=True)  # fmt: skip
+        elif result.reason == "budget":
+            click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
+                       f"{result.left} tasks left to do", err=True)  # fmt: skip
+    codes = [o.exit_code for o in outcomes]
+    sys.exit(max(codes, key=lambda c: (c in (130, 2, 3), c)) if codes else 0)
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@_with_db
-@click.option("--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)")
-@click.option("--emulate-latency", callback=_latency, metavar="DIST", help="emulator latency: fixed:S, uniform:LO:HI, lognormal:MEDIAN:SIGMA")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="RPS", help="account-wide requests per second (creates and polls)")
-@click.option("--max-in-flight", type=click.IntRange(min=1), help="tasks between create and download at once")
-@click.option("--max-cost", callback=_usd, metavar="USD", help="budget: start no create that could pass it")
-@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
-@click.option("--max-attempts", type=click.IntRange(min=1), help="creates sent per task before it fails")
-@click.option("--on-unknown", type=click.Choice([o.value for o in OnUnknown]), default=OnUnknown.RESUBMIT.value,
-              show_default=True, help="a task whose create may have reached the API: create again, or fail it")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="no progress display")
-@click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
-def run(manifest: str, db: str, emulate: bool, emulate_latency: Latency | None, rate: float | None,
-        max_in_flight: int | None, max_cost: Decimal | None, price: Decimal | None, max_attempts: int | None,
-        on_unknown: str, as_json: bool, quiet: bool, no_cache: bool) -> None:  # fmt: skip
+@_run_options
+def run(opts: session.RunOptions, as_json: bool, quiet: bool) -> None:
     """Import MANIFEST and drive every task to a final state. Run it again to resume."""
-    emu = EmulatorConfig(latency=emulate_latency or session.DEMO_LATENCY)
-    opts = session.RunOptions(manifest, db, emulate, rate, max_in_flight, max_cost, price, OnUnknown(on_unknown),
-                              max_attempts, emu, use_cache=not no_cache)  # fmt: skip
     progress = None if quiet else functools.partial(views.live_progress, enabled=True)
-    outcome = _run(session.run_job(opts, show_progress=progress))
-    head = outcome.summary
-    if as_json:
-        click.echo(json.dumps(head, indent=2))
-    else:
-        views.summary_lines(head)
-    result = outcome.result
-    if result.error is not None:
-        click.echo(f"batcher: error: {result.error.message}", err=True)
-    elif result.reason == "interrupted":
-        click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}", err=True)
-    elif result.reason == "budget":
-        click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
-                   f"{result.left} tasks left to do", err=True)  # fmt: skip
-    sys.exit(outcome.exit_code)
+    _report_runs([_run(session.run_job(opts, show_progress=progress))], as_json)
+
+
+@main.command()
+@click.argument("jobs", nargs=-1)
+@_run_options
+@click.option("--forever", is_flag=True, help="when every job is done, wait for new work instead of stopping")
+def work(opts: session.RunOptions, jobs: tuple[str, ...], as_json: bool, quiet: bool, forever: bool) -> None:
+    """A worker: drain JOBS (default: every job in the store) alongside any number of other workers.
+
+    Run it on as many machines as you like against one PostgreSQL store (`--db postgresql://...`): tasks are
+    claimed with leases, a dead worker's tasks are taken over, and one account-wide rate is shared."""
+    progress = None if quiet else functools.partial(views.live_progress, enabled=True)
+    _report_runs(_run(session.work(opts, jobs, forever=forever, show_progress=progress)), as_json)
 
 
 @main.command("import")
@@ -235,7 +305,9 @@ def status(db: str, as_json: bool) -> None:
 @main.command("report")
 @click.argument("job", required=False)
 @_with_db
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="write to FILE instead of stdout")
 def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
     """Every task of JOB with its file, cost and error, and the job's summary."""

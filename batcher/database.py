@@ -28,6 +28,7 @@ T = TypeVar("T")
 Op = Callable[[AsyncConnection], Awaitable[Any]]
 
 BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another process's transaction on SQLite
+BUSY_TIMEOUT_ENV = "BATCHER_BUSY_TIMEOUT_MS"  # overrides it (tests make a locked store fail fast)
 MAX_GROUP = 500  # changes at most in one group commit
 
 
@@ -60,7 +61,8 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
         _create_private(Path(path))
-    engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    busy_ms = busy_timeout_ms()
+    engine = create_async_engine(url, connect_args={"timeout": busy_ms / 1000})
     synchronous = os.environ.get("BATCHER_SQLITE_SYNC", "NORMAL").upper()
     if synchronous not in ("NORMAL", "FULL", "EXTRA"):
         synchronous = "NORMAL"
@@ -72,7 +74,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
         for pragma in (
             "journal_mode=WAL",
             f"synchronous={synchronous}",
-            f"busy_timeout={BUSY_TIMEOUT_MS}",
+            f"busy_timeout={busy_ms}",
             "foreign_keys=ON",
         ):
             cur.execute(f"PRAGMA {pragma}")
@@ -83,6 +85,12 @@ def _sqlite_engine(url: str) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def busy_timeout_ms() -> int:
+    """Milliseconds a write waits for a lock held by another process: BATCHER_BUSY_TIMEOUT_MS or the default."""
+    raw = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    return int(raw) if raw.isdigit() else BUSY_TIMEOUT_MS
 
 
 def _create_private(path: Path) -> None:

@@ -28,6 +28,11 @@ from batcher.models import STATUS_ORDER
 THROUGHPUT_BUCKETS = 60  # most bars in the throughput chart
 LATENCY_BINS = 24  # most bars in the latency histogram
 TOP_REASONS = 8  # failure reasons listed in the summary
+# Cards come in sections of CHUNK, each laid out (and skipped, while off screen) as one: a browser lays out
+# one grid of 10,000 cards again on every scroll step. CHUNK is a multiple of every column count in STYLE,
+# so rows stay full across sections.
+CHUNK = 120  # cards
+CARD_H = 340  # px, a card's height plus the gap, to size sections not yet laid out
 CHART_W, CHART_H = 520, 140  # px, the SVG's coordinate space
 PLOT_L, PLOT_T, PLOT_B = 34, 8, 20  # px margins inside it: y labels left, x labels below
 # Bucket widths a person reads at a glance, in seconds.
@@ -49,10 +54,14 @@ def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: It
     yield _top(head)
     yield _summary(head, tasks, call_list)
     yield _toolbar(tasks)
-    yield '<main id="grid">\n'
-    for r in tasks:
+    yield f'<main id="grid" data-chunk="{CHUNK}">\n'
+    for i, r in enumerate(tasks):
+        if i % CHUNK == 0:
+            yield ("</section>\n" if i else "") + "<section>\n"
         yield _card(r, page_dir)
-    yield "</main>\n" + LIGHTBOX + "</body>\n</html>\n"
+    yield (
+        ("</section>\n" if tasks else "") + '<div id="parked" hidden></div></main>\n' + LIGHTBOX + "</body>\n</html>\n"
+    )
 
 
 # --- the summary ---------------------------------------------------------------------------------------------
@@ -68,7 +77,9 @@ def _top(head: Mapping[str, Any]) -> str:
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>batcher report: {esc(head['job'])}</title>\n<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n"
+        f"<title>batcher report: {esc(head['job'])}</title>\n<style>{STYLE}"
+        f"#grid>section{{contain-intrinsic-size:auto calc({CHUNK} / var(--cols) * {CARD_H}px)}}</style>\n"
+        f"<script>{SCRIPT}</script>\n"
         "</head>\n<body>\n"
     )
 
@@ -141,14 +152,18 @@ def _throughput(tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str,
     if not done:
         return _chart_box("throughput", "", "no image finished yet")
     t0, span = min(times), max(times) - min(times)
-    step = next((s for s in TIME_STEPS if s * THROUGHPUT_BUCKETS >= span), -(-span // (86400 * THROUGHPUT_BUCKETS)) * 86400)
+    step = next(
+        (s for s in TIME_STEPS if s * THROUGHPUT_BUCKETS >= span), -(-span // (86400 * THROUGHPUT_BUCKETS)) * 86400
+    )
     n = max(1, int(span // step) + 1)
     images, r429 = [0] * n, [0] * n
     for t in done:
         images[int((t - t0) // step)] += 1
     for t in limited:
         r429[int((t - t0) // step)] += 1
-    tips = [f"{_duration(i * step)} to {_duration((i + 1) * step)}: {images[i]} images, {r429[i]} 429s" for i in range(n)]
+    tips = [
+        f"{_duration(i * step)} to {_duration((i + 1) * step)}: {images[i]} images, {r429[i]} 429s" for i in range(n)
+    ]
     svg = _bars([("img", images), ("r429", r429)], tips, ("0", _duration(n * step)))
     per = _duration(step)
     return _chart_box("throughput", svg, f"images finished (green) and 429 responses (red) per {per}")
@@ -263,7 +278,7 @@ def _card(r: Mapping[str, Any], page_dir: str) -> str:
         thumb = f'<a class="thumb" href="{src}"><img src="{src}" loading="lazy" decoding="async" alt=""{dims}></a>'
     else:
         thumb = f'<div class="thumb none">{esc(status)}</div>'
-    attempts = f'{r["attempts"]} attempt{"" if r["attempts"] == 1 else "s"}'
+    attempts = f"{r['attempts']} attempt{'' if r['attempts'] == 1 else 's'}"
     flag = ' <span class="flag">possible double charge</span>' if r["possible_double_charge"] else ""
     error = f'<p class="err">{esc(r["error"])}</p>' if r["error"] else ""
     return (
@@ -300,9 +315,13 @@ svg g:hover .hit{fill:#eaeef2}svg text{font-size:10px;fill:var(--mut)}svg line{s
 .bar{position:sticky;top:0;z-index:1;display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin-top:14px;
 padding:8px 24px;background:#fff;border-block:1px solid var(--line)}
 .bar input{width:260px;padding:3px 6px}.count{color:var(--mut);margin-left:auto}
-#grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px;padding:14px 24px}
-.card{background:#fff;border:1px solid var(--line);border-radius:6px;overflow:hidden;
-content-visibility:auto;contain-intrinsic-size:auto 300px}
+#grid{padding:14px 24px}
+#grid>section{display:grid;grid-template-columns:repeat(var(--cols),minmax(0,1fr));gap:12px;margin-bottom:12px;
+content-visibility:auto}
+:root{--cols:1}@media(min-width:460px){:root{--cols:2}}@media(min-width:672px){:root{--cols:3}}
+@media(min-width:884px){:root{--cols:4}}@media(min-width:1096px){:root{--cols:5}}@media(min-width:1308px){:root{--cols:6}}
+@media(min-width:1732px){:root{--cols:8}}@media(min-width:2156px){:root{--cols:10}}@media(min-width:2580px){:root{--cols:12}}
+.card{background:#fff;border:1px solid var(--line);border-radius:6px;overflow:hidden}
 .card[hidden]{display:none}.card p{margin:6px 10px}
 .thumb{display:block;aspect-ratio:4/3;background:#eaeef2}
 .thumb img{width:100%;height:100%;object-fit:contain;display:block}
@@ -329,12 +348,16 @@ document.addEventListener("error", (e) => {
   if (card) card.classList.add("missing");
 }, true);
 document.addEventListener("DOMContentLoaded", () => {
-  const grid = document.getElementById("grid");
-  const cards = Array.from(grid.children);
+  const grid = document.getElementById("grid"), parked = document.getElementById("parked");
+  const cards = Array.from(grid.querySelectorAll(".card")), chunk = Number(grid.dataset.chunk);
+  let regrouped = false;
   const text = cards.map((c) => c.querySelector(".prompt").textContent.toLowerCase());
   const status = document.getElementById("f-status"), size = document.getElementById("f-size");
   const q = document.getElementById("f-q"), shown = document.getElementById("shown");
-  const pick = (select, value) => { select.value = value; if (select.value !== value) select.value = ""; };
+  const pick = (select, value) => {  // a value no task has (a link to "the failed ones") shows none, not all
+    if (value && !Array.from(select.options, (o) => o.value).includes(value)) select.add(new Option(value, value));
+    select.value = value;
+  };
   function fromHash() {
     const p = new URLSearchParams(location.hash.slice(1));
     pick(status, p.get("status") || ""); pick(size, p.get("size") || ""); q.value = p.get("q") || "";
@@ -342,15 +365,29 @@ document.addEventListener("DOMContentLoaded", () => {
   function apply() {
     const s = status.value, z = size.value, needle = q.value.trim().toLowerCase();
     const not = s.startsWith("-"), want = not ? s.slice(1) : s;
-    let n = 0;
+    const visible = [], hidden = [];
     cards.forEach((c, i) => {
       const ok = (!s || (c.dataset.status === want) !== not) && (!z || c.dataset.size === z)
         && (!needle || text[i].includes(needle));
       if (c.hidden === ok) c.hidden = !ok;
-      if (ok) n += 1;
+      (ok ? visible : hidden).push(c);
     });
-    shown.textContent = String(n);
-    grid.dataset.shown = String(n);
+    if (hidden.length || regrouped) regroup(visible, hidden);
+    shown.textContent = String(visible.length);
+    grid.dataset.shown = String(visible.length);
+  }
+  // The shown cards in full sections again, in manifest order; the others parked out of the layout.
+  function regroup(visible, hidden) {
+    const page = document.createDocumentFragment();
+    for (let i = 0; i < visible.length; i += chunk) {
+      const section = document.createElement("section");
+      for (const c of visible.slice(i, i + chunk)) section.appendChild(c);
+      page.appendChild(section);
+    }
+    for (const c of hidden) parked.appendChild(c);
+    page.appendChild(parked);
+    grid.replaceChildren(page);
+    regrouped = hidden.length > 0;
   }
   function toHash() {
     const p = new URLSearchParams();

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 DEFAULT_429_PAUSE_S = 1.0  # when a 429 carries no Retry-After, seconds
 MAX_429_PAUSE_S = 60.0  # consecutive 429s without Retry-After back off up to this, seconds
@@ -104,13 +105,27 @@ class AdaptiveRate:
         return self.rate if self.phase == "hold" else None
 
 
+class SharedRate(Protocol):
+    """A token bucket every worker of an account draws from (held in the store, on PostgreSQL)."""
+
+    async def take(self) -> float:
+        """0 when a token was taken; else seconds until one will be there."""
+        ...
+
+    async def hold(self, seconds: float) -> None:
+        """A 429: no worker may send for `seconds`, and the shared rate is cut."""
+        ...
+
+
 class RateGate:
     """`await acquire(priority=...)` before each API request; the client reports replies back."""
 
-    def __init__(self, rate: AdaptiveRate | float | None) -> None:
+    def __init__(self, rate: AdaptiveRate | float | None, shared: SharedRate | None = None) -> None:
         if not isinstance(rate, AdaptiveRate):
             rate = AdaptiveRate.start(rate, None)
         self.control = rate
+        self.shared = shared
+        self._holding: asyncio.Task[None] | None = None
         self.rate_limited_count = 0
         self._paused_until = 0.0  # loop time
         self._next_slot = 0.0
@@ -149,6 +164,8 @@ class RateGate:
             retry_after_s = min(MAX_429_PAUSE_S, DEFAULT_429_PAUSE_S * 2 ** min(self._strikes - 1, 10))
         self._paused_until = max(self._paused_until, now + retry_after_s)
         self.control.rate_limited(now, self._paused_until)
+        if self.shared is not None and (self._holding is None or self._holding.done()):
+            self._holding = asyncio.get_running_loop().create_task(self.shared.hold(retry_after_s))
 
     def answered(self) -> None:
         """Any reply that was not a 429."""
@@ -190,6 +207,11 @@ class RateGate:
             if start > now:
                 await asyncio.sleep(start - now)
                 continue  # the pause or the rate may have changed while sleeping
+            if self.shared is not None:
+                wait = await self.shared.take()
+                if wait > 0:
+                    await asyncio.sleep(min(wait, 1.0))
+                    continue
             fut = self._next()
             if fut is None:
                 continue

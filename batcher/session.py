@@ -27,6 +27,8 @@ from batcher.store import ImportResult, Job, Store
 from batcher.worker import RATE_LIMIT_KEY, Runner, RunResult, StopReason
 
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
+ACCOUNT_BUCKET = "account"  # the shared token bucket's name
+WORK_IDLE_S = 5.0  # `work --forever`: how often to look for new work, seconds
 
 
 @dataclass(frozen=True)
@@ -111,21 +113,69 @@ async def import_only(manifest_path: str, db: str, price: Decimal | None) -> Imp
         await store.close()
 
 
-def run_config(opts: RunOptions, manifest: Manifest, api: ApiSettings) -> RunConfig:
-    s = manifest.settings
-    budget = opts.max_cost if opts.max_cost is not None else s.budget_usd
+def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
+    """The command line over the job's settings (as its manifest gave them at the last import)."""
+    s = job.settings
+    budget = micros(opts.max_cost) if opts.max_cost is not None else job.budget_micros
     retry = RetryPolicy()
-    if (attempts := opts.max_attempts or s.max_attempts) is not None:
-        retry = replace(retry, max_attempts=attempts)
+    if (attempts := opts.max_attempts or s.get("max_attempts")) is not None:
+        retry = replace(retry, max_attempts=int(attempts))
+    rate = opts.rate if opts.rate is not None else s.get("requests_per_second")
     return RunConfig(
         api=api,
-        requests_per_second=opts.rate if opts.rate is not None else s.requests_per_second,
-        max_in_flight=opts.max_in_flight or s.max_in_flight or RunConfig.max_in_flight,
+        requests_per_second=None if rate is None else float(rate),
+        max_in_flight=opts.max_in_flight or s.get("max_in_flight") or RunConfig.max_in_flight,
         retry=retry,
         on_unknown=opts.on_unknown,
-        budget_micros=None if budget is None else micros(budget),
+        budget_micros=budget,
         use_cache=opts.use_cache,
     )
+
+
+def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
+    """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table."""
+    if override is None and job.price_micros is not None:
+        override = Decimal(job.price_micros) / 1_000_000
+    return {m: micros(unit_price(m, override)) for m in models}
+
+
+class StoreBucket:
+    """The account's rate as a token bucket in the store, shared by every worker (PostgreSQL)."""
+
+    HOLD_CUT = 0.9  # a 429 cuts the shared rate by this factor
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store, self.name = store, name
+
+    async def take(self) -> float:
+        return await self.store.bucket_take(self.name)
+
+    async def hold(self, seconds: float) -> None:
+        with contextlib.suppress(BatcherError):
+            await self.store.bucket_hold(self.name, seconds, self.HOLD_CUT)
+
+
+async def rate_gate(store: Store, config: RunConfig) -> RateGate:
+    """The request rate: configured, or learned by an earlier run, or found from 429s. On PostgreSQL a known
+    rate is one token bucket in the database that every worker on any machine draws from."""
+    learned = (await store.learned()).get(RATE_LIMIT_KEY)
+    control = AdaptiveRate.start(config.requests_per_second, learned)
+    shared = None
+    known = config.requests_per_second or learned
+    if store.dialect == "postgresql" and known:
+        await store.bucket_setup(ACCOUNT_BUCKET, float(known), capacity=1.0)
+        shared = StoreBucket(store, ACCOUNT_BUCKET)
+    return RateGate(control, shared)
+
+
+async def drive(store: Store, client: ApiClient, job: Job, config: RunConfig, prices: dict[str, int],
+                show_progress: Any = None) -> RunResult:  # fmt: skip
+    runner = Runner(store, client, job, config, prices)
+    with _signals(runner):
+        if show_progress is None:
+            return await runner.run()
+        async with show_progress(runner.progress):
+            return await runner.run()
 
 
 @contextlib.asynccontextmanager
@@ -143,26 +193,69 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
     manifest = load_manifest(opts.manifest)
     store = await Store.open(opts.db)
     try:
-        imported = await import_manifest(store, manifest, opts.price)
-        job = imported.job
-        override = opts.price if opts.price is not None else manifest.settings.price_usd
-        prices = {m: micros(unit_price(m, override)) for m in await store.job_models(job)}
+        job = (await import_manifest(store, manifest, opts.price)).job
+        prices = job_prices(await store.job_models(job), job, opts.price)
         async with api_endpoint(opts) as (api, key):
-            config = run_config(opts, manifest, api)
-            remembered = (await store.learned()).get(RATE_LIMIT_KEY)
-            gate = RateGate(AdaptiveRate.start(config.requests_per_second, remembered))
-            async with ApiClient(api, key, gate) as client:
-                runner = Runner(store, client, job, config, prices)
-                with _signals(runner):
-                    if show_progress is not None:
-                        async with show_progress(runner.progress):
-                            result = await runner.run()
-                    else:
-                        result = await runner.run()
+            config = run_config(opts, job, api)
+            gate = await rate_gate(store, config)
+            try:
+                async with ApiClient(api, key, gate) as client:
+                    result = await drive(store, client, job, config, prices, show_progress)
+            finally:
+                await gate.close()
         head = await job_summary(store, job, prices)
     finally:
         await store.close()
     return RunSummary(result, head, _resume_hint(opts))
+
+
+async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = False,
+               show_progress: Any = None) -> list[RunSummary]:  # fmt: skip
+    """`batcher work`: drain the named jobs (or every job) with open tasks, one after another, alongside any
+    number of other workers on the same store. With `forever`, wait for new work instead of stopping."""
+    store = await Store.open(opts.db)
+    try:
+        async with api_endpoint(opts) as (api, key):
+            config = run_config(opts, await _any_job(store, names), api)
+            gate = await rate_gate(store, config)
+            try:
+                async with ApiClient(api, key, gate) as client:
+                    return await _drain(store, client, opts, names, api, forever, show_progress)
+            finally:
+                await gate.close()
+    finally:
+        await store.close()
+
+
+async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple[str, ...], api: ApiSettings,
+                 forever: bool, show_progress: Any) -> list[RunSummary]:  # fmt: skip
+    done: list[RunSummary] = []
+    while True:
+        ran = False
+        for job in await _jobs(store, names):
+            if (await store.next_due(job, time.time()))[0] == 0:
+                continue
+            ran = True
+            prices = job_prices(await store.job_models(job), job, opts.price)
+            result = await drive(store, client, job, run_config(opts, job, api), prices, show_progress)
+            done.append(RunSummary(result, await job_summary(store, job, prices), _resume_hint(opts)))
+            if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
+                return done
+        if not ran and not forever:
+            return done
+        if not ran:
+            await asyncio.sleep(WORK_IDLE_S)
+
+
+async def _jobs(store: Store, names: tuple[str, ...]) -> list[Job]:
+    return [await store.job(n) for n in names] if names else await store.jobs()
+
+
+async def _any_job(store: Store, names: tuple[str, ...]) -> Job:
+    jobs = await _jobs(store, names)
+    if not jobs:
+        raise BatcherError("no jobs in the store: import one with `batcher import MANIFEST` or `batcher run`")
+    return jobs[0]
 
 
 async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = None) -> dict[str, Any]:
@@ -178,11 +271,13 @@ async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = No
 
 
 def _resume_hint(opts: RunOptions) -> str:
-    parts = ["batcher run", opts.manifest]
+    parts = ["batcher run", opts.manifest] if opts.manifest else ["batcher work"]
     if opts.db != "batcher.db":
         parts += ["--db", opts.db]
     if opts.emulate:
         parts.append("--emulate")
+    if not opts.use_cache:
+        parts.append("--no-cache")
     return " ".join(parts)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from batcher import migrate
 from batcher.database import RowChange, Writer, create_engine, database_url, redacted, translated
 from batcher.errors import JobNotFoundError
 from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, parent_of
-from batcher.tables import api_calls, jobs, learned, tasks, workers
+from batcher.tables import api_calls, jobs, learned, rate_buckets, tasks, workers
 
 IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
 S = TaskStatus
@@ -161,6 +162,7 @@ class Store:
         self.engine = engine
         self.url = url
         self.writer = Writer(engine)
+        self.worker_id: str | None = None  # stamped on the call records this process writes
 
     @classmethod
     async def open(cls, db: str, *, upgrade: bool = True) -> Store:
@@ -289,7 +291,11 @@ class Store:
         await self.writer.run(op)
 
     async def live_workers(self) -> list[RowMapping]:
-        return await self._read(select(workers).where(workers.c.stopped_at.is_(None)).order_by(workers.c.started_at))
+        """Workers not stopped, each with `holds`: how many tasks it has claimed."""
+        holds = select(func.count()).where(tasks.c.claimed_by == workers.c.id).correlate(workers).scalar_subquery()
+        return await self._read(
+            select(workers, holds.label("holds")).where(workers.c.stopped_at.is_(None)).order_by(workers.c.started_at)
+        )
 
     async def heartbeat(self, worker_id: str, now: float, lease_until: float) -> None:
         """Renew this worker's leases on everything it holds."""
@@ -324,23 +330,26 @@ class Store:
         return await self.writer.run(op)
 
     async def claim(
-        self, job: Job, worker_id: str, limit: int, now: float, lease_until: float, *, pending: bool = True
+        self, job: Job, worker_id: str, limit: int, now: float, lease_until: float, *, pending: int | None = None
     ) -> list[Task]:
-        """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first);
-        tasks still to be created only when `pending`."""
+        """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first), then
+        at most `pending` (default: `limit`) still to be created, so that other workers get their share."""
+        to_create = limit if pending is None else min(pending, limit)
 
         async def op(conn: AsyncConnection) -> list[Task]:
             token = uuid.uuid4().hex
             got: list[Task] = []
-            groups = [tasks.c.status == S.SUBMITTED]
-            if pending:
-                groups += [
-                    tasks.c.status == S.UNKNOWN,
-                    and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen, _inputs_settled()),
-                ]
-            for wanted in groups:
-                if len(got) >= limit:
-                    break
+            groups = [(tasks.c.status == S.SUBMITTED, False), (tasks.c.status == S.UNKNOWN, True)]
+            groups.append(
+                (and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen, _inputs_settled()), True)
+            )
+            creates = 0
+            for wanted, to_be_created in groups:
+                room = limit - len(got)
+                if to_be_created:
+                    room = min(room, to_create - creates)
+                if room <= 0:
+                    continue
                 due = (
                     select(tasks.c.id)
                     .where(
@@ -350,7 +359,7 @@ class Store:
                         or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
                     )
                     .order_by(tasks.c.seq)
-                    .limit(limit - len(got))
+                    .limit(room)
                     .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
                 )
                 stmt = (
@@ -359,7 +368,9 @@ class Store:
                     .values(claim_token=token, claimed_by=worker_id, lease_until=lease_until)
                     .returning(*_TASK_COLUMNS)
                 )
-                got.extend(_task(r) for r in (await conn.execute(stmt)).mappings())
+                rows = [_task(r) for r in (await conn.execute(stmt)).mappings()]
+                got += rows
+                creates += len(rows) if to_be_created else 0
             got.sort(key=lambda t: t.seq)
             return got
 
@@ -401,7 +412,7 @@ class Store:
         params.update({f"inc_{k}": n for k, n in incr.items()})
         params.update(_id=task.id, _token=task.claim_token, _now=now)
         if call is not None:
-            self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call)))
+            self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call, self.worker_id)))
         if await self.writer.change(RowChange(stmt, params, fenced=True)) != 1:
             raise ClaimLost(f"task {task.key} was taken over by another worker")
         if "status" in values:
@@ -529,7 +540,7 @@ class Store:
 
     def log_call(self, task: Task, call: CallRecord) -> None:
         """Append a call record with the next commit (polls: not worth a commit of their own)."""
-        self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call)))
+        self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call, self.worker_id)))
 
     # --- what runs learned --------------------------------------------------------------------------------
 
@@ -544,6 +555,61 @@ class Store:
                     index_elements=[learned.c.name], set_={"value": stmt.excluded.value, "updated_at": now}
                 )
                 await conn.execute(stmt)
+
+        await self.writer.run(op)
+
+    # --- the account's shared rate (PostgreSQL: many workers, one limit) ---------------------------------
+
+    async def bucket_setup(self, name: str, rate: float, capacity: float) -> None:
+        """Create the bucket, or set its rate (the newest configuration wins; its tokens are kept)."""
+
+        async def op(conn: AsyncConnection) -> None:
+            now = await _db_now(conn)
+            stmt = self._insert(rate_buckets).values(name=name, rate=rate, capacity=capacity, tokens=capacity,
+                                                     updated_at=now)  # fmt: skip
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[rate_buckets.c.name], set_={"rate": rate, "capacity": capacity}
+                )
+            )
+
+        await self.writer.run(op)
+
+    async def bucket_take(self, name: str) -> float:
+        """Take one token: 0 when granted, else the seconds until one will be there (by the database's clock,
+        so workers on machines with skewed clocks still share one rate)."""
+
+        async def op(conn: AsyncConnection) -> float:
+            now = await _db_now(conn)
+            elapsed = now - rate_buckets.c.updated_at
+            refilled = rate_buckets.c.tokens + rate_buckets.c.rate * case((elapsed > 0, elapsed), else_=0.0)
+            level = case((refilled > rate_buckets.c.capacity, rate_buckets.c.capacity), else_=refilled)
+            got = await conn.execute(
+                update(rate_buckets)
+                .where(rate_buckets.c.name == name, level >= 1.0)
+                .values(tokens=level - 1.0, updated_at=now)
+                .returning(rate_buckets.c.tokens)
+            )
+            if got.first() is not None:
+                return 0.0
+            row = (await conn.execute(select(rate_buckets).where(rate_buckets.c.name == name))).mappings().first()
+            if row is None:
+                return 0.0
+            have = min(row["capacity"], row["tokens"] + row["rate"] * max(now - row["updated_at"], 0.0))
+            return max((1.0 - float(have)) / float(row["rate"]), 0.001)
+
+        return await self.writer.run(op)
+
+    async def bucket_hold(self, name: str, seconds: float, factor: float) -> None:
+        """A 429 seen by one worker holds every worker: the bucket owes `seconds` of tokens, and its rate is cut."""
+
+        async def op(conn: AsyncConnection) -> None:
+            now = await _db_now(conn)
+            await conn.execute(
+                update(rate_buckets)
+                .where(rate_buckets.c.name == name)
+                .values(tokens=-rate_buckets.c.rate * seconds, rate=rate_buckets.c.rate * factor, updated_at=now)
+            )
 
         await self.writer.run(op)
 
@@ -713,6 +779,13 @@ def _transition_stmt(frm: tuple[TaskStatus, ...], keys: tuple[str, ...], incr: t
     )
 
 
+async def _db_now(conn: AsyncConnection) -> float:
+    """Epoch seconds by the database server's clock on PostgreSQL (one clock for all machines)."""
+    if conn.dialect.name == "postgresql":
+        return float((await conn.execute(select(func.extract("epoch", func.clock_timestamp())))).scalar_one())
+    return time.time()
+
+
 async def _mark_stale_submissions_unknown(
     conn: AsyncConnection, now: float, worker_id: str | None, job_id: int | None = None
 ) -> int:
@@ -765,8 +838,9 @@ def _task_values(job: Job, spec: TaskSpec, seq: int, now: float) -> dict[str, An
     }
 
 
-def _call_values(task: Task, call: CallRecord) -> dict[str, Any]:
+def _call_values(task: Task, call: CallRecord, worker_id: str | None) -> dict[str, Any]:
     return {
+        "worker_id": worker_id,
         "job_id": task.job_id,
         "task_id": task.id,
         "kind": call.kind,
@@ -796,13 +870,14 @@ class CachedOutput:
 
 
 def _inputs_settled() -> Any:
-    """A task without `from:`, or one whose parent has finished: succeeded (its input is ready) or failed (the
-    worker fails it too). Uses the (job_id, key) unique index; only tasks with a parent evaluate the EXISTS."""
+    """A task without `from:`, or one whose parent is not still on its way: it succeeded (the input is ready),
+    failed or is missing (the worker fails the task too). Uses the (job_id, key) unique index; only tasks with a
+    parent evaluate the NOT EXISTS."""
     return or_(
         tasks.c.parent_key.is_(None),
-        exists().where(
+        ~exists().where(
             _parent.c.job_id == tasks.c.job_id,
             _parent.c.key == tasks.c.parent_key,
-            _parent.c.status.in_([S.SUCCEEDED, S.FAILED]),
+            _parent.c.status.not_in([S.SUCCEEDED, S.FAILED]),
         ),
     )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -47,7 +47,7 @@ def estimate_table(est: Estimate) -> None:
     stdout.print("\n".join(lines), highlight=False)
 
 
-def status_table(counts: Mapping[str, Mapping[str, int]], workers: list[Mapping[str, Any]]) -> None:
+def status_table(counts: Mapping[str, Mapping[str, int]], workers: Sequence[Mapping[str, Any]]) -> None:
     statuses = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")
     table = Table(title="Jobs", title_justify="left")
     table.add_column("job")

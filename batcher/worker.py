@@ -35,7 +35,10 @@ log = logging.getLogger("batcher")
 RATE_LIMIT_KEY = "rate_limit"  # learned: the account's requests per second, found from 429s
 FIRST_POLL_PREFIX = "first_poll_s:"  # learned, per model: when most generations are done
 MIN_OBSERVATIONS = 20  # first polls seen before the estimate is worth keeping
-IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
+IDLE_WAIT_S = 1.0
+TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, seconds
+PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
+PREFETCH_S = 1.0  # and about this many seconds of the request rate  # longest sleep of the claim loop when nothing is due, seconds
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 
 
@@ -89,6 +92,7 @@ class Runner:
         self.store, self.client, self.job, self.config = store, client, job, config
         self.prices = prices  # micro-dollars per successful call, by model
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        store.worker_id = self.worker_id
         self.rng = rng or random.Random()
         self.progress = Progress()
         self.first_polls: dict[str, FirstPollTracker] = {}  # per model; warm from the store's memory
@@ -100,6 +104,8 @@ class Runner:
         self._stopping = False
         self._budget_blocked = False
         self._draining = False  # nothing left to create: the last images are collected sooner
+        self._last_takeover = 0.0
+        self._to_create: set[int] = set()  # claimed, create not sent yet
         self._fatal: BatcherError | None = None
         self._inline: dict[int, tuple[str, ...]] = {}  # cache and chains: input images as the next create sends them
 
@@ -136,20 +142,28 @@ class Runner:
             free = self.config.max_in_flight - len(self._active)
             claimed: list[Task] = []
             if free > 0:
+                # creates are claimed only a little ahead of the rate, so other workers get their share
+                ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
                 claimed = await self.store.claim(
-                    self.job, self.worker_id, free, now, now + self.config.lease_s, pending=not self._budget_blocked
+                    self.job, self.worker_id, free, now, now + self.config.lease_s, pending=ahead
                 )
-                self._draining = len(claimed) < free
+                to_create = [t for t in claimed if t.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)]
+                if ahead:
+                    self._draining = len(to_create) < min(ahead, free)
+                self._to_create.update(t.id for t in to_create)
                 for task in claimed:
                     self._active[task.id] = asyncio.create_task(self._drive(task), name=f"task-{task.key}")
                 self.progress.in_flight = len(self._active)
-            if claimed and len(claimed) == free:
+            if claimed and (len(claimed) == free or not self._draining):
                 await self._wake.wait()
                 continue
             if not self._active:
                 left, due = await self.store.next_due(self.job, now)
                 if left == 0:
                     return StopReason.DONE
+                if now - self._last_takeover >= TAKEOVER_EVERY_S:  # idle while others hold work: are they alive?
+                    self._last_takeover = now
+                    await self._take_over_dead_workers(now)
                 if self._budget_blocked and not await self._others_in_flight():
                     return StopReason.BUDGET
                 wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due - now, 0.01))
@@ -157,6 +171,15 @@ class Runner:
                 wait = IDLE_WAIT_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _prefetch(self) -> int:
+        """Tasks to hold claimed ahead of their create: about a second of the request rate."""
+        return max(PREFETCH_MIN, int(self.client.gate.rate * PREFETCH_S))
+
+    def _create_sent(self, task: Task) -> None:
+        self._to_create.discard(task.id)
+        if len(self._to_create) < self._prefetch() // 2:
+            self._wake.set()  # time to claim the next few
 
     async def _others_in_flight(self) -> bool:
         """Submitted work held by nobody (or by others) still has to finish before a budget stop."""
@@ -189,6 +212,7 @@ class Runner:
             now = time.time()
             try:
                 await self.store.heartbeat(self.worker_id, now, now + self.config.lease_s)
+                await self._take_over_dead_workers(now)  # a worker that died mid-run: its tasks come back
                 await self._remember(now)
             except BatcherError as e:  # keep going: the next beat may succeed before the lease runs out
                 log.warning("heartbeat failed: %s", e.message)
@@ -259,6 +283,7 @@ class Runner:
         except asyncio.CancelledError:
             pass
         finally:
+            self._create_sent(task)
             self._reserved.discard(task.id)
             self._polling.discard(task.id)
             self._active.pop(task.id, None)
@@ -312,6 +337,7 @@ class Runner:
             if self._stopping or self._fatal is not None:
                 raise _Abort
             await self.store.begin_create(task, time.time())
+            self._create_sent(task)
 
         images = self._inline.pop(task.id, task.images)  # cache and chains: inputs inlined as data: URIs
         try:

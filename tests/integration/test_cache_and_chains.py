@@ -232,3 +232,17 @@ async def test_a_stopped_chain_resumes_where_it_stopped(
     assert (await drive(store, emu)).reason == StopReason.DONE
     assert all(r["status"] == "succeeded" for r in (await rows_of(store, "job")).values())
     assert emu.stats.creates_accepted == 6 and all(n == 1 for n in emu.stats.accepted_by_prompt.values())
+
+
+async def test_a_task_whose_input_task_is_missing_fails_and_the_run_ends(
+    open_store: OpenStore, start_emu: StartEmulator, tmp_path: Path
+) -> None:
+    store = await open_store()
+    emu = await start_emu(latency=FAST)
+    orphan = TaskSpec(MODEL, "make it blue", "1K", "1x1", "o.png", images=(from_ref("0" * 32),), name="orphan")
+    await load(store, [orphan, *specs(1)], tmp_path / "out")
+    assert (await drive(store, emu)).reason == StopReason.DONE
+    rows = await rows_of(store, "job")
+    assert rows["make it blue"]["status"] == "failed" and rows["prompt 0"]["status"] == "succeeded"
+    assert rows["make it blue"]["last_error"] == "its input task is not in the job"
+    assert emu.stats.creates_accepted == 1

@@ -1,0 +1,34 @@
+"""A graceful stop in the middle of downloads leaves no partial file behind, and a resume finishes the job."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from batcher.emulator import Latency
+from batcher.worker import Runner, StopReason
+from tests.conftest import OpenStore, StartEmulator
+from tests.integration.runner_kit import drive, fast_config, load, specs
+
+
+async def test_a_stop_during_downloads_leaves_no_part_file(open_store: OpenStore, start_emu: StartEmulator,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    store = await open_store()
+    # every download waits 5 s before its first byte, so the stop surely finds them on the wire
+    emu = await start_emu(latency=Latency("fixed", 0.05), fault_kinds=["download"], slow_rate=1.0, slow_s=5.0)
+    await load(store, specs(6), tmp_path / "out")
+    runners: list[Runner] = []
+    run = asyncio.create_task(drive(store, emu, fast_config(max_in_flight=6), runner_out=runners))
+    for _ in range(200):
+        if len(list((tmp_path / "out").glob(".*.part"))) == 6:
+            break
+        await asyncio.sleep(0.02)
+    assert len(list((tmp_path / "out").glob(".*.part"))) == 6, "the downloads never started"
+    runners[0].request_stop()
+    result = await asyncio.wait_for(run, 10)
+    assert result.reason == StopReason.INTERRUPTED
+    assert list((tmp_path / "out").iterdir()) == []
+    emu.configure(slow_rate=0.0)
+    result = await drive(store, emu)
+    assert result.reason == StopReason.DONE
+    assert len(list((tmp_path / "out").iterdir())) == 6 and emu.stats.creates_accepted == 6

@@ -1,0 +1,81 @@
+"""Several `batcher work` processes on one PostgreSQL store against the emulator: one shared account rate,
+no task created twice, and a worker killed mid-run has its tasks finished by the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from batcher.emulator import Emulator, Latency
+from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
+from tests.conftest import StartEmulator
+
+pytestmark = pytest.mark.postgres
+RATE = 30.0
+
+
+async def worker_rows(pg_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return list(await conn.fetch("SELECT worker_id, count(*) AS n FROM api_calls GROUP BY worker_id"))
+    finally:
+        await conn.close()
+
+
+async def summary(pg_url: str, cwd: Path) -> dict[str, object]:
+    done = await batcher("report", "--db", pg_url, "--format", "json", env=cli_env(None), cwd=cwd)
+    assert done.code == 0, done.err
+    return dict(json.loads(done.out)["summary"])
+
+
+def created_twice(emu: Emulator) -> int:
+    return sum(n - 1 for n in emu.stats.accepted_by_prompt.values() if n > 1)
+
+
+async def test_three_workers_share_the_job_and_the_rate(pg_url: str, start_emu: StartEmulator, tmp_path: Path) -> None:
+    emu = await start_emu(latency=Latency("uniform", 0.2, 0.8), rate_limit=RATE)
+    m = manifest(tmp_path / "shared.yaml", 90)
+    env = cli_env(emu)
+    assert (await batcher("import", str(m), "--db", pg_url, env=env, cwd=tmp_path)).code == 0
+    workers = [await start("work", "--db", pg_url, "--rate", str(RATE), "-q", env=env, cwd=tmp_path) for _ in range(3)]
+    results = await asyncio.gather(*(finish(w) for w in workers))
+    assert [r.code for r in results] == [0, 0, 0], [r.err for r in results]
+    head = await summary(pg_url, tmp_path)
+    assert head["succeeded"] == 90
+    assert created_twice(emu) == 0 and emu.stats.creates_accepted == 90
+    assert emu.stats.rate_limited <= 3  # one shared bucket: no 429 beyond a few at start
+    by_worker = {r["worker_id"]: r["n"] for r in await worker_rows(pg_url)}
+    assert len([w for w in by_worker if w]) == 3, by_worker  # every worker did a share
+
+
+async def test_a_worker_killed_mid_run_has_its_tasks_finished_by_the_others(
+    pg_url: str, start_emu: StartEmulator, tmp_path: Path
+) -> None:
+    emu = await start_emu(latency=Latency("uniform", 0.5, 1.5), rate_limit=RATE)
+    m = manifest(tmp_path / "kill.yaml", 60)
+    env = cli_env(emu)
+    assert (await batcher("import", str(m), "--db", pg_url, env=env, cwd=tmp_path)).code == 0
+    victim = await start("work", "--db", pg_url, "--rate", str(RATE), "-q", env=env, cwd=tmp_path)
+    for _ in range(400):  # let the victim create some tasks before the others start
+        if emu.stats.creates_accepted >= 10:
+            break
+        await asyncio.sleep(0.02)
+    others = [await start("work", "--db", pg_url, "--rate", str(RATE), "-q", env=env, cwd=tmp_path) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    await finish(victim)
+    results = await asyncio.gather(*(finish(w) for w in others))
+    assert [r.code for r in results] == [0, 0], [r.err for r in results]
+    head = await summary(pg_url, tmp_path)
+    assert head["succeeded"] == 60 and head["tasks"] == 60
+    assert created_twice(emu) <= int(str(head["unknown_submissions"]))
+    assert (
+        int(str(head["billed_calls"]))
+        <= emu.stats.successes
+        <= int(str(head["billed_calls"])) + int(str(head["unknown_submissions"]))
+    )
