@@ -229,7 +229,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
     """Summaries on stdout (JSON) or stderr, one line on how it ended; exit with the last run's code."""
     if as_json:
-        heads = [o.summary for o in outcomes]
+        heads = [{**o.summary, "worker": o.result.worker_figures()} for o in outcomes]
         click.echo(json.dumps(heads[0] if len(heads) == 1 else heads, indent=2))
     for outcome in outcomes:
         head, result = outcome.summary, outcome.result

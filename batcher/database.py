@@ -30,6 +30,11 @@ Op = Callable[[AsyncConnection], Awaitable[Any]]
 BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another process's transaction on SQLite
 BUSY_TIMEOUT_ENV = "BATCHER_BUSY_TIMEOUT_MS"  # overrides it (tests make a locked store fail fast)
 MAX_GROUP = 500  # changes at most in one group commit
+FULL_BELOW_BYTES = 64 * 1024  # a disk with less free space than this counts as full when SQLite reports I/O errors
+
+# Folders of the SQLite stores this process opened. SQLite reports a full disk as SQLITE_FULL when a write fails,
+# but as a plain "disk I/O error" when it cannot grow its shared-memory file; these are where to look then.
+_sqlite_dirs: set[Path] = set()
 
 
 def database_url(db: str) -> str:
@@ -61,6 +66,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
         _create_private(Path(path))
+        _sqlite_dirs.add(Path(path).parent)
     busy_ms = busy_timeout_ms()
     engine = create_async_engine(url, connect_args={"timeout": busy_ms / 1000})
     synchronous = os.environ.get("BATCHER_SQLITE_SYNC", "NORMAL").upper()
@@ -124,11 +130,23 @@ def store_error(e: exc.DBAPIError, where: str) -> StoreError:
             return StoreBusyError(f"{where}: the job store is locked by another process; try again later")
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return StoreReadOnlyError(f"{where}: the job store is read-only or cannot be opened ({e.orig})")
-        if "full" in text:
+        if "full" in text or ("disk i/o error" in text and _a_store_disk_is_full()):
             return StoreFullError(f"{where}: the disk holding the job store is full; free space, then resume")
     if "no space" in text or "disk full" in text:
         return StoreFullError(f"{where}: the disk holding the job store is full; free space, then resume")
     return StoreError(f"{where}: {type(e.orig).__name__}: {e.orig}")
+
+
+def _a_store_disk_is_full() -> bool:
+    for folder in _sqlite_dirs:
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        free_blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+        if free_blocks * st.f_frsize < FULL_BELOW_BYTES:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,9 @@ class Progress:
     requests: int = 0
     spent_micros: int = 0
     started: float = field(default_factory=time.monotonic)
+    claims: int = 0  # claim transactions, the tasks they took, and the seconds they took
+    claimed: int = 0
+    claim_s: float = 0.0
     cached: int = 0  # of `succeeded`: satisfied from the cache, no API call
 
 
@@ -69,6 +72,16 @@ class RunResult:
     reason: str
     error: BatcherError | None = None
     left: int = 0  # tasks not final when the run stopped
+    progress: Progress | None = None  # this worker's own share of the work
+
+    def worker_figures(self) -> dict[str, Any]:
+        p = self.progress
+        if p is None:
+            return {}
+        return {
+            "succeeded": p.succeeded, "failed": p.failed, "requests": p.requests, "claims": p.claims,
+            "claimed": p.claimed, "claim_ms_per_task": round(1000 * p.claim_s / p.claimed, 3) if p.claimed else None,
+        }  # fmt: skip
 
 
 class _Abort(Exception):
@@ -129,7 +142,7 @@ class Runner:
                 await self._remember(time.time())
             await self.store.stop_worker(self.worker_id, time.time())
         left, _ = await self.store.next_due(self.job, time.time())
-        return RunResult(reason, self._fatal, left)
+        return RunResult(reason, self._fatal, left, self.progress)
 
     async def _loop(self) -> str:
         while True:
@@ -144,9 +157,13 @@ class Runner:
             if free > 0:
                 # creates are claimed only a little ahead of the rate, so other workers get their share
                 ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
+                started = time.perf_counter()
                 claimed = await self.store.claim(
                     self.job, self.worker_id, free, now, now + self.config.lease_s, pending=ahead
                 )
+                self.progress.claims += 1
+                self.progress.claimed += len(claimed)
+                self.progress.claim_s += time.perf_counter() - started
                 to_create = [t for t in claimed if t.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)]
                 if ahead:
                     self._draining = len(to_create) < min(ahead, free)

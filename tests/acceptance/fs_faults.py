@@ -70,7 +70,8 @@ def read_only(path: Path) -> Iterator[None]:
         return
     done = _chattr("+i", path)
     if done is None or done.returncode != 0:
-        pytest.skip(f"cannot make a file read-only for root here (chattr +i: {done.stderr.strip() if done else 'not installed'})")
+        why = done.stderr.strip() if done is not None else "chattr is not installed"
+        pytest.skip(f"cannot make a file read-only for root here: {why}")
     try:
         yield
     finally:

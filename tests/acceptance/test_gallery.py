@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from batcher.emulator import Latency
 from batcher.emulator.images import encode_png
 from batcher.gallery import CHUNK
 from batcher.imageinfo import sniff
-from batcher.models import TaskSpec
+from batcher.models import JobSettings, TaskSpec
 from batcher.store import Job, Store
 from batcher.tables import api_calls, tasks
 from tests.acceptance.cli_kit import batcher, cli_env
@@ -220,16 +221,17 @@ async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
 ) -> None:
     store = await open_store()
     # a rate limit the pool runs into now and then, so the throughput chart has 429s to show
-    emu = await start_emu(latency=Latency("uniform", 0.1, 0.6), seed=3, rate_limit=20.0, burst=4.0)
+    emu = await start_emu(latency=Latency("uniform", 0.3, 1.5), seed=3, rate_limit=6.0, burst=2.0)
     items = [TaskSpec(MODEL, p, "1K", size, f"{i:02d}-{size}.png", source=f"catalog.yaml:{i + 2}")
              for i, (p, size) in enumerate(CATALOG)]  # fmt: skip
-    await load(store, items, tmp_path / "out")
-    await drive(store, emu, fast_config(max_in_flight=6))
-    ledger = await store.ledger(await store.job("job"))
+    job = JobSettings("spring-catalog", str(tmp_path / "out"), budget_usd=Decimal(5))
+    await store.import_manifest(job, "catalog.yaml", iter(items), extra={}, now=time.time())
+    await drive(store, emu, fast_config(max_in_flight=4), name=job.name)
+    ledger = await store.ledger(await store.job(job.name))
     assert ledger.counts == {"succeeded": len(CATALOG) - 1, "failed": 1}
 
     page = tmp_path / "report.html"
-    await render(tmp_path, page)
+    await render(tmp_path, page, job.name)
     text = page.read_text(encoding="utf-8")
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
     assert SCRIPT_PROMPT not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -245,6 +247,7 @@ async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
         assert facts["stats"]["cost"] == fmt_usd(ledger.cost_micros) == fmt_usd((len(CATALOG) - 1) * PRICE)
         assert facts["stats"]["rate-limited"] == str(ledger.rate_limited)
         assert facts["stats"]["unknown"] == str(ledger.unknown_submissions)
+        assert facts["stats"]["budget-left"] == fmt_usd(5_000_000 - ledger.cost_micros)
         # the injected markup is text on the page, not elements in it: our one script, no alert
         assert [c["prompt"] for c in cards if c["prompt"] in (SCRIPT_PROMPT, TRICKY_PROMPT)] == [
             SCRIPT_PROMPT, TRICKY_PROMPT,
@@ -310,12 +313,12 @@ async def finish_overnight(store: Store, job: Job, out: Path) -> None:
         (out / f"shape-{n}.png").write_bytes(encode_png(f"image {n}", w, h))
     t0 = time.time() - 8 * 3600
     done = []
-    for i, seq in enumerate([r["seq"] async for r in store.task_rows(job)]):
+    for i, key in enumerate([r["key"] async for r in store.task_rows(job)]):  # in manifest order
         failed = i % FAILING_EVERY == 0
         if not failed:
             os.link(out / f"shape-{i % len(SHAPES)}.png", out / f"{i}.png")
         done.append({
-            "jid": job.id, "s": seq, "st": "failed" if failed else "succeeded",
+            "jid": job.id, "k": key, "st": "failed" if failed else "succeeded",
             "path": None if failed else str(out / f"{i}.png"), "cost": 0 if failed else PRICE,
             "w": SHAPES[i % len(SHAPES)][0], "h": SHAPES[i % len(SHAPES)][1],
             "err": "content refused" if failed else None, "sub": t0 + i * 2.5, "fin": t0 + i * 2.5 + 4 + i % 13,
@@ -328,7 +331,7 @@ async def finish_overnight(store: Store, job: Job, out: Path) -> None:
         for k, kind in enumerate(("create", "query", "download"))
     ]
     async with store.engine.begin() as conn:
-        where = (tasks.c.job_id == bindparam("jid"), tasks.c.seq == bindparam("s"))
+        where = (tasks.c.job_id == bindparam("jid"), tasks.c.key == bindparam("k"))  # the unique index
         await conn.execute(update(tasks).where(*where).values({c: bindparam(p) for c, p in values.items()}), done)
         await conn.execute(insert(api_calls), calls)
 

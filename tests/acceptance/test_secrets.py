@@ -49,7 +49,12 @@ async def test_the_key_is_never_written_anywhere(tmp_path: Path, start_emu: Star
     await interrupt_after(proc, 0.8, signal.SIGKILL, emu=emu)
     outputs.append(("run (killed)", await finish(proc)))
     snapshots.update({f"after kill: {k}": v for k, v in store_files(db).items()})
-    assert any(k.endswith("-wal") for k in snapshots), (list(snapshots), outputs[-1][1].code, outputs[-1][1].err[-2000:])
+    killed = outputs[-1][1]
+    assert any(k.endswith("-wal") for k in snapshots), (
+        "the kill left no WAL to search",
+        killed.code,
+        killed.err[-2000:],
+    )
 
     # 2. the API stops accepting the key: 401, exit 2
     emu.configure(api_key="rotated-key")

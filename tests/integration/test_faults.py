@@ -34,6 +34,29 @@ FAULTS: dict[str, dict[str, Any]] = {
     "field-variant": {"variant": "field", "cancel_rate": 0.2},
     "errors-under-http-200": {"errors_http_200": True, "error_503_rate": 0.4},
     "no-price-reported": {"report_price": False, "error_500_rate": 0.2},
+    "download-faults": {
+        "fault_kinds": ["download"],
+        "error_503_rate": 0.4,
+        "drop_rate": 0.2,
+        "slow_rate": 0.2,
+        "slow_s": 0.2,
+    },
+    "everything-at-once": {
+        "fault_kinds": ["create", "query", "download"],
+        "error_500_rate": 0.05,
+        "error_503_rate": 0.1,
+        "drop_rate": 0.05,
+        "malformed_rate": 0.05,
+        "slow_rate": 0.05,
+        "slow_s": 0.2,
+        "lost_create_rate": 0.1,
+        "fail_rate": 0.1,
+        "cancel_rate": 0.05,
+        "truncate_rate": 0.1,
+        "url_ttl_s": 5.0,
+        "rate_limit": 30.0,
+        "burst": 4,
+    },
 }
 
 
@@ -54,6 +77,8 @@ EVIDENCE: dict[str, Any] = {
     "expired-urls": lambda s: s.expired_downloads,
     "429-storm": lambda s: s.rate_limited,
     "429-http-date": lambda s: s.rate_limited,
+    "download-faults": lambda s: s.count("download", 503) and s.dropped,
+    "everything-at-once": lambda s: s.dropped and s.lost_creates and s.truncated_downloads and s.failures,
 }
 
 
@@ -95,7 +120,7 @@ async def test_every_task_ends_final_and_accounted(open_store: OpenStore, start_
         assert EVIDENCE[fault](emu.stats), f"the {fault} fault never happened"
     if knobs.keys() <= {"error_500_rate", "error_503_rate", "drop_rate", "malformed_rate", "slow_rate", "slow_s",
                         "truncate_rate", "rate_limit", "burst", "retry_after_format",
-                        "errors_http_200", "report_price", "lost_create_rate"}:  # fmt: skip
+                        "errors_http_200", "report_price", "lost_create_rate", "fault_kinds"}:  # fmt: skip
         # transient faults only: everything gets done in the end
         job = await store.job("job")
         assert (await store.ledger(job)).counts == {"succeeded": TASKS}

@@ -39,7 +39,7 @@ def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
-async def finish_with(kind: str, store: Store, emu: Emulator, tmp_path: Path, api: ApiSettings) -> list[dict[str, object]]:
+async def finish_with(store: Store, emu: Emulator, tmp_path: Path, api: ApiSettings) -> list[dict[str, object]]:
     out = tmp_path / "work" / "out"
     await load(store, specs(TASKS), out)
     escaped = (out / HOSTILE_NAME).resolve()
@@ -74,7 +74,7 @@ async def test_a_hostile_file_is_rejected_and_recorded(open_store: OpenStore, st
                                                        tmp_path: Path, kind: str) -> None:  # fmt: skip
     emu = await start_emu(latency=FAST, seed=11, hostile_file_rate=0.4, hostile_file_kind=kind,
                           hostile_huge_bytes=64 * MB)  # fmt: skip
-    rows = await finish_with(kind, await open_store(), emu, tmp_path, ApiSettings(max_image_bytes=MB))
+    rows = await finish_with(await open_store(), emu, tmp_path, ApiSettings(max_image_bytes=MB))
     hostile = hostile_prompts(emu)
     for r in rows:
         if r["prompt"] in hostile:
@@ -91,14 +91,14 @@ async def test_huge_download_under_the_default_cap(open_store: OpenStore, start_
                                                    tmp_path: Path) -> None:  # fmt: skip
     # the emulator's default: a gibibyte, streamed; the client's default cap stops it long before
     emu = await start_emu(latency=FAST, seed=11, hostile_file_rate=0.2, hostile_file_kind="huge")
-    rows = await finish_with("huge", await open_store(), emu, tmp_path, ApiSettings())
+    rows = await finish_with(await open_store(), emu, tmp_path, ApiSettings())
     assert {r["status"] for r in rows} == {"succeeded", "failed"}
 
 
 async def test_a_traversal_name_is_never_used_as_a_path(open_store: OpenStore, start_emu: StartEmulator,
                                                         tmp_path: Path) -> None:  # fmt: skip
     emu = await start_emu(latency=FAST, seed=11, hostile_file_rate=0.4, hostile_file_kind="traversal")
-    rows = await finish_with("traversal", await open_store(), emu, tmp_path, ApiSettings())
+    rows = await finish_with(await open_store(), emu, tmp_path, ApiSettings())
     out = (tmp_path / "work" / "out").resolve()
     # the file is real, so the task succeeds, under the manifest's name and nowhere else
     for r in rows:
