@@ -3,8 +3,9 @@
 Pure rendering: the summary from `report.summary`, the task rows from `report.rows` and the job's API calls
 go in, text comes out. The page loads nothing from the network (its Content-Security-Policy forbids it);
 images are linked by paths relative to the page, so the page and the output folder zip and travel together.
-Every card is rendered here rather than by script, and `content-visibility: auto` plus `loading="lazy"`
-keep a 10,000-task page quick: the browser lays out and decodes only the cards near the viewport.
+Every card is rendered here (the page works without script; the script adds filters, search and a lightbox).
+A 10,000-task page stays quick: cards come in sections the browser skips while off screen
+(`content-visibility: auto`) and images load lazily, so only what is near the viewport is laid out and decoded.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: Iterable[Mapping[str, Any]],
+def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: Iterable[Mapping[Any, Any]],
            page: str) -> Iterator[str]:  # fmt: skip
-    """The page for `page` (its path decides the relative image links), in chunks to write one after another."""
+    """The page for `page` (its path decides the relative image links), in chunks to write one after another.
+
+    `calls` are the job's API calls (store rows will do): `at` (epoch seconds) and `outcome` are read."""
     page_dir = os.path.dirname(os.path.abspath(page))
     tasks = list(rows)  # the summary's charts and filters need every row before the first card
     call_list = list(calls)
@@ -93,7 +96,7 @@ def _money(usd: str | None) -> str:
     return "none" if usd is None else fmt_usd(_micros(usd))
 
 
-def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]]) -> str:
+def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[Any, Any]]) -> str:
     counts: Mapping[str, int] = head["status_counts"]
     stats = [_stat("tasks", head["tasks"], "tasks")]
     stats += [_stat(f"status-{s}", counts[s], s, f"st-{s}") for s in STATUSES if counts.get(s)]
@@ -145,7 +148,7 @@ def _reasons(tasks: Sequence[Mapping[str, Any]]) -> str:
 # --- charts: inline SVG bars ---------------------------------------------------------------------------------
 
 
-def _throughput(tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]]) -> str:
+def _throughput(tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[Any, Any]]) -> str:
     done = [float(r["finished_at"]) for r in tasks if r["status"] == "succeeded" and r.get("finished_at")]
     limited = [float(c["at"]) for c in calls if c["outcome"] == "rate_limited"]
     times = done + [float(c["at"]) for c in calls]
@@ -280,6 +283,8 @@ def _card(r: Mapping[str, Any], page_dir: str) -> str:
         thumb = f'<div class="thumb none">{esc(status)}</div>'
     attempts = f"{r['attempts']} attempt{'' if r['attempts'] == 1 else 's'}"
     flag = ' <span class="flag">possible double charge</span>' if r["possible_double_charge"] else ""
+    if r.get("cached_from"):  # an earlier output reused, no API call
+        flag += f' <span class="flag" title="{esc(r["cached_from"])}">cached</span>'
     error = f'<p class="err">{esc(r["error"])}</p>' if r["error"] else ""
     return (
         f'<article class="card st-{esc(status)}" id="t-{esc(r["key"])}" data-status="{esc(status)}" '

@@ -35,10 +35,10 @@ log = logging.getLogger("batcher")
 RATE_LIMIT_KEY = "rate_limit"  # learned: the account's requests per second, found from 429s
 FIRST_POLL_PREFIX = "first_poll_s:"  # learned, per model: when most generations are done
 MIN_OBSERVATIONS = 20  # first polls seen before the estimate is worth keeping
-IDLE_WAIT_S = 1.0
+IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
 TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, seconds
 PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
-PREFETCH_S = 1.0  # and about this many seconds of the request rate  # longest sleep of the claim loop when nothing is due, seconds
+PREFETCH_S = 1.0  # and about this many seconds of the request rate
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 
 

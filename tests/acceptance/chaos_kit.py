@@ -274,7 +274,7 @@ class Driver:
         return code == 0
 
     def run(self) -> None:
-        marks = sorted(self.rng.uniform(0, 0.95 * self.plan.tasks) for _ in range(self.plan.kills))
+        marks = sorted(self.rng.uniform(0, 0.9 * self.plan.tasks) for _ in range(self.plan.kills))
         done = False
         for mark in marks:
             if self.figures.runs:
