@@ -18,7 +18,7 @@ from batcher import gallery, report, session, views
 from batcher.config import db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.emulator.command import emulator
-from batcher.errors import BatcherError, ManifestError
+from batcher.errors import BatcherError, ManifestError, OutputError
 from batcher.models import OnUnknown
 from batcher.store import Store
 
@@ -323,7 +323,10 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                 raise BatcherError(f"name the job to report on (jobs in the store: {names})")
             the_job = await store.job(job) if job is not None else jobs[0]
             head = await session.job_summary(store, the_job)
-            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+            try:
+                out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+            except OSError as e:
+                raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
             try:
                 if fmt == "json":
                     await report.write_json(out, head, report.rows(store, the_job))

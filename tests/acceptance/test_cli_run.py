@@ -84,7 +84,7 @@ async def test_sigint_stops_with_130_and_a_resume_finishes(tmp_path: Path, start
     assert done.code == 130, done.err
     assert "resume with: batcher run" in done.err
     partial = await summary_of(Path(db), tmp_path)
-    assert partial["succeeded"] < 30
+    assert int(str(partial["succeeded"])) < 30
     resumed = await batcher("run", str(m), "--db", db, "-q", env=cli_env(emu), cwd=tmp_path)
     assert resumed.code == 0, resumed.err
     head = await summary_of(Path(db), tmp_path)
