@@ -20,7 +20,6 @@ CASES = {
     "unknown_size.yaml": "unknown_size.yaml:5",  # the first task is fine: it must not be imported either
     "filename_dotdot.yaml": "filename_dotdot.yaml:3",
     "python_object_tag.yaml": "python_object_tag.yaml:3",
-    "csv_lite_2k.csv": "csv_lite_2k.csv:3",
     "rows_bad_cell.yaml": "rows_bad_size.csv:3",
 }
 

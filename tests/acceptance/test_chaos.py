@@ -25,10 +25,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_nothing_twice(tmp_path
 
 def test_sigint_and_sigterm_at_random_moments_exit_130_then_resume(tmp_path: Path) -> None:
     # fewer tasks in flight, so each run lasts long enough to be interrupted while it works
-    plan = Plan(tasks=60, kills=6, seed=2, latency=CI_LATENCY, signals=(signal.SIGINT, signal.SIGTERM),
+    plan = Plan(tasks=40, kills=5, seed=2, latency=CI_LATENCY, signals=(signal.SIGINT, signal.SIGTERM),
                 max_in_flight=8, jitter_s=0.3)  # fmt: skip
     figures = run_chaos(plan, tmp_path)
-    assert not figures.problems, figures.table()  # includes: every interrupted run exited 130
+    assert not figures.problems, figures.table()  # includes: every interrupted run exited 130, left no .part
     assert figures.kills >= 3 and set(figures.signals) <= {"SIGINT", "SIGTERM"}, figures.table()
     assert figures.exit_codes.get("130", 0) >= 3, figures.table()
-    assert figures.files_verified == figures.succeeded == 60
+    assert figures.files_verified == figures.succeeded == 40

@@ -11,6 +11,8 @@ import signal
 import stat
 from pathlib import Path
 
+import pytest
+
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, interrupt_after, manifest, start
 from tests.conftest import StartEmulator
@@ -20,7 +22,9 @@ KEY = "sk-live-CANARY-7f3a9c2e81d4b6a05e9f"
 NEEDLES = [KEY.encode(), KEY[-16:].encode(), KEY[:14].encode()]
 FAULTS = {"error_503_rate": 0.1, "drop_rate": 0.05, "malformed_rate": 0.05, "lost_create_rate": 0.1,
           "truncate_rate": 0.1, "fail_rate": 0.05, "fault_kinds": ["create", "query", "download"]}  # fmt: skip
-TASKS = 12
+TASKS = 8
+
+pytestmark = pytest.mark.slow
 
 
 def leaks(name: str, data: bytes) -> list[str]:

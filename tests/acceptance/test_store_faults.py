@@ -11,10 +11,14 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from batcher.emulator import Emulator, Latency
 from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, interrupt_after, manifest, start
 from tests.acceptance.fs_faults import fill, read_only, small_disk, store_locked
 from tests.conftest import StartEmulator
+
+pytestmark = pytest.mark.slow
 
 LATENCY = Latency("uniform", 0.3, 1.0)
 TASKS = 16
@@ -42,12 +46,12 @@ def one_clear_error(done: Done, *words: str) -> None:
 
 
 async def resumes_to_the_end(m: Path, db: Path, emu: Emulator, cwd: Path) -> None:
-    """A later run finishes the job; every file is whole; no prompt was created twice outside the unknown window."""
-    done = await batcher("run", str(m), "--db", str(db), "-q", env=cli_env(emu), cwd=cwd)
+    """A later run finishes the job; every file is whole; no prompt was created twice outside the unknown window;
+    the ledger billed every task once."""
+    done = await batcher("run", str(m), "--db", str(db), "-q", "--json", env=cli_env(emu), cwd=cwd)
     assert done.code == 0, done.err
-    report = await batcher("report", "--db", str(db), "--format", "json", env=cli_env(None), cwd=cwd)
-    head = json.loads(report.out)["summary"]
-    assert (head["succeeded"], head["tasks"]) == (TASKS, TASKS)
+    head = json.loads(done.out)
+    assert (head["succeeded"], head["tasks"], head["billed_calls"]) == (TASKS, TASKS, TASKS)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT prompt, output_path, sha256, gen_failures, unknown_count FROM tasks").fetchall()
     conn.close()
@@ -55,7 +59,7 @@ async def resumes_to_the_end(m: Path, db: Path, emu: Emulator, cwd: Path) -> Non
     for prompt, path, sha, gen_failures, unknown in rows:
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha
         assert accepted[prompt] <= 1 + gen_failures + unknown, prompt
-    assert head["billed_calls"] == TASKS and emu.stats.successes <= TASKS + head["unknown_submissions"]
+    assert TASKS <= emu.stats.successes <= TASKS + head["unknown_submissions"]
 
 
 async def test_a_store_locked_by_another_process(tmp_path: Path, start_emu: StartEmulator) -> None:

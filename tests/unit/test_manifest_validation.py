@@ -69,6 +69,8 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("duplicate_names.yaml", None, 5, 5, "duplicate task name 'hero' (first used at"),
     ("bad_image.yaml", None, 5, 7, "image 2 'ftp://example.com/mug.png' is not an http(s) URL"),
     ("too_many_images.yaml", None, 4, 13, "images must list 1 to 10 input images (got 11)"),
+    ("chain_cycle.yaml", None, 6, 11, "from: 'blue' makes a cycle ('blue' → 'blue')"),
+    ("chain_missing.yaml", None, 6, 11, "from: 'bsae' names no task of the manifest (did you mean 'base'?)"),
     ("zero_tasks.yaml", None, 3, 8, "the manifest has no tasks"),
     ("no_sources.yaml", None, 1, 1, "the manifest has no tasks: add tasks:, matrix: or rows:"),
     # matrices
