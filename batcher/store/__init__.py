@@ -1,0 +1,20 @@
+"""The job store: every SQL statement batcher runs lives in this package (SQLite and PostgreSQL alike).
+
+`Store` is assembled from one part per concern; each part is one module beside this one. Every change of a
+task's state is fenced by the claim token its worker holds (`WHERE id = :id AND claim_token = :token`): a worker
+whose lease expired and was taken over can no longer write (NOTES.md).
+"""
+
+from batcher.store.base import ClaimLost, ImportResult, Job, Ledger, Task
+from batcher.store.cache import CachedOutput, CachePart
+from batcher.store.claims import ClaimsPart
+from batcher.store.jobs import JobsPart
+from batcher.store.reports import ReportsPart
+from batcher.store.shared import SharedPart
+
+
+class Store(JobsPart, ClaimsPart, CachePart, SharedPart, ReportsPart):
+    """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
+
+
+__all__ = ["CachedOutput", "ClaimLost", "ImportResult", "Job", "Ledger", "Store", "Task"]

@@ -1,0 +1,151 @@
+"""Workers, leases and claims: who holds which task, and taking over from workers that died."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
+from batcher.store.cache import inputs_settled
+from batcher.tables import tasks, workers
+
+
+class ClaimsPart(StoreBase):
+    async def register_worker(self, worker_id: str, host: str, pid: int, job_names: str, now: float) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(workers).values(
+                    id=worker_id, host=host, pid=pid, jobs=job_names, started_at=now, heartbeat_at=now
+                )
+            )
+
+        await self.writer.run(op)
+
+    async def live_workers(self) -> list[RowMapping]:
+        """Workers not stopped, each with `holds`: how many tasks it has claimed."""
+        holds = select(func.count()).where(tasks.c.claimed_by == workers.c.id).correlate(workers).scalar_subquery()
+        return await self._read(
+            select(workers, holds.label("holds")).where(workers.c.stopped_at.is_(None)).order_by(workers.c.started_at)
+        )
+
+    async def heartbeat(self, worker_id: str, now: float, lease_until: float) -> None:
+        """Renew this worker's leases on everything it holds."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now))
+            await conn.execute(update(tasks).where(tasks.c.claimed_by == worker_id).values(lease_until=lease_until))
+
+        await self.writer.run(op)
+
+    async def stop_worker(self, worker_id: str, now: float, *, dead: bool = False) -> None:
+        """Mark a worker stopped and let go of what it holds (its leases end now)."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=now))
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.claimed_by == worker_id)
+                .values(claim_token=None, claimed_by=None, lease_until=None)
+            )
+            if dead:  # its creates in flight may or may not have reached the API
+                await _mark_stale_submissions_unknown(conn, now, worker_id)
+
+        await self.writer.run(op)
+
+    async def recover(self, job_id: int, now: float) -> int:
+        """Tasks left `submitting` by a worker whose lease ran out become `unknown`; returns how many."""
+
+        async def op(conn: AsyncConnection) -> int:
+            return await _mark_stale_submissions_unknown(conn, now, None, job_id)
+
+        return await self.writer.run(op)
+
+    async def claim(
+        self, job: Job, worker_id: str, limit: int, now: float, lease_until: float, *, pending: int | None = None
+    ) -> list[Task]:
+        """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first), then
+        at most `pending` (default: `limit`) still to be created, so that other workers get their share."""
+        to_create = limit if pending is None else min(pending, limit)
+
+        async def op(conn: AsyncConnection) -> list[Task]:
+            token = uuid.uuid4().hex
+            got: list[Task] = []
+            groups = [(tasks.c.status == S.SUBMITTED, False), (tasks.c.status == S.UNKNOWN, True)]
+            groups.append(
+                (and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen, inputs_settled()), True)
+            )
+            creates = 0
+            for wanted, to_be_created in groups:
+                room = limit - len(got)
+                if to_be_created:
+                    room = min(room, to_create - creates)
+                if room <= 0:
+                    continue
+                due = (
+                    select(tasks.c.id)
+                    .where(
+                        tasks.c.job_id == job.id,
+                        wanted,
+                        tasks.c.next_attempt_at <= now,
+                        or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
+                    )
+                    .order_by(tasks.c.seq)
+                    .limit(room)
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
+                )
+                stmt = (
+                    update(tasks)
+                    .where(tasks.c.id.in_(due.scalar_subquery()))
+                    .values(claim_token=token, claimed_by=worker_id, lease_until=lease_until)
+                    .returning(*_TASK_COLUMNS)
+                )
+                rows = [_task(r) for r in (await conn.execute(stmt)).mappings()]
+                got += rows
+                creates += len(rows) if to_be_created else 0
+            got.sort(key=lambda t: t.seq)
+            return got
+
+        return await self.writer.run(op)
+
+    async def next_due(self, job: Job, now: float) -> tuple[int, float | None]:
+        """How many tasks of the job are not final, and when the earliest one not held by anyone is due."""
+        open_ = or_(
+            tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN]),
+            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
+        )
+        due_at = case(
+            (~inputs_settled(), None),  # cache and chains: waits for its input task, not for a time
+            (or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now), tasks.c.next_attempt_at),
+            else_=tasks.c.lease_until,
+        )
+        row = (await self._rows(select(func.count(), func.min(due_at)).where(tasks.c.job_id == job.id, open_)))[0]
+        return int(row[0]), row[1]
+
+
+async def _mark_stale_submissions_unknown(
+    conn: AsyncConnection, now: float, worker_id: str | None, job_id: int | None = None
+) -> int:
+    cond = [tasks.c.status == S.SUBMITTING]
+    if worker_id is not None:
+        cond.append(tasks.c.claimed_by == worker_id)
+    else:
+        cond.append(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now))
+    if job_id is not None:
+        cond.append(tasks.c.job_id == job_id)
+    result = await conn.execute(
+        update(tasks)
+        .where(*cond)
+        .values(
+            status=S.UNKNOWN,
+            unknown_count=tasks.c.unknown_count + 1,
+            claim_token=None,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=now,
+            last_error="interrupted between create and its reply: the API may have accepted it",
+        )
+    )
+    return int(result.rowcount)

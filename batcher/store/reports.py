@@ -1,0 +1,76 @@
+"""Reading for status and reports: counts, the ledger, every task and call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.engine import RowMapping
+
+from batcher.database import translated
+from batcher.store.base import Job, Ledger, S, StoreBase
+from batcher.tables import api_calls, jobs, tasks
+
+
+class ReportsPart(StoreBase):
+    async def status_counts(self) -> dict[str, dict[str, int]]:
+        """Per job name: tasks per status (a pending task the manifest no longer lists counts as retired)."""
+        status = case(
+            (and_(tasks.c.status == S.PENDING, tasks.c.import_gen < jobs.c.import_gen), "retired"), else_=tasks.c.status
+        )
+        rows = await self._read(
+            select(jobs.c.name, status.label("status"), func.count().label("n"))
+            .select_from(jobs.outerjoin(tasks, tasks.c.job_id == jobs.c.id))
+            .group_by(jobs.c.name, status)
+        )
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            counts = out.setdefault(r["name"], {})
+            if r["status"] is not None:
+                counts[r["status"]] = int(r["n"])
+        return out
+
+    async def ledger(self, job: Job) -> Ledger:
+        counts = (await self.status_counts()).get(job.name, {})
+        ledger = Ledger(counts={k: v for k, v in counts.items() if k != "retired"}, retired=counts.get("retired", 0))
+        mismatch = and_(
+            tasks.c.price_reported_micros.is_not(None), tasks.c.price_reported_micros != tasks.c.cost_micros
+        )
+        row = (
+            await self._rows(
+                select(
+                    func.coalesce(func.sum(tasks.c.cost_micros), 0),
+                    func.coalesce(func.sum(tasks.c.gen_failures), 0),
+                    func.coalesce(func.sum(tasks.c.unknown_count), 0),
+                    func.count().filter(and_(tasks.c.cost_micros > 0, mismatch)),
+                    func.count().filter(tasks.c.cost_micros > 0),
+                ).where(tasks.c.job_id == job.id)
+            )
+        )[0]
+        ledger.cost_micros, ledger.gen_failures, ledger.unknown_submissions = int(row[0]), int(row[1]), int(row[2])
+        # billed: generations that reached Success, including any whose file then proved unusable
+        ledger.price_mismatches, ledger.billed_calls = int(row[3]), int(row[4])
+        for r in await self._rows(
+            select(
+                api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)
+            )
+            .where(api_calls.c.job_id == job.id)
+            .group_by(api_calls.c.kind, api_calls.c.outcome)
+        ):
+            ledger.calls[r[0]] = ledger.calls.get(r[0], 0) + int(r[2])
+            if r[1] == "rate_limited":
+                ledger.rate_limited += int(r[2])
+            ledger.first_call_at = min(x for x in (ledger.first_call_at, r[3]) if x is not None)
+            ledger.last_call_at = max(x for x in (ledger.last_call_at, r[4]) if x is not None)
+        return ledger
+
+    async def task_rows(self, job: Job) -> AsyncIterator[RowMapping]:
+        """Every task of the job in manifest order, streamed."""
+        with translated("reading the job store"):
+            async with self.engine.connect() as conn:
+                result = await conn.stream(select(tasks).where(tasks.c.job_id == job.id).order_by(tasks.c.seq))
+                async for row in result.mappings():
+                    yield row
+
+    async def calls(self, job: Job) -> list[RowMapping]:
+        return await self._read(select(api_calls).where(api_calls.c.job_id == job.id).order_by(api_calls.c.id))
