@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batcher.imageinfo import ImageInfo
-from batcher.inputs import InputProblem, ParentOutput, resolve
+from batcher.manifest.inputs import InputProblem, ParentOutput, resolve
 from batcher.models import FROM_REF, LOCAL_REF, TaskStatus, parent_of
 from batcher.outputs import AtomicFile, target_path, with_real_extension
 from batcher.store import Store, Task

@@ -324,7 +324,7 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
             the_job = await store.job(job) if job is not None else jobs[0]
             head = await session.job_summary(store, the_job)
             try:
-                out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+                out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
             except OSError as e:
                 raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
             try:

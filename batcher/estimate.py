@@ -44,9 +44,7 @@ class Estimate:
             "cached": self.cached,
             "new": self.to_run,
             "to_run": self.to_run,
-            "by_model_size": [
-                {"model": m, "size": s, "tasks": n} for (m, s), n in sorted(self.by_model_size.items())
-            ],
+            "by_model_size": [{"model": m, "size": s, "tasks": n} for (m, s), n in sorted(self.by_model_size.items())],
             "unit_price_usd": next(iter(prices.values())) if len(prices) == 1 else prices,
             "estimated_cost_usd": str(self.cost_usd),
             "budget_usd": None if self.budget_usd is None else str(self.budget_usd),

@@ -17,13 +17,32 @@ RATIOS_25 = RATIOS_31[:10]
 
 # Pixel sizes at 1K; 0.5K is half, 2K twice, 4K four times these.
 PIXELS_1K_31: dict[str, tuple[int, int]] = {
-    "1x1": (1024, 1024), "2x3": (848, 1264), "3x2": (1264, 848), "3x4": (896, 1200), "4x3": (1200, 896),
-    "4x5": (928, 1152), "5x4": (1152, 928), "9x16": (768, 1376), "16x9": (1376, 768), "21x9": (1584, 672),
-    "1x4": (512, 2048), "4x1": (2048, 512), "1x8": (384, 3072), "8x1": (3072, 384),
+    "1x1": (1024, 1024),
+    "2x3": (848, 1264),
+    "3x2": (1264, 848),
+    "3x4": (896, 1200),
+    "4x3": (1200, 896),
+    "4x5": (928, 1152),
+    "5x4": (1152, 928),
+    "9x16": (768, 1376),
+    "16x9": (1376, 768),
+    "21x9": (1584, 672),
+    "1x4": (512, 2048),
+    "4x1": (2048, 512),
+    "1x8": (384, 3072),
+    "8x1": (3072, 384),
 }
 PIXELS_1K_25: dict[str, tuple[int, int]] = {
-    "1x1": (1024, 1024), "2x3": (832, 1248), "3x2": (1248, 832), "3x4": (864, 1184), "4x3": (1184, 864),
-    "4x5": (896, 1152), "5x4": (1152, 896), "9x16": (768, 1344), "16x9": (1344, 768), "21x9": (1536, 672),
+    "1x1": (1024, 1024),
+    "2x3": (832, 1248),
+    "3x2": (1248, 832),
+    "3x4": (864, 1184),
+    "4x3": (1184, 864),
+    "4x5": (896, 1152),
+    "5x4": (1152, 896),
+    "9x16": (768, 1344),
+    "16x9": (1344, 768),
+    "21x9": (1536, 672),
 }
 TIER_SCALE = {"0.5K": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
 
@@ -48,10 +67,12 @@ class ModelFacts:
 MODELS: dict[str, ModelFacts] = {
     m.id: m
     for m in (
-        ModelFacts("gemini-3.1-flash-lite-image", "Nano Banana Lite", ("1K",), RATIOS_31, PIXELS_1K_31,
-                   Decimal("0.067")),
-        ModelFacts("gemini-3.1-flash-image", "Nano Banana 2", ("0.5K", "1K", "2K", "4K"), RATIOS_31,
-                   PIXELS_1K_31, None),
+        ModelFacts(
+            "gemini-3.1-flash-lite-image", "Nano Banana Lite", ("1K",), RATIOS_31, PIXELS_1K_31, Decimal("0.067")
+        ),
+        ModelFacts(
+            "gemini-3.1-flash-image", "Nano Banana 2", ("0.5K", "1K", "2K", "4K"), RATIOS_31, PIXELS_1K_31, None
+        ),
         ModelFacts("gemini-2.5-flash-image", "Nano Banana", ("1K",), RATIOS_25, PIXELS_1K_25, None),
     )
 }

@@ -115,8 +115,7 @@ def _figures(p: RunProgress) -> tuple[int, str]:
     elapsed = max(time.monotonic() - p.started, 1e-6)
     done = p.done_before + p.succeeded + p.failed
     text = (
-        f"in flight {p.in_flight}, failed {p.failed}, {p.requests / elapsed:.1f} req/s, "
-        f"spent {fmt_usd(p.spent_micros)}"
+        f"in flight {p.in_flight}, failed {p.failed}, {p.requests / elapsed:.1f} req/s, spent {fmt_usd(p.spent_micros)}"
     )
     return done, text
 

@@ -72,8 +72,13 @@ def one_case(admin: str, workers: int, tasks: int, rate: float | None, latency: 
         extra = ["--rate", str(rate)] if rate else []
         start = time.perf_counter()
         procs = [
-            subprocess.Popen([*cli, "work", "--db", db, "-q", "--json", *extra], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+            subprocess.Popen(
+                [*cli, "work", "--db", db, "-q", "--json", *extra],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(workers)
         ]
         outs = [p.communicate() for p in procs]

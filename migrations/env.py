@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from batcher.tables import metadata
+from batcher.store.tables import metadata
 
 
 def _run(connection: Connection) -> None:

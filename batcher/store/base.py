@@ -11,10 +11,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from batcher import migrate
-from batcher.database import Writer, create_engine, database_url, redacted, translated
 from batcher.models import TaskStatus
-from batcher.tables import tasks
+from batcher.store import migrate
+from batcher.store.database import Writer, create_engine, database_url, redacted, translated
+from batcher.store.tables import tasks
 
 S = TaskStatus
 

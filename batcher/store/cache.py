@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.engine import RowMapping
 
-from batcher.database import translated
 from batcher.models import parent_of
 from batcher.store.base import Job, S, Task
+from batcher.store.database import translated
+from batcher.store.tables import jobs, tasks
 from batcher.store.transitions import TransitionsPart
-from batcher.tables import jobs, tasks
 
 CACHE_CANDIDATES = 5  # finished outputs of one spec tried before giving up on the cache
 _parent = tasks.alias("parent")

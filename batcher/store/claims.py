@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
-from batcher.tables import tasks, workers
+from batcher.store.tables import tasks, workers
 
 
 class ClaimsPart(StoreBase):

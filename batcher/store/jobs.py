@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from batcher.errors import JobNotFoundError
 from batcher.models import JobSettings, TaskSpec
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job
-from batcher.tables import jobs, tasks
+from batcher.store.tables import jobs, tasks
 
 IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
 

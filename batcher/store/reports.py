@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import RowMapping
 
-from batcher.database import translated
 from batcher.store.base import Job, Ledger, S, StoreBase
-from batcher.tables import api_calls, jobs, tasks
+from batcher.store.database import translated
+from batcher.store.tables import api_calls, jobs, tasks
 
 
 class ReportsPart(StoreBase):

@@ -10,7 +10,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.store.base import StoreBase
-from batcher.tables import learned, rate_buckets
+from batcher.store.tables import learned, rate_buckets
 
 
 class SharedPart(StoreBase):

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, literal, or_, update
 
-from batcher.database import RowChange
 from batcher.models import CallRecord, TaskStatus
 from batcher.store.base import ClaimLost, S, StoreBase, Task
-from batcher.tables import api_calls, tasks
+from batcher.store.database import RowChange
+from batcher.store.tables import api_calls, tasks
 
 
 class TransitionsPart(StoreBase):

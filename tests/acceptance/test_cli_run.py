@@ -114,8 +114,10 @@ async def test_kill_9_at_random_moments_then_resume(tmp_path: Path, start_emu: S
     head = await summary_of(Path(db), tmp_path)
     assert head["succeeded"] == 40
     no_double_creates(emu, int(str(head["unknown_submissions"])))
-    assert int(str(head["billed_calls"])) <= emu.stats.successes <= int(str(head["billed_calls"])) + int(
-        str(head["unknown_submissions"])
+    assert (
+        int(str(head["billed_calls"]))
+        <= emu.stats.successes
+        <= int(str(head["billed_calls"])) + int(str(head["unknown_submissions"]))
     )
 
 

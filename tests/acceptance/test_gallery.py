@@ -31,7 +31,7 @@ from batcher.gallery import CHUNK
 from batcher.imageinfo import sniff
 from batcher.models import JobSettings, TaskSpec
 from batcher.store import Job, Store
-from batcher.tables import api_calls, tasks
+from batcher.store.tables import api_calls, tasks
 from tests.acceptance.cli_kit import batcher, cli_env
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs

@@ -16,7 +16,7 @@ from batcher.emulator import Latency
 from batcher.manifest import load_manifest
 from batcher.models import TaskSpec, from_ref
 from batcher.store import Store
-from batcher.tables import tasks
+from batcher.store.tables import tasks
 from batcher.worker import Runner, StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs

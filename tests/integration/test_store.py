@@ -19,7 +19,9 @@ MODEL = "gemini-3.1-flash-lite-image"
 
 
 def specs(n: int, prefix: str = "p") -> list[TaskSpec]:
-    return [TaskSpec(MODEL, f"{prefix} {i}", "1K", "1x1", f"{prefix}-{i}.png", source=f"m.yaml:{i + 1}") for i in range(n)]
+    return [
+        TaskSpec(MODEL, f"{prefix} {i}", "1K", "1x1", f"{prefix}-{i}.png", source=f"m.yaml:{i + 1}") for i in range(n)
+    ]
 
 
 def call(kind: str = "create") -> CallRecord:

@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from batcher.database import create_engine, database_url
-from batcher.migrate import alembic_config, head_revision, upgrade
-from batcher.tables import metadata
+from batcher.store.database import create_engine, database_url
+from batcher.store.migrate import alembic_config, head_revision, upgrade
+from batcher.store.tables import metadata
 
 
 def _diff(conn: Connection) -> list[Any]:

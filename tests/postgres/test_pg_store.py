@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from batcher.models import JobSettings, TaskSpec
 from batcher.store import Store
-from batcher.tables import metadata
+from batcher.store.tables import metadata
 
 pytestmark = pytest.mark.postgres
 MODEL = "gemini-3.1-flash-lite-image"

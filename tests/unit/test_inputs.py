@@ -10,7 +10,7 @@ import pytest
 
 from batcher.emulator.images import encode_png
 from batcher.emulator.validate import parse_create
-from batcher.inputs import InputProblem, ParentOutput, is_local, resolve
+from batcher.manifest.inputs import InputProblem, ParentOutput, is_local, resolve
 from batcher.models import from_ref, local_ref
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from batcher.csvsource import guess_delimiter, iter_records
 from batcher.errors import ManifestError
 from batcher.manifest import load_manifest
+from batcher.manifest.csvsource import guess_delimiter, iter_records
 from batcher.models import TaskSpec
 
 GOOD = Path(__file__).resolve().parents[1] / "manifests" / "good"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from batcher.errors import ManifestError
-from batcher.expansion import FilenameTable
 from batcher.manifest import load_manifest
+from batcher.manifest.expansion import FilenameTable
 
 ROWS = 200_000
 TRACED = 10_000  # the last rows, traced: tracemalloc slows every allocation ~12x, 200k traced rows take 25 s

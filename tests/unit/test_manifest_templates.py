@@ -12,16 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batcher.errors import ManifestError
-from batcher.expansion import FilenameTable
 from batcher.manifest import load_manifest
-from batcher.models import normalise_prompt, spec_key
-from batcher.templates import (
+from batcher.manifest.expansion import FilenameTable
+from batcher.manifest.templates import (
     TemplateError,
     check_filename_template,
     check_relative_path,
     compile_template,
     literal_template,
 )
+from batcher.models import normalise_prompt, spec_key
 
 VALUES: dict[str, str | int] = {"animal": "cat", "style": "3d", "n": "7", "price": "1.5", "index": 42, "key": "abc"}
 

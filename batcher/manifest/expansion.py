@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batcher.chains import ChainBook, Waiting
-from batcher.csvsource import iter_records
-from batcher.inputs import InputProblem, LocalImages, is_local
-from batcher.models import TaskSpec, from_ref, spec_key
-from batcher.sourcetext import SourceFault
-from batcher.taskfields import (
+from batcher.manifest.chains import ChainBook, Waiting
+from batcher.manifest.csvsource import iter_records
+from batcher.manifest.inputs import InputProblem, LocalImages, is_local
+from batcher.manifest.sourcetext import SourceFault
+from batcher.manifest.taskfields import (
     FILENAME_BUILTINS,
     KEY_CHARS,
     Problems,
@@ -30,7 +29,14 @@ from batcher.taskfields import (
     normalise_size,
     seed_problem,
 )
-from batcher.templates import UNSAFE_IN_NAME, Template, TemplateError, check_relative_path, check_rendered_filename
+from batcher.manifest.templates import (
+    UNSAFE_IN_NAME,
+    Template,
+    TemplateError,
+    check_relative_path,
+    check_rendered_filename,
+)
+from batcher.models import TaskSpec, from_ref, spec_key
 
 AxisValue = str | Template | tuple[str, ...]
 

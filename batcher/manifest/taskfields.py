@@ -14,7 +14,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from batcher.errors import ManifestError, Problem
-from batcher.inputs import is_local
+from batcher.manifest.inputs import is_local
 from batcher.models import MAX_INPUT_IMAGES, MODELS, TIER_SCALE
 
 FIELD_KEYS = ("prompt", "model", "quality", "size", "filename", "images", "seed", "variant", "name", "from")

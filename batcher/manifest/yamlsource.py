@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from batcher.errors import Problem
-from batcher.sourcetext import SourceFault
+from batcher.manifest.sourcetext import SourceFault
 
 # libyaml's parser is ~7x faster than the pure-Python one and refuses nesting deeper than 1,000 levels itself;
 # the pure-Python fallback recurses, so its RecursionError is caught below.

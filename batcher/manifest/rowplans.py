@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batcher.csvsource import iter_records
-from batcher.sourcetext import SourceFault
-from batcher.taskfields import Problems
+from batcher.manifest.csvsource import iter_records
+from batcher.manifest.sourcetext import SourceFault
+from batcher.manifest.taskfields import Problems
 
 CSV_FIELDS = ("prompt", "model", "quality", "size", "filename", "seed", "variant", "images", "from")
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from batcher.expansion import Axis, RowsPlan, TaskPlan, local_refs
-from batcher.inputs import LocalImages
-from batcher.models import MAX_INPUT_IMAGES
-from batcher.rowplans import csv_columns, read_header
-from batcher.taskfields import (
+from batcher.manifest.expansion import Axis, RowsPlan, TaskPlan, local_refs
+from batcher.manifest.inputs import LocalImages
+from batcher.manifest.rowplans import csv_columns, read_header
+from batcher.manifest.taskfields import (
     FIELD_KEYS,
     FILENAME_BUILTINS,
     Problems,
@@ -27,8 +26,9 @@ from batcher.taskfields import (
     normalise_size,
     seed_problem,
 )
-from batcher.templates import Template, TemplateError, check_filename_template, compile_template
-from batcher.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
+from batcher.manifest.templates import Template, TemplateError, check_filename_template, compile_template
+from batcher.manifest.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
+from batcher.models import MAX_INPUT_IMAGES
 
 MAX_MATRIX_TASKS = 1_000_000  # one matrix; past this a typo (a long list pasted twice) is the likelier cause
 _CHOICES = ("model", "quality", "size")
@@ -235,7 +235,9 @@ class PlanBuilder:
         names = {key for key in m.items if key not in FIELD_KEYS}
         prompts: list[Template | None] = [own_prompt] if own_prompt else [*prompt_axis] or [self.d.prompt]
         templates: list[tuple[str, Template | None]] = [("prompt", t) for t in prompts]
-        templates += [("filename", filename)] + ([("name", name)] if name else []) + ([("from", parent)] if parent else [])
+        templates += (
+            [("filename", filename)] + ([("name", name)] if name else []) + ([("from", parent)] if parent else [])
+        )
         used: set[str] = set()
         for role, template in templates:
             if template is not None:

@@ -12,7 +12,7 @@ from collections.abc import Generator
 from pathlib import Path
 
 from batcher.errors import Problem
-from batcher.sourcetext import MAX_LINE_BYTES, SourceFault, iter_lines
+from batcher.manifest.sourcetext import MAX_LINE_BYTES, SourceFault, iter_lines
 
 MAX_FIELD_CHARS = MAX_LINE_BYTES  # a field may span lines, but not grow past this (an unclosed quote)
 _DELIMITERS = (",", ";", "\t")

@@ -20,11 +20,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batcher.errors import ManifestError, Problem
-from batcher.expansion import Plan, RowsPlan, TaskPlan, generate
-from batcher.models import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SIZE, JobSettings, TaskSpec
-from batcher.rowplans import csv_columns, read_header
-from batcher.sourcetext import SourceFault, read_text
-from batcher.taskfields import (
+from batcher.manifest.expansion import Plan, RowsPlan, TaskPlan, generate
+from batcher.manifest.rowplans import csv_columns, read_header
+from batcher.manifest.sourcetext import SourceFault, read_text
+from batcher.manifest.taskfields import (
     DEFAULT_FILENAME,
     Problems,
     choice_errors,
@@ -33,9 +32,10 @@ from batcher.taskfields import (
     normalise_quality,
     normalise_size,
 )
-from batcher.taskplans import Defaults, Given, PlanBuilder
-from batcher.templates import Template, TemplateError, check_filename_template, compile_template
-from batcher.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
+from batcher.manifest.taskplans import Defaults, Given, PlanBuilder
+from batcher.manifest.templates import Template, TemplateError, check_filename_template, compile_template
+from batcher.manifest.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
+from batcher.models import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SIZE, JobSettings, TaskSpec
 
 EAGER_CHECK_TASKS = 100_000  # in-document tasks (tasks:, matrix:) fully checked at load when no more than this
 _SOURCES = ("tasks", "matrix", "rows")

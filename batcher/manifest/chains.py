@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from batcher.manifest.taskfields import Problems, did_you_mean
 from batcher.models import TaskSpec
-from batcher.taskfields import Problems, did_you_mean
 
 MAX_HINT_NAMES = 10_000  # past this many names, "did you mean" would cost more than it helps
 
