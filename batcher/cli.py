@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
 
-from batcher import gallery, report, session, views
+from batcher import report, views
 from batcher.config import db_from
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.emulator.command import emulator
 from batcher.errors import BatcherError, ManifestError, OutputError
 from batcher.models import OnUnknown
 from batcher.store import Store
+
+if TYPE_CHECKING:
+    from batcher import session
+
+# Commands load what they use when they run: `status` need not import aiohttp, pydantic and the emulator.
 
 T = TypeVar("T")
 MAX_PROBLEMS_SHOWN = 50
@@ -106,16 +111,28 @@ def _with_db(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The group, with `emulator` loaded only when it is asked for (it brings the aiohttp server)."""
+
+    LAZY: ClassVar[dict[str, str]] = {"emulator": "batcher.emulator.command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            command: click.Command = getattr(importlib.import_module(self.LAZY[cmd_name]), cmd_name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr (-vv for debug)")
 def main(verbose: int) -> None:
     """Run thousands of paid image generations as one resumable, rate-limited, cost-accounted batch."""
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-
-
-main.add_command(emulator)
 
 
 @main.command()
@@ -128,6 +145,8 @@ main.add_command(emulator)
 def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool, no_cache: bool,
              against: str | None) -> None:  # fmt: skip
     """Dry run: what MANIFEST will cost: new, cached and already-done tasks. No network; writes nothing."""
+    from batcher import session
+
     if against is not None and db is None:
         raise click.UsageError("--against needs --db: the store that holds the job")
     est = _run(session.dry_run(manifest, db, price, use_cache=not no_cache))
@@ -152,6 +171,8 @@ def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def diff(old: str, new: str, db: str | None, price: Decimal | None, no_cache: bool, as_json: bool) -> None:
     """Which tasks OLD → NEW adds, removes and changes, and what the change costs. No network; writes nothing."""
+    from batcher import session
+
     change = _run(session.compare(old, new, db, price, use_cache=not no_cache))
     if as_json:
         click.echo(json.dumps(change.as_json(), indent=2))
@@ -207,6 +228,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         no_cache: bool,
         **kwargs: Any,
     ) -> Any:
+        from batcher import session
+
         emu = EmulatorConfig(latency=emulate_latency or session.DEMO_LATENCY)
         opts = session.RunOptions(
             kwargs.pop("manifest", ""),
@@ -252,6 +275,8 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
 @_run_options
 def run(opts: session.RunOptions, as_json: bool, quiet: bool) -> None:
     """Import MANIFEST and drive every task to a final state. Run it again to resume."""
+    from batcher import session
+
     progress = None if quiet else functools.partial(views.live_progress, enabled=True)
     _report_runs([_run(session.run_job(opts, show_progress=progress))], as_json)
 
@@ -265,6 +290,8 @@ def work(opts: session.RunOptions, jobs: tuple[str, ...], as_json: bool, quiet: 
 
     Run it on as many machines as you like against one PostgreSQL store (`--db postgresql://...`): tasks are
     claimed with leases, a dead worker's tasks are taken over, and one account-wide rate is shared."""
+    from batcher import session
+
     progress = None if quiet else functools.partial(views.live_progress, enabled=True)
     _report_runs(_run(session.work(opts, jobs, forever=forever, show_progress=progress)), as_json)
 
@@ -275,6 +302,8 @@ def work(opts: session.RunOptions, jobs: tuple[str, ...], as_json: bool, quiet: 
 @click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
 def import_(manifest: str, db: str, price: Decimal | None) -> None:
     """Add MANIFEST's new tasks to the store without running them (`run` does this too)."""
+    from batcher import session
+
     result = _run(session.import_only(manifest, db, price))
     click.echo(
         f"job {result.job.name}: {result.rows} rows, {result.added} new tasks, "
@@ -322,6 +351,8 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                 names = ", ".join(j.name for j in jobs) or "none"
                 raise BatcherError(f"name the job to report on (jobs in the store: {names})")
             the_job = await store.job(job) if job is not None else jobs[0]
+            from batcher import gallery, session
+
             head = await session.job_summary(store, the_job)
             try:
                 out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from batcher.config import ApiSettings
 from batcher.models import CallRecord
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
-DEFAULT_BASE_URL = "https://api.linkmodel.ai/api/v1"
 MAX_REPLY_BYTES = 1 << 20  # an API envelope larger than this is malformed
 DETAIL_CHARS = 300  # of an error message kept in the ledger
 
@@ -43,17 +43,6 @@ class Generation(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    base_url: str = DEFAULT_BASE_URL
-    images_field: str = "images"  # the edit request's field for input images (LINKMODEL.md: our choice)
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    total_timeout_s: float = 120.0
-    max_connections: int = 32
-    max_image_bytes: int = 40 << 20  # a 4K PNG is well under this; anything larger is not an image
 
 
 @dataclass(frozen=True)

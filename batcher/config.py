@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from batcher.client import DEFAULT_BASE_URL, ApiSettings
 from batcher.errors import ConfigError, UnknownPriceError
 from batcher.models import MODELS, OnUnknown
 from batcher.polling import PollPolicy
 from batcher.retry import RetryPolicy
 
 DEFAULT_DB = "batcher.db"
+DEFAULT_BASE_URL = "https://api.linkmodel.ai/api/v1"
 DEFAULT_MAX_IN_FLIGHT = 256  # tasks between create and download at once: enough to keep a rate limit busy
 LEASE_S = 30.0  # a claim not renewed for this long is taken over (procrastinate: 30 s of silence)
 HEARTBEAT_S = 10.0
@@ -47,6 +47,17 @@ def fmt_usd(micros_: int) -> str:
     """$0.067 for small sums, $12.40 for larger ones."""
     value = Decimal(micros_) / 1_000_000
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.3f}"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = DEFAULT_BASE_URL
+    images_field: str = "images"  # the edit request's field for input images (LINKMODEL.md: our choice)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    total_timeout_s: float = 120.0
+    max_connections: int = 32
+    max_image_bytes: int = 40 << 20  # a 4K PNG is well under this; anything larger is not an image
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from batcher.client import ApiClient, ApiSettings
-from batcher.config import RunConfig, api_key, api_settings, micros, unit_price
+from batcher.client import ApiClient
+from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import Emulator, EmulatorConfig, Latency
 from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError

@@ -7,7 +7,7 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,7 +16,9 @@ from rich.table import Table
 from batcher.config import fmt_usd
 from batcher.diff import KINDS, Diff
 from batcher.estimate import Estimate
-from batcher.worker import Progress as RunProgress
+
+if TYPE_CHECKING:
+    from batcher.worker import Progress as RunProgress
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
 stdout = Console(soft_wrap=True)

@@ -12,13 +12,11 @@ import argparse
 import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from benchkit import sample
 
 SIZES = ("1x1", "16x9", "9x16", "4x5", "3x4")
 COLORS = ("red", "green", "navy blue", "sand", "charcoal", "ivory")
@@ -34,21 +32,11 @@ def write_csv(path: Path, rows: int) -> None:
 
 
 def measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB, sampled every 20 ms) of one command."""
-    start = time.perf_counter()
-    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
-    return wall, peak / 2**20, out.strip()
+    """Wall seconds and peak RSS (MB) of one command."""
+    run = sample(cmd)
+    if run.code != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({run.code}):\n{run.err}")
+    return run.wall_s, run.peak_mb, run.out.strip()
 
 
 def main() -> None:
@@ -73,7 +61,7 @@ def main() -> None:
             wall, _, _ = measured([*batcher, "status", "--db", str(db)])
             statuses.append(wall)
     print()
-    print(f"import of {args.rows:,} rows: median {statuses and statistics.median(imports):.1f} s (target <= 30 s)")
+    print(f"import of {args.rows:,} rows: median {statistics.median(imports):.1f} s (target <= 30 s)")
     print(f"peak RSS during import: median {statistics.median(peaks):.0f} MB (target <= 300 MB)")
     print(f"re-import of the same CSV (adds nothing): median {statistics.median(reimports):.1f} s")
     print(f"batcher status on that store: median {statistics.median(statuses):.2f} s (target < 1 s, "

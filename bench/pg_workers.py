@@ -19,27 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import asyncpg
+from benchkit import EmulatorProcess
 from sqlalchemy.engine import make_url
-
-
-def start_emulator(latency: str, rate: float | None) -> tuple[subprocess.Popen[str], str, str]:
-    cmd = [sys.executable, "-m", "batcher.emulator", "--port", "0", "--latency", latency, "--max-events", "0"]
-    if rate:
-        cmd += ["--rate-limit", str(rate)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    fields = dict(p.split("=", 1) for p in proc.stdout.readline().split()[2:])
-    return proc, fields["base_url"], fields["api_key"]
-
-
-def stats(base_url: str) -> dict[str, object]:
-    with urllib.request.urlopen(base_url.split("/api/")[0] + "/_emulator/stats?events=0") as r:
-        return dict(json.load(r))
 
 
 async def fresh_database(admin: str) -> str:
@@ -61,12 +46,12 @@ async def drop_database(admin: str, url: str) -> None:
 
 
 def one_case(admin: str, workers: int, tasks: int, rate: float | None, latency: str, tmp: Path) -> dict[str, float]:
-    emu, base_url, key = start_emulator(latency, rate)
+    emu = EmulatorProcess("--latency", latency, *(["--rate-limit", str(rate)] if rate else []))
     db = asyncio.run(fresh_database(admin))
     try:
         manifest = tmp / f"w{workers}r{int(rate or 0)}.csv"
         manifest.write_text("prompt\n" + "".join(f"PG bench {workers} {rate} {i}\n" for i in range(tasks)))
-        env = {**os.environ, "LINKMODEL_BASE_URL": base_url, "LINKMODEL_API_KEY": key}
+        env = {**os.environ, **emu.env()}
         cli = [sys.executable, "-m", "batcher.cli"]
         subprocess.run([*cli, "import", str(manifest), "--db", db], env=env, check=True, capture_output=True)
         extra = ["--rate", str(rate)] if rate else []
@@ -91,15 +76,12 @@ def one_case(admin: str, workers: int, tasks: int, rate: float | None, latency: 
             heads = json.loads(out) if out.strip() else []
             heads = heads if isinstance(heads, list) else [heads]
             claim_ms += [h["worker"]["claim_ms_per_task"] for h in heads if h["worker"].get("claim_ms_per_task")]
-        s = stats(base_url)
-        requests = s["requests"]
-        assert isinstance(requests, dict)
-        calls = sum(sum(by.values()) for kind, by in requests.items() if kind in ("create", "query"))
-        return {"tasks_per_s": tasks / wall, "calls_per_image": calls / tasks, "rate_limited": float(str(s["rate_limited"])),
+        calls = emu.api_calls()
+        return {"tasks_per_s": tasks / wall, "calls_per_image": calls / tasks,
+                "rate_limited": float(str(emu.stats()["rate_limited"])),
                 "claim_ms": statistics.median(claim_ms) if claim_ms else float("nan"), "wall": wall}  # fmt: skip
     finally:
-        emu.terminate()
-        emu.wait()
+        emu.close()
         asyncio.run(drop_database(admin, db))
 
 

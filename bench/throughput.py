@@ -23,12 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from benchkit import EmulatorProcess
 
 MODEL = "gemini-3.1-flash-lite-image"
 MEDIAN_S, SIGMA = 2.0, 0.5
@@ -45,38 +45,8 @@ class Row:
     note: str = ""
 
 
-class EmulatorProcess:
-    def __init__(self, rate: float, seed: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batcher.emulator", "--port", "0", "--seed", str(seed),
-             "--latency", f"lognormal:{MEDIAN_S}:{SIGMA}", "--rate-limit", str(rate), "--max-events", "0"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        fields = dict(p.split("=", 1) for p in self.proc.stdout.readline().split()[2:])
-        self.base_url, self.key = fields["base_url"], fields["api_key"]
-        self.origin = self.base_url.split("/api/")[0]
-
-    def reset(self) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{self.origin}/_emulator/reset", method="POST")).read()
-
-    def stats(self) -> dict[str, object]:
-        with urllib.request.urlopen(f"{self.origin}/_emulator/stats?events=0") as r:
-            return dict(json.load(r))
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def api_calls(stats: dict[str, object]) -> int:
-    requests = stats["requests"]
-    assert isinstance(requests, dict)
-    return sum(sum(by.values()) for kind, by in requests.items() if kind in ("create", "query"))
-
-
-def rate_limited(stats: dict[str, object]) -> int:
-    return int(str(stats["rate_limited"]))
+def rate_limited(emu: EmulatorProcess) -> int:
+    return int(str(emu.stats()["rate_limited"]))
 
 
 # --- batcher ------------------------------------------------------------------------------------------
@@ -87,14 +57,14 @@ def run_batcher(emu: EmulatorProcess, tmp: Path, name: str, tasks: int, db: str,
     manifest = tmp / f"{slug}.csv"
     manifest.write_text("prompt\n" + "".join(f"Throughput image {slug} {i}\n" for i in range(tasks)))
     emu.reset()
-    env = {**os.environ, "LINKMODEL_BASE_URL": emu.base_url, "LINKMODEL_API_KEY": emu.key}
+    env = {**os.environ, **emu.env()}
     cmd = [sys.executable, "-m", "batcher.cli", "run", str(manifest), "--db", db, "-q", "--json", *extra]
     done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"batcher failed: {done.stderr[-2000:]}")
     head = json.loads(done.stdout)
-    stats = emu.stats()
-    return Row(name, tasks, float(head["wall_time_s"]), api_calls(stats) / tasks, rate_limited(stats), api_calls(stats))
+    calls = emu.api_calls()
+    return Row(name, tasks, float(head["wall_time_s"]), calls / tasks, rate_limited(emu), calls)
 
 
 # --- the baselines, written plainly -------------------------------------------------------------------
@@ -152,8 +122,8 @@ async def baseline(emu: EmulatorProcess, name: str, tasks: int, concurrency: int
         start = time.monotonic()
         await asyncio.gather(*(guarded(i) for i in range(tasks)))
         wall = time.monotonic() - start
-    stats = emu.stats()
-    return Row(name, tasks, wall, api_calls(stats) / tasks, rate_limited(stats), api_calls(stats))
+    calls = emu.api_calls()
+    return Row(name, tasks, wall, calls / tasks, rate_limited(emu), calls)
 
 
 def run(coro: Awaitable[Row]) -> Row:
@@ -171,7 +141,9 @@ def main() -> None:
     n, rate = args.tasks, args.rate
     p99 = MEDIAN_S * math.exp(2.326 * SIGMA)
     bound = 2 * n / rate + p99
-    emu = EmulatorProcess(rate, args.seed)
+    emu = EmulatorProcess(
+        "--seed", str(args.seed), "--latency", f"lognormal:{MEDIAN_S}:{SIGMA}", "--rate-limit", str(rate)
+    )
     rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory() as tmp_:

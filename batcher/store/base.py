@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -102,6 +101,17 @@ def _job(row: RowMapping) -> Job:
     return Job(**values)
 
 
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (loaded on use: PostgreSQL's brings asyncpg along)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table)
+
+
 class StoreBase:
     """What every part of the store shares: the engine, the one writer, plain reads."""
 
@@ -131,7 +141,7 @@ class StoreBase:
         return self.engine.dialect.name
 
     def _insert(self, table: Any) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+        return dialect_insert(self.dialect, table)
 
     async def _read(self, stmt: Any) -> list[RowMapping]:
         return [r._mapping for r in await self._rows(stmt)]

@@ -9,12 +9,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.errors import JobNotFoundError
 from batcher.models import JobSettings, TaskSpec
-from batcher.store.base import ImportResult, Job, S, StoreBase, _job
+from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
 from batcher.store.tables import jobs, tasks
 
 IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
@@ -116,7 +115,7 @@ def _micros(usd: Any) -> int | None:
 
 @functools.cache
 def _import_sql(dialect: Any) -> str:
-    insert_ = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(tasks)
+    insert_ = dialect_insert(dialect.name, tasks)
     stmt = insert_.values({k: bindparam(k) for k in _IMPORTED}).on_conflict_do_update(
         index_elements=[tasks.c.job_id, tasks.c.key],
         set_={c: insert_.excluded[c] for c in ("import_gen", "seq", "filename", "name", "source")},

@@ -8,25 +8,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batcher.emulator import Emulator
-
 from .emu_helpers import Api, MakeApi, StartEmulator
 
 
 @pytest.fixture
-async def start_emulator() -> AsyncIterator[StartEmulator]:
-    """A factory: ``await start_emulator(fail_rate=1.0)`` starts an emulator with those knobs."""
-    started: list[Emulator] = []
-
-    async def start(**knobs: Any) -> Emulator:
-        emu = Emulator(**knobs)
-        await emu.start()
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        await emu.close()
+def start_emulator(start_emu: StartEmulator) -> StartEmulator:
+    """A factory: ``await start_emulator(fail_rate=1.0)`` starts an emulator with those knobs (the suite's
+    `start_emu`, under the name these tests use)."""
+    return start_emu
 
 
 @pytest.fixture

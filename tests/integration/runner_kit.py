@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from batcher.client import ApiClient, ApiSettings
-from batcher.config import RunConfig
+from batcher.client import ApiClient
+from batcher.config import ApiSettings, RunConfig
 from batcher.emulator import Emulator
 from batcher.models import JobSettings, TaskSpec
 from batcher.polling import PollPolicy

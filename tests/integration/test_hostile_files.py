@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batcher.client import ApiSettings
+from batcher.config import ApiSettings
 from batcher.emulator import Emulator, Latency
 from batcher.emulator.app import HOSTILE_NAME
 from batcher.imageinfo import sniff

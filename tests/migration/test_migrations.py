@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from batcher.store.database import create_engine, database_url
-from batcher.store.migrate import alembic_config, head_revision, upgrade
+from batcher.store.migrate import alembic_config, head_revision, newest_script, upgrade
 from batcher.store.tables import metadata
 
 
@@ -57,3 +57,8 @@ def test_migrations_ship_inside_the_package() -> None:
     scripts = Path(batcher.migrations.__file__).parent
     assert (scripts / "env.py").is_file()
     assert any(p.name.startswith("0001") for p in (scripts / "versions").iterdir())
+
+
+def test_the_newest_script_by_name_is_alembics_head() -> None:
+    # opening a store compares revisions without loading Alembic: the file names must follow the revisions
+    assert newest_script() == head_revision()
