@@ -17,12 +17,16 @@ _KNOWN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def target_path(output_dir: Path, filename: str) -> Path:
-    """`filename` under `output_dir`, refusing anything that would land outside it."""
-    root = output_dir.resolve()
-    path = (root / filename).resolve()
-    if path == root or root not in path.parents:
+    """`filename` under `output_dir`, refusing anything that would land outside it.
+
+    Checked on the normalised text, not with resolve(): one lstat per path component per image cost more than
+    the rest of a task's bookkeeping. The manifest already refuses `..`, absolute names and control characters;
+    this is the last line of defence against a hand-edited store."""
+    root = os.path.normpath(os.path.abspath(output_dir))
+    path = os.path.normpath(os.path.join(root, filename))
+    if os.path.isabs(filename) or path == root or not path.startswith(root + os.sep):
         raise OutputError(f"file name {filename!r} would leave the output directory {output_dir}")
-    return path
+    return Path(path)
 
 
 def with_real_extension(path: Path, info: ImageInfo) -> Path:
@@ -40,10 +44,13 @@ class AtomicFile:
 
     def __init__(self, final: Path) -> None:
         self.final = final
+        self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
-            self._file = open(self._tmp, "xb")
+            try:
+                self._file = open(self._tmp, "xb")
+            except FileNotFoundError:  # the first file of its folder: make the folder (not a syscall per file)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._tmp, "xb")
         except OSError as e:
             raise _output_error(e, final) from None
         self._sha = hashlib.sha256()

@@ -38,6 +38,7 @@ MIN_OBSERVATIONS = 20  # first polls seen before the estimate is worth keeping
 IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
 TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, seconds
 PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
+CLAIM_BATCH = 16  # free slots worth a claim transaction while other tasks are in flight
 PREFETCH_S = 1.0  # and about this many seconds of the request rate
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 
@@ -109,7 +110,7 @@ class Runner:
         self.rng = rng or random.Random()
         self.progress = Progress()
         self.first_polls: dict[str, FirstPollTracker] = {}  # per model; warm from the store's memory
-        self.output_dir = Path(job.output_dir)
+        self.output_dir = Path(job.output_dir).resolve()
         self._active: dict[int, asyncio.Task[None]] = {}
         self._polling: set[int] = set()  # tasks past their create: safe to cancel on a stop
         self._reserved: set[int] = set()  # tasks of this run that may still cost the unit price
@@ -119,6 +120,7 @@ class Runner:
         self._draining = False  # nothing left to create: the last images are collected sooner
         self._last_takeover = 0.0
         self._to_create: set[int] = set()  # claimed, create not sent yet
+        self._twins: set[str] = set()  # keys of this job's open tasks that some finished task shares
         self._fatal: BatcherError | None = None
         self._inline: dict[int, tuple[str, ...]] = {}  # cache and chains: input images as the next create sends them
 
@@ -130,6 +132,7 @@ class Runner:
         await self._take_over_dead_workers(now)
         await self._init_progress()
         self._warm_start(await self.store.learned())
+        self._twins = await self.store.cached_twins(self.job) if self.config.use_cache else set()
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")
         try:
             reason = await self._loop()
@@ -154,7 +157,8 @@ class Runner:
             now = time.time()
             free = self.config.max_in_flight - len(self._active)
             claimed: list[Task] = []
-            if free > 0:
+            # claim in batches: one transaction per finished task would cost more than the task's own writes
+            if free >= min(CLAIM_BATCH, self.config.max_in_flight) or (free > 0 and not self._active):
                 # creates are claimed only a little ahead of the rate, so other workers get their share
                 ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
                 started = time.perf_counter()
@@ -191,7 +195,7 @@ class Runner:
 
     def _prefetch(self) -> int:
         """Tasks to hold claimed ahead of their create: about a second of the request rate."""
-        return max(PREFETCH_MIN, int(self.client.gate.rate * PREFETCH_S))
+        return max(PREFETCH_MIN, min(int(self.client.gate.rate * PREFETCH_S), self.config.max_in_flight))
 
     def _create_sent(self, task: Task) -> None:
         self._to_create.discard(task.id)
@@ -315,7 +319,9 @@ class Runner:
         self._inline.pop(task.id, None)
         if self._stopping or self._fatal is not None:
             return False  # `_create` lets go of it
-        prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=self.config.use_cache)
+        # the cache is asked only for keys it may hold (one query per run, not one per task)
+        use_cache = self.config.use_cache and task.key in self._twins
+        prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=use_cache)
         if prepared.outcome is cache.Outcome.CACHED:
             self.progress.succeeded += 1
             self.progress.cached += 1

@@ -43,6 +43,17 @@ def inputs_settled() -> Any:
 
 
 class CachePart(TransitionsPart):
+    async def cached_twins(self, job: Job) -> set[str]:
+        """Keys of the job's tasks still to be created that a finished task (in any job) shares: the only ones
+        worth a cache lookup. Outputs finished after this is read are not seen by this run."""
+        twin = tasks.alias("twin")
+        rows = await self._rows(
+            select(tasks.c.key)
+            .where(tasks.c.job_id == job.id, tasks.c.status.in_([S.PENDING, S.UNKNOWN]))
+            .where(exists().where(twin.c.key == tasks.c.key, twin.c.status == S.SUCCEEDED, twin.c.id != tasks.c.id))
+        )
+        return {r[0] for r in rows}
+
     async def cache_candidates(self, key: str, exclude_id: int) -> list[CachedOutput]:
         """Finished outputs of the same spec in any job, newest first (the caller checks each file)."""
         rows = await self._read(
