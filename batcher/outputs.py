@@ -98,6 +98,27 @@ class AtomicFile:
             self._tmp.unlink()
 
 
+def sweep_stale_parts(output_dir: Path, older_than_s: float, now: float) -> int:
+    """Remove downloads a killed process left half-written (`.NAME.xxxx.part`) once they are surely abandoned;
+    returns how many. Blocking: run it in a thread."""
+    removed = 0
+    stack = [str(output_dir)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.startswith(".") and entry.name.endswith(".part"):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
 def _output_error(e: OSError, path: Path) -> OutputError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(f"no space left for {path}: free space, then run again to resume")

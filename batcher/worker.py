@@ -25,7 +25,7 @@ from batcher.client import ApiClient, Generation, Outcome, QueryReply
 from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
 from batcher.models import CallRecord, OnUnknown, TaskStatus
-from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.outputs import AtomicFile, sweep_stale_parts, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, next_poll_in
 from batcher.retry import backoff_s
 from batcher.store import ClaimLost, Job, Store, Task
@@ -40,6 +40,7 @@ TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, second
 PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
 CLAIM_BATCH = 16  # free slots worth a claim transaction while other tasks are in flight
 PREFETCH_S = 1.0  # and about this many seconds of the request rate
+STALE_PART_S = 900.0  # a .part file this old belongs to no live download (timeouts are far shorter), seconds
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 
 
@@ -133,6 +134,9 @@ class Runner:
         await self._init_progress()
         self._warm_start(await self.store.learned())
         self._twins = await self.store.cached_twins(self.job) if self.config.use_cache else set()
+        swept = await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S, time.time())
+        if swept:
+            log.info("removed %d half-written downloads left by a killed run", swept)
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")
         try:
             reason = await self._loop()

@@ -32,3 +32,22 @@ async def test_a_stop_during_downloads_leaves_no_part_file(open_store: OpenStore
     result = await drive(store, emu)
     assert result.reason == StopReason.DONE
     assert len(list((tmp_path / "out").iterdir())) == 6 and emu.stats.creates_accepted == 6
+
+
+def test_a_later_run_sweeps_only_abandoned_part_files(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from batcher.outputs import sweep_stale_parts
+
+    (tmp_path / "sub").mkdir()
+    old = tmp_path / "sub" / ".a.png.1234abcd.part"
+    fresh = tmp_path / ".b.png.5678abcd.part"
+    kept = tmp_path / "c.png.part"  # not hidden: not ours
+    for p in (old, fresh, kept):
+        p.write_bytes(b"x")
+    now = time.time()
+    os.utime(old, (now - 3600, now - 3600))
+    os.utime(kept, (now - 3600, now - 3600))
+    assert sweep_stale_parts(tmp_path, 900.0, now) == 1
+    assert not old.exists() and fresh.exists() and kept.exists()
