@@ -16,7 +16,7 @@ from batcher.models import JobSettings, TaskSpec
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
 from batcher.store.tables import jobs, tasks
 
-IMPORT_BATCH = 5_000  # rows per INSERT while importing a manifest
+IMPORT_BATCH = 5_000  # rows per executemany while importing a manifest
 
 
 class JobsPart(StoreBase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import RowMapping
 
 from batcher.store.base import Job, Ledger, S, StoreBase
@@ -14,20 +14,33 @@ from batcher.store.tables import api_calls, jobs, tasks
 
 class ReportsPart(StoreBase):
     async def status_counts(self) -> dict[str, dict[str, int]]:
-        """Per job name: tasks per status (a pending task the manifest no longer lists counts as retired)."""
-        status = case(
-            (and_(tasks.c.status == S.PENDING, tasks.c.import_gen < jobs.c.import_gen), "retired"), else_=tasks.c.status
-        )
-        rows = await self._read(
-            select(jobs.c.name, status.label("status"), func.count().label("n"))
-            .select_from(jobs.outerjoin(tasks, tasks.c.job_id == jobs.c.id))
-            .group_by(jobs.c.name, status)
-        )
-        out: dict[str, dict[str, int]] = {}
-        for r in rows:
-            counts = out.setdefault(r["name"], {})
-            if r["status"] is not None:
-                counts[r["status"]] = int(r["n"])
+        """Per job name: tasks per status (a pending task the manifest no longer lists counts as retired).
+
+        Counted from the (job_id, status, seq) index alone; only a job imported more than once can have retired
+        tasks, and only then are its pending rows read for their import generation."""
+        job_rows = {r["id"]: r for r in await self._read(select(jobs.c.id, jobs.c.name, jobs.c.import_gen))}
+        out: dict[str, dict[str, int]] = {r["name"]: {} for r in job_rows.values()}
+        reimported: dict[int, tuple[str, int]] = {}
+        for r in await self._read(
+            select(tasks.c.job_id, tasks.c.status, func.count().label("n")).group_by(tasks.c.job_id, tasks.c.status)
+        ):
+            job = job_rows[r["job_id"]]
+            out[job["name"]][r["status"]] = int(r["n"])
+            if job["import_gen"] > 1 and r["status"] == S.PENDING:
+                reimported[r["job_id"]] = (job["name"], job["import_gen"])
+        for job_id, (name, gen) in reimported.items():
+            retired = (
+                await self._rows(
+                    select(func.count()).where(
+                        tasks.c.job_id == job_id, tasks.c.status == S.PENDING, tasks.c.import_gen < gen
+                    )
+                )
+            )[0][0]
+            if retired:
+                out[name]["retired"] = int(retired)
+                out[name][S.PENDING] -= int(retired)
+                if not out[name][S.PENDING]:
+                    del out[name][S.PENDING]
         return out
 
     async def ledger(self, job: Job) -> Ledger:
