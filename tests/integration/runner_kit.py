@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.client import ApiClient
-from batcher.config import ApiSettings, RunConfig
+from batcher.config import RunConfig
 from batcher.emulator import Emulator
 from batcher.models import JobSettings, TaskSpec
 from batcher.polling import PollPolicy
@@ -46,6 +46,3 @@ async def drive(store: Store, emu: Emulator, config: RunConfig | None = None, *,
         if runner_out is not None:
             runner_out.append(runner)
         return await runner.run()
-
-
-__all__ = ["ApiSettings"]
