@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from collections.abc import Iterable
@@ -30,23 +29,12 @@ class JobsPart(StoreBase):
             before = await self._count(conn, job.id)
             rows = 0
             batch: list[tuple[Any, ...]] = []
-            # One batch is written (in the driver's thread, outside the GIL for most of it) while the next is
-            # parsed: on two cores the manifest and SQLite then work side by side.
-            writing: asyncio.Future[Any] | None = None
-            try:
-                for spec in specs:
-                    rows += 1
-                    batch.append(_task_row(job, spec, rows, now))
-                    if len(batch) >= IMPORT_BATCH:
-                        if writing is not None:
-                            await writing
-                        writing = asyncio.ensure_future(self._upsert_tasks(conn, batch))
-                        for _ in range(3):  # let it reach the driver's thread before parsing on
-                            await asyncio.sleep(0)
-                        batch = []
-            finally:
-                if writing is not None:  # also before a manifest error rolls the transaction back
-                    await writing
+            for spec in specs:
+                rows += 1
+                batch.append(_task_row(job, spec, rows, now))
+                if len(batch) >= IMPORT_BATCH:
+                    await self._upsert_tasks(conn, batch)
+                    batch = []
             if batch:
                 await self._upsert_tasks(conn, batch)
             added = await self._count(conn, job.id) - before
