@@ -71,7 +71,7 @@ class RunConfig:
     budget_micros: int | None = None
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
-    use_cache: bool = True  # cache and chains: reuse a finished output of the same spec (`--no-cache`: never)
+    use_cache: bool = True  # reuse a finished output of the same spec (`--no-cache`: never)
 
     def __post_init__(self) -> None:
         if self.requests_per_second is not None and self.requests_per_second <= 0:

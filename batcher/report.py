@@ -50,7 +50,7 @@ def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[st
 
 
 async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
-    origins = await store.cache_origins(job)  # cache and chains: "job:file" of each output reused
+    origins = await store.cache_origins(job)  # "job:file" of each output reused
     async for r in store.task_rows(job):
         pending_old = r["status"] == TaskStatus.PENDING and r["import_gen"] < job.import_gen
         yield {
@@ -68,7 +68,7 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
             "source": r["source"],
-            # cache and chains: where a cached output came from (no API call), and the task's input task
+            # where a cached output came from (no API call), and the task's input task
             "cached_from": origins.get(r["cached_from"]) if r["cached_from"] is not None else None,
             "from_key": r["parent_key"],
             # for the HTML gallery; the CSV keeps its columns (ROW_FIELDS)

@@ -43,7 +43,7 @@ class RunOptions:
     on_unknown: OnUnknown = OnUnknown.RESUBMIT
     max_attempts: int | None = None
     emulator: EmulatorConfig = field(default_factory=lambda: EmulatorConfig(latency=DEMO_LATENCY))
-    use_cache: bool = True  # cache and chains: `--no-cache` sets False
+    use_cache: bool = True  # `--no-cache` sets False
 
 
 @dataclass
@@ -86,7 +86,7 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
             job = await store.find_job(manifest.settings.name)
             if job is not None:
                 done = await store.succeeded_keys(job.id)
-            if use_cache:  # cache and chains
+            if use_cache:
                 cached = cache_forecast(await store.outputs_by_key(None if job is None else job.id))
         finally:
             await store.close()
@@ -266,7 +266,7 @@ async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = No
             with contextlib.suppress(BatcherError):
                 prices[m] = micros(unit_price(m, override))
     head = summary(job, await store.ledger(job), prices)
-    head["cached"] = await store.cached_count(job)  # cache and chains: succeeded without an API call
+    head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
 
 

@@ -91,7 +91,7 @@ def summary_lines(head: Mapping[str, Any]) -> None:
         f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
         f"{head['unknown_submissions']}",
     ]
-    if head.get("cached"):  # cache and chains
+    if head.get("cached"):
         lines.append(f"from the cache (no API call, no cost) {head['cached']}")
     if head.get("price_mismatches"):
         lines.append(f"the API reported a price other than the unit price on {head['price_mismatches']} calls")

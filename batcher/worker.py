@@ -123,7 +123,7 @@ class Runner:
         self._to_create: set[int] = set()  # claimed, create not sent yet
         self._twins: set[str] = set()  # keys of this job's open tasks that some finished task shares
         self._fatal: BatcherError | None = None
-        self._inline: dict[int, tuple[str, ...]] = {}  # cache and chains: input images as the next create sends them
+        self._inline: dict[int, tuple[str, ...]] = {}  # input images as the next create sends them
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class Runner:
                 self.progress.failed += 1
                 return
             fresh = task.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)
-            if fresh and await self._settled_without_api(task):  # cache and chains
+            if fresh and await self._settled_without_api(task):
                 return
             if fresh and not await self._create(task):
                 return
@@ -366,7 +366,7 @@ class Runner:
             await self.store.begin_create(task, time.time())
             self._create_sent(task)
 
-        images = self._inline.pop(task.id, task.images)  # cache and chains: inputs inlined as data: URIs
+        images = self._inline.pop(task.id, task.images)  # inputs inlined as data: URIs
         try:
             reply = await self.client.create(
                 task.model, task.prompt, task.quality, task.size, images, before_send=commit_intent

@@ -117,7 +117,7 @@ class ClaimsPart(StoreBase):
             and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
         )
         due_at = case(
-            (~inputs_settled(), None),  # cache and chains: waits for its input task, not for a time
+            (~inputs_settled(), None),  # waits for its input task, not for a time
             (or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now), tasks.c.next_attempt_at),
             else_=tasks.c.lease_until,
         )
