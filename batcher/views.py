@@ -7,6 +7,7 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -25,6 +26,11 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+def _prices(unit_price: Mapping[str, Decimal]) -> str:
+    """ "model $0.067, …": the unit price of each model, for the estimate and the diff."""
+    return ", ".join(f"{m} ${p}" for m, p in sorted(unit_price.items()))
+
+
 def estimate_table(est: Estimate) -> None:
     table = Table(title=f"Estimate for job {est.job}", title_justify="left")
     for col in ("model", "size", "tasks"):
@@ -32,7 +38,7 @@ def estimate_table(est: Estimate) -> None:
     for (model, size), n in sorted(est.by_model_size.items()):
         table.add_row(model, size, str(n))
     stdout.print(table)
-    prices = ", ".join(f"{m} ${p}" for m, p in sorted(est.unit_price.items()))
+    prices = _prices(est.unit_price)
     lines = [
         f"rows in manifest      {est.rows}",
         f"duplicate rows        {est.duplicates} (collapsed)",
@@ -153,7 +159,7 @@ def diff_table(d: Diff, title: str) -> None:
         more = "" if d.counts[kind] <= 3 else ", ..."
         table.add_row(kind, str(d.counts[kind]), shown + more if shown else "")
     stdout.print(table)
-    prices = ", ".join(f"{m} ${p}" for m, p in sorted(d.unit_price.items()))
+    prices = _prices(d.unit_price)
     lines = [
         f"added + changed       {d.counts['added'] + d.counts['changed']}",
         f"already made (free)   {d.free}",
