@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -66,6 +67,8 @@ def _fail(error: BatcherError) -> None:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    # what start-up loaded stays for the whole run: keep it out of the collector's way
+    gc.freeze()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             result = runner.run(coro)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -77,16 +78,19 @@ class AtomicFile:
 
     def finish(self, final: Path) -> None:
         """Durably move the bytes to `final` (blocking: run it in a thread)."""
+        self.move(final)
+        try:
+            fsync_folder(final.parent)
+        except OSError as e:
+            raise _output_error(e, final) from None
+
+    def move(self, final: Path) -> None:
+        """Make the bytes durable and rename them to `final`; the rename is durable once its folder is synced."""
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._tmp, final)
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as e:
             self.discard()
             raise _output_error(e, final) from None
@@ -96,6 +100,63 @@ class AtomicFile:
             self._file.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Finisher:
+    """Finishes downloads off the loop. Files that finish while the thread is busy all go on its next trip:
+    one hand-over between threads, and one fsync per folder, for many files."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[AtomicFile, Path, asyncio.Future[None]]] = []
+        self._trips: asyncio.Task[None] | None = None
+
+    async def finish(self, sink: AtomicFile, final: Path) -> None:
+        """`sink.finish(final)`, shared with others. The file is finished even if the caller is cancelled."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((sink, final, fut))
+        if self._trips is None or self._trips.done():
+            self._trips = loop.create_task(self._run_trips(), name="batcher-finisher")
+        await fut
+
+    async def _run_trips(self) -> None:
+        while self._waiting:
+            trip, self._waiting = self._waiting, []
+            errors = await asyncio.to_thread(_finish_all, [(sink, final) for sink, final, _ in trip])
+            for (_, _, fut), error in zip(trip, errors, strict=True):
+                if fut.done():  # its caller was cancelled: the file is in place all the same
+                    continue
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+
+def _finish_all(files: list[tuple[AtomicFile, Path]]) -> list[OutputError | None]:
+    errors: list[OutputError | None] = [None] * len(files)
+    folders: dict[Path, list[int]] = {}
+    for i, (sink, final) in enumerate(files):
+        try:
+            sink.move(final)
+        except OutputError as e:
+            errors[i] = e
+            continue
+        folders.setdefault(final.parent, []).append(i)
+    for folder, moved in folders.items():
+        try:
+            fsync_folder(folder)
+        except OSError as e:
+            for i in moved:
+                errors[i] = _output_error(e, files[i][1])
+    return errors
 
 
 def sweep_stale_parts(output_dir: Path, older_than_s: float, now: float) -> int:

@@ -5,6 +5,10 @@ both are needed. The gate paces requests evenly at the current rate (capacity on
 polls go before creates (finished work is collected first) without starving creates, and holds the whole pool
 after a 429 until its `Retry-After` has passed.
 
+Above `1 / TICK_S` requests per second the slots are closer together than a timer is worth: each wake-up of
+the loop costs more CPU than the request's own bookkeeping. There the gate wakes once a tick and lets out the
+requests whose slots fall within it, so the rate over any window of a tick or more is still the rate.
+
 The rate itself comes from `AdaptiveRate`, a pure controller: with a configured limit it keeps to it; with none
 (or one that proves too high) it finds the account's limit from 429s and holds just under it.
 """
@@ -20,6 +24,7 @@ from typing import Protocol
 DEFAULT_429_PAUSE_S = 1.0  # when a 429 carries no Retry-After, seconds
 MAX_429_PAUSE_S = 60.0  # consecutive 429s without Retry-After back off up to this, seconds
 POLLS_PER_CREATE = 3  # while creates wait, at most this many polls go first in a row
+TICK_S = 0.01  # above 1 / TICK_S requests per second, the gate lets requests out once a tick, seconds
 
 
 @dataclass
@@ -204,7 +209,9 @@ class RateGate:
             now = loop.time()
             self.control.tick(now)
             start = max(self._next_slot, self._paused_until)
-            if start > now:
+            # a slot less than a tick ahead goes now, when slots are closer than a tick (see the module's doc)
+            early = TICK_S if self._paused_until <= now and self.control.rate * TICK_S > 1.0 else 0.0
+            if start > now + early:
                 await asyncio.sleep(start - now)
                 continue  # the pause or the rate may have changed while sleeping
             if self.shared is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
-from batcher.emulator import Emulator, EmulatorConfig, Latency
+from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
@@ -184,6 +184,8 @@ async def api_endpoint(opts: RunOptions) -> AsyncIterator[tuple[ApiSettings, str
     if not opts.emulate:
         yield api_settings(), api_key()
         return
+    from batcher.emulator import Emulator  # the server, and aiohttp's web side with it: only for --emulate
+
     async with Emulator(opts.emulator) as emu:
         yield api_settings(base_url=emu.base_url), emu.api_key
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -25,7 +26,7 @@ from batcher.client import ApiClient, Generation, Outcome, QueryReply
 from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
 from batcher.models import CallRecord, OnUnknown, TaskStatus
-from batcher.outputs import AtomicFile, sweep_stale_parts, target_path, with_real_extension
+from batcher.outputs import AtomicFile, Finisher, sweep_stale_parts, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, next_poll_in
 from batcher.retry import backoff_s
 from batcher.store import ClaimLost, Job, Store, Task
@@ -42,6 +43,7 @@ CLAIM_BATCH = 16  # free slots worth a claim transaction while other tasks are i
 PREFETCH_S = 1.0  # and about this many seconds of the request rate
 STALE_PART_S = 900.0  # a .part file this old belongs to no live download (timeouts are far shorter), seconds
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
+POLL_GRID_S = 0.05  # polls wake on this grid, so that many share one wake-up of the loop, seconds
 
 
 class StopReason:
@@ -124,6 +126,7 @@ class Runner:
         self._twins: set[str] = set()  # keys of this job's open tasks that some finished task shares
         self._fatal: BatcherError | None = None
         self._inline: dict[int, tuple[str, ...]] = {}  # input images as the next create sends them
+        self._finisher = Finisher()
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -161,8 +164,7 @@ class Runner:
             now = time.time()
             free = self.config.max_in_flight - len(self._active)
             claimed: list[Task] = []
-            # claim in batches: one transaction per finished task would cost more than the task's own writes
-            if free >= min(CLAIM_BATCH, self.config.max_in_flight) or (free > 0 and not self._active):
+            if self._worth_a_claim() or (free > 0 and not self._active):
                 # creates are claimed only a little ahead of the rate, so other workers get their share
                 ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
                 started = time.perf_counter()
@@ -196,6 +198,10 @@ class Runner:
                 wait = IDLE_WAIT_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _worth_a_claim(self) -> bool:
+        """Claim in batches: one transaction per finished task would cost more than the task's own writes."""
+        return self.config.max_in_flight - len(self._active) >= min(CLAIM_BATCH, self.config.max_in_flight)
 
     def _prefetch(self) -> int:
         """Tasks to hold claimed ahead of their create: about a second of the request rate."""
@@ -313,7 +319,8 @@ class Runner:
             self._polling.discard(task.id)
             self._active.pop(task.id, None)
             self.progress.in_flight = len(self._active)
-            self._wake.set()
+            if self._worth_a_claim() or not self._active or self._stopping:
+                self._wake.set()
 
     # --- cache and chains -----------------------------------------------------------------------------
 
@@ -440,7 +447,7 @@ class Runner:
                 )  # fmt: skip
                 self.progress.failed += 1
                 return
-            await asyncio.sleep(delay)
+            await _sleep_on_grid(delay)
             reply = await self.client.query(task.remote_task_id)
             polls += 1
             self.progress.requests += 1
@@ -525,8 +532,7 @@ class Runner:
                 self.progress.failed += 1
                 return True
             final = with_real_extension(target, info)
-            # shielded: a stop that cancelled the thread's job before it started would leave the .part behind
-            await asyncio.shield(asyncio.to_thread(sink.finish, final))
+            await self._finisher.finish(sink, final)  # a stop now leaves no .part behind: it is finished anyway
             cost = self._cost(task)
             await self.store.succeeded(
                 task,
@@ -552,6 +558,12 @@ class Runner:
             return True
         self.store.log_call(task, result.call)
         return False
+
+
+async def _sleep_on_grid(delay: float) -> None:
+    """Sleep at least `delay`, waking on the POLL_GRID_S grid of the loop's clock."""
+    now = asyncio.get_running_loop().time()
+    await asyncio.sleep(math.ceil((now + delay) / POLL_GRID_S) * POLL_GRID_S - now)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from batcher.models import TaskStatus
 from batcher.store import migrate
-from batcher.store.database import Writer, create_engine, database_url, redacted, translated
+from batcher.store.database import create_engine, database_url, redacted, translated
 from batcher.store.tables import tasks
+from batcher.store.writer import Writer
 
 S = TaskStatus
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
 from batcher.store.tables import tasks, workers
+from batcher.store.writer import WriteConnection
 
 
 class ClaimsPart(StoreBase):
     async def register_worker(self, worker_id: str, host: str, pid: int, job_names: str, now: float) -> None:
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             await conn.execute(
                 insert(workers).values(
                     id=worker_id, host=host, pid=pid, jobs=job_names, started_at=now, heartbeat_at=now
@@ -34,7 +36,7 @@ class ClaimsPart(StoreBase):
     async def heartbeat(self, worker_id: str, now: float, lease_until: float) -> None:
         """Renew this worker's leases on everything it holds."""
 
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             await conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now))
             await conn.execute(update(tasks).where(tasks.c.claimed_by == worker_id).values(lease_until=lease_until))
 
@@ -43,7 +45,7 @@ class ClaimsPart(StoreBase):
     async def stop_worker(self, worker_id: str, now: float, *, dead: bool = False) -> None:
         """Mark a worker stopped and let go of what it holds (its leases end now)."""
 
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             await conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=now))
             await conn.execute(
                 update(tasks)
@@ -58,7 +60,7 @@ class ClaimsPart(StoreBase):
     async def recover(self, job_id: int, now: float) -> int:
         """Tasks left `submitting` by a worker whose lease ran out become `unknown`; returns how many."""
 
-        async def op(conn: AsyncConnection) -> int:
+        async def op(conn: WriteConnection) -> int:
             return await _mark_stale_submissions_unknown(conn, now, None, job_id)
 
         return await self.writer.run(op)
@@ -70,39 +72,18 @@ class ClaimsPart(StoreBase):
         at most `pending` (default: `limit`) still to be created, so that other workers get their share."""
         to_create = limit if pending is None else min(pending, limit)
 
-        async def op(conn: AsyncConnection) -> list[Task]:
-            token = uuid.uuid4().hex
+        async def op(conn: WriteConnection) -> list[Task]:
+            params = {"c_job": job.id, "c_gen": job.import_gen, "c_now": now, "c_token": uuid.uuid4().hex,
+                      "c_worker": worker_id, "c_lease": lease_until}  # fmt: skip
             got: list[Task] = []
-            groups = [(tasks.c.status == S.SUBMITTED, False), (tasks.c.status == S.UNKNOWN, True)]
-            groups.append(
-                (and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen, inputs_settled()), True)
-            )
             creates = 0
-            for wanted, to_be_created in groups:
+            for stmt, to_be_created in _claim_statements():
                 room = limit - len(got)
                 if to_be_created:
                     room = min(room, to_create - creates)
                 if room <= 0:
                     continue
-                due = (
-                    select(tasks.c.id)
-                    .where(
-                        tasks.c.job_id == job.id,
-                        wanted,
-                        tasks.c.next_attempt_at <= now,
-                        or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
-                    )
-                    .order_by(tasks.c.seq)
-                    .limit(room)
-                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
-                )
-                stmt = (
-                    update(tasks)
-                    .where(tasks.c.id.in_(due.scalar_subquery()))
-                    .values(claim_token=token, claimed_by=worker_id, lease_until=lease_until)
-                    .returning(*_TASK_COLUMNS)
-                )
-                rows = [_task(r) for r in (await conn.execute(stmt)).mappings()]
+                rows = [_task(r) for r in (await conn.execute(stmt, {**params, "c_room": room})).mappings()]
                 got += rows
                 creates += len(rows) if to_be_created else 0
             got.sort(key=lambda t: t.seq)
@@ -126,7 +107,7 @@ class ClaimsPart(StoreBase):
 
 
 async def _mark_stale_submissions_unknown(
-    conn: AsyncConnection, now: float, worker_id: str | None, job_id: int | None = None
+    conn: WriteConnection, now: float, worker_id: str | None, job_id: int | None = None
 ) -> int:
     cond = [tasks.c.status == S.SUBMITTING]
     if worker_id is not None:
@@ -149,3 +130,37 @@ async def _mark_stale_submissions_unknown(
         )
     )
     return int(result.rowcount)
+
+
+@functools.cache
+def _claim_statements() -> list[tuple[Any, bool]]:
+    """The claim's UPDATEs, built once: submitted tasks (to poll), unknown and pending ones (to be created)."""
+    now = bindparam("c_now", type_=Float)
+    statements = []
+    for wanted, to_be_created in (
+        (tasks.c.status == S.SUBMITTED, False),
+        (tasks.c.status == S.UNKNOWN, True),
+        (and_(tasks.c.status == S.PENDING, tasks.c.import_gen == bindparam("c_gen"), inputs_settled()), True),
+    ):
+        due = (
+            select(tasks.c.id)
+            .where(
+                tasks.c.job_id == bindparam("c_job"),
+                wanted,
+                tasks.c.next_attempt_at <= now,
+                or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
+            )
+            .order_by(tasks.c.seq)
+            .limit(bindparam("c_room", type_=Integer))
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(due.scalar_subquery()))
+            .values(
+                claim_token=bindparam("c_token"), claimed_by=bindparam("c_worker"), lease_until=bindparam("c_lease")
+            )
+            .returning(*_TASK_COLUMNS)
+        )
+        statements.append((stmt, to_be_created))
+    return statements

@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.errors import JobNotFoundError
 from batcher.models import JobSettings, TaskSpec
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
 from batcher.store.tables import jobs, tasks
+from batcher.store.writer import WriteConnection
 
 IMPORT_BATCH = 5_000  # rows per executemany while importing a manifest
 
@@ -24,7 +24,7 @@ class JobsPart(StoreBase):
     ) -> ImportResult:
         """Add the manifest's new tasks to its job in one transaction: an error in any row rolls all back."""
 
-        async def op(conn: AsyncConnection) -> ImportResult:
+        async def op(conn: WriteConnection) -> ImportResult:
             job = await self._upsert_job(conn, settings, manifest, extra, now)
             before = await self._count(conn, job.id)
             rows = 0
@@ -50,7 +50,7 @@ class JobsPart(StoreBase):
         return await self.writer.run(op, alone=True)
 
     async def _upsert_job(
-        self, conn: AsyncConnection, settings: JobSettings, manifest: str, extra: dict[str, Any], now: float
+        self, conn: WriteConnection, settings: JobSettings, manifest: str, extra: dict[str, Any], now: float
     ) -> Job:
         values = {
             "manifest": manifest,
@@ -66,13 +66,13 @@ class JobsPart(StoreBase):
         ).returning(*jobs.c)
         return _job((await conn.execute(stmt)).mappings().one())
 
-    async def _upsert_tasks(self, conn: AsyncConnection, batch: list[tuple[Any, ...]]) -> None:
+    async def _upsert_tasks(self, conn: WriteConnection, batch: list[tuple[Any, ...]]) -> None:
         # The upsert is declared with SQLAlchemy and compiled once per dialect; the rows go to the driver's
         # executemany as plain tuples, skipping per-row parameter processing (a million rows per import).
         await conn.exec_driver_sql(_import_sql(conn.dialect), batch)
 
     @staticmethod
-    async def _count(conn: AsyncConnection, job_id: int) -> int:
+    async def _count(conn: WriteConnection, job_id: int) -> int:
         return int((await conn.execute(select(func.count()).where(tasks.c.job_id == job_id))).scalar_one())
 
     async def job(self, name: str) -> Job:

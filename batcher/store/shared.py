@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.store.base import StoreBase
 from batcher.store.tables import learned, rate_buckets
+from batcher.store.writer import WriteConnection
 
 
 class SharedPart(StoreBase):
@@ -18,7 +18,7 @@ class SharedPart(StoreBase):
         return {r["name"]: json.loads(r["value"]) for r in await self._read(select(learned))}
 
     async def remember(self, values: dict[str, Any], now: float) -> None:
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             for name, value in values.items():
                 stmt = self._insert(learned).values(name=name, value=json.dumps(value), updated_at=now)
                 stmt = stmt.on_conflict_do_update(
@@ -31,7 +31,7 @@ class SharedPart(StoreBase):
     async def bucket_setup(self, name: str, rate: float, capacity: float) -> None:
         """Create the bucket, or set its rate (the newest configuration wins; its tokens are kept)."""
 
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             now = await _db_now(conn)
             stmt = self._insert(rate_buckets).values(name=name, rate=rate, capacity=capacity, tokens=capacity,
                                                      updated_at=now)  # fmt: skip
@@ -47,7 +47,7 @@ class SharedPart(StoreBase):
         """Take one token: 0 when granted, else the seconds until one will be there (by the database's clock,
         so workers on machines with skewed clocks still share one rate)."""
 
-        async def op(conn: AsyncConnection) -> float:
+        async def op(conn: WriteConnection) -> float:
             now = await _db_now(conn)
             elapsed = now - rate_buckets.c.updated_at
             refilled = rate_buckets.c.tokens + rate_buckets.c.rate * case((elapsed > 0, elapsed), else_=0.0)
@@ -71,7 +71,7 @@ class SharedPart(StoreBase):
     async def bucket_hold(self, name: str, seconds: float, factor: float) -> None:
         """A 429 seen by one worker holds every worker: the bucket owes `seconds` of tokens, and its rate is cut."""
 
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: WriteConnection) -> None:
             now = await _db_now(conn)
             await conn.execute(
                 update(rate_buckets)
@@ -82,7 +82,7 @@ class SharedPart(StoreBase):
         await self.writer.run(op)
 
 
-async def _db_now(conn: AsyncConnection) -> float:
+async def _db_now(conn: WriteConnection) -> float:
     """Epoch seconds by the database server's clock on PostgreSQL (one clock for all machines)."""
     if conn.dialect.name == "postgresql":
         return float((await conn.execute(select(func.extract("epoch", func.clock_timestamp())))).scalar_one())

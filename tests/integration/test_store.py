@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
@@ -133,3 +135,43 @@ async def test_call_records_are_appended_with_the_next_commit(open_store: OpenSt
     await store.writer.flush()
     rows = await store.calls(job)
     assert [(r["kind"], r["task_id"]) for r in rows] == [("query", t.id)]
+
+
+async def test_changes_grouped_in_one_commit_are_fenced_each(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(3))
+    job = await store.job("job")
+    now = time.time()
+    mine = await store.claim(job, "a", 3, now, now + 30)
+    later = now + 60
+    (taken,) = await store.claim(job, "b", 1, later, later + 30)  # a's lease ran out; b took one task
+    # the three land in one group commit: two go through, the one taken over is refused alone
+    outcomes = await asyncio.gather(*(store.begin_create(t, later) for t in mine), return_exceptions=True)
+    lost = [t.id for t, o in zip(mine, outcomes, strict=True) if isinstance(o, ClaimLost)]
+    assert lost == [taken.id]
+    assert (await store.status_counts())["job"] == {"submitting": 2, "pending": 1}
+
+
+async def test_writes_wait_for_a_lock_held_elsewhere_without_blocking_the_loop(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    other = sqlite3.connect(tmp_path / "batcher.db", isolation_level=None)  # as another process would
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.create_task(store.begin_create(t, now))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the write waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not write.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await asyncio.wait_for(write, 10)
+    assert t.status is TaskStatus.SUBMITTING
+    assert (await store.status_counts())["job"] == {"submitting": 1}

@@ -1,0 +1,225 @@
+"""The one writer every change of a process goes through: group commits.
+
+A single writer task coalesces the changes queued while the previous commit ran into one transaction ("group
+commit", NOTES.md). A caller that awaits a write knows it is committed. Row changes (prepared statements: a
+task's transitions, call records) are batched per statement into one executemany. On SQLite, groups commit on
+the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock; then, and for imports,
+they run on the engine's connection in aiosqlite's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.expression import Executable
+
+from batcher.store.database import translated
+from batcher.store.inline import CHECKPOINT_EVERY, InlineSqlite
+
+T = TypeVar("T")
+
+
+class WriteConnection(Protocol):
+    """What an op of the writer may use: an `AsyncConnection`, or on SQLite `inline.InlineConnection`."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]: ...
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> CursorResult[Any]: ...
+
+
+Op = Callable[[WriteConnection], Coroutine[Any, Any, Any]]
+
+MAX_GROUP = 500  # changes at most in one group commit
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row's change by a prepared statement. The writer runs all changes of one statement in a group as a
+    single executemany (one trip to the driver instead of one per row)."""
+
+    stmt: UpdateBase  # an INSERT or UPDATE
+    params: dict[str, Any]
+    fenced: bool = False  # must change exactly one row; the caller learns the row count either way
+
+
+Change = Op | RowChange
+
+
+class Writer:
+    """Runs queued changes in group commits; each caller learns its own result."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        # (op, future or None, alone): an op marked alone gets a transaction of its own (a long import that
+        # may roll back must not take unrelated changes down with it).
+        self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any] | None, bool]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._pending: tuple[Change, asyncio.Future[Any] | None, bool] | None = None
+        self._conn: AsyncConnection | None = None  # the writer's own connection, kept open between groups
+        self._inline = InlineSqlite.for_engine(engine)  # None: every group goes through the engine
+        self.groups = 0  # transactions committed, and the changes in them (for benchmarks)
+        self.ops = 0
+
+    async def run(self, op: Callable[[WriteConnection], Coroutine[Any, Any, T]], *, alone: bool = False) -> T:
+        """Queue `op` and wait for its commit."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put(op, fut, alone)
+        return await fut
+
+    async def change(self, row: RowChange) -> int:
+        """Queue a row change and wait for its commit; returns the rows it changed."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._put(row, fut, False)
+        return await fut
+
+    def post(self, op: Change) -> None:
+        """Queue a change for the next commit without waiting (append-only records)."""
+        self._put(op, None, False)
+
+    def _put(self, op: Change, fut: asyncio.Future[Any] | None, alone: bool) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher-store-writer")
+        self._queue.put_nowait((op, fut, alone))
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+
+        async def nothing(_: WriteConnection) -> None:
+            return None
+
+        if self._task is not None or not self._queue.empty():
+            await self.run(nothing)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await self.flush()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._conn is not None:
+            with contextlib.suppress(BaseException):
+                await self._conn.close()
+            self._conn = None
+        if self._inline is not None:
+            self._inline.close()
+
+    async def _loop(self) -> None:
+        while True:
+            first = self._pending if self._pending is not None else await self._queue.get()
+            self._pending = None
+            if self._queue.empty():
+                await asyncio.sleep(0)  # one turn of the loop: changes made ready by the same wake-up join in
+            batch = [(first[0], first[1])]
+            while not first[2] and len(batch) < MAX_GROUP and not self._queue.empty():
+                op, fut, alone = self._queue.get_nowait()
+                if alone:
+                    self._pending = (op, fut, alone)
+                    break
+                batch.append((op, fut))
+            self.groups += 1
+            self.ops += len(batch)
+            inline = self._inline is not None and not first[2]  # an import may run long: not on the loop
+            await self._commit(batch, self._inline_first if inline else self._in_transaction)
+
+    async def _commit(
+        self,
+        batch: list[tuple[Change, asyncio.Future[Any] | None]],
+        apply: Callable[[list[Any]], Awaitable[list[Any]]],
+    ) -> None:
+        """Commit one group; every waiter learns its result, or why the whole group rolled back."""
+        try:
+            with translated("writing the job store"):
+                results = await apply([op for op, _ in batch])
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                for _, fut in batch:
+                    if fut is not None and not fut.done():
+                        fut.cancel()
+                raise
+            if not any(fut is not None for _, fut in batch):
+                self._failure = e  # nobody waits for this group: fail the next caller instead
+            for _, fut in batch:
+                if fut is not None and not fut.done():
+                    fut.set_exception(e)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+
+    async def _in_transaction(self, changes: list[Change]) -> list[Any]:
+        conn = await self._connection()
+        results: list[Any] = [None] * len(changes)
+        async with conn.begin():
+            await _apply(conn, changes, results)
+        return results
+
+    async def _inline_first(self, changes: list[Change]) -> list[Any]:
+        assert self._inline is not None
+        results = self._inline.commit(changes)
+        if results is None:  # another process holds the lock: wait for it off the loop
+            return await self._in_transaction(changes)
+        if self._inline.commits >= CHECKPOINT_EVERY:
+            self._inline.commits = 0
+            await self._checkpoint()
+        return results
+
+    async def _checkpoint(self) -> None:
+        """Copy SQLite's log into the database (it fsyncs: off the loop), without waiting for readers."""
+        driver = (await (await self._connection()).get_raw_connection()).driver_connection
+        assert driver is not None
+        cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        await cursor.close()
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = await self._engine.connect()
+        return self._conn
+
+
+async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any]) -> None:
+    """Run one group's changes: callables in order, then each prepared statement's rows as one executemany."""
+    by_stmt: dict[int, list[int]] = {}
+    for i, change in enumerate(changes):
+        if isinstance(change, RowChange):
+            by_stmt.setdefault(id(change.stmt), []).append(i)
+        else:
+            results[i] = await change(conn)
+    for indexes in by_stmt.values():
+        rows = [changes[i] for i in indexes]
+        stmt = rows[0].stmt  # type: ignore[union-attr]
+        params = [r.params for r in rows]  # type: ignore[union-attr]
+        if len(rows) == 1:
+            results[indexes[0]] = (await conn.execute(stmt, params[0])).rowcount
+            continue
+        fenced = any(r.fenced for r in rows)  # type: ignore[union-attr]
+        if not fenced:
+            await conn.execute(stmt, params)
+            for i in indexes:
+                results[i] = 1
+            continue
+        savepoint = await conn.begin_nested()
+        changed = (await conn.execute(stmt, params)).rowcount
+        if changed == len(rows):
+            await savepoint.commit()
+            for i in indexes:
+                results[i] = 1
+            continue
+        # some fenced row no longer matched (a claim was taken over): redo them one by one to learn which
+        await savepoint.rollback()
+        for i, p in zip(indexes, params, strict=True):
+            results[i] = (await conn.execute(stmt, p)).rowcount

@@ -1,0 +1,77 @@
+"""The rate gate on a real event loop: even pacing, requests let out per tick at high rates, polls first."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from batcher.ratelimit import POLLS_PER_CREATE, TICK_S, RateGate
+
+
+async def release_times(gate: RateGate, n: int, *, priority: bool = False) -> list[float]:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def one() -> None:
+        await gate.acquire(priority=priority)
+        times.append(loop.time())
+
+    try:
+        await asyncio.gather(*(one() for _ in range(n)))
+    finally:
+        await gate.close()
+    return sorted(times)
+
+
+async def test_a_rate_below_one_per_tick_is_paced_evenly() -> None:
+    rate = 40.0  # 25 ms apart: more than a tick
+    assert rate * TICK_S < 1
+    times = await release_times(RateGate(rate), 12)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 1 / rate - 0.002  # never two at once
+    assert times[-1] - times[0] == pytest.approx(11 / rate, abs=0.05)
+
+
+async def test_a_high_rate_lets_requests_out_once_a_tick_and_keeps_the_rate() -> None:
+    rate = 1000.0  # ten slots per tick
+    times = await release_times(RateGate(rate), 300)
+    # the rate over the whole run, and over every window of a tick, is the rate (one tick's worth early at most)
+    assert times[-1] - times[0] >= (300 - rate * TICK_S - 1) / rate
+    for i, t in enumerate(times):
+        in_window = sum(1 for u in times[i:] if u - t < TICK_S)
+        assert in_window <= rate * TICK_S + 1
+    # and the gate woke about once a tick, not once a request
+    wakeups = len({round(t, 3) for t in times})
+    assert wakeups <= 300 / (rate * TICK_S) * 2
+
+
+async def test_polls_go_first_but_never_more_than_three_in_a_row_while_a_create_waits() -> None:
+    gate = RateGate(200.0)
+    order: list[str] = []
+
+    async def one(kind: str) -> None:
+        await gate.acquire(priority=kind == "poll")
+        order.append(kind)
+
+    try:
+        await asyncio.gather(*(one("create") for _ in range(3)), *(one("poll") for _ in range(9)))
+    finally:
+        await gate.close()
+    assert order[: POLLS_PER_CREATE + 1] == ["poll"] * POLLS_PER_CREATE + ["create"]
+    assert order.count("create") == 3
+    run = 0
+    for kind in order:
+        run = run + 1 if kind == "poll" else 0
+        assert run <= POLLS_PER_CREATE
+
+
+async def test_a_429_holds_every_request_until_retry_after() -> None:
+    gate = RateGate(1000.0)
+    loop = asyncio.get_running_loop()
+    await gate.acquire(priority=False)
+    gate.rate_limited(0.3)
+    held_from = loop.time()
+    times = await release_times(gate, 5, priority=True)
+    assert times[0] - held_from >= 0.29
