@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import json
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring
@@ -132,6 +134,30 @@ def spec_key(
         f"{'null' if seed is None else e(seed)}]"
     )
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+ImportRow = tuple[str, int, str | None, str, str, str, str, str, str, str | None, str, str | None]
+IMPORT_BATCH = 5_000  # rows per batch while importing a manifest
+
+
+def import_row(spec: TaskSpec, seq: int) -> ImportRow:
+    """A spec as the store imports it (a tuple, cheap to build and to send between processes): key, seq (its
+    place in the manifest), name, source, model, prompt, quality, size, images (JSON), seed, filename, parent."""
+    images = json.dumps(list(spec.images)) if spec.images else "[]"
+    return (spec.key, seq, spec.name, spec.source, spec.model, spec.prompt, spec.quality, spec.size, images,
+            spec.seed, spec.filename, spec.parent_key)  # fmt: skip
+
+
+def import_batches(specs: Iterable[TaskSpec], size: int = IMPORT_BATCH) -> Iterator[list[ImportRow]]:
+    """Specs as import rows in manifest order, `size` at a time."""
+    batch: list[ImportRow] = []
+    for seq, spec in enumerate(specs, 1):
+        batch.append(import_row(spec, seq))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # --- cache and chains: input image references -----------------------------------------------------------

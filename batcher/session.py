@@ -19,7 +19,8 @@ from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
-from batcher.models import OnUnknown, TaskSpec
+from batcher.manifest.offload import import_rows
+from batcher.models import ImportRow, OnUnknown
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.report import summary
 from batcher.retry import RetryPolicy
@@ -64,14 +65,14 @@ class RunSummary:
         return EXIT_FAILED_TASKS if self.summary["failed"] else EXIT_OK
 
 
-def _priced(specs: Iterator[TaskSpec], override: Decimal | None) -> Iterator[TaskSpec]:
-    """Refuse, before anything is written, a model nobody has priced."""
+def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None) -> Iterator[list[ImportRow]]:
+    """Refuse, before anything is committed, a model nobody has priced."""
     known: set[str] = set()
-    for spec in specs:
-        if spec.model not in known:
-            unit_price(spec.model, override)
-            known.add(spec.model)
-        yield spec
+    for batch in batches:
+        for model in {row[4] for row in batch} - known:
+            unit_price(model, override)
+            known.add(model)
+        yield batch
 
 
 async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, use_cache: bool = True) -> Estimate:
@@ -99,7 +100,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_attempts": s.max_attempts}  # fmt: skip
     override = price if price is not None else s.price_usd
-    return await store.import_manifest(s, str(manifest.path), _priced(manifest.specs(), override), extra=extra,
+    return await store.import_manifest(s, str(manifest.path), _priced(import_rows(manifest), override), extra=extra,
                                        now=time.time())  # fmt: skip
 
 

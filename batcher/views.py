@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from batcher.config import fmt_usd
@@ -129,6 +128,8 @@ def _figures(p: RunProgress) -> tuple[int, str]:
 
 
 async def _bar(p: RunProgress) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # runs only
+
     columns = (TextColumn("[bold]run"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=stderr, transient=False) as bar:

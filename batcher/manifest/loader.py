@@ -53,6 +53,11 @@ class Manifest:
     settings: JobSettings
     plans: tuple[Plan, ...] = field(default=(), repr=False, compare=False)  # what specs() expands
 
+    def source_bytes(self) -> int:
+        """The size of the files its tasks come from: the manifest and its `rows:` CSV files."""
+        files = {self.path, *(plan.path for plan in self.plans if isinstance(plan, RowsPlan))}
+        return sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
     def specs(self) -> Iterator[TaskSpec]:
         """Every task in manifest order, streaming (CSV files are re-read on each call).
 

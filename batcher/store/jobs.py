@@ -2,41 +2,41 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select, update
 
 from batcher.errors import JobNotFoundError
-from batcher.models import JobSettings, TaskSpec
+from batcher.models import ImportRow, JobSettings
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
-from batcher.store.tables import jobs, tasks
+from batcher.store.tables import jobs, task_counts, tasks
 from batcher.store.writer import WriteConnection
-
-IMPORT_BATCH = 5_000  # rows per executemany while importing a manifest
 
 
 class JobsPart(StoreBase):
     async def import_manifest(
-        self, settings: JobSettings, manifest: str, specs: Iterable[TaskSpec], *, extra: dict[str, Any], now: float
+        self,
+        settings: JobSettings,
+        manifest: str,
+        batches: Iterable[Sequence[ImportRow]],
+        *,
+        extra: dict[str, Any],
+        now: float,
     ) -> ImportResult:
-        """Add the manifest's new tasks to its job in one transaction: an error in any row rolls all back."""
+        """Add the manifest's new tasks (`models.import_batches` of its specs) to its job in one transaction:
+        an error in any row rolls all back."""
 
         async def op(conn: WriteConnection) -> ImportResult:
             job = await self._upsert_job(conn, settings, manifest, extra, now)
             before = await self._count(conn, job.id)
-            rows = 0
-            batch: list[tuple[Any, ...]] = []
-            for spec in specs:
-                rows += 1
-                batch.append(_task_row(job, spec, rows, now))
-                if len(batch) >= IMPORT_BATCH:
-                    await self._upsert_tasks(conn, batch)
-                    batch = []
-            if batch:
-                await self._upsert_tasks(conn, batch)
+            seen = 0
+            sql = _import_sql(conn.dialect, job.id, job.import_gen, now)
+            for batch in batches:
+                # the rows go to the driver's executemany as they came: no per-row work in Python
+                await conn.exec_driver_sql(sql, batch)
+                seen += len(batch)
             added = await self._count(conn, job.id) - before
             retired = (
                 await conn.execute(
@@ -45,7 +45,14 @@ class JobsPart(StoreBase):
                     )
                 )
             ).scalar_one()
-            return ImportResult(job, rows, added, retired)
+            await conn.execute(update(jobs).where(jobs.c.id == job.id).values(retired=retired))
+            if conn.dialect.name == "sqlite":  # the trigger counts status changes; new rows are counted here
+                await conn.execute(delete(task_counts).where(task_counts.c.job_id == job.id))
+                by_status = select(tasks.c.job_id, tasks.c.status, func.count()).where(tasks.c.job_id == job.id)
+                await conn.execute(
+                    insert(task_counts).from_select(["job_id", "status", "n"], by_status.group_by(tasks.c.status))
+                )
+            return ImportResult(job, seen, added, retired)
 
         return await self.writer.run(op, alone=True)
 
@@ -65,11 +72,6 @@ class JobsPart(StoreBase):
             index_elements=[jobs.c.name], set_={**values, "import_gen": jobs.c.import_gen + 1}
         ).returning(*jobs.c)
         return _job((await conn.execute(stmt)).mappings().one())
-
-    async def _upsert_tasks(self, conn: WriteConnection, batch: list[tuple[Any, ...]]) -> None:
-        # The upsert is declared with SQLAlchemy and compiled once per dialect; the rows go to the driver's
-        # executemany as plain tuples, skipping per-row parameter processing (a million rows per import).
-        await conn.exec_driver_sql(_import_sql(conn.dialect), batch)
 
     @staticmethod
     async def _count(conn: WriteConnection, job_id: int) -> int:
@@ -101,45 +103,25 @@ def _micros(usd: Any) -> int | None:
     return None if usd is None else round(usd * 1_000_000)
 
 
-@functools.cache
-def _import_sql(dialect: Any) -> str:
+def _import_sql(dialect: Any, job_id: int, import_gen: int, now: float) -> str:
+    """The upsert of one import: declared with SQLAlchemy, compiled for the dialect, the import's own values
+    (numbers) written into it, and a positional parameter for each field of an import row, in its order."""
     insert_ = dialect_insert(dialect.name, tasks)
-    stmt = insert_.values({k: bindparam(k) for k in _IMPORTED}).on_conflict_do_update(
+    fixed = {"job_id": job_id, "import_gen": import_gen, "next_attempt_at": 0.0, "updated_at": float(now)}
+    values: dict[str, Any] = {k: literal_column(repr(v)) for k, v in fixed.items()}
+    values["status"] = literal_column(f"'{S.PENDING.value}'")
+    values.update({k: bindparam(k) for k in _ROW_FIELDS})
+    stmt = insert_.values(values).on_conflict_do_update(
         index_elements=[tasks.c.job_id, tasks.c.key],
         set_={c: insert_.excluded[c] for c in ("import_gen", "seq", "filename", "name", "source")},
         # identical rows later in the manifest keep the first row's place and file name
         where=tasks.c.import_gen < insert_.excluded.import_gen,
     )
     compiled = stmt.compile(dialect=dialect)
-    assert compiled.positiontup is not None and tuple(compiled.positiontup) == _IMPORTED, compiled.positiontup
+    assert compiled.positiontup is not None and tuple(compiled.positiontup) == _ROW_FIELDS, compiled.positiontup
     return str(compiled)
 
 
-_IMPORTED = (
-    "job_id",
-    "key",
-    "seq",
-    "import_gen",
-    "name",
-    "source",
-    "model",
-    "prompt",
-    "quality",
-    "size",
-    "images",
-    "seed",
-    "filename",
-    "status",
-    "next_attempt_at",
-    "updated_at",
-    "parent_key",
-)  # fmt: skip  (the table's column order, which the compiled statement follows)
-
-
-def _task_row(job: Job, spec: TaskSpec, seq: int, now: float) -> tuple[Any, ...]:
-    """One imported task, in the order of _IMPORTED (a tuple: a million of them are built per import)."""
-    images = json.dumps(list(spec.images)) if spec.images else "[]"
-    return (
-        job.id, spec.key, seq, job.import_gen, spec.name, spec.source, spec.model, spec.prompt, spec.quality,
-        spec.size, images, spec.seed, spec.filename, S.PENDING.value, 0.0, now, spec.parent_key,
-    )  # fmt: skip
+# the fields of a models.ImportRow, in its order (which is also the table's column order)
+_ROW_FIELDS = ("key", "seq", "name", "source", "model", "prompt", "quality", "size", "images", "seed", "filename",
+               "parent_key")  # fmt: skip

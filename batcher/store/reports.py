@@ -9,38 +9,30 @@ from sqlalchemy.engine import RowMapping
 
 from batcher.store.base import Job, Ledger, S, StoreBase
 from batcher.store.database import translated
-from batcher.store.tables import api_calls, jobs, tasks
+from batcher.store.tables import api_calls, jobs, task_counts, tasks
 
 
 class ReportsPart(StoreBase):
     async def status_counts(self) -> dict[str, dict[str, int]]:
         """Per job name: tasks per status (a pending task the manifest no longer lists counts as retired).
 
-        Counted from the (job_id, status, seq) index alone; only a job imported more than once can have retired
-        tasks, and only then are its pending rows read for their import generation."""
-        job_rows = {r["id"]: r for r in await self._read(select(jobs.c.id, jobs.c.name, jobs.c.import_gen))}
+        On SQLite the counts are kept in `task_counts` (a few rows, whatever the store's size); on PostgreSQL
+        they come from the (job_id, status, seq) index. Retired tasks are counted by each import."""
+        job_rows = {r["id"]: r for r in await self._read(select(jobs.c.id, jobs.c.name, jobs.c.retired))}
         out: dict[str, dict[str, int]] = {r["name"]: {} for r in job_rows.values()}
-        reimported: dict[int, tuple[str, int]] = {}
-        for r in await self._read(
-            select(tasks.c.job_id, tasks.c.status, func.count().label("n")).group_by(tasks.c.job_id, tasks.c.status)
-        ):
-            job = job_rows[r["job_id"]]
-            out[job["name"]][r["status"]] = int(r["n"])
-            if job["import_gen"] > 1 and r["status"] == S.PENDING:
-                reimported[r["job_id"]] = (job["name"], job["import_gen"])
-        for job_id, (name, gen) in reimported.items():
-            retired = (
-                await self._rows(
-                    select(func.count()).where(
-                        tasks.c.job_id == job_id, tasks.c.status == S.PENDING, tasks.c.import_gen < gen
-                    )
-                )
-            )[0][0]
+        if self.dialect == "sqlite":
+            counted = select(task_counts.c.job_id, task_counts.c.status, task_counts.c.n).where(task_counts.c.n > 0)
+        else:
+            counted = select(tasks.c.job_id, tasks.c.status, func.count()).group_by(tasks.c.job_id, tasks.c.status)
+        for job_id, status, n in await self._rows(counted):
+            out[job_rows[job_id]["name"]][status] = int(n)
+        for job in job_rows.values():
+            retired, counts = int(job["retired"]), out[job["name"]]
             if retired:
-                out[name]["retired"] = int(retired)
-                out[name][S.PENDING] -= int(retired)
-                if not out[name][S.PENDING]:
-                    del out[name][S.PENDING]
+                counts["retired"] = retired
+                counts[S.PENDING] -= retired
+                if not counts[S.PENDING]:
+                    del counts[S.PENDING]
         return out
 
     async def ledger(self, job: Job) -> Ledger:

@@ -44,6 +44,7 @@ jobs = Table(
     Column("budget_micros", BigInteger, nullable=True),
     Column("settings", Text, nullable=False, server_default="{}"),  # JSON: rate, in-flight, attempts
     Column("import_gen", Integer, nullable=False, server_default="0"),  # bumped by every import
+    Column("retired", BigInteger, nullable=False, server_default="0"),  # pending tasks its last import dropped
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -93,7 +94,13 @@ tasks = Table(
     Column("cached_from", Id, nullable=True),  # the task (any job) whose output this one reused, at no cost
     UniqueConstraint("job_id", "key"),
     Index(None, "job_id", "status", "seq"),  # claims scan one status in manifest order
-    Index(None, "claimed_by"),
+    # partial: every task has an entry only while claimed, so an import never touches it
+    Index(
+        "ix_tasks_claimed_by",
+        "claimed_by",
+        sqlite_where=text("claimed_by IS NOT NULL"),
+        postgresql_where=text("claimed_by IS NOT NULL"),
+    ),
     # finished outputs by identity, for the cache; partial, so importing pending tasks never touches it
     Index(
         "ix_tasks_key_succeeded",
@@ -101,6 +108,16 @@ tasks = Table(
         sqlite_where=text("status = 'succeeded'"),
         postgresql_where=text("status = 'succeeded'"),
     ),
+)
+
+# Tasks per status of each job. On SQLite a trigger (migration 0004) keeps it in step with every status change
+# and each import recounts its job; on PostgreSQL it stays empty (concurrent workers would queue on its rows).
+task_counts = Table(
+    "task_counts",
+    metadata,
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )
 
 # Append-only: one row per HTTP call made to the API, so a report can explain every cent.

@@ -29,7 +29,7 @@ from batcher.emulator import Latency
 from batcher.emulator.images import encode_png
 from batcher.gallery import CHUNK
 from batcher.imageinfo import sniff
-from batcher.models import JobSettings, TaskSpec
+from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.store import Job, Store
 from batcher.store.tables import api_calls, tasks
 from tests.acceptance.cli_kit import batcher, cli_env
@@ -255,7 +255,7 @@ async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
     items = [TaskSpec(MODEL, p, "1K", size, f"{i:02d}-{size}.png", source=f"catalog.yaml:{i + 2}")
              for i, (p, size) in enumerate(CATALOG)]  # fmt: skip
     job = JobSettings("spring-catalog", str(tmp_path / "out"), budget_usd=Decimal(5))
-    await store.import_manifest(job, "catalog.yaml", iter(items), extra={}, now=time.time())
+    await store.import_manifest(job, "catalog.yaml", import_batches(items), extra={}, now=time.time())
     await drive(store, emu, fast_config(max_in_flight=4), name=job.name)
     ledger = await store.ledger(await store.job(job.name))
     assert ledger.counts == {"succeeded": len(CATALOG) - 1, "failed": 1}

@@ -10,7 +10,7 @@ from typing import Any
 from batcher.client import ApiClient
 from batcher.config import RunConfig
 from batcher.emulator import Emulator
-from batcher.models import JobSettings, TaskSpec
+from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.polling import PollPolicy
 from batcher.ratelimit import RateGate
 from batcher.retry import RetryPolicy
@@ -28,7 +28,7 @@ def specs(n: int, prefix: str = "prompt", size: str = "1x1") -> list[TaskSpec]:
 
 
 async def load(store: Store, items: list[TaskSpec], out: Path, name: str = "job") -> None:
-    await store.import_manifest(JobSettings(name, str(out)), "test", iter(items), extra={}, now=time.time())
+    await store.import_manifest(JobSettings(name, str(out)), "test", import_batches(items), extra={}, now=time.time())
 
 
 def fast_config(**changes: Any) -> RunConfig:

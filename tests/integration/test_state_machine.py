@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
+from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
 from batcher.store import ClaimLost, Store, Task
 
 MODEL = "gemini-3.1-flash-lite-image"
@@ -45,7 +45,9 @@ class StoreMachine(RuleBasedStateMachine):
     def setup(self) -> None:
         self.store: Store = self.run(Store.open(str(Path(self.dir.name) / "s.db")))
         specs = [TaskSpec(MODEL, f"p{i}", "1K", "1x1", f"{i}.png") for i in range(TASKS)]
-        self.run(self.store.import_manifest(JobSettings("j", "out"), "m", iter(specs), extra={}, now=self.now))
+        self.run(
+            self.store.import_manifest(JobSettings("j", "out"), "m", import_batches(specs), extra={}, now=self.now)
+        )
         self.job = self.run(self.store.job("j"))
 
     def teardown(self) -> None:

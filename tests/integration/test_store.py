@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from batcher.errors import ManifestError, Problem
-from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus
+from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
 from batcher.store import ClaimLost, Store
+from batcher.store.tables import tasks
 from tests.conftest import OpenStore
 
 MODEL = "gemini-3.1-flash-lite-image"
@@ -31,7 +33,9 @@ def call(kind: str = "create") -> CallRecord:
 
 
 async def imported(store: Store, items: list[TaskSpec], name: str = "job") -> int:
-    result = await store.import_manifest(JobSettings(name, "out"), "m.yaml", iter(items), extra={}, now=time.time())
+    result = await store.import_manifest(
+        JobSettings(name, "out"), "m.yaml", import_batches(items), extra={}, now=time.time()
+    )
     return result.added
 
 
@@ -52,7 +56,9 @@ async def test_reimport_adds_only_new_tasks_and_retires_removed_ones(open_store:
 async def test_identical_rows_are_one_task(open_store: OpenStore) -> None:
     store = await open_store()
     items = specs(5) + specs(5)
-    result = await store.import_manifest(JobSettings("job", "out"), "m.yaml", iter(items), extra={}, now=time.time())
+    result = await store.import_manifest(
+        JobSettings("job", "out"), "m.yaml", import_batches(items), extra={}, now=time.time()
+    )
     assert (result.rows, result.added) == (10, 5)
 
 
@@ -64,7 +70,9 @@ async def test_a_manifest_error_mid_stream_writes_nothing(open_store: OpenStore)
         raise ManifestError([Problem("m.yaml", 9000, None, "bad row")])
 
     with pytest.raises(ManifestError):
-        await store.import_manifest(JobSettings("job", "out"), "m.yaml", broken(), extra={}, now=time.time())
+        await store.import_manifest(
+            JobSettings("job", "out"), "m.yaml", import_batches(broken()), extra={}, now=time.time()
+        )
     assert await store.status_counts() == {}
     assert await store.jobs() == []
 
@@ -175,3 +183,23 @@ async def test_writes_wait_for_a_lock_held_elsewhere_without_blocking_the_loop(
     await asyncio.wait_for(write, 10)
     assert t.status is TaskStatus.SUBMITTING
     assert (await store.status_counts())["job"] == {"submitting": 1}
+
+
+async def test_status_counts_stay_in_step_with_the_tasks(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(6))
+    job = await store.job("job")
+    now = time.time()
+    t1, t2, t3 = await store.claim(job, "w", 3, now, now + 30)
+    for t in (t1, t2, t3):
+        await store.begin_create(t, now)
+    await store.created(t2, "r2", None, call(), now)
+    await store.failed(t3, "no", call(), now)
+    await imported(store, specs(4) + specs(2, prefix="new"))  # two pending tasks retired, two added
+    rows = await store._rows(
+        select(tasks.c.status, func.count()).where(tasks.c.job_id == job.id).group_by(tasks.c.status)
+    )
+    truth = {status: n for status, n in rows}
+    counts = (await store.status_counts())["job"]
+    assert counts == {"submitting": 1, "submitted": 1, "failed": 1, "pending": 3, "retired": 2}
+    assert sum(counts.values()) == sum(truth.values()) == 8

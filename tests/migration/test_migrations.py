@@ -62,3 +62,30 @@ def test_migrations_ship_inside_the_package() -> None:
 def test_the_newest_script_by_name_is_alembics_head() -> None:
     # opening a store compares revisions without loading Alembic: the file names must follow the revisions
     assert newest_script() == head_revision()
+
+
+async def test_upgrading_a_populated_store_counts_what_it_holds(tmp_path: Path) -> None:
+    engine = create_engine(database_url(str(tmp_path / "m.db")))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0003"))
+            await conn.exec_driver_sql(
+                "INSERT INTO jobs (id, name, manifest, output_dir, settings, import_gen, created_at, updated_at) "
+                "VALUES (1, 'j', 'm', 'out', '{}', 2, 0, 0)"
+            )
+            for i, (status, gen) in enumerate([("pending", 2), ("pending", 1), ("pending", 1), ("succeeded", 1)]):
+                await conn.exec_driver_sql(
+                    "INSERT INTO tasks (job_id, key, seq, import_gen, source, model, prompt, quality, size, filename, "
+                    f"status, updated_at) VALUES (1, 'k{i}', {i}, {gen}, 's', 'm', 'p', '1K', '1x1', 'f', "
+                    f"'{status}', 0)"
+                )
+            await upgrade(conn)
+            counts = {r[0]: r[1] for r in await conn.exec_driver_sql("SELECT status, n FROM task_counts")}
+            retired = (await conn.exec_driver_sql("SELECT retired FROM jobs")).scalar_one()
+            # and from now on the trigger keeps the counts in step
+            await conn.exec_driver_sql("UPDATE tasks SET status = 'submitting' WHERE key = 'k0'")
+            after = {r[0]: r[1] for r in await conn.exec_driver_sql("SELECT status, n FROM task_counts WHERE n > 0")}
+        assert counts == {"pending": 3, "succeeded": 1} and retired == 2
+        assert after == {"pending": 2, "submitting": 1, "succeeded": 1}
+    finally:
+        await engine.dispose()

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from batcher.models import JobSettings, TaskSpec
+from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.store import Store
 from batcher.store.tables import metadata
 
@@ -39,7 +39,7 @@ async def test_many_workers_claiming_at_once_never_share_a_task(pg_url: str) -> 
     stores = [await Store.open(pg_url) for _ in range(4)]
     try:
         specs = [TaskSpec(MODEL, f"p{i}", "1K", "1x1", f"{i}.png") for i in range(400)]
-        await stores[0].import_manifest(JobSettings("j", "out"), "m", iter(specs), extra={}, now=time.time())
+        await stores[0].import_manifest(JobSettings("j", "out"), "m", import_batches(specs), extra={}, now=time.time())
         job = await stores[0].job("j")
 
         async def worker(store: Store, wid: str) -> list[int]:
