@@ -8,12 +8,13 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batcher.store.database import create_engine, database_url
 from batcher.store.migrate import alembic_config, head_revision, newest_script, upgrade
-from batcher.store.tables import metadata
+from batcher.store.tables import metadata, task_counts
 
 
 def _diff(conn: Connection) -> list[Any]:
@@ -80,12 +81,17 @@ async def test_upgrading_a_populated_store_counts_what_it_holds(tmp_path: Path) 
                     f"'{status}', 0)"
                 )
             await upgrade(conn)
-            counts = {r[0]: r[1] for r in await conn.exec_driver_sql("SELECT status, n FROM task_counts")}
+            counts = await _counts(conn)
             retired = (await conn.exec_driver_sql("SELECT retired FROM jobs")).scalar_one()
             # and from now on the trigger keeps the counts in step
             await conn.exec_driver_sql("UPDATE tasks SET status = 'submitting' WHERE key = 'k0'")
-            after = {r[0]: r[1] for r in await conn.exec_driver_sql("SELECT status, n FROM task_counts WHERE n > 0")}
+            after = await _counts(conn)
         assert counts == {"pending": 3, "succeeded": 1} and retired == 2
         assert after == {"pending": 2, "submitting": 1, "succeeded": 1}
     finally:
         await engine.dispose()
+
+
+async def _counts(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(task_counts.c.status, task_counts.c.n).where(task_counts.c.n > 0))
+    return {status: n for status, n in rows}
