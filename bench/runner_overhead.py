@@ -3,6 +3,8 @@
 - overhead: 5,000 tasks, emulator latency uniform 0.2-1 s, no rate limit: client CPU per finished task
   (user + system seconds of the `batcher run` process, start-up and import included) — target <= 1 ms.
 - memory: a 200,000-task run's peak RSS — target < 250 MB (only what is in flight lives in memory).
+- the floor: the same requests made by a bare aiohttp script (http_floor.py), for comparison: what the HTTP
+  client and the kernel's loopback cost per task before batcher does anything.
 
     .venv/bin/python bench/runner_overhead.py [--tasks 5000] [--repeat 3] [--in-flight 256]
     .venv/bin/python bench/runner_overhead.py --tasks 200000 --repeat 1 --in-flight 512
@@ -49,6 +51,17 @@ def one_run(tasks: int, in_flight: int, tag: str, emu: EmulatorProcess, tmp: Pat
     }
 
 
+def floor_run(tasks: int, in_flight: int, emu: EmulatorProcess, tmp: Path) -> dict[str, float]:
+    script = Path(__file__).with_name("http_floor.py")
+    cmd = [sys.executable, str(script), emu.base_url, emu.key, "--tasks", str(tasks), "--in-flight", str(in_flight)]
+    run = sample(cmd, None, tmp)
+    if run.code != 0:
+        sys.exit(f"the aiohttp floor failed ({run.code}): {run.err[-2000:]}")
+    figures: dict[str, float] = json.loads(run.out)
+    print(f"floor: {tasks:,} tasks in {run.wall_s:.1f} s, {figures['cpu_ms_per_task']:.3f} ms/task")
+    return figures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=5000)
@@ -66,11 +79,16 @@ def main() -> None:
                 print(f"run {i + 1}: {args.tasks:,} tasks in {r['wall']:.1f} s, client CPU {r['cpu']:.2f} s = "
                       f"{1000 * r['cpu'] / args.tasks:.3f} ms/task, peak RSS {r['peak_mb']:.0f} MB, "
                       f"{r['calls_per_image']:.2f} calls/image")  # fmt: skip
+            floors = [floor_run(args.tasks, args.in_flight, emu, Path(tmp)) for _ in range(args.repeat)]
         cpu_ms = statistics.median(1000 * r["cpu"] / args.tasks for r in runs)
         print()
         steady = statistics.median(1000 * (r["cpu"] - startup) / args.tasks for r in runs)
         print(f"median client CPU per finished task: {cpu_ms:.3f} ms with start-up, {steady:.3f} ms without "
               f"(a one-task run costs {startup:.2f} s) — target <= 1 ms")  # fmt: skip
+        floor = statistics.median(f["cpu_ms_per_task"] for f in floors)
+        print(f"median CPU per task of the same requests from a bare aiohttp script: {floor:.3f} ms "
+              f"({statistics.median(f['requests_per_task'] for f in floors):.2f} requests per task); "
+              f"batcher's own share, start-up aside: {steady - floor:.3f} ms")  # fmt: skip
         print(f"median peak RSS: {statistics.median(r['peak_mb'] for r in runs):.0f} MB "
               f"(target < 250 MB for 200,000 tasks)")  # fmt: skip
         print(f"median throughput: {statistics.median(args.tasks / r['wall'] for r in runs):.0f} tasks/s")
