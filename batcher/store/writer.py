@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -24,6 +25,7 @@ from batcher.store.database import translated
 from batcher.store.inline import CHECKPOINT_EVERY, InlineSqlite
 
 T = TypeVar("T")
+log = logging.getLogger("batcher")
 
 
 class WriteConnection(Protocol):
@@ -135,6 +137,12 @@ class Writer:
             self.ops += len(batch)
             inline = self._inline is not None and not first[2]  # an import may run long: not on the loop
             await self._commit(batch, self._inline_first if inline else self._in_transaction)
+            if self._inline is not None and self._inline.commits >= CHECKPOINT_EVERY:
+                self._inline.commits = 0
+                try:
+                    await self._checkpoint()
+                except Exception as e:  # upkeep, not a change: the next one tries again
+                    log.warning("checkpointing the job store failed: %s", e)
 
     async def _commit(
         self,
@@ -173,9 +181,6 @@ class Writer:
         results = self._inline.commit(changes)
         if results is None:  # another process holds the lock: wait for it off the loop
             return await self._in_transaction(changes)
-        if self._inline.commits >= CHECKPOINT_EVERY:
-            self._inline.commits = 0
-            await self._checkpoint()
         return results
 
     async def _checkpoint(self) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from batcher.errors import ManifestError, Problem
 from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
-from batcher.store import ClaimLost, Store
+from batcher.store import ClaimLost, Store, writer
 from batcher.store.tables import tasks
 from tests.conftest import OpenStore
 
@@ -203,3 +203,29 @@ async def test_status_counts_stay_in_step_with_the_tasks(open_store: OpenStore) 
     counts = (await store.status_counts())["job"]
     assert counts == {"submitting": 1, "submitted": 1, "failed": 1, "pending": 3, "retired": 2}
     assert sum(counts.values()) == sum(truth.values()) == 8
+
+
+async def test_checkpoints_between_group_commits_keep_every_change(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 2)
+    checkpoints = 0
+    real = writer.Writer._checkpoint
+
+    async def counted(self: writer.Writer) -> None:
+        nonlocal checkpoints
+        await real(self)
+        checkpoints += 1
+
+    monkeypatch.setattr(writer.Writer, "_checkpoint", counted)
+    store = await open_store()
+    await imported(store, specs(5))
+    job = await store.job("job")
+    now = time.time()
+    for t in await store.claim(job, "w", 5, now, now + 30):  # one group commit each, a checkpoint every two
+        await store.begin_create(t, now)
+        await store.created(t, f"r{t.id}", None, call(), now)
+    await store.close()
+    assert checkpoints >= 4 and "checkpointing" not in caplog.text
+    reopened = await open_store()
+    assert (await reopened.status_counts())["job"] == {"submitted": 5}
