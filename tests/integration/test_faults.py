@@ -17,6 +17,8 @@ from tests.integration.runner_kit import FAST_RETRY, PRICE, drive, fast_config, 
 
 FAST = Latency("uniform", 0.05, 0.2)
 TASKS = 16
+# all faults at once: enough requests that the run surely meets most kinds (the draws follow the requests' order)
+TASKS_FOR = {"everything-at-once": 48}
 
 FAULTS: dict[str, dict[str, Any]] = {
     "http-500": {"error_500_rate": 0.5},
@@ -118,7 +120,7 @@ async def test_every_task_ends_final_and_accounted(open_store: OpenStore, start_
     knobs = FAULTS[fault]
     store = await open_store()
     emu = await start_emu(latency=FAST, seed=7, **knobs)
-    await load(store, specs(TASKS), tmp_path / "out")
+    await load(store, specs(TASKS_FOR.get(fault, TASKS)), tmp_path / "out")
     # 12 attempts: at a 50% fault rate a task fails for good with odds of 1 in 4096, not 1 in 64
     result = await drive(store, emu, fast_config(max_in_flight=8, retry=replace(FAST_RETRY, max_attempts=12)))
     assert result.reason == StopReason.DONE, result
