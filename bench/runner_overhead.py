@@ -7,7 +7,7 @@
   client and the kernel's loopback cost per task before batcher does anything.
 
     .venv/bin/python bench/runner_overhead.py [--tasks 5000] [--repeat 3] [--in-flight 256]
-    .venv/bin/python bench/runner_overhead.py --tasks 200000 --repeat 1 --in-flight 512
+    .venv/bin/python bench/runner_overhead.py --tasks 200000 --repeat 1 --in-flight 512 --no-floor
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--in-flight", type=int, default=256)
     ap.add_argument("--latency", default="uniform:0.2:1")
+    ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare aiohttp runs")
     args = ap.parse_args()
     with EmulatorProcess("--latency", args.latency) as emu:
         with tempfile.TemporaryDirectory() as tmp:
@@ -79,16 +80,17 @@ def main() -> None:
                 print(f"run {i + 1}: {args.tasks:,} tasks in {r['wall']:.1f} s, client CPU {r['cpu']:.2f} s = "
                       f"{1000 * r['cpu'] / args.tasks:.3f} ms/task, peak RSS {r['peak_mb']:.0f} MB, "
                       f"{r['calls_per_image']:.2f} calls/image")  # fmt: skip
-            floors = [floor_run(args.tasks, args.in_flight, emu, Path(tmp)) for _ in range(args.repeat)]
+            floors = [floor_run(args.tasks, args.in_flight, emu, Path(tmp)) for _ in range(args.repeat * args.floor)]
         cpu_ms = statistics.median(1000 * r["cpu"] / args.tasks for r in runs)
         print()
         steady = statistics.median(1000 * (r["cpu"] - startup) / args.tasks for r in runs)
         print(f"median client CPU per finished task: {cpu_ms:.3f} ms with start-up, {steady:.3f} ms without "
               f"(a one-task run costs {startup:.2f} s) — target <= 1 ms")  # fmt: skip
-        floor = statistics.median(f["cpu_ms_per_task"] for f in floors)
-        print(f"median CPU per task of the same requests from a bare aiohttp script: {floor:.3f} ms "
-              f"({statistics.median(f['requests_per_task'] for f in floors):.2f} requests per task); "
-              f"batcher's own share, start-up aside: {steady - floor:.3f} ms")  # fmt: skip
+        if floors:
+            floor = statistics.median(f["cpu_ms_per_task"] for f in floors)
+            print(f"median CPU per task of the same requests from a bare aiohttp script: {floor:.3f} ms "
+                  f"({statistics.median(f['requests_per_task'] for f in floors):.2f} requests per task); "
+                  f"batcher's own share, start-up aside: {steady - floor:.3f} ms")  # fmt: skip
         print(f"median peak RSS: {statistics.median(r['peak_mb'] for r in runs):.0f} MB "
               f"(target < 250 MB for 200,000 tasks)")  # fmt: skip
         print(f"median throughput: {statistics.median(args.tasks / r['wall'] for r in runs):.0f} tasks/s")

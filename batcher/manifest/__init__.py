@@ -3,7 +3,8 @@
 Pure apart from reading the manifest's own files. `loader` is the entry; the other modules are its parts:
 `sourcetext` (bytes → checked text), `yamlsource` and `csvsource` (documents with locations), `taskfields`,
 `taskplans` and `rowplans` (load-time checks into plans), `templates` (prompts and safe file names), `expansion`
-(plans → specs, streamed), `chains` (`from:` ordering), `inputs` (input images of edit requests).
+(plans → specs, streamed), `chains` (`from:` ordering), `inputs` (input images of edit requests), `offload`
+(a large manifest expanded in a child process while the store takes its rows).
 """
 
 from batcher.manifest.loader import Manifest, load_manifest

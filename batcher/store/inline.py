@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
 
+INLINE_CACHE_KIB = 8_192  # this connection's page cache
 CHECKPOINT_EVERY = 500  # inline commits between two checkpoints of the log (run off the loop)
 
 
@@ -219,5 +220,8 @@ def _engine(path: str) -> Engine:
             dbapi_conn.execute(pragma)
         dbapi_conn.execute("PRAGMA busy_timeout=0")  # never wait on the loop: the writer waits off it
         dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints fsync: the writer runs them off the loop
+        # a run's writes touch the pages of its tasks in flight and the claim index's head, not the whole store
+        # (the import, which does, runs on the engine's connection): a second 64 MB cache would only hold memory
+        dbapi_conn.execute(f"PRAGMA cache_size=-{INLINE_CACHE_KIB}")
 
     return engine

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -74,3 +78,29 @@ def test_a_manifest_gone_before_the_child_reads_it_is_reported(tmp_path: Path, o
     with pytest.raises(BatcherError) as caught:
         list(offload.import_rows(manifest))
     assert "catalog.csv" in caught.value.message
+
+
+def test_a_reader_that_dies_is_an_error_not_a_hang(
+    tmp_path: Path, offloaded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dying = tmp_path / "dying-python"
+    dying.write_text("#!/bin/sh\nprintf 'not a pickle'\nexit 3\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(dying))
+    with pytest.raises(BatcherError) as caught:
+        list(offload.import_rows(load_manifest(catalog(tmp_path, 10))))
+    assert "reader stopped (exit code 3)" in caught.value.message
+
+
+def test_the_child_does_not_get_the_api_key(tmp_path: Path, offloaded: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINKMODEL_API_KEY", "sk-secret")
+    seen: list[dict[str, str]] = []
+    real = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["env"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    assert sum(len(b) for b in offload.import_rows(load_manifest(catalog(tmp_path, 10)))) == 10
+    assert len(seen) == 1 and "LINKMODEL_API_KEY" not in seen[0] and seen[0]["PATH"] == os.environ["PATH"]
