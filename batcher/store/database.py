@@ -22,7 +22,12 @@ from batcher.errors import StoreBusyError, StoreError, StoreFullError, StoreRead
 
 BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another process's transaction on SQLite
 BUSY_TIMEOUT_ENV = "BATCHER_BUSY_TIMEOUT_MS"  # overrides it (tests make a locked store fail fast)
-CACHE_KIB = 65_536  # SQLite page cache per connection, KiB
+# SQLite's page cache per connection, KiB. A run's reads and writes touch the pages of its tasks in flight, the
+# claim index's head, or scan in order: a few MB serve them, and a store has several connections (the writer's,
+# reads, the inline one). An import inserts keys that are hashes all over the unique index: below 64 MB of cache
+# a million of them turn into re-reads, so an import's transaction has that much while it lasts.
+CACHE_KIB = 8_192
+IMPORT_CACHE_KIB = 65_536
 FULL_BELOW_BYTES = 64 * 1024  # a disk with less free space than this counts as full when SQLite reports I/O errors
 
 # Folders of the SQLite stores this process opened. SQLite reports a full disk as SQLITE_FULL when a write fails,
@@ -88,8 +93,6 @@ def sqlite_pragmas() -> list[str]:
         f"PRAGMA synchronous={synchronous}",
         f"PRAGMA busy_timeout={busy_timeout_ms()}",
         "PRAGMA foreign_keys=ON",
-        # a task's key is a hash: a million inserts land all over its index, which SQLite's default 2 MB
-        # page cache turns into re-reads; 64 MB holds it (the cache fills only as far as it is used)
         f"PRAGMA cache_size=-{CACHE_KIB}",
         "PRAGMA temp_store=MEMORY",
     ]

@@ -17,6 +17,7 @@ executemany inside the same transaction.
 from __future__ import annotations
 
 import contextlib
+import operator
 import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -33,9 +34,8 @@ if TYPE_CHECKING:
     from batcher.store.writer import Change, RowChange
 
 T = TypeVar("T")
-Rows = list[tuple[Any, ...]]
+Rows = list[Sequence[Any]]
 
-INLINE_CACHE_KIB = 8_192  # this connection's page cache
 CHECKPOINT_EVERY = 500  # inline commits between two checkpoints of the log (run off the loop)
 
 
@@ -156,9 +156,9 @@ class _Compiled:
 
     stmt: object  # held, so that its id is not reused while this entry lives
     sql: str
-    names: tuple[str, ...]  # the positional parameters, in order
+    row: Callable[[dict[str, Any]], tuple[Any, ...]]  # the positional parameters, in order, from the given ones
     fixed: dict[str, Any]  # values compiled into the statement (literals)
-    processors: tuple[Callable[[Any], Any] | None, ...] | None  # the types' bind processing, where any has one
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # the types' bind processing, where any has one
 
     @classmethod
     def of(cls, change: RowChange, dialect: Dialect) -> _Compiled:
@@ -166,8 +166,8 @@ class _Compiled:
         compiled: Any = change.stmt.compile(dialect=dialect, column_keys=list(change.params))
         names = tuple(compiled.positiontup)
         fixed: dict[str, Any] = {}
-        processors: list[Callable[[Any], Any] | None] = []
-        for name in names:
+        processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, name in enumerate(names):
             bind = compiled.binds[name]
             if bind.expanding:
                 raise TypeError(f"a row change cannot expand a parameter list ({name})")
@@ -175,15 +175,26 @@ class _Compiled:
                 if bind.required or callable(bind.value):
                     raise TypeError(f"a row change must give every parameter; {name} is missing")
                 fixed[name] = bind.value
-            processors.append(bind.type.bind_processor(dialect))
-        return cls(change.stmt, compiled.string, names, fixed, tuple(processors) if any(processors) else None)
+            processor = bind.type.bind_processor(dialect)
+            if processor is not None:
+                processors.append((i, processor))
+        return cls(change.stmt, compiled.string, _picker(names), fixed, tuple(processors))
 
-    def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        given = {**self.fixed, **params} if self.fixed else params
-        row: tuple[Any, ...] = tuple(map(given.__getitem__, self.names))
-        if self.processors is None:
+    def values(self, params: dict[str, Any]) -> Sequence[Any]:
+        row = self.row({**self.fixed, **params} if self.fixed else params)
+        if not self.processors:
             return row
-        return tuple(v if p is None else p(v) for p, v in zip(self.processors, row, strict=True))
+        processed = list(row)
+        for i, process in self.processors:
+            processed[i] = process(processed[i])
+        return processed
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The values of `names`, in order (itemgetter: in C; given one name it returns the value, not a tuple)."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    return lambda params: tuple(params[name] for name in names)
 
 
 def _executemany(driver: sqlite3.Connection, sql: str, rows: Rows, fenced: bool) -> list[int]:
@@ -220,8 +231,5 @@ def _engine(path: str) -> Engine:
             dbapi_conn.execute(pragma)
         dbapi_conn.execute("PRAGMA busy_timeout=0")  # never wait on the loop: the writer waits off it
         dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints fsync: the writer runs them off the loop
-        # a run's writes touch the pages of its tasks in flight and the claim index's head, not the whole store
-        # (the import, which does, runs on the engine's connection): a second 64 MB cache would only hold memory
-        dbapi_conn.execute(f"PRAGMA cache_size=-{INLINE_CACHE_KIB}")
 
     return engine

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, delete, func, insert, literal_column, select, 
 from batcher.errors import JobNotFoundError
 from batcher.models import ImportRow, JobSettings
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
+from batcher.store.database import CACHE_KIB, IMPORT_CACHE_KIB
 from batcher.store.tables import jobs, task_counts, tasks
 from batcher.store.writer import WriteConnection
 
@@ -29,6 +30,15 @@ class JobsPart(StoreBase):
         an error in any row rolls all back."""
 
         async def op(conn: WriteConnection) -> ImportResult:
+            if conn.dialect.name != "sqlite":
+                return await insert_all(conn)
+            await conn.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
+            try:
+                return await insert_all(conn)
+            finally:  # the connection stays the writer's: give the memory back
+                await conn.exec_driver_sql(f"PRAGMA cache_size=-{CACHE_KIB}")
+
+        async def insert_all(conn: WriteConnection) -> ImportResult:
             job = await self._upsert_job(conn, settings, manifest, extra, now)
             before = await self._count(conn, job.id)
             seen = 0

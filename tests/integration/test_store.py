@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from batcher.errors import ManifestError, Problem
 from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
-from batcher.store import ClaimLost, Store, writer
+from batcher.store import ClaimLost, Store, database, writer
 from batcher.store.tables import tasks
 from tests.conftest import OpenStore
 
@@ -75,6 +75,28 @@ async def test_a_manifest_error_mid_stream_writes_nothing(open_store: OpenStore)
         )
     assert await store.status_counts() == {}
     assert await store.jobs() == []
+
+
+async def test_an_import_gives_back_its_page_cache_whether_it_succeeds_or_fails(open_store: OpenStore) -> None:
+    store = await open_store()
+
+    async def cache_kib() -> int:
+        async def op(conn: writer.WriteConnection) -> int:
+            return -int((await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one())
+
+        return await store.writer.run(op, alone=True)  # alone: on the connection imports use
+
+    def broken() -> Iterator[TaskSpec]:
+        yield from specs(10, "q")
+        raise ManifestError([Problem("m.yaml", 12, None, "bad row")])
+
+    assert await imported(store, specs(10)) == 10
+    assert await cache_kib() == database.CACHE_KIB < database.IMPORT_CACHE_KIB
+    with pytest.raises(ManifestError):
+        await store.import_manifest(
+            JobSettings("job", "out"), "m.yaml", import_batches(broken()), extra={}, now=time.time()
+        )
+    assert await cache_kib() == database.CACHE_KIB
 
 
 async def test_claims_are_disjoint_and_fenced(open_store: OpenStore) -> None:
