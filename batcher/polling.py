@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POLL_FLOOR_S = 0.25  # never poll one task more often than this, seconds
-FIRST_POLL_QUANTILE = 0.9  # most generations are done at the first poll: about 1.1 polls per image
+FIRST_POLL_QUANTILE = 0.93  # most generations are done at the first poll: about 1.1 polls per image
 TRACK_STEP = 0.06  # how fast the first-poll estimate moves per observation (relative)
-LATE_FIRST_POLL = 1.15  # a first poll later than this x the estimate says little about it: ignored
+# A first poll tells about the estimate only when it was made near it: "done" at a poll much later than the
+# estimate, or "still running" at one much earlier, is no news (the estimate has already moved past it). This also
+# bounds how far one wave of polls made with the same estimate (tasks created together) can move it.
+OFF_ESTIMATE = 1.3
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,10 @@ class FirstPollTracker:
 
     def observe(self, first_poll_after_s: float, done: bool) -> None:
         """What a task's first poll, `first_poll_after_s` after its create, found."""
-        if done and first_poll_after_s > self.seconds * LATE_FIRST_POLL:
-            return  # it waited long for its turn: "done by then" is no news about the quantile
+        if done and first_poll_after_s > self.seconds * OFF_ESTIMATE:
+            return  # it waited long for its turn
+        if not done and first_poll_after_s < self.seconds / OFF_ESTIMATE:
+            return  # polled with an estimate since raised
         q = FIRST_POLL_QUANTILE
         # stationary where P(still running) = 1 - q
         self.seconds *= (1 + TRACK_STEP * q) if not done else (1 - TRACK_STEP * (1 - q))

@@ -49,9 +49,36 @@ def test_the_first_poll_settles_at_the_latency_quantile(median: float) -> None:
     assert sum(done_share) / len(done_share) == pytest.approx(FIRST_POLL_QUANTILE, abs=0.05)
 
 
+def test_waves_of_tasks_polled_with_one_estimate_do_not_throw_it_off() -> None:
+    """Tasks created together are first polled together, with the same estimate: hundreds of answers at once
+    must not push it up (or down) hundreds of times."""
+    rng = random.Random(1)
+    tracker = FirstPollTracker(2.0)
+    estimates, done_share = [], []
+    for wave in range(60):
+        used = tracker.seconds
+        latencies = [rng.uniform(0.2, 1.0) for _ in range(256)]
+        for latency in latencies:
+            tracker.observe(used, latency <= used)
+        if wave >= 10:
+            estimates.append(used)
+            done_share.append(sum(latency <= used for latency in latencies) / len(latencies))
+    true_q = 0.2 + 0.8 * FIRST_POLL_QUANTILE
+    assert 0.7 * true_q < min(estimates) and max(estimates) < 1.3 * true_q
+    assert sum(done_share) / len(done_share) == pytest.approx(FIRST_POLL_QUANTILE, abs=0.05)
+
+
 def test_a_late_first_poll_that_finds_the_task_done_teaches_nothing() -> None:
     tracker = FirstPollTracker(2.0)
     tracker.observe(5.0, done=True)
     assert tracker.seconds == 2.0 and tracker.observations == 0
     tracker.observe(5.0, done=False)  # still running at 5 s: the estimate was too low
     assert tracker.seconds > 2.0
+
+
+def test_an_early_first_poll_that_finds_the_task_running_teaches_nothing() -> None:
+    tracker = FirstPollTracker(2.0)
+    tracker.observe(1.0, done=False)  # polled with an estimate since raised
+    assert tracker.seconds == 2.0 and tracker.observations == 0
+    tracker.observe(1.0, done=True)  # done by 1 s: the estimate may be too high
+    assert tracker.seconds < 2.0
