@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 import click
 
 from batcher import report, views
-from batcher.config import db_from
+from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ManifestError, OutputError
 from batcher.models import OnUnknown
@@ -57,7 +57,8 @@ def _latency(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 def _fail(error: BatcherError) -> None:
     if isinstance(error, ManifestError):
         problems = error.problems
-        click.echo(f"batcher: the manifest is not valid ({len(problems)} problems); nothing was written:", err=True)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        click.echo(f"batcher: the manifest is not valid ({count}); nothing was written:", err=True)
         for p in problems[:MAX_PROBLEMS_SHOWN]:
             click.echo(f"  {p}", err=True)
         if len(problems) > MAX_PROBLEMS_SHOWN:
@@ -206,6 +207,11 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="account-wide requests per second (creates and polls); unset: found from 429s",
     )
     @click.option("--max-in-flight", type=click.IntRange(min=1), help="tasks between create and download at once")
+    @click.option(
+        "--max-connections",
+        type=click.IntRange(min=1),
+        help=f"open connections to the API at most (default {ApiSettings.max_connections})",
+    )
     @click.option("--max-cost", callback=_usd, metavar="USD", help="budget: start no create that could pass it")
     @click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
     @click.option("--max-attempts", type=click.IntRange(min=1), help="creates sent per task before it fails")
@@ -227,6 +233,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         emulate_latency: Latency | None,
         rate: float | None,
         max_in_flight: int | None,
+        max_connections: int | None,
         max_cost: Decimal | None,
         price: Decimal | None,
         max_attempts: int | None,
@@ -249,6 +256,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             max_attempts,
             emu,
             use_cache=not no_cache,
+            max_connections=max_connections,
         )
         return f(*args, opts=opts, **kwargs)
 

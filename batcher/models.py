@@ -210,6 +210,7 @@ class JobSettings:
     budget_usd: Decimal | None = None
     requests_per_second: float | None = None
     max_in_flight: int | None = None
+    max_connections: int | None = None
     max_attempts: int | None = None
 
 

@@ -45,6 +45,7 @@ class RunOptions:
     max_attempts: int | None = None
     emulator: EmulatorConfig = field(default_factory=lambda: EmulatorConfig(latency=DEMO_LATENCY))
     use_cache: bool = True  # `--no-cache` sets False
+    max_connections: int | None = None
 
 
 @dataclass
@@ -98,7 +99,7 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
 async def import_manifest(store: Store, manifest: Manifest, price: Decimal | None) -> ImportResult:
     s = manifest.settings
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
-             "max_attempts": s.max_attempts}  # fmt: skip
+             "max_connections": s.max_connections, "max_attempts": s.max_attempts}  # fmt: skip
     override = price if price is not None else s.price_usd
     return await store.import_manifest(s, str(manifest.path), _priced(import_rows(manifest), override), extra=extra,
                                        now=time.time())  # fmt: skip
@@ -122,6 +123,8 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
     if (attempts := opts.max_attempts or s.get("max_attempts")) is not None:
         retry = replace(retry, max_attempts=int(attempts))
     rate = opts.rate if opts.rate is not None else s.get("requests_per_second")
+    if (connections := opts.max_connections or s.get("max_connections")) is not None:
+        api = replace(api, max_connections=int(connections))
     return RunConfig(
         api=api,
         requests_per_second=None if rate is None else float(rate),

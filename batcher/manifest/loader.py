@@ -136,6 +136,7 @@ class _Output(_Strict):
 class _RateLimit(_Strict):
     requests_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_in_flight: int | None = Field(default=None, ge=1)
+    max_connections: int | None = Field(default=None, ge=1)
 
 
 class _Retries(_Strict):
@@ -290,6 +291,7 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         budget_usd=settings.budget_usd,
         requests_per_second=rate.requests_per_second,
         max_in_flight=rate.max_in_flight,
+        max_connections=rate.max_connections,
         max_attempts=retries.max_attempts,
     )
     return Manifest(p, job_settings, tuple(plans))

@@ -32,7 +32,7 @@ def test_yaml_settings_become_job_settings(tmp_path: Path) -> None:
         "output: {dir: out/spring, filename: '{sku}-{size}.png'}\n"
         "price_usd: 0.05\n"
         "budget_usd: 20\n"
-        "rate_limit: {requests_per_second: 5, max_in_flight: 32}\n"
+        "rate_limit: {requests_per_second: 5, max_in_flight: 32, max_connections: 16}\n"
         "retries: {max_attempts: 5}\n"
         "tasks: [{prompt: Studio shot of a red mug, size: 16x9, sku: A-1}]\n",
     )
@@ -40,7 +40,7 @@ def test_yaml_settings_become_job_settings(tmp_path: Path) -> None:
     assert manifest.path == path
     assert manifest.settings == JobSettings(
         name="spring-catalog", output_dir="out/spring", price_usd=Decimal("0.05"), budget_usd=Decimal("20"),
-        requests_per_second=5.0, max_in_flight=32, max_attempts=5,
+        requests_per_second=5.0, max_in_flight=32, max_connections=16, max_attempts=5,
     )  # fmt: skip
     assert str(manifest.settings.price_usd) == "0.05"  # exact, as written: never via a float
 
