@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ BUSY_TIMEOUT_ENV = "BATCHER_BUSY_TIMEOUT_MS"  # overrides it (tests make a locke
 # a million of them turn into re-reads, so an import's transaction has that much while it lasts.
 CACHE_KIB = 8_192
 IMPORT_CACHE_KIB = 65_536
+PRAGMA_RETRY_FIRST_S, PRAGMA_RETRY_MAX_S = 0.002, 0.1  # pauses between tries of a pragma the lock refused
 FULL_BELOW_BYTES = 64 * 1024  # a disk with less free space than this counts as full when SQLite reports I/O errors
 
 # Folders of the SQLite stores this process opened. SQLite reports a full disk as SQLITE_FULL when a write fails,
@@ -71,10 +73,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event below emit BEGIN itself
-        cur = dbapi_conn.cursor()
-        for pragma in sqlite_pragmas():
-            cur.execute(pragma)
-        cur.close()
+        apply_pragmas(dbapi_conn)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -96,6 +95,38 @@ def sqlite_pragmas() -> list[str]:
         f"PRAGMA cache_size=-{CACHE_KIB}",
         "PRAGMA temp_store=MEMORY",
     ]
+
+
+def apply_pragmas(dbapi_conn: Any) -> None:
+    """Set `sqlite_pragmas()` on a new connection (sqlite3's own, or SQLAlchemy's adapter of aiosqlite's).
+
+    When processes open a new, empty store at the same moment, each turns it to WAL, and SQLite may answer one of
+    them "database is locked" at once, without waiting on the busy timeout (two runs started together on a new
+    store): such a pragma is tried again, a few milliseconds later, until the busy timeout has passed."""
+    deadline = time.monotonic() + busy_timeout_ms() / 1000
+    cur = dbapi_conn.cursor()
+    try:
+        for pragma in sqlite_pragmas():
+            pause = PRAGMA_RETRY_FIRST_S
+            while True:
+                try:
+                    cur.execute(pragma)
+                    break
+                except sqlite3.OperationalError as e:
+                    if not is_locked(e) or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)  # the first open of a store only; the race it waits out lasts milliseconds
+                pause = min(pause * 2, PRAGMA_RETRY_MAX_S)
+    finally:
+        cur.close()
+
+
+def is_locked(e: BaseException | None) -> bool:
+    """Is `e` SQLite saying that another connection holds a lock?"""
+    return isinstance(e, sqlite3.OperationalError) and e.sqlite_errorcode in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
 
 
 def busy_timeout_ms() -> int:

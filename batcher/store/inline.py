@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from batcher.store.database import sqlite_pragmas
+from batcher.store.database import apply_pragmas, is_locked
 
 if TYPE_CHECKING:
     from batcher.store.writer import Change, RowChange
@@ -85,7 +85,7 @@ class InlineSqlite:
         try:
             driver.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            if _locked(e):
+            if is_locked(e):
                 return None
             raise
         results: list[Any] = [None] * len(changes)
@@ -214,21 +214,13 @@ def _executemany(driver: sqlite3.Connection, sql: str, rows: Rows, fenced: bool)
     return [driver.execute(sql, row).rowcount for row in rows]
 
 
-def _locked(e: BaseException | None) -> bool:
-    return isinstance(e, sqlite3.OperationalError) and e.sqlite_errorcode in (
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-    )
-
-
 def _engine(path: str) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # `commit` begins each transaction itself
-        for pragma in sqlite_pragmas():
-            dbapi_conn.execute(pragma)
+        apply_pragmas(dbapi_conn)
         dbapi_conn.execute("PRAGMA busy_timeout=0")  # never wait on the loop: the writer waits off it
         dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints fsync: the writer runs them off the loop
 
