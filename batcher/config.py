@@ -14,6 +14,7 @@ from batcher.retry import RetryPolicy
 
 DEFAULT_DB = "batcher.db"
 DEFAULT_BASE_URL = "https://api.linkmodel.ai/api/v1"
+API_KEY_ENV = "LINKMODEL_API_KEY"  # the only place the key is read from
 DEFAULT_MAX_IN_FLIGHT = 256  # tasks between create and download at once: enough to keep a rate limit busy
 LEASE_S = 30.0  # a claim not renewed for this long is taken over (procrastinate: 30 s of silence)
 HEARTBEAT_S = 10.0
@@ -90,7 +91,7 @@ def api_settings(env: Mapping[str, str] = os.environ, base_url: str | None = Non
 
 
 def api_key(env: Mapping[str, str] = os.environ) -> str:
-    key = env.get("LINKMODEL_API_KEY", "").strip()
+    key = env.get(API_KEY_ENV, "").strip()
     if not key:
         raise ConfigError(
             "no API key: set LINKMODEL_API_KEY, or add --emulate to rehearse against the built-in emulator"

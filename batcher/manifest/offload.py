@@ -18,12 +18,12 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
+from batcher.config import API_KEY_ENV
 from batcher.errors import BatcherError, ManifestError
 from batcher.manifest.loader import Manifest, load_manifest
 from batcher.models import ImportRow, import_batches
 
 OFFLOAD_FROM_BYTES = 8 << 20  # manifests (with their CSV files) at least this large are expanded in a child
-_SECRETS = ("LINKMODEL_API_KEY",)  # the child never needs the key: it is not even in its environment
 
 
 def import_rows(manifest: Manifest) -> Iterator[list[ImportRow]]:
@@ -35,7 +35,7 @@ def import_rows(manifest: Manifest) -> Iterator[list[ImportRow]]:
 
 
 def _from_child(path: str) -> Iterator[list[ImportRow]]:
-    env = {k: v for k, v in os.environ.items() if k not in _SECRETS}
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}  # the child never needs the key
     child = subprocess.Popen(
         [sys.executable, "-m", __name__, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
     )
