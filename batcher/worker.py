@@ -38,12 +38,14 @@ FIRST_POLL_PREFIX = "first_poll_s:"  # learned, per model: when most generations
 MIN_OBSERVATIONS = 20  # first polls seen before the estimate is worth keeping
 IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, seconds
 TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, seconds
+LOOK_AGAIN_S = 1.0  # a claim that came back short is tried again after this long (retries come due, others let go)
 PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
 CLAIM_BATCH = 16  # free slots worth a claim transaction while other tasks are in flight
 PREFETCH_S = 1.0  # and about this many seconds of the request rate
 STALE_PART_S = 900.0  # a .part file this old belongs to no live download (timeouts are far shorter), seconds
 STOP_GRACE_S = 15.0  # after a stop, how long creates already on the wire may take to answer, seconds
 POLL_GRID_S = 0.05  # polls wake on this grid, so that many share one wake-up of the loop, seconds
+GATHER_S = 0.02  # a task's progress may wait this long for others to share its commit (writer.py), seconds
 
 
 class StopReason:
@@ -122,6 +124,7 @@ class Runner:
         self._budget_blocked = False
         self._draining = False  # nothing left to create: the last images are collected sooner
         self._last_takeover = 0.0
+        self._next_look = 0.0  # when a claim that found nothing more to take is worth its transaction again
         self._to_create: set[int] = set()  # claimed, create not sent yet
         self._twins: set[str] = set()  # keys of this job's open tasks that some finished task shares
         self._fatal: BatcherError | None = None
@@ -131,6 +134,7 @@ class Runner:
     # --- the loop -------------------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        self.store.writer.gather_s = GATHER_S
         now = time.time()
         await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.job.name, now)
         await self._take_over_dead_workers(now)
@@ -164,9 +168,9 @@ class Runner:
             now = time.time()
             free = self.config.max_in_flight - len(self._active)
             claimed: list[Task] = []
-            if self._worth_a_claim() or (free > 0 and not self._active):
-                # creates are claimed only a little ahead of the rate, so other workers get their share
-                ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
+            # creates are claimed only a little ahead of the rate, so other workers get their share
+            ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
+            if self._claim_due(free, ahead, now):
                 started = time.perf_counter()
                 claimed = await self.store.claim(
                     self.job, self.worker_id, free, now, now + self.config.lease_s, pending=ahead
@@ -174,6 +178,8 @@ class Runner:
                 self.progress.claims += 1
                 self.progress.claimed += len(claimed)
                 self.progress.claim_s += time.perf_counter() - started
+                # a claim that left slots free took every task that was due (submitted ones first)
+                self._next_look = now + LOOK_AGAIN_S if len(claimed) < free else now
                 to_create = [t for t in claimed if t.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)]
                 if ahead:
                     self._draining = len(to_create) < min(ahead, free)
@@ -202,6 +208,18 @@ class Runner:
     def _worth_a_claim(self) -> bool:
         """Claim in batches: one transaction per finished task would cost more than the task's own writes."""
         return self.config.max_in_flight - len(self._active) >= min(CLAIM_BATCH, self.config.max_in_flight)
+
+    def _claim_due(self, free: int, ahead: int, now: float) -> bool:
+        """Is a claim worth its transaction? With work in hand, only for a batch: enough free slots, and either
+        creates running low while the store has more (refilled by half the prefetch at a time, not one by one
+        as each is sent), or time to look again after a claim that found nothing more."""
+        if free <= 0:
+            return False
+        if not self._active:
+            return True
+        if not self._worth_a_claim():
+            return False
+        return (not self._draining and ahead >= max(1, self._prefetch() // 2)) or now >= self._next_look
 
     def _prefetch(self) -> int:
         """Tasks to hold claimed ahead of their create: about a second of the request rate."""
@@ -277,6 +295,7 @@ class Runner:
             if gone or silent:
                 log.info("taking over from stopped worker %s", w["id"])
                 await self.store.stop_worker(w["id"], now, dead=True)
+                self._next_look = 0.0  # its tasks are free to take now
         await self.store.recover(self.job.id, now)
 
     async def _init_progress(self) -> None:

@@ -61,6 +61,7 @@ class Sampled:
     err: str
     wall_s: float
     cpu_s: float  # user + system of the command's process and of the children it waited for
+    sys_s: float  # of which system (kernel) time: sockets, files, fsync
     peak_mb: float  # resident set size of the process and its children together, sampled every 20 ms
 
 
@@ -69,7 +70,7 @@ def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     manifest is expanded in one)."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, cpu = 0, 0.0
+    peak, cpu, system = 0, 0.0, 0.0
     while proc.poll() is None:
         try:
             rss = proc.memory_info().rss
@@ -81,8 +82,9 @@ def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None =
             peak = max(peak, rss)
             t = proc.cpu_times()
             cpu = t.user + t.system + t.children_user + t.children_system
+            system = t.system + t.children_system
         except psutil.NoSuchProcess:
             break
         time.sleep(0.02)
     out, err = proc.communicate()
-    return Sampled(proc.returncode, out, err, time.perf_counter() - start, cpu, peak / 2**20)
+    return Sampled(proc.returncode, out, err, time.perf_counter() - start, cpu, system, peak / 2**20)

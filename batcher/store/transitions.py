@@ -24,8 +24,10 @@ class TransitionsPart(StoreBase):
         *,
         incr: dict[str, int] | None = None,
         release: bool = False,
+        patient: bool = True,
     ) -> None:
-        """Change a claimed task's row, if it is still ours and in one of the states `frm`."""
+        """Change a claimed task's row, if it is still ours and in one of the states `frm`. `patient`: its commit
+        may wait a little for others (see writer.py)."""
         if release:
             values = {**values, "claim_token": None, "claimed_by": None, "lease_until": None}
         incr = incr or {}
@@ -35,7 +37,7 @@ class TransitionsPart(StoreBase):
         params.update(_id=task.id, _token=task.claim_token, _now=now)
         if call is not None:
             self.writer.post(RowChange(_INSERT_CALL, _call_values(task, call, self.worker_id)))
-        if await self.writer.change(RowChange(stmt, params, fenced=True)) != 1:
+        if await self.writer.change(RowChange(stmt, params, fenced=True), patient=patient) != 1:
             raise ClaimLost(f"task {task.key} was taken over by another worker")
         if "status" in values:
             task.status = TaskStatus(values["status"])
@@ -61,6 +63,7 @@ class TransitionsPart(StoreBase):
             },
             call,
             now,
+            patient=False,  # the window in which a crash leaves the create unknown ends with this commit
         )
         task.remote_task_id, task.submitted_at = remote_id, now
 
@@ -158,7 +161,7 @@ class TransitionsPart(StoreBase):
         """Let go of a task without changing its state (stopping): another run takes it at once."""
 
         params = {"_id": task.id, "_token": task.claim_token, "_now": now}
-        await self.writer.change(RowChange(_RELEASE, params))
+        await self.writer.change(RowChange(_RELEASE, params), patient=True)
 
     def log_call(self, task: Task, call: CallRecord) -> None:
         """Append a call record with the next commit (polls: not worth a commit of their own)."""

@@ -1,7 +1,10 @@
 """The one writer every change of a process goes through: group commits.
 
 A single writer task coalesces the changes queued while the previous commit ran into one transaction ("group
-commit", NOTES.md). A caller that awaits a write knows it is committed. Row changes (prepared statements: a
+commit", NOTES.md). A caller that awaits a write knows it is committed. A patient change (a task's progress, a
+call record) may wait up to `gather_s` for others to share its commit: when the rate gate spreads requests out
+evenly, changes arrive one at a time and would otherwise each pay for a commit of their own. Any other change
+commits at once, and takes the patient ones queued before it along. Row changes (prepared statements: a
 task's transitions, call records) are batched per statement into one executemany. On SQLite, groups commit on
 the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock; then, and for imports,
 they run on the engine's connection in aiosqlite's thread.
@@ -65,6 +68,9 @@ class Writer:
         # (op, future or None, alone): an op marked alone gets a transaction of its own (a long import that
         # may roll back must not take unrelated changes down with it).
         self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any] | None, bool]] = asyncio.Queue()
+        self.gather_s = 0.0  # how long a patient change may wait for company (set by the runner)
+        self._prompt = False  # a change that may not wait is queued
+        self._gathering: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._pending: tuple[Change, asyncio.Future[Any] | None, bool] | None = None
@@ -79,22 +85,27 @@ class Writer:
         self._put(op, fut, alone)
         return await fut
 
-    async def change(self, row: RowChange) -> int:
-        """Queue a row change and wait for its commit; returns the rows it changed."""
+    async def change(self, row: RowChange, *, patient: bool = False) -> int:
+        """Queue a row change and wait for its commit; returns the rows it changed. `patient`: the commit may
+        wait up to `gather_s` for other changes."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._put(row, fut, False)
+        self._put(row, fut, False, patient)
         return await fut
 
     def post(self, op: Change) -> None:
-        """Queue a change for the next commit without waiting (append-only records)."""
-        self._put(op, None, False)
+        """Queue a change for a coming commit without waiting (append-only records: patient)."""
+        self._put(op, None, False, True)
 
-    def _put(self, op: Change, fut: asyncio.Future[Any] | None, alone: bool) -> None:
+    def _put(self, op: Change, fut: asyncio.Future[Any] | None, alone: bool, patient: bool = False) -> None:
         if self._failure is not None:
             raise self._failure
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher-store-writer")
         self._queue.put_nowait((op, fut, alone))
+        if not patient:
+            self._prompt = True
+        if self._gathering is not None and (not patient or self._queue.qsize() >= MAX_GROUP - 1):
+            _resolve(self._gathering)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -124,8 +135,11 @@ class Writer:
         while True:
             first = self._pending if self._pending is not None else await self._queue.get()
             self._pending = None
-            if self._queue.empty():
+            if not self._prompt and not first[2] and self.gather_s > 0:
+                await self._gather()
+            elif self._queue.empty():
                 await asyncio.sleep(0)  # one turn of the loop: changes made ready by the same wake-up join in
+            self._prompt = False
             batch = [(first[0], first[1])]
             while not first[2] and len(batch) < MAX_GROUP and not self._queue.empty():
                 op, fut, alone = self._queue.get_nowait()
@@ -143,6 +157,19 @@ class Writer:
                     await self._checkpoint()
                 except Exception as e:  # upkeep, not a change: the next one tries again
                     log.warning("checkpointing the job store failed: %s", e)
+
+    async def _gather(self) -> None:
+        """Wait for company: until a change that may not wait is queued, the group is full, or `gather_s`."""
+        if self._queue.qsize() >= MAX_GROUP - 1:
+            return
+        loop = asyncio.get_running_loop()
+        self._gathering = loop.create_future()
+        timer = loop.call_later(self.gather_s, _resolve, self._gathering)
+        try:
+            await self._gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     async def _commit(
         self,
@@ -194,6 +221,11 @@ class Writer:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = await self._engine.connect()
         return self._conn
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any]) -> None:

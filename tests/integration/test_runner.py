@@ -100,3 +100,16 @@ async def test_the_budget_stops_creates_before_it_is_passed(open_store: OpenStor
     assert ledger.cost_micros <= 3 * PRICE + 1
     assert ledger.counts.get("succeeded") == 3 and ledger.counts.get("pending") == 7
     assert emu.stats.creates_accepted == 3
+
+
+async def test_a_run_held_back_by_the_rate_claims_its_creates_in_batches(
+    open_store: OpenStore, start_emu: StartEmulator, tmp_path: Path
+) -> None:
+    store = await open_store()
+    emu = await start_emu(latency=FAST)
+    await load(store, specs(60), tmp_path / "out")
+    result = await drive(store, emu, fast_config(requests_per_second=40, max_in_flight=64))
+    assert result.reason == StopReason.DONE and result.progress is not None
+    # the gate sends a create at a time: claiming each one as the one before it goes out would cost a
+    # transaction per task (it did: 0.7 claims per task at 150 requests/s)
+    assert result.progress.claimed == 60 and result.progress.claims <= 12, result.worker_figures()

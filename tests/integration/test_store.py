@@ -251,3 +251,46 @@ async def test_checkpoints_between_group_commits_keep_every_change(
     assert checkpoints >= 4 and "checkpointing" not in caplog.text
     reopened = await open_store()
     assert (await reopened.status_counts())["job"] == {"submitted": 5}
+
+
+async def test_patient_changes_wait_for_company_and_a_prompt_one_commits_them_at_once(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(3))
+    job = await store.job("job")
+    now = time.time()
+    first, *others = await store.claim(job, "w", 3, now, now + 30)
+    await store.begin_create(first, now)  # gather_s is 0 until a runner sets it: committed at once
+    store.writer.gather_s = 30.0
+    groups = store.writer.groups
+    waiting = [asyncio.create_task(store.begin_create(t, now)) for t in others]  # a task's progress: patient
+    store.log_call(first, call("query"))
+    await asyncio.sleep(0.1)
+    assert not any(w.done() for w in waiting) and store.writer.groups == groups
+    started = time.perf_counter()
+    await asyncio.wait_for(store.created(first, "r1", None, call(), now), 5)  # ends the unknown window: prompt
+    await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert time.perf_counter() - started < 5 and store.writer.groups == groups + 1  # all four in one commit
+    assert (await store.status_counts())["job"] == {"submitted": 1, "submitting": 2}
+    assert [r["kind"] for r in await store.calls(job)] == ["query", "create"]
+
+
+async def test_a_patient_change_waits_no_longer_than_the_window_or_a_full_group(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store()
+    await imported(store, specs(4))
+    job = await store.job("job")
+    now = time.time()
+    claimed = await store.claim(job, "w", 4, now, now + 30)
+    store.writer.gather_s = 0.2
+    started = time.perf_counter()
+    await asyncio.wait_for(store.begin_create(claimed[0], now), 5)
+    assert 0.2 <= time.perf_counter() - started < 4
+    monkeypatch.setattr(writer, "MAX_GROUP", 3)
+    store.writer.gather_s = 30.0
+    groups = store.writer.groups
+    gathering = asyncio.create_task(store.begin_create(claimed[1], now))
+    await asyncio.sleep(0.05)
+    assert not gathering.done()
+    await asyncio.wait_for(asyncio.gather(gathering, *(store.begin_create(t, now) for t in claimed[2:])), 5)
+    assert store.writer.groups == groups + 1  # the group filled up: committed without waiting out the window
