@@ -9,7 +9,7 @@
     .venv/bin/python bench/runner_overhead.py [--tasks 5000] [--repeat 3] [--in-flight 256] [--rate N]
     .venv/bin/python bench/runner_overhead.py --tasks 200000 --repeat 1 --in-flight 512 --no-floor
 
-The disk counts: each image is a new file, and it starts with a "disk check" (the CPU one new file costs there).
+The disk counts: each image is a new file, so the script first runs a "disk check" (the CPU a new file costs).
 On an ext4 without a journal (this workplace's disk) that cost grows tenfold, to about 0.5 ms, for minutes after
 many files were deleted (a test run, the last benchmark's clean-up): its inode allocator steps over recently
 freed inodes one by one. Set TMPDIR to a folder on another file system to measure apart from that.
