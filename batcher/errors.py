@@ -106,6 +106,12 @@ class AuthError(ApiError):
 
     exit_code = EXIT_USAGE
 
+    @classmethod
+    def rejected(cls, detail: str) -> AuthError:
+        return cls(
+            f"the API rejected the key ({detail}): check LINKMODEL_API_KEY; nothing was lost, run again to resume"
+        )
+
 
 # --- the run ------------------------------------------------------------------------------------------
 

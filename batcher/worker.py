@@ -414,9 +414,7 @@ class Runner:
         retry = self.config.retry
         if outcome is Outcome.AUTH:
             await self.store.retry_later(task, now, message, call, now, refund_attempt=True)
-            raise AuthError(
-                f"the API rejected the key ({message}): check LINKMODEL_API_KEY; nothing was lost, run again to resume"
-            )
+            raise AuthError.rejected(message)
         if outcome in (Outcome.PERMANENT, Outcome.NOT_FOUND):
             await self.store.failed(task, f"rejected by the API: {message}", call, now)
             self.progress.failed += 1
@@ -475,10 +473,7 @@ class Runner:
                 tracker.observe(reply.call.at - submitted_at, done=reply.generation is not Generation.RUNNING)
             if reply.outcome is Outcome.AUTH:
                 self.store.log_call(task, reply.call)
-                raise AuthError(
-                    f"the API rejected the key ({reply.message}): check LINKMODEL_API_KEY; nothing "
-                    "was lost, run again to resume"
-                )
+                raise AuthError.rejected(reply.message)
             if reply.outcome is Outcome.OK and reply.generation is Generation.RUNNING:
                 self.store.log_call(task, reply.call)
                 continue
