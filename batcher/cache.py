@@ -19,7 +19,7 @@ from pathlib import Path
 
 from batcher.imageinfo import ImageInfo
 from batcher.manifest.inputs import InputProblem, ParentOutput, resolve
-from batcher.models import FROM_REF, LOCAL_REF, TaskStatus, parent_of
+from batcher.models import FROM_REF, LOCAL_REF, Failure, TaskStatus, parent_of
 from batcher.outputs import AtomicFile, target_path, with_real_extension
 from batcher.store import Store, Task
 
@@ -53,12 +53,16 @@ async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool
     if parent_of(task.images) is not None:
         parent = await store.parent_row(task)
         if parent is None:  # only a store filled by hand can hold one: a manifest names its parents
-            await store.failed(task, "its input task is not in the job", None, time.time())
+            await store.failed(task, "its input task is not in the job", None, time.time(), failure=Failure.INPUT)
             return Prepared(Outcome.FAILED)
         if parent["status"] == TaskStatus.FAILED:
             why = f": {parent['last_error']}" if parent["last_error"] else ""
             await store.failed(
-                task, f"input task {_label(parent['name'], parent['key'])} failed{why}", None, time.time()
+                task,
+                f"input task {_label(parent['name'], parent['key'])} failed{why}",
+                None,
+                time.time(),
+                failure=Failure.INPUT,
             )
             return Prepared(Outcome.FAILED)
         if parent["status"] != TaskStatus.SUCCEEDED or parent["output_path"] is None:
@@ -74,7 +78,7 @@ async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool
     try:
         images = await asyncio.to_thread(resolve, task.images, given)
     except InputProblem as problem:
-        await store.failed(task, f"input image not usable: {problem.message}", None, time.time())
+        await store.failed(task, f"input image not usable: {problem.message}", None, time.time(), failure=Failure.INPUT)
         return Prepared(Outcome.FAILED)
     return Prepared(Outcome.READY, images)
 

@@ -29,7 +29,7 @@ DETAIL_CHARS = 300  # of an error message kept in the ledger
 
 class Outcome(enum.StrEnum):
     OK = "ok"
-    TRANSIENT = "transient"  # not done; safe to try again (nothing was created)
+    TRANSIENT = "transient"  # not done; safe to try again (a create: proven not created)
     RATE_LIMITED = "rate_limited"  # 429: not done; the whole pool waits
     PERMANENT = "permanent"  # 400 and the like: trying again cannot help
     AUTH = "auth"  # 401/403: stop the run
@@ -265,12 +265,16 @@ class ApiClient:
             return done(outcome, f"no reply: {_describe(e)}")
         envelope = _envelope(raw)
         if envelope is None:
+            if kind == "create":
+                outcome = classify_create(status, None)
+                what = "HTTP 429" if outcome is Outcome.RATE_LIMITED else f"HTTP {status}"
+                if outcome is Outcome.AMBIGUOUS:
+                    what += " with a body that is not an API envelope: the create may have been accepted"
+                return done(outcome, what, None, retry_after)
             if status == 429:
                 return done(Outcome.RATE_LIMITED, "HTTP 429", None, retry_after)
             if status >= 500 or status in (408, 425):
                 return done(Outcome.TRANSIENT, f"HTTP {status} with a body that is not an API envelope")
-            if status == 200 and kind == "create":
-                return done(Outcome.AMBIGUOUS, "HTTP 200 with a malformed body: the create may have been accepted")
             if status in (401, 403):
                 return done(Outcome.AUTH, f"HTTP {status}")
             return done(
@@ -282,7 +286,24 @@ class ApiClient:
             return done(Outcome.OK, "", data)
         effective = code if code not in (0, None) else status
         message = message or f"HTTP {status}"
-        return done(_classify(effective), f"{message} (code {effective})", data, retry_after)
+        outcome = classify_create(status, effective) if kind == "create" else _classify(effective)
+        if outcome is Outcome.AMBIGUOUS:
+            message += "; the create may have been accepted"
+        return done(outcome, f"{message} (code {effective})", data, retry_after)
+
+
+def classify_create(status: int, code: int | None) -> Outcome:
+    """What a reply to a create proves. Only the answers the contract gives for a refused request prove that
+    nothing was created: a gateway's 502/504, a 500, a timeout or a body that is not the API's may all come
+    after the API accepted (and billed) it, so those are ambiguous (the README's table lists them all)."""
+    effective = code if code is not None else status
+    if effective == 429 or status == 429:
+        return Outcome.RATE_LIMITED
+    if effective in (401, 403) or (code is None and status in (401, 403)):
+        return Outcome.AUTH
+    if effective == 400:
+        return Outcome.PERMANENT
+    return Outcome.AMBIGUOUS
 
 
 def _classify(code: int) -> Outcome:

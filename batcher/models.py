@@ -247,3 +247,19 @@ class TaskStatus(enum.StrEnum):
 
 
 STATUS_ORDER = tuple(TaskStatus)
+
+
+class Failure(enum.StrEnum):
+    """Why a failed task failed: what the report groups by and what `batcher retry --only` selects."""
+
+    GENERATION = "generation"  # the API said Failed or Cancelled, as often as the settings allow: not billed
+    DOWNLOAD = "download"  # billed, but its file could not be fetched or was not an image: paid, unusable
+    RESULT_LOST = "result_lost"  # billed (a Success was seen), then the API no longer knew the task
+    LOST = "lost"  # the API no longer knows the task and no Success was seen: it may have been billed
+    TRANSIENT = "transient"  # server faults, or a generation still running after the give-up limit
+    REFUSED = "refused"  # the API refused the request as invalid (400)
+    UNKNOWN = "unknown"  # the create's outcome is unknown and --on-unknown=skip would not risk a second charge
+    INPUT = "input"  # its input image, or the task whose output it edits, failed
+
+
+BILLED_FAILURES = frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST})

@@ -55,12 +55,21 @@ DRAIN_GROWTH = 1.15  # and stragglers are polled more often
 
 
 def next_poll_in(
-    age_s: float, polls: int, first_poll_s: float, policy: PollPolicy, *, draining: bool = False
+    age_s: float,
+    polls: int,
+    first_poll_s: float,
+    policy: PollPolicy,
+    *,
+    draining: bool = False,
+    running_s: float | None = None,
 ) -> float | None:
     """Seconds from now until the next poll of a task created `age_s` ago and polled `polls` times; None when
-    it has run too long and should be given up. `draining`: nothing is left to create, so the rate budget
-    has room and the last images are worth collecting sooner."""
-    if age_s >= policy.give_up_s:
+    it has run too long and should be given up. `running_s`: how long polls have found it still running (the
+    give-up clock; default `age_s`): time while nobody polled (a stopped run) never counts against a task.
+    `draining`: nothing is left to create, so the rate budget has room and the last images are worth
+    collecting sooner."""
+    running = age_s if running_s is None else running_s
+    if running >= policy.give_up_s:
         return None
     first, growth = (first_poll_s * DRAIN_FIRST, DRAIN_GROWTH) if draining else (first_poll_s, policy.growth)
     if polls == 0:
@@ -68,4 +77,4 @@ def next_poll_in(
     else:
         delay = max(first, age_s) * (growth - 1.0)
     delay = min(max(delay, POLL_FLOOR_S if polls else 0.0), policy.max_interval_s)
-    return min(delay, max(policy.give_up_s - age_s, POLL_FLOOR_S))
+    return min(delay, max(policy.give_up_s - running, POLL_FLOOR_S))

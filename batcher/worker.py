@@ -17,19 +17,21 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batcher import cache
-from batcher.client import ApiClient, Generation, Outcome, QueryReply
+from batcher.client import ApiClient, Generation, Outcome, QueryReply, Reply
 from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
-from batcher.models import CallRecord, OnUnknown, TaskStatus
+from batcher.imageinfo import ImageInfo
+from batcher.models import CallRecord, Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, Finisher, sweep_stale_parts, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, next_poll_in
 from batcher.retry import backoff_s
-from batcher.store import ClaimLost, Job, Store, Task
+from batcher.store import BudgetRefused, ClaimLost, Job, Store, Stray, StrayReply, Task
 
 log = logging.getLogger("batcher")
 
@@ -94,6 +96,10 @@ class _Abort(Exception):
     """Raised from the create's before-send hook: the stop came while waiting for the rate gate."""
 
 
+class _OverBudget(Exception):
+    """Raised from the create's before-send hook: the store refused the create's reservation."""
+
+
 class Runner:
     """Drains one job. `await run()`; `request_stop()` from a signal handler stops it gracefully."""
 
@@ -107,18 +113,20 @@ class Runner:
         *,
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.client, self.job, self.config = store, client, job, config
         self.prices = prices  # micro-dollars per successful call, by model
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store.worker_id = self.worker_id
         self.rng = rng or random.Random()
+        self.clock = clock  # this host's wall clock; leases are judged by the store's (`_now`)
         self.progress = Progress()
         self.first_polls: dict[str, FirstPollTracker] = {}  # per model; warm from the store's memory
         self.output_dir = Path(job.output_dir).resolve()
         self._active: dict[int, asyncio.Task[None]] = {}
         self._polling: set[int] = set()  # tasks past their create: safe to cancel on a stop
-        self._reserved: set[int] = set()  # tasks of this run that may still cost the unit price
+        self._strays: dict[int, asyncio.Task[None]] = {}  # stray replies this worker polls, by stray id
         self._wake = asyncio.Event()
         self._stopping = False
         self._budget_blocked = False
@@ -133,9 +141,14 @@ class Runner:
 
     # --- the loop -------------------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The store's clock: every lease is judged by it, whatever the skew between the workers' hosts."""
+        return self.clock() + self.store.clock_offset
+
     async def run(self) -> RunResult:
         self.store.writer.gather_s = GATHER_S
-        now = time.time()
+        await self.store.measure_clock(self.clock())
+        now = self._now()
         await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.job.name, now)
         await self._take_over_dead_workers(now)
         await self._init_progress()
@@ -153,9 +166,9 @@ class Runner:
                 await heartbeat
             await self._wind_down()
             with contextlib.suppress(BatcherError):
-                await self._remember(time.time())
-            await self.store.stop_worker(self.worker_id, time.time())
-        left, _ = await self.store.next_due(self.job, time.time())
+                await self._remember(self._now())
+            await self.store.stop_worker(self.worker_id, self._now())
+        left, _ = await self.store.next_due(self.job, self._now())
         return RunResult(reason, self._fatal, left, self.progress)
 
     async def _loop(self) -> str:
@@ -165,7 +178,7 @@ class Runner:
             if self._stopping:
                 return StopReason.INTERRUPTED
             self._wake.clear()
-            now = time.time()
+            now = self._now()
             free = self.config.max_in_flight - len(self._active)
             claimed: list[Task] = []
             # creates are claimed only a little ahead of the rate, so other workers get their share
@@ -192,13 +205,14 @@ class Runner:
                 continue
             if not self._active:
                 left, due = await self.store.next_due(self.job, now)
-                if left == 0:
+                if left == 0 and not self._strays:
                     return StopReason.DONE
                 if now - self._last_takeover >= TAKEOVER_EVERY_S:  # idle while others hold work: are they alive?
                     self._last_takeover = now
                     await self._take_over_dead_workers(now)
-                if self._budget_blocked and not await self._others_in_flight():
-                    return StopReason.BUDGET
+                if self._budget_blocked and not await self._budget_has_room():
+                    if not self._strays and not await self._others_in_flight():
+                        return StopReason.BUDGET
                 wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due - now, 0.01))
             else:
                 wait = IDLE_WAIT_S
@@ -230,6 +244,17 @@ class Runner:
         if len(self._to_create) < self._prefetch() // 2:
             self._wake.set()  # time to claim the next few
 
+    async def _budget_has_room(self) -> bool:
+        """Reads only: has a reservation been let go of (a generation that failed, a refused create) since the
+        budget stopped this worker's creates? Then creating may go on."""
+        budget = self.config.budget_micros
+        unit = min(self.prices.values(), default=0)
+        if budget is not None and await self.store.committed_micros(self.job.id) + unit <= budget:
+            self._budget_blocked = False
+            self._next_look = 0.0
+            return True
+        return False
+
     async def _others_in_flight(self) -> bool:
         """Submitted work held by nobody (or by others) still has to finish before a budget stop."""
         counts = (await self.store.status_counts()).get(self.job.name, {})
@@ -238,12 +263,17 @@ class Runner:
     def request_stop(self) -> None:
         """Stop creating; let creates on the wire record their replies; leave submitted tasks to a resume."""
         self._stopping = True
+        for t in self._strays.values():
+            t.cancel()
         for task_id, t in self._active.items():
             if task_id in self._polling:
                 t.cancel()
         self._wake.set()
 
     async def _wind_down(self) -> None:
+        for t in self._strays.values():  # polled again by the next run that claims them
+            t.cancel()
+        await asyncio.gather(*self._strays.values(), return_exceptions=True)
         if not self._active:
             return
         self._stopping = True
@@ -258,8 +288,10 @@ class Runner:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
-            now = time.time()
+            now = self._now()
             try:
+                await self.store.measure_clock(self.clock())
+                now = self._now()
                 await self.store.heartbeat(self.worker_id, now, now + self.config.lease_s)
                 await self._take_over_dead_workers(now)  # a worker that died mid-run: its tasks come back
                 await self._remember(now)
@@ -297,6 +329,21 @@ class Runner:
                 await self.store.stop_worker(w["id"], now, dead=True)
                 self._next_look = 0.0  # its tasks are free to take now
         await self.store.recover(self.job.id, now)
+        # stray replies nobody polls any more (their worker stopped or died): finish them here
+        for stray in await self.store.claim_strays(self.job.id, now, now + self.config.lease_s):
+            self._poll_stray(stray)
+
+    def _poll_stray(self, stray: Stray) -> None:
+        if stray.id in self._strays:
+            return
+        t = asyncio.create_task(self._finish_stray(stray), name=f"stray-{stray.remote_task_id}")
+        self._strays[stray.id] = t
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._strays.pop(stray.id, None)
+            self._wake.set()
+
+        t.add_done_callback(finished)
 
     async def _init_progress(self) -> None:
         ledger = await self.store.ledger(self.job)
@@ -314,16 +361,26 @@ class Runner:
                     task,
                     "the create's outcome is unknown; skipped (--on-unknown=skip) to avoid a second charge",
                     None,
-                    time.time(),
+                    self._now(),
+                    failure=Failure.UNKNOWN,
                 )
                 self.progress.failed += 1
                 return
             fresh = task.status in (TaskStatus.PENDING, TaskStatus.UNKNOWN)
             if fresh and await self._settled_without_api(task):
                 return
-            if fresh and not await self._create(task):
+            stray: Stray | None = None
+            try:
+                created = fresh and await self._create(task)
+            except StrayReply as e:  # no remote id the API returned is dropped: poll it to the end
+                log.warning("%s", e)
+                stray, created = e.stray, False
+            if stray is not None:
+                self._polling.add(task.id)
+                await self._finish_stray(stray)
                 return
-            self._reserved.add(task.id)
+            if fresh and not created:
+                return
             self._polling.add(task.id)
             await self._finish(task, fresh=fresh)
         except ClaimLost as e:
@@ -334,7 +391,6 @@ class Runner:
             pass
         finally:
             self._create_sent(task)
-            self._reserved.discard(task.id)
             self._polling.discard(task.id)
             self._active.pop(task.id, None)
             self.progress.in_flight = len(self._active)
@@ -367,29 +423,25 @@ class Runner:
             log.error("%s", error.message)
         self._wake.set()
 
-    def _over_budget(self, task: Task) -> bool:
-        """Could one more create take the spend past the budget, counting all this run has in flight?"""
-        budget = self.config.budget_micros
-        if budget is None:
-            return False
-        unit = max(self.prices.values(), default=0)
-        return self.progress.spent_micros + len(self._reserved) * unit + self.prices[task.model] > budget
+    def _unit(self, task: Task) -> int:
+        """What one create of the task is reserved at: the configured unit price."""
+        return self.prices[task.model]
 
     async def _create(self, task: Task) -> bool:
         """Send the create. True when the API accepted it and the task is now `submitted`."""
-        if self._stopping or self._fatal is not None:
-            await self.store.release(task, time.time())
+        if self._stopping or self._fatal is not None or self._budget_blocked:
+            await self.store.release(task, self._now())
             return False
-        if self._over_budget(task):
-            self._budget_blocked = True
-            await self.store.release(task, time.time())
-            return False
-        self._reserved.add(task.id)
 
         async def commit_intent() -> None:
             if self._stopping or self._fatal is not None:
                 raise _Abort
-            await self.store.begin_create(task, time.time())
+            try:  # the intent and the create's reservation, in one commit; refused when the budget is full
+                await self.store.begin_create(
+                    task, self._now(), price_micros=self._unit(task), budget_micros=self.config.budget_micros
+                )
+            except BudgetRefused as e:
+                raise _OverBudget from e
             self._create_sent(task)
 
         images = self._inline.pop(task.id, task.images)  # inputs inlined as data: URIs
@@ -397,13 +449,19 @@ class Runner:
             reply = await self.client.create(
                 task.model, task.prompt, task.quality, task.size, images, before_send=commit_intent
             )
+        except _OverBudget:
+            self._budget_blocked = True
+            await self.store.release(task, self._now())
+            return False
         except _Abort:
-            await self.store.release(task, time.time())
+            await self.store.release(task, self._now())
             return False
         self.progress.requests += 1
-        now = time.time()
+        now = self._now()
         if reply.outcome is Outcome.OK and reply.remote_id is not None:
-            await self.store.created(task, reply.remote_id, reply.price_micros, reply.call, now)
+            await self.store.created(task, reply.remote_id, reply.price_micros, reply.call, now,
+                                     reserved_micros=self._unit(task),
+                                     stray_lease_until=now + self.config.lease_s)  # fmt: skip
             return True
         await self._create_failed(task, reply.outcome, reply.message, reply.call, reply.retry_after_s, now)
         return False
@@ -411,56 +469,70 @@ class Runner:
     async def _create_failed(
         self, task: Task, outcome: Outcome, message: str, call: CallRecord, retry_after: float | None, now: float
     ) -> None:
-        retry = self.config.retry
+        """A create the API did not accept (its reservation goes), or one whose outcome is unknown (its
+        reservation stays: it may have been billed)."""
+        retry, unit = self.config.retry, self._unit(task)
         if outcome is Outcome.AUTH:
-            await self.store.retry_later(task, now, message, call, now, refund_attempt=True)
+            await self.store.retry_later(task, now, message, call, now, refund_attempt=True, release_micros=unit)
             raise AuthError.rejected(message)
         if outcome in (Outcome.PERMANENT, Outcome.NOT_FOUND):
-            await self.store.failed(task, f"rejected by the API: {message}", call, now)
+            await self.store.failed(task, f"rejected by the API: {message}", call, now, failure=Failure.REFUSED,
+                                    release_micros=unit)  # fmt: skip
             self.progress.failed += 1
             log.warning("task %s (%s) failed for good: %s", task.key, task.source, message)
             return
-        if outcome is Outcome.AMBIGUOUS:
-            await self.store.create_unknown(task, message, call, now)
-            log.warning("task %s: create outcome unknown (%s)", task.key, message)
-            if self.config.on_unknown is OnUnknown.SKIP:
-                await self.store.failed(
-                    task, f"create outcome unknown ({message}); skipped (--on-unknown=skip)", None, now
-                )
-                self.progress.failed += 1
-                return
         if outcome is Outcome.RATE_LIMITED:
             wait = retry_after if retry_after is not None else 1.0
-            await self.store.retry_later(task, now + wait, message, call, now, refund_attempt=True)
+            await self.store.retry_later(task, now + wait, message, call, now, refund_attempt=True,
+                                         release_micros=unit)  # fmt: skip
             return
-        if task.attempts >= retry.max_attempts:
-            await self.store.failed(task, f"gave up after {task.attempts} attempts: {message}", None, now)
+        last = task.attempts >= retry.max_attempts
+        if outcome is Outcome.AMBIGUOUS:
+            log.warning("task %s: create outcome unknown (%s)", task.key, message)
+            if self.config.on_unknown is OnUnknown.SKIP or last:
+                await self.store.create_unknown(task, message, call, now)
+                why = "skipped (--on-unknown=skip)" if not last else f"gave up after {task.attempts} attempts"
+                await self.store.failed(task, f"create outcome unknown ({message}); {why}", None, now,
+                                        failure=Failure.UNKNOWN if not last else Failure.TRANSIENT)  # fmt: skip
+                self.progress.failed += 1
+                return
+            # it stays `unknown` until created again, so a resume with --on-unknown=skip still sees it
+            delay = backoff_s(task.attempts, retry, self.rng.random())
+            await self.store.create_unknown(task, message, call, now, retry_at=now + delay)
+            return
+        if last:
+            await self.store.failed(task, f"gave up after {task.attempts} attempts: {message}", call, now,
+                                    failure=Failure.TRANSIENT, release_micros=unit)  # fmt: skip
             self.progress.failed += 1
             log.warning("task %s failed for good after %d attempts: %s", task.key, task.attempts, message)
             return
         delay = backoff_s(task.attempts, retry, self.rng.random())
-        await self.store.retry_later(task, now + delay, message, None if outcome is Outcome.AMBIGUOUS else call, now)
+        await self.store.retry_later(task, now + delay, message, call, now, release_micros=unit)
 
     async def _finish(self, task: Task, *, fresh: bool) -> None:
-        """Poll a submitted task until its generation ends, then download it. `fresh`: created by this run (its
-        first poll then teaches the run when to poll)."""
+        """Poll a submitted task until the API says its generation ended, then download it. `fresh`: created by
+        this run (its first poll then teaches the run when to poll). The give-up limit counts only time its
+        polls found it still running: time while no runner polled it never counts."""
         assert task.remote_task_id is not None
         tracker = self._first_poll(task.model)
         polls = download_failures = 0
-        submitted_at = task.submitted_at or time.time()
+        submitted_at = task.submitted_at or self._now()
+        running = _RunningClock()
         retry_in: float | None = None  # set after a broken download: query again soon for a fresh URL
         while True:
-            age = time.time() - submitted_at
+            age = self._now() - submitted_at
             delay = (
                 retry_in
                 if retry_in is not None
-                else next_poll_in(age, polls, tracker.seconds, self.config.poll, draining=self._draining)
+                else next_poll_in(
+                    age, polls, tracker.seconds, self.config.poll, draining=self._draining, running_s=running.seconds
+                )
             )
             retry_in = None
             if delay is None:
                 await self.store.failed(
-                    task, f"still not finished after {age:.0f} s; given up (the API may still bill it)", None,
-                    time.time(),
+                    task, f"still running after {running.seconds:.0f} s of polls; given up (the API may still bill it)",
+                    None, self._now(), failure=Failure.TRANSIENT,
                 )  # fmt: skip
                 self.progress.failed += 1
                 return
@@ -468,7 +540,8 @@ class Runner:
             reply = await self.client.query(task.remote_task_id)
             polls += 1
             self.progress.requests += 1
-            now = time.time()
+            now = self._now()
+            running.answered(now, reply.outcome is Outcome.OK and reply.generation is Generation.RUNNING)
             if fresh and polls == 1 and reply.outcome is Outcome.OK and reply.generation is not None:
                 tracker.observe(reply.call.at - submitted_at, done=reply.generation is not Generation.RUNNING)
             if reply.outcome is Outcome.AUTH:
@@ -479,13 +552,15 @@ class Runner:
                 continue
             if reply.outcome is Outcome.OK and reply.generation is Generation.SUCCESS:
                 self.store.log_call(task, reply.call)
+                if task.billed_at is None:  # billed from now on, whatever the download does
+                    self.store.billed(task, self._cost(task), self._unit(task), now)
                 if await self._download(task, reply):
                     return
                 download_failures += 1
                 if download_failures >= self.config.retry.max_download_failures:
                     await self.store.failed(
-                        task, f"the image could not be downloaded after {download_failures} tries", None, now,
-                        cost_micros=self._cost(task),
+                        task, f"paid, but the image could not be downloaded after {download_failures} tries", None,
+                        now, failure=Failure.DOWNLOAD,
                     )  # fmt: skip
                     self.progress.failed += 1
                     return
@@ -495,9 +570,14 @@ class Runner:
                 await self._generation_failed(task, reply, now)
                 return
             if reply.outcome in (Outcome.NOT_FOUND, Outcome.PERMANENT):
+                if task.billed_at is not None:
+                    why, failure = "paid, result lost", Failure.RESULT_LOST
+                else:  # it may have been billed: its reservation stays
+                    why, failure = "lost at the API", Failure.LOST
                 await self.store.failed(
-                    task, f"the API no longer knows task {task.remote_task_id}: {reply.message}", reply.call, now
-                )
+                    task, f"{why}: the API no longer knows task {task.remote_task_id}: {reply.message}", reply.call,
+                    now, failure=failure,
+                )  # fmt: skip
                 self.progress.failed += 1
                 return
             self.store.log_call(task, reply.call)  # transient or 429: poll again later
@@ -511,38 +591,42 @@ class Runner:
     async def _generation_failed(self, task: Task, reply: QueryReply, now: float) -> None:
         what = "cancelled" if reply.generation is Generation.CANCELLED else "failed"
         reason = f"generation {what}: {reply.message}"
+        unit = self._unit(task)  # a failed generation is not billed: its reservation goes
         if task.gen_failures + 1 > self.config.retry.max_generation_failures:
-            await self.store.failed(task, reason, reply.call, now, generation_failed=True)
+            await self.store.failed(task, reason, reply.call, now, generation_failed=True,
+                                    failure=Failure.GENERATION, release_micros=unit)  # fmt: skip
             self.progress.failed += 1
             log.warning("task %s (%s) failed for good: %s", task.key, task.source, reason)
             return
         delay = backoff_s(task.gen_failures + 1, self.config.retry, self.rng.random())
-        await self.store.retry_later(task, now + delay, reason, reply.call, now, generation_failed=True)
+        await self.store.retry_later(task, now + delay, reason, reply.call, now, generation_failed=True,
+                                     release_micros=unit)  # fmt: skip
 
     def _cost(self, task: Task) -> int:
         return task.price_reported_micros if task.price_reported_micros is not None else self.prices[task.model]
 
-    async def _download(self, task: Task, reply: QueryReply) -> bool:
-        """Fetch the image into place; True when the task is recorded as succeeded."""
-        target = target_path(self.output_dir, task.filename)
+    async def _fetch(self, url: str, target: Path) -> tuple[Reply, AtomicFile, ImageInfo | None]:
+        """Download `url` toward `target`: the reply, the sink holding the bytes, and the image they make."""
         sink = AtomicFile(target)
         try:
-            result = await self.client.download(reply.urls[0], sink)
+            result = await self.client.download(url, sink)
         except BaseException:  # a stop cancels downloads in progress: leave no partial file behind
             sink.discard()
             raise
-        now = time.time()
+        info = sink.image() if result.outcome is Outcome.OK else None
+        if info is None:
+            sink.discard()
+        return result, sink, info
+
+    async def _download(self, task: Task, reply: QueryReply) -> bool:
+        """Fetch the image into place; True when the task is final (succeeded, or its file was unusable)."""
+        target = target_path(self.output_dir, task.filename)
+        result, sink, info = await self._fetch(reply.urls[0], target)
+        now = self._now()
         if result.outcome is Outcome.OK:
-            info = sink.image()
             if info is None:
-                sink.discard()
-                await self.store.failed(
-                    task,
-                    "the file URL did not serve an image; nothing was written",
-                    result.call,
-                    now,
-                    cost_micros=self._cost(task),
-                )
+                await self.store.failed(task, "paid, but the file URL did not serve an image; nothing was written",
+                                        result.call, now, failure=Failure.DOWNLOAD)  # fmt: skip
                 self.progress.failed += 1
                 return True
             final = with_real_extension(target, info)
@@ -563,15 +647,87 @@ class Runner:
             self.progress.succeeded += 1
             self.progress.spent_micros += cost
             return True
-        sink.discard()
         if result.outcome is Outcome.PERMANENT:
-            await self.store.failed(
-                task, f"download refused: {result.message}", result.call, now, cost_micros=self._cost(task)
-            )
+            await self.store.failed(task, f"paid, but the download was refused: {result.message}", result.call, now,
+                                    failure=Failure.DOWNLOAD)  # fmt: skip
             self.progress.failed += 1
             return True
         self.store.log_call(task, result.call)
         return False
+
+    # --- stray replies ----------------------------------------------------------------------------------
+
+    async def _finish_stray(self, stray: Stray) -> None:
+        """Poll a stray reply's remote task to its end and keep its image beside its task's, as a paid duplicate
+        (`NAME.dup-REMOTE.png`): billed all the same, so neither it nor its charge may be lost."""
+        tracker = self._first_poll(self.job.name)
+        started, polls, downloads = self._now(), 0, 0
+        running = _RunningClock()
+        try:
+            while True:
+                delay = next_poll_in(self._now() - started, polls, tracker.seconds, self.config.poll,
+                                     running_s=running.seconds)  # fmt: skip
+                if delay is None:
+                    await self.store.stray_done(stray, "failed", self._now(), billed=False,
+                                                detail="still running when given up; the API may bill it")  # fmt: skip
+                    return
+                await _sleep_on_grid(delay)
+                reply = await self.client.query(stray.remote_task_id)
+                polls += 1
+                self.progress.requests += 1
+                self.store.log_call(stray, reply.call)
+                now = self._now()
+                running.answered(now, reply.outcome is Outcome.OK and reply.generation is Generation.RUNNING)
+                if reply.outcome is Outcome.AUTH:
+                    raise AuthError.rejected(reply.message)
+                if reply.outcome is Outcome.OK and reply.generation is Generation.SUCCESS:
+                    stem = Path(stray.filename)
+                    name = stem.with_name(f"{stem.stem}.dup-{_safe(stray.remote_task_id)}{stem.suffix or '.png'}")
+                    target = target_path(self.output_dir, str(name))
+                    result, sink, info = await self._fetch(reply.urls[0], target)
+                    self.store.log_call(stray, result.call)
+                    if info is not None:
+                        final = with_real_extension(target, info)
+                        await self._finisher.finish(sink, final)
+                        await self.store.stray_done(stray, "succeeded", self._now(), billed=True,
+                                                    output_path=str(final), sha256=sink.sha256)  # fmt: skip
+                        return
+                    downloads += 1
+                    if result.outcome is Outcome.PERMANENT or downloads >= self.config.retry.max_download_failures:
+                        await self.store.stray_done(stray, "failed", now, billed=True,
+                                                    detail=f"paid duplicate, image not saved: {result.message}")  # fmt: skip
+                        return
+                    continue
+                if reply.outcome is Outcome.OK and reply.generation is not Generation.RUNNING:  # Failed, Cancelled
+                    await self.store.stray_done(stray, "failed", now, billed=False, detail=reply.message)
+                    return
+                if reply.outcome in (Outcome.NOT_FOUND, Outcome.PERMANENT):
+                    await self.store.stray_done(stray, "failed", now, billed=False,
+                                                detail=f"lost at the API: {reply.message}")  # fmt: skip
+                    return
+        except BatcherError as e:
+            self._fail_run(e)
+
+
+class _RunningClock:
+    """How long polls have found a task still running: the give-up clock. Only the time between two answers
+    that both said "still running" counts; a gap without such answers (a stopped run, an outage) does not."""
+
+    __slots__ = ("_last", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._last: float | None = None
+
+    def answered(self, now: float, running: bool) -> None:
+        if running and self._last is not None:
+            self.seconds += now - self._last
+        self._last = now if running else None
+
+
+def _safe(remote_id: str) -> str:
+    """A remote id as part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in remote_id)[:64]
 
 
 async def _sleep_on_grid(delay: float) -> None:

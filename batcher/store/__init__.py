@@ -5,7 +5,7 @@ task's state is fenced by the claim token its worker holds (`WHERE id = :id AND 
 whose lease expired and was taken over can no longer write (NOTES.md).
 """
 
-from batcher.store.base import ClaimLost, ImportResult, Job, Ledger, Task
+from batcher.store.base import BudgetRefused, ClaimLost, ImportResult, Job, Ledger, Stray, StrayReply, Task
 from batcher.store.cache import CachedOutput, CachePart
 from batcher.store.claims import ClaimsPart
 from batcher.store.jobs import JobsPart
@@ -17,4 +17,15 @@ class Store(JobsPart, ClaimsPart, CachePart, SharedPart, ReportsPart):
     """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
 
 
-__all__ = ["CachedOutput", "ClaimLost", "ImportResult", "Job", "Ledger", "Store", "Task"]
+__all__ = [
+    "BudgetRefused",
+    "CachedOutput",
+    "ClaimLost",
+    "ImportResult",
+    "Job",
+    "Ledger",
+    "Store",
+    "Stray",
+    "StrayReply",
+    "Task",
+]

@@ -54,6 +54,7 @@ class Task:
     price_reported_micros: int | None
     claim_token: str
     source: str = ""
+    billed_at: float | None = None  # a Success was seen: the call is billed whatever happens next
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,12 @@ class Ledger:
     billed_calls: int = 0
     gen_failures: int = 0
     unknown_submissions: int = 0
+    paid_unusable: int = 0  # billed calls whose image could not be saved (a failed or refused download, not an image)
+    result_lost: int = 0  # billed, then the API forgot the task before its image was saved
+    lost_at_api: int = 0  # the API forgot the task before any Success was seen: possibly billed
+    known_duplicates: int = 0  # stray replies: billed a second time for a task, their images kept beside it
+    strays_open: int = 0  # stray replies not polled to the end yet
+    held_micros: int = 0  # reserved for creates in flight or of unknown outcome (possibly billed)
     price_mismatches: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # by kind
     rate_limited: int = 0
@@ -83,6 +90,30 @@ class Ledger:
 
 class ClaimLost(Exception):
     """The task's claim was taken over (our lease expired): this worker must drop it."""
+
+
+class BudgetRefused(Exception):
+    """The job's spend plus every reservation in flight leaves no room for this create: it was not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """An accepted create whose task another worker held by the time its reply came: polled to the end."""
+
+    id: int
+    job_id: int
+    task_id: int
+    remote_task_id: str
+    price_micros: int
+    filename: str  # its task's, relative to the job's output directory: the duplicate is kept beside it
+
+
+class StrayReply(ClaimLost):
+    """The create was accepted after the task had been taken over: its remote id is kept as `stray`."""
+
+    def __init__(self, message: str, stray: Stray) -> None:
+        super().__init__(message)
+        self.stray = stray
 
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
@@ -121,6 +152,18 @@ class StoreBase:
         self.url = url
         self.writer = Writer(engine)
         self.worker_id: str | None = None  # stamped on the call records this process writes
+        # the database's clock less this host's (PostgreSQL; SQLite's clock is this host's): leases are judged
+        # by one clock, whatever the skew between the hosts of the workers
+        self.clock_offset = 0.0
+
+    async def measure_clock(self, local: float) -> float:
+        """Measure `clock_offset` against the database (PostgreSQL), `local` being this host's time now."""
+        if self.dialect == "postgresql":
+            with translated("reading the job store's clock"):
+                async with self.engine.connect() as conn:
+                    db_now = (await conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())")).scalar()
+            self.clock_offset = float(str(db_now)) - local
+        return self.clock_offset
 
     @classmethod
     async def open(cls, db: str, *, upgrade: bool = True) -> Self:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import RowMapping
 
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
-from batcher.store.tables import tasks, workers
+from batcher.store.tables import jobs, strays, tasks, workers
 from batcher.store.writer import WriteConnection
 
 
@@ -39,6 +39,7 @@ class ClaimsPart(StoreBase):
         async def op(conn: WriteConnection) -> None:
             await conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now))
             await conn.execute(update(tasks).where(tasks.c.claimed_by == worker_id).values(lease_until=lease_until))
+            await conn.execute(update(strays).where(strays.c.claimed_by == worker_id).values(lease_until=lease_until))
 
         await self.writer.run(op)
 
@@ -51,6 +52,9 @@ class ClaimsPart(StoreBase):
                 update(tasks)
                 .where(tasks.c.claimed_by == worker_id)
                 .values(claim_token=None, claimed_by=None, lease_until=None)
+            )
+            await conn.execute(
+                update(strays).where(strays.c.claimed_by == worker_id).values(claimed_by=None, lease_until=None)
             )
             if dead:  # its creates in flight may or may not have reached the API
                 await _mark_stale_submissions_unknown(conn, now, worker_id)
@@ -73,7 +77,7 @@ class ClaimsPart(StoreBase):
         to_create = limit if pending is None else min(pending, limit)
 
         async def op(conn: WriteConnection) -> list[Task]:
-            params = {"c_job": job.id, "c_gen": job.import_gen, "c_now": now, "c_token": uuid.uuid4().hex,
+            params = {"c_job": job.id, "c_now": now, "c_token": uuid.uuid4().hex,
                       "c_worker": worker_id, "c_lease": lease_until}  # fmt: skip
             got: list[Task] = []
             creates = 0
@@ -95,7 +99,7 @@ class ClaimsPart(StoreBase):
         """How many tasks of the job are not final, and when the earliest one not held by anyone is due."""
         open_ = or_(
             tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN]),
-            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == job.import_gen),
+            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(job.id)),
         )
         due_at = case(
             (~inputs_settled(), None),  # waits for its input task, not for a time
@@ -104,6 +108,12 @@ class ClaimsPart(StoreBase):
         )
         row = (await self._rows(select(func.count(), func.min(due_at)).where(tasks.c.job_id == job.id, open_)))[0]
         return int(row[0]), row[1]
+
+
+def _current_gen(job_id: Any) -> Any:
+    """The job's import generation as the store has it now: another process may have imported since this one
+    read the job (a run must not take the tasks of a newer import for retired ones, nor miss them)."""
+    return select(jobs.c.import_gen).where(jobs.c.id == job_id).scalar_subquery()
 
 
 async def _mark_stale_submissions_unknown(
@@ -140,7 +150,10 @@ def _claim_statements() -> list[tuple[Any, bool]]:
     for wanted, to_be_created in (
         (tasks.c.status == S.SUBMITTED, False),
         (tasks.c.status == S.UNKNOWN, True),
-        (and_(tasks.c.status == S.PENDING, tasks.c.import_gen == bindparam("c_gen"), inputs_settled()), True),
+        (
+            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(bindparam("c_job")), inputs_settled()),
+            True,
+        ),
     ):
         due = (
             select(tasks.c.id)

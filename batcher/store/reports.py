@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import RowMapping
 
+from batcher.models import Failure
 from batcher.store.base import Job, Ledger, S, StoreBase
 from batcher.store.database import translated
-from batcher.store.tables import api_calls, jobs, task_counts, tasks
+from batcher.store.tables import api_calls, jobs, strays, task_counts, tasks
 
 
 class ReportsPart(StoreBase):
@@ -49,12 +50,31 @@ class ReportsPart(StoreBase):
                     func.coalesce(func.sum(tasks.c.unknown_count), 0),
                     func.count().filter(and_(tasks.c.cost_micros > 0, mismatch)),
                     func.count().filter(tasks.c.cost_micros > 0),
+                    func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.DOWNLOAD)),
+                    func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.RESULT_LOST)),
+                    func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.LOST)),
+                    func.coalesce(func.sum(tasks.c.reserved_micros), 0),
                 ).where(tasks.c.job_id == job.id)
             )
         )[0]
         ledger.cost_micros, ledger.gen_failures, ledger.unknown_submissions = int(row[0]), int(row[1]), int(row[2])
         # billed: generations that reached Success, including any whose file then proved unusable
         ledger.price_mismatches, ledger.billed_calls = int(row[3]), int(row[4])
+        ledger.paid_unusable, ledger.result_lost, ledger.lost_at_api = int(row[5]), int(row[6]), int(row[7])
+        ledger.held_micros = int(row[8])
+        stray = (
+            await self._rows(
+                select(
+                    func.count().filter(strays.c.cost_micros > 0),
+                    func.coalesce(func.sum(strays.c.cost_micros), 0),
+                    func.count().filter(strays.c.status == "submitted"),
+                ).where(strays.c.job_id == job.id)
+            )
+        )[0]
+        # a stray reply is a known second charge for its task: billed, its image kept beside the task's
+        ledger.known_duplicates, ledger.strays_open = int(stray[0]), int(stray[2])
+        ledger.billed_calls += ledger.known_duplicates
+        ledger.cost_micros += int(stray[1])
         for r in await self._rows(
             select(
                 api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)
@@ -76,6 +96,14 @@ class ReportsPart(StoreBase):
                 result = await conn.stream(select(tasks).where(tasks.c.job_id == job.id).order_by(tasks.c.seq))
                 async for row in result.mappings():
                     yield row
+
+    async def committed_micros(self, job_id: int) -> int:
+        """What the job has spent plus every reservation still held, by any worker: what a budget is held to."""
+        rows = await self._rows(select(jobs.c.spent_micros + jobs.c.held_micros).where(jobs.c.id == job_id))
+        return int(rows[0][0]) if rows else 0
+
+    async def strays_of(self, job: Job) -> list[RowMapping]:
+        return await self._read(select(strays).where(strays.c.job_id == job.id).order_by(strays.c.id))
 
     async def calls(self, job: Job) -> list[RowMapping]:
         return await self._read(select(api_calls).where(api_calls.c.job_id == job.id).order_by(api_calls.c.id))

@@ -45,6 +45,9 @@ jobs = Table(
     Column("settings", Text, nullable=False, server_default="{}"),  # JSON: rate, in-flight, attempts
     Column("import_gen", Integer, nullable=False, server_default="0"),  # bumped by every import
     Column("retired", BigInteger, nullable=False, server_default="0"),  # pending tasks its last import dropped
+    # --- money (migration 0005), kept by triggers on `tasks` as its rows change, so a budget check reads one row:
+    Column("spent_micros", BigInteger, nullable=False, server_default="0"),  # billed: sum of tasks.cost_micros
+    Column("held_micros", BigInteger, nullable=False, server_default="0"),  # sum of tasks.reserved_micros
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -92,6 +95,12 @@ tasks = Table(
     # --- cache and chains (migration 0003)
     Column("parent_key", String(32), nullable=True),  # `from:`: the key of the job's task whose output is the input
     Column("cached_from", Id, nullable=True),  # the task (any job) whose output this one reused, at no cost
+    # --- money truth (migration 0005)
+    # what this task's creates may have cost beyond cost_micros: the price of each create in flight or of
+    # unknown outcome; a reservation made (against the budget) before the create is sent
+    Column("reserved_micros", BigInteger, nullable=False, server_default="0"),
+    Column("billed_at", Float, nullable=True),  # when a Success was first seen: the call is billed from then on
+    Column("failure", String(16), nullable=True),  # models.Failure: why a failed task failed
     UniqueConstraint("job_id", "key"),
     Index(None, "job_id", "status", "seq"),  # claims scan one status in manifest order
     # partial: every task has an entry only while claimed, so an import never touches it
@@ -137,6 +146,30 @@ api_calls = Table(
     Column("price_micros", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
     Index(None, "job_id", "kind"),
+)
+
+# An accepted create whose reply came after its task had been taken over by another worker (a lease that ran out
+# mid-create): billed all the same, so it is polled to the end and its image kept beside the task's as a paid
+# duplicate. No remote id the API returned is ever dropped.
+strays = Table(
+    "strays",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Id, nullable=False),
+    Column("remote_task_id", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # submitted | succeeded | failed
+    Column("price_micros", BigInteger, nullable=False),  # what its task's reservation held for it
+    Column("cost_micros", BigInteger, nullable=False, server_default="0"),
+    Column("claimed_by", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("output_path", Text, nullable=True),
+    Column("sha256", String(64), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("remote_task_id"),
+    Index(None, "job_id", "status"),
 )
 
 workers = Table(

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
+from batcher.models import CallRecord, Failure, JobSettings, TaskSpec, TaskStatus, import_batches
 from batcher.store import ClaimLost, Store, Task
 
 MODEL = "gemini-3.1-flash-lite-image"
@@ -116,7 +116,7 @@ class StoreMachine(RuleBasedStateMachine):
             if self._try(worker, task, self.store.retry_later(task, self.now, "Failed", None, self.now,
                                                               generation_failed=True)):  # fmt: skip
                 self.api_holds[task.id] = False
-        elif self._try(worker, task, self.store.failed(task, "gave up", None, self.now)):
+        elif self._try(worker, task, self.store.failed(task, "gave up", None, self.now, failure=Failure.TRANSIENT)):
             self.finished[task.id] = "failed"
         self.held[worker].pop(task.id, None)
 

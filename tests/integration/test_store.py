@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from batcher.errors import ManifestError, Problem
-from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
+from batcher.models import CallRecord, Failure, JobSettings, TaskSpec, TaskStatus, import_batches
 from batcher.store import ClaimLost, Store, database, writer
 from batcher.store.tables import tasks
 from tests.conftest import OpenStore
@@ -216,7 +216,7 @@ async def test_status_counts_stay_in_step_with_the_tasks(open_store: OpenStore) 
     for t in (t1, t2, t3):
         await store.begin_create(t, now)
     await store.created(t2, "r2", None, call(), now)
-    await store.failed(t3, "no", call(), now)
+    await store.failed(t3, "no", call(), now, failure=Failure.REFUSED)
     await imported(store, specs(4) + specs(2, prefix="new"))  # two pending tasks retired, two added
     rows = await store._rows(
         select(tasks.c.status, func.count()).where(tasks.c.job_id == job.id).group_by(tasks.c.status)
