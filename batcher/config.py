@@ -18,6 +18,21 @@ API_KEY_ENV = "LINKMODEL_API_KEY"  # the only place the key is read from
 DEFAULT_MAX_IN_FLIGHT = 256  # tasks between create and download at once: enough to keep a rate limit busy
 LEASE_S = 30.0  # a claim not renewed for this long is taken over (procrastinate: 30 s of silence)
 HEARTBEAT_S = 10.0
+LEASE_ENV = "BATCHER_LEASE_S"  # overrides LEASE_S; the heartbeat then beats three times per lease
+
+
+def lease_settings(env: Mapping[str, str] = os.environ) -> tuple[float, float]:
+    """(lease, heartbeat) in seconds: how long a silent worker's tasks stay its own, and how often it renews."""
+    raw = env.get(LEASE_ENV)
+    if raw is None:
+        return LEASE_S, HEARTBEAT_S
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = -1.0
+    if not 0.3 <= lease <= 86_400:
+        raise ConfigError(f"{LEASE_ENV} must be a number of seconds between 0.3 and 86400, not {raw!r}")
+    return lease, lease / 3
 
 
 def db_from(option: str | None, env: Mapping[str, str] = os.environ) -> str:

@@ -13,19 +13,23 @@ from batcher.store import Job, Ledger, Store
 
 ROW_FIELDS = (
     "key", "prompt", "model", "quality", "size", "status", "attempts", "remote_task_id", "file", "sha256",
-    "cost_usd", "error", "possible_double_charge", "source", "cached_from",
+    "cost_usd", "error", "failure", "possible_double_charge", "source", "cached_from",
 )  # fmt: skip
 
 
-def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[str, Any]:
+def summary(
+    job: Job, ledger: Ledger, unit_micros: Mapping[str, int], *, budget_micros: int | None = None
+) -> dict[str, Any]:
+    """The job's counts and money. `budget_micros`: the budget a run held to (`--max-cost`), else the job's."""
     c = ledger.counts
     tasks = sum(c.values())
     wall = None
     if ledger.first_call_at is not None and ledger.last_call_at is not None:
         wall = round(ledger.last_call_at - ledger.first_call_at, 3)
     succeeded = c.get(TaskStatus.SUCCEEDED, 0)
-    budget = None if job.budget_micros is None else str(usd(job.budget_micros))
-    left = None if job.budget_micros is None else str(usd(max(job.budget_micros - ledger.cost_micros, 0)))
+    limit = budget_micros if budget_micros is not None else job.budget_micros
+    budget = None if limit is None else str(usd(limit))
+    left = None if limit is None else str(usd(max(limit - ledger.cost_micros - ledger.held_micros, 0)))
     return {
         "job": job.name,
         "tasks": tasks,
@@ -34,8 +38,14 @@ def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[st
         "pending": tasks - succeeded - c.get(TaskStatus.FAILED, 0),
         "retired": ledger.retired,
         "status_counts": dict(sorted(c.items())),
+        # what to hold against the provider's invoice: every billed call, and what may have been billed too
         "billed_calls": ledger.billed_calls,
+        "paid_unusable": ledger.paid_unusable,
+        "paid_result_lost": ledger.result_lost,
+        "known_duplicates": ledger.known_duplicates,
+        "lost_at_api": ledger.lost_at_api,
         "cost_usd": str(usd(ledger.cost_micros)),
+        "held_usd": str(usd(ledger.held_micros)),
         "unit_price_usd": {m: str(usd(p)) for m, p in sorted(unit_micros.items())},
         "budget_usd": budget,
         "budget_left_usd": left,
@@ -67,6 +77,7 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "cost_usd": str(usd(r["cost_micros"])),
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
+            "failure": r["failure"],
             "source": r["source"],
             # where a cached output came from (no API call), and the task's input task
             "cached_from": origins.get(r["cached_from"]) if r["cached_from"] is not None else None,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.client import ApiClient
-from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
+from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
@@ -125,7 +125,10 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
     rate = opts.rate if opts.rate is not None else s.get("requests_per_second")
     if (connections := opts.max_connections or s.get("max_connections")) is not None:
         api = replace(api, max_connections=int(connections))
+    lease, heartbeat = lease_settings()
     return RunConfig(
+        lease_s=lease,
+        heartbeat_s=heartbeat,
         api=api,
         requests_per_second=None if rate is None else float(rate),
         max_in_flight=opts.max_in_flight or s.get("max_in_flight") or RunConfig.max_in_flight,
@@ -209,7 +212,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
                     result = await drive(store, client, job, config, prices, show_progress)
             finally:
                 await gate.close()
-        head = await job_summary(store, job, prices)
+        head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
     return RunSummary(result, head, _resume_hint(opts))
@@ -236,17 +239,22 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
 async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple[str, ...], api: ApiSettings,
                  forever: bool, show_progress: Any) -> list[RunSummary]:  # fmt: skip
     done: list[RunSummary] = []
+    spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes a thing
     while True:
         ran = False
         for job in await _jobs(store, names):
-            if (await store.next_due(job, time.time()))[0] == 0:
+            if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
                 continue
             ran = True
             prices = job_prices(await store.job_models(job), job, opts.price)
-            result = await drive(store, client, job, run_config(opts, job, api), prices, show_progress)
-            done.append(RunSummary(result, await job_summary(store, job, prices), _resume_hint(opts)))
+            config = run_config(opts, job, api)
+            result = await drive(store, client, job, config, prices, show_progress)
+            head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
+            done.append(RunSummary(result, head, _resume_hint(opts)))
             if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
                 return done
+            if result.reason == StopReason.BUDGET:
+                spent.add(job.name)
         if not ran and not forever:
             return done
         if not ran:
@@ -264,14 +272,17 @@ async def _any_job(store: Store, names: tuple[str, ...]) -> Job:
     return jobs[0]
 
 
-async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = None) -> dict[str, Any]:
+async def job_summary(
+    store: Store, job: Job, prices: dict[str, int] | None = None, *, budget_micros: int | None = None
+) -> dict[str, Any]:
+    """The job's summary; `budget_micros`: the budget this run held to (`--max-cost`), else the manifest's."""
     if prices is None:
         override = None if job.price_micros is None else Decimal(job.price_micros) / 1_000_000
         prices = {}
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
                 prices[m] = micros(unit_price(m, override))
-    head = summary(job, await store.ledger(job), prices)
+    head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
 

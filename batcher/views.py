@@ -96,6 +96,15 @@ def summary_lines(head: Mapping[str, Any]) -> None:
         f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
         f"{head['unknown_submissions']}",
     ]
+    billed_apart = [
+        (head.get("paid_unusable"), "paid but unusable"),
+        (head.get("paid_result_lost"), "paid, result lost"),
+        (head.get("known_duplicates"), "known duplicates (kept beside their task)"),
+    ]
+    if any(n for n, _ in billed_apart):
+        lines.append("of the billed calls: " + ", ".join(f"{what} {n}" for n, what in billed_apart if n))
+    if head.get("lost_at_api"):
+        lines.append(f"lost at the API before any Success was seen (possibly billed) {head['lost_at_api']}")
     if head.get("cached"):
         lines.append(f"from the cache (no API call, no cost) {head['cached']}")
     if head.get("price_mismatches"):

@@ -278,7 +278,7 @@ class Runner:
             return
         self._stopping = True
         for task_id, t in list(self._active.items()):
-            if task_id in self._polling or self._fatal is not None:
+            if task_id in self._polling:  # creates on the wire may record their replies, even after a fatal error
                 t.cancel()
         _, pending = await asyncio.wait(list(self._active.values()), timeout=STOP_GRACE_S)
         for t in pending:  # a create still without a reply: it stays `submitting`, so resume treats it as unknown

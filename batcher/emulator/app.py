@@ -31,7 +31,8 @@ BEARER = "Bearer "
 HOSTILE_SCHEME_URLS = ("file:///etc/passwd", "ftp://{host}/files/{task_id}/image.png")
 HOSTILE_NAME = "../../../../tmp/batcher-traversal.png"  # a file name that climbs out of any directory
 HOSTILE_NOT_IMAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Session expired</body></html>\n"
-HUGE_CHUNK = bytes(256 * 1024)  # one zero-filled chunk, sent again and again: a huge reply never sits in memory
+HUGE_CHUNK = bytes(256 * 1024)
+GATEWAY_PAGE = "<html><head><title>{status}</title></head><body><h1>{status} Gateway Error</h1></body></html>\n"  # one zero-filled chunk, sent again and again: a huge reply never sits in memory
 
 Clock = Callable[[], float]
 Inner = Callable[[web.Request, float], Awaitable[web.StreamResponse]]
@@ -58,6 +59,7 @@ class EmulatorApp:
         self.state = state
         self.clock = clock
         self.origin: str | None = None
+        self.on_advance: Callable[[float], None] | None = None  # moves `clock` forward (the admin endpoint)
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -70,6 +72,7 @@ class EmulatorApp:
         app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
         app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
         app.router.add_post(ADMIN_PREFIX + "/config", self.set_config)
+        app.router.add_post(ADMIN_PREFIX + "/advance", self.advance)
         return app
 
     # -- request accounting ------------------------------------------------------------------------------
@@ -173,6 +176,10 @@ class EmulatorApp:
         if state.roll(config.lost_create_rate):
             state.stats.lost_creates += 1
             return _close_connection(request)
+        if state.roll(config.accepted_error_rate):
+            state.stats.accepted_errors += 1
+            status = 502 if state.rng.random() < 0.5 else 504
+            return web.Response(status=status, text=GATEWAY_PAGE.format(status=status), content_type="text/html")
         field_variant = config.variant == "field"
         data: dict[str, Any] = {
             "task_id": task.task_id,
@@ -193,9 +200,12 @@ class EmulatorApp:
         if not task_id:
             return self._error(400, "task_id is required")
         task = state.book.get(task_id)
+        now = self.clock()
+        if task is not None and task.forgotten(now, state.config.task_ttl_s):
+            state.stats.forgotten_answers += 1
+            task = None
         if task is None:
             return self._error(404, f"unknown task_id {task_id!r}")
-        now = self.clock()
         state.book.settle(now, state.stats)
         field_variant = state.config.variant == "field"
         status = task.status(now, field_variant)
@@ -203,6 +213,7 @@ class EmulatorApp:
         data: dict[str, Any] = {"task_id": task.task_id, "status": status}
         msg = ""
         if status == "Success":
+            task.reported = True
             url = self._file_url(request, task, now)
             if field_variant:
                 data["output_images"] = [url]
@@ -237,9 +248,12 @@ class EmulatorApp:
             return faulted
         task = state.book.get(request.match_info["task_id"])
         expiry = None if task is None else task.url_expiry.get(request.match_info["token"])
+        now = self.clock()
+        if task is not None and expiry is not None and task.forgotten(now, state.config.task_ttl_s):
+            state.stats.forgotten_answers += 1
+            expiry = None
         if task is None or expiry is None:
             return web.Response(status=404, text="no such file")
-        now = self.clock()
         if now >= expiry:
             state.stats.expired_downloads += 1
             return web.Response(status=410, text="this file URL has expired; query the task for a fresh one")
@@ -302,6 +316,19 @@ class EmulatorApp:
     async def reset(self, request: web.Request) -> web.Response:
         self.state.reset(self.clock())
         return json_response({"reset": True})
+
+    async def advance(self, request: web.Request) -> web.Response:
+        """Move the emulator's clock forward by `?seconds=N`: hours pass for its tasks at once (a test's clock)."""
+        try:
+            seconds = float(request.query.get("seconds", ""))
+        except ValueError:
+            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
+        if not seconds >= 0:
+            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
+        if self.on_advance is None:
+            return json_response({"error": "this emulator's clock cannot be moved"}, 400)
+        self.on_advance(seconds)
+        return json_response({"advanced_s": seconds})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return json_response(self.state.config.as_dict())

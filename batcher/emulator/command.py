@@ -36,6 +36,9 @@ _RATE_OPTIONS = {
     "malformed_rate": "probability of an HTTP 200 reply that is not JSON",
     "slow_rate": "probability a reply is delayed by --slow-s",
     "lost_create_rate": "probability a create is accepted, then its reply is lost",
+    "accepted_error_rate": "probability a create is accepted, then answered 502/504 by the gateway",
+    "not_image_rate": "probability a successful task's file is not an image",
+    "forget_rate": "probability a task answers 404 once its Success has been reported",
     "truncate_rate": "probability a download is cut short",
     "hostile_file_rate": "probability a successful task's file URL attacks the client (see --hostile-file-kind)",
 }
@@ -106,6 +109,8 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
     help="bytes a huge download streams unless the client hangs up",
 )
 @click.option("--url-ttl-s", type=click.FloatRange(min=0.0), default=None, help="file URLs expire (HTTP 410)")
+@click.option("--task-ttl-s", type=click.FloatRange(min=0.0), default=None,
+              help="tasks are forgotten this long after they finish (HTTP 404)")  # fmt: skip
 @click.option("--rate-limit", type=click.FloatRange(min=0.0, min_open=True), default=None, help="requests/s")
 @click.option("--burst", type=click.FloatRange(min=1.0), default=None, help="tokens (default: 1 s worth)")
 @click.option("--retry-after-format", type=click.Choice(["seconds", "http-date"]), default="seconds")

@@ -40,6 +40,9 @@ _RATES = (
     "lost_create_rate",
     "truncate_rate",
     "hostile_file_rate",
+    "accepted_error_rate",
+    "not_image_rate",
+    "forget_rate",
 )
 
 
@@ -68,7 +71,18 @@ class EmulatorConfig:
     slow_s: float = 1.0
     fault_kinds: frozenset[str] = DEFAULT_FAULT_KINDS
     lost_create_rate: float = 0.0
+    # A create accepted (and billed), then answered by the gateway in front of the API with 502 or 504 and an
+    # HTML page: the reply says nothing of the task the API holds (the 500/503 faults above come before it).
+    accepted_error_rate: float = 0.0
     truncate_rate: float = 0.0
+    # A successful generation whose file URL serves something that is not an image (drawn per task at create).
+    not_image_rate: float = 0.0
+    # A task the API forgets once its Success has been reported (drawn per task at create): later queries and
+    # its file URL answer 404, as after a result's retention ran out.
+    forget_rate: float = 0.0
+    # Every task is forgotten this long after its generation finished (queries and files answer 404); None:
+    # kept for ever. LinkModel's results live about 48 hours.
+    task_ttl_s: float | None = None
     # Hosted files.
     url_ttl_s: float | None = None
     # A successful generation whose file URL attacks the client instead (drawn once per task at create time).
@@ -91,7 +105,7 @@ class EmulatorConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
-        for name in ("slow_s", "url_ttl_s", "rate_limit", "burst"):
+        for name in ("slow_s", "url_ttl_s", "rate_limit", "burst", "task_ttl_s"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -167,8 +181,8 @@ def coerce_knob(name: str, value: Any) -> Any:
         ):
             raise ValueError("prices must map model ids (or '*') to decimal strings")
         return dict(value)
-    if name in _RATES or name in ("slow_s", "url_ttl_s", "rate_limit", "burst"):
-        if value is None and name in ("url_ttl_s", "rate_limit", "burst"):
+    if name in _RATES or name in ("slow_s", "url_ttl_s", "rate_limit", "burst", "task_ttl_s"):
+        if value is None and name in ("url_ttl_s", "rate_limit", "burst", "task_ttl_s"):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number")

@@ -33,12 +33,14 @@ class Emulator:
         self._app: EmulatorApp | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
+        self._ahead_s = 0.0  # how far `advance` has moved the emulator's clock past the loop's
 
     async def start(self) -> None:
         """Bind the socket and start serving."""
         loop = self._loop = asyncio.get_running_loop()
         self._state = EmulatorState(self._initial, loop.time())
-        self._app = EmulatorApp(self._state, loop.time)
+        self._app = EmulatorApp(self._state, self._now)
+        self._app.on_advance = self.advance
         self._runner = web.AppRunner(
             self._app.build(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
         )
@@ -79,7 +81,14 @@ class Emulator:
         # The serving loop's clock, readable from outside the loop too (it is monotonic time).
         if self._loop is None:
             raise RuntimeError("the emulator has not been started")
-        return self._loop.time()
+        return self._loop.time() + self._ahead_s
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock `seconds` forward: generations finish, URLs expire and tasks are forgotten
+        as if that much time had passed (a test's clock, no sleeping)."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self._ahead_s += seconds
 
     @property
     def port(self) -> int:

@@ -31,6 +31,9 @@ class Stats:
     creates_accepted: int = 0  # creates that made a task id, lost ones included: what was billed
     accepted_by_prompt: dict[str, int] = field(default_factory=dict)
     lost_creates: int = 0  # created, then the connection was aborted before the reply
+    accepted_errors: int = 0  # created, then answered 502/504 by the gateway (accepted_error_rate)
+    not_image_files: int = 0  # successful tasks whose file is not an image (not_image_rate)
+    forgotten_answers: int = 0  # queries and downloads answered 404 for a task the API had forgotten
     dropped: int = 0  # connections closed without a reply and without doing anything
     malformed: int = 0  # HTTP 200 replies whose body was not JSON
     successes: int = 0  # tasks whose generation reached Success
@@ -96,6 +99,9 @@ class Stats:
             "creates_accepted": self.creates_accepted,
             "accepted_by_prompt": dict(self.accepted_by_prompt),
             "lost_creates": self.lost_creates,
+            "accepted_errors": self.accepted_errors,
+            "not_image_files": self.not_image_files,
+            "forgotten_answers": self.forgotten_answers,
             "dropped": self.dropped,
             "malformed": self.malformed,
             "successes": self.successes,

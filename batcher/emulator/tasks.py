@@ -33,6 +33,12 @@ class Task:
     stable_token: str | None = None  # the one file token handed out when URLs never expire
     url_expiry: dict[str, float] = field(default_factory=dict)  # file token -> loop time it expires
     hostile: HostileKind | None = None  # the file URL this task's Success names attacks the client
+    forget: bool = False  # forgotten once its Success has been reported (forget_rate)
+    reported: bool = False  # a query has answered Success
+
+    def forgotten(self, now: float, ttl_s: float | None) -> bool:
+        """Whether the API no longer knows this task at `now` (queries and its file answer 404)."""
+        return (self.forget and self.reported) or (ttl_s is not None and now >= self.ready_at + ttl_s)
 
     def status(self, now: float, field_variant: bool) -> str:
         """The status a query sees at `now`. The field variant spends the first half of the wait Pending."""

@@ -72,7 +72,9 @@ class Writer:
         self._prompt = False  # a change that may not wait is queued
         self._gathering: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
+        # posted changes (nobody awaits them) of a group that failed: tried once more with the next group, so
+        # one failed commit neither loses them nor stops the writer
+        self._carried: list[Change] = []
         self._pending: tuple[Change, asyncio.Future[Any] | None, bool] | None = None
         self._conn: AsyncConnection | None = None  # the writer's own connection, kept open between groups
         self._inline = InlineSqlite.for_engine(engine)  # None: every group goes through the engine
@@ -97,8 +99,6 @@ class Writer:
         self._put(op, None, False, True)
 
     def _put(self, op: Change, fut: asyncio.Future[Any] | None, alone: bool, patient: bool = False) -> None:
-        if self._failure is not None:
-            raise self._failure
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher-store-writer")
         self._queue.put_nowait((op, fut, alone))
@@ -140,7 +140,9 @@ class Writer:
             elif self._queue.empty():
                 await asyncio.sleep(0)  # one turn of the loop: changes made ready by the same wake-up join in
             self._prompt = False
-            batch = [(first[0], first[1])]
+            carried, self._carried = self._carried, []
+            batch: list[tuple[Change, asyncio.Future[Any] | None]] = [(c, None) for c in carried]
+            batch.append((first[0], first[1]))
             while not first[2] and len(batch) < MAX_GROUP and not self._queue.empty():
                 op, fut, alone = self._queue.get_nowait()
                 if alone:
@@ -150,7 +152,7 @@ class Writer:
             self.groups += 1
             self.ops += len(batch)
             inline = self._inline is not None and not first[2]  # an import may run long: not on the loop
-            await self._commit(batch, self._inline_first if inline else self._in_transaction)
+            await self._commit(batch, self._inline_first if inline else self._in_transaction, len(carried))
             if self._inline is not None and self._inline.commits >= CHECKPOINT_EVERY:
                 self._inline.commits = 0
                 try:
@@ -175,8 +177,11 @@ class Writer:
         self,
         batch: list[tuple[Change, asyncio.Future[Any] | None]],
         apply: Callable[[list[Any]], Awaitable[list[Any]]],
+        carried: int = 0,
     ) -> None:
-        """Commit one group; every waiter learns its result, or why the whole group rolled back."""
+        """Commit one group; every waiter learns its result, or why the whole group rolled back. Posted changes
+        of a failed group are carried into the next one; the first `carried` of this group already were once,
+        so a second failure drops them (logged) rather than failing every group after it."""
         try:
             with translated("writing the job store"):
                 results = await apply([op for op, _ in batch])
@@ -186,8 +191,10 @@ class Writer:
                     if fut is not None and not fut.done():
                         fut.cancel()
                 raise
-            if not any(fut is not None for _, fut in batch):
-                self._failure = e  # nobody waits for this group: fail the next caller instead
+            again = [op for op, fut in batch[carried:] if fut is None]
+            if carried:
+                log.error("dropped %d call records that could not be written twice: %s", carried, e)
+            self._carried = again
             for _, fut in batch:
                 if fut is not None and not fut.done():
                     fut.set_exception(e)
