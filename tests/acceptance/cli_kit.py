@@ -31,9 +31,10 @@ def cli_env(emu: Emulator | None, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+async def start(*args: str, env: dict[str, str], cwd: Path, prefix: tuple[str, ...] = ()) -> asyncio.subprocess.Process:
+    """`prefix`: a command the CLI runs under (e.g. `faketime -f +20m`, a clock the test sets)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batcher.cli", *args, env=env, cwd=str(cwd),
+        *prefix, sys.executable, "-m", "batcher.cli", *args, env=env, cwd=str(cwd),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
@@ -44,8 +45,10 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 120.0) -> Do
     return Done(proc.returncode, out.decode(), err.decode())
 
 
-async def batcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120.0) -> Done:
-    return await finish(await start(*args, env=env, cwd=cwd), timeout)
+async def batcher(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120.0, prefix: tuple[str, ...] = ()
+) -> Done:
+    return await finish(await start(*args, env=env, cwd=cwd, prefix=prefix), timeout)
 
 
 async def interrupt_after(proc: asyncio.subprocess.Process, seconds: float, sig: int = signal.SIGINT,
