@@ -133,7 +133,18 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from batcher import version  # importlib.metadata only when asked: it would slow every command's start
+
+    click.echo(f"batcher {version()}")
+    ctx.exit()
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="print the version and exit")  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr (-vv for debug)")
 def main(verbose: int) -> None:
     """Run thousands of paid image generations as one resumable, rate-limited, cost-accounted batch."""
