@@ -343,7 +343,7 @@ def status(db: str, as_json: bool) -> None:
     """Jobs in the store with their tasks per status, and the workers at work."""
 
     async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
-        store = await Store.open(db)
+        store = await Store.open(db, create=False)  # reading: an absent store is not created
         try:
             return await store.status_counts(), [dict(w) for w in await store.live_workers()]
         finally:
@@ -369,7 +369,7 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
         raise click.UsageError("--format html needs -o FILE: the page links its images relative to where it is")
 
     async def go() -> None:
-        store = await Store.open(db)
+        store = await Store.open(db, create=False)
         try:
             jobs = await store.jobs()
             if job is None and len(jobs) != 1:

@@ -16,7 +16,15 @@ from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
+from batcher.errors import (
+    EXIT_BUDGET,
+    EXIT_FAILED_TASKS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BatcherError,
+    ConfigError,
+    StoreMissingError,
+)
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
@@ -82,8 +90,7 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
     override = price if price is not None else manifest.settings.price_usd
     done: set[str] = set()
     cached: Callable[[str], bool] | None = None
-    if db is not None and (("://" in db) or os.path.exists(db)):
-        store = await Store.open(db, upgrade=False)
+    if (store := await _store_to_read(db)) is not None:
         try:
             job = await store.find_job(manifest.settings.name)
             if job is not None:
@@ -94,6 +101,17 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
             await store.close()
     return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override),
                     manifest.settings.budget_usd, cached)  # fmt: skip
+
+
+async def _store_to_read(db: str | None) -> Store | None:
+    """The store at `db` opened for reading (no migration), or None: no `db`, or a SQLite file not there (which
+    is not created: a dry run writes nothing)."""
+    if db is None:
+        return None
+    try:
+        return await Store.open(db, upgrade=False, create=False)
+    except StoreMissingError:
+        return None
 
 
 async def import_manifest(store: Store, manifest: Manifest, price: Decimal | None) -> ImportResult:
@@ -353,8 +371,7 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
     if old is not None:
         olds = list(_entries(load_manifest(old)))
     made: Callable[[str], bool] | None = None
-    if db is not None and (("://" in db) or os.path.exists(db)):
-        store = await Store.open(db, upgrade=False)
+    if (store := await _store_to_read(db)) is not None:
         try:
             if against is not None:
                 job = await store.job(against)
@@ -370,6 +387,8 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
 
         finally:
             await store.close()
+    elif against is not None and db is not None:
+        await Store.open(db, upgrade=False, create=False)  # raises StoreMissingError, naming the path
     elif against is not None:
         raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
     return diff(olds, _entries(new), lambda m: unit_price(m, override), made)
