@@ -233,6 +233,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="a task whose create may have reached the API: create again, or fail it",
     )
+    @click.option("--out", metavar="DIR", help="write the images to DIR (relative: to the current folder) instead of "
+                  "the job's output directory")  # fmt: skip
     @click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
     @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
@@ -250,6 +252,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         max_attempts: int | None,
         on_unknown: str,
         no_cache: bool,
+        out: str | None,
         **kwargs: Any,
     ) -> Any:
         from batcher import session
@@ -268,6 +271,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             emu,
             use_cache=not no_cache,
             max_connections=max_connections,
+            out=out,
         )
         return f(*args, opts=opts, **kwargs)
 

@@ -54,6 +54,7 @@ class RunOptions:
     emulator: EmulatorConfig = field(default_factory=lambda: EmulatorConfig(latency=DEMO_LATENCY))
     use_cache: bool = True  # `--no-cache` sets False
     max_connections: int | None = None
+    out: str | None = None  # `--out`: this process writes here, whatever the job's stored directory
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts}  # fmt: skip
     override = price if price is not None else s.price_usd
-    return await store.import_manifest(s, str(manifest.path), _priced(import_rows(manifest), override), extra=extra,
+    return await store.import_manifest(s, str(manifest.path.absolute()), _priced(import_rows(manifest), override), extra=extra,
                                        now=time.time())  # fmt: skip
 
 
@@ -152,6 +153,16 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
         budget_micros=budget,
         use_cache=opts.use_cache,
     )
+
+
+def output_dir(job: Job, out: str | None) -> str:
+    """Where this process writes the job's files: `--out` (relative to the current folder), else the job's stored
+    directory. Imports store it absolute; a store from before that may hold a relative one, which is taken
+    relative to the job's manifest, as an import would resolve it now."""
+    if out is not None:
+        return os.path.abspath(os.path.expanduser(out))
+    stored = os.path.expanduser(job.output_dir)
+    return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
 
 def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
@@ -218,6 +229,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
     store = await Store.open(opts.db)
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
+        job = replace(job, output_dir=output_dir(job, opts.out))
         prices = job_prices(await store.job_models(job), job, opts.price)
         async with api_endpoint(opts) as (api, key):
             config = run_config(opts, job, api)
@@ -260,6 +272,7 @@ async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple
             if (await store.next_due(job, time.time()))[0] == 0:
                 continue
             ran = True
+            job = replace(job, output_dir=output_dir(job, opts.out))
             prices = job_prices(await store.job_models(job), job, opts.price)
             result = await drive(store, client, job, run_config(opts, job, api), prices, show_progress)
             done.append(RunSummary(result, await job_summary(store, job, prices), _resume_hint(opts)))
@@ -298,6 +311,8 @@ def _resume_hint(opts: RunOptions) -> str:
     parts = ["batcher run", opts.manifest] if opts.manifest else ["batcher work"]
     if opts.db != "batcher.db":
         parts += ["--db", opts.db]
+    if opts.out is not None:
+        parts += ["--out", opts.out]
     if opts.emulate:
         parts.append("--emulate")
     if not opts.use_cache:
