@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-# The name on the package index: "batcher" there is an unrelated package. The import package and the command
-# stay `batcher`.
+# The distribution's name (pyproject's [project] name): "batcher" on PyPI is an unrelated package. The import
+# package and the command stay `batcher`.
 DISTRIBUTION = "batcher-images"
 
 
 def version() -> str:
     """The installed distribution's version; from a source tree that was never installed, its pyproject's."""
     from importlib import metadata
+    from pathlib import Path  # here, not at the top: every import of batcher (the emulator's too) runs this file
 
     try:
         return metadata.version(DISTRIBUTION)

@@ -8,8 +8,12 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
+import pytest
+
+import batcher as package
 from tests.acceptance.cli_kit import batcher, cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +59,14 @@ async def test_version_prints_the_installed_distributions_version(tmp_path: Path
     assert done.code == 0, done.err
     assert done.out.strip() == f"batcher {_project()['version']}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_source_tree_never_installed_reports_its_pyprojects_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert package.version() == f"{_project()['version']} (source tree, not installed)"
 
 
 def test_a_wheel_built_from_the_checkout_installs_and_runs(tmp_path: Path) -> None:
