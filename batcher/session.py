@@ -104,14 +104,16 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
                     manifest.settings.budget_usd, cached)  # fmt: skip
 
 
-async def _store_to_read(db: str | None) -> Store | None:
+async def _store_to_read(db: str | None, *, required: bool = False) -> Store | None:
     """The store at `db` opened for reading (no migration), or None: no `db`, or a SQLite file not there (which
-    is not created: a dry run writes nothing)."""
+    is not created: a dry run writes nothing; `required`: StoreMissingError, naming the path)."""
     if db is None:
         return None
     try:
         return await Store.open(db, upgrade=False, create=False)
     except StoreMissingError:
+        if required:
+            raise
         return None
 
 
@@ -120,8 +122,8 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts}  # fmt: skip
     override = price if price is not None else s.price_usd
-    return await store.import_manifest(s, str(manifest.path.absolute()), _priced(import_rows(manifest), override), extra=extra,
-                                       now=time.time())  # fmt: skip
+    rows = _priced(import_rows(manifest), override)
+    return await store.import_manifest(s, str(manifest.path.absolute()), rows, extra=extra, now=time.time())
 
 
 async def import_only(manifest_path: str, db: str, price: Decimal | None) -> ImportResult:
@@ -386,7 +388,7 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
     if old is not None:
         olds = list(_entries(load_manifest(old)))
     made: Callable[[str], bool] | None = None
-    if (store := await _store_to_read(db)) is not None:
+    if (store := await _store_to_read(db, required=against is not None)) is not None:
         try:
             if against is not None:
                 job = await store.job(against)
@@ -402,8 +404,6 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
 
         finally:
             await store.close()
-    elif against is not None and db is not None:
-        await Store.open(db, upgrade=False, create=False)  # raises StoreMissingError, naming the path
     elif against is not None:
         raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
     return diff(olds, _entries(new), lambda m: unit_price(m, override), made)
