@@ -133,7 +133,18 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from batcher import version  # importlib.metadata only when asked: it would slow every command's start
+
+    click.echo(f"batcher {version()}")
+    ctx.exit()
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="print the version and exit")  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr (-vv for debug)")
 def main(verbose: int) -> None:
     """Run thousands of paid image generations as one resumable, rate-limited, cost-accounted batch."""
@@ -222,6 +233,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="a task whose create may have reached the API: create again, or fail it",
     )
+    @click.option("--out", metavar="DIR", help="write the images to DIR (relative: to the current folder) instead of "
+                  "the job's output directory")  # fmt: skip
     @click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
     @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
@@ -239,6 +252,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         max_attempts: int | None,
         on_unknown: str,
         no_cache: bool,
+        out: str | None,
         **kwargs: Any,
     ) -> Any:
         from batcher import session
@@ -257,6 +271,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             emu,
             use_cache=not no_cache,
             max_connections=max_connections,
+            out=out,
         )
         return f(*args, opts=opts, **kwargs)
 
@@ -332,7 +347,7 @@ def status(db: str, as_json: bool) -> None:
     """Jobs in the store with their tasks per status, and the workers at work."""
 
     async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
-        store = await Store.open(db)
+        store = await Store.open(db, create=False)  # reading: an absent store is not created
         try:
             return await store.status_counts(), [dict(w) for w in await store.live_workers()]
         finally:
@@ -358,7 +373,7 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
         raise click.UsageError("--format html needs -o FILE: the page links its images relative to where it is")
 
     async def go() -> None:
-        store = await Store.open(db)
+        store = await Store.open(db, create=False)
         try:
             jobs = await store.jobs()
             if job is None and len(jobs) != 1:

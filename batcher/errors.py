@@ -88,6 +88,12 @@ class StoreFullError(StoreError):
     """The disk holding the job store is full: free space, then run again to resume."""
 
 
+class StoreMissingError(StoreError):
+    """There is no job store there: point --db or BATCHER_DB at one, or create it with `batcher import` or `run`."""
+
+    exit_code = EXIT_USAGE
+
+
 class JobNotFoundError(StoreError):
     """No such job in the store."""
 

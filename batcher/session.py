@@ -16,7 +16,15 @@ from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
+from batcher.errors import (
+    EXIT_BUDGET,
+    EXIT_FAILED_TASKS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BatcherError,
+    ConfigError,
+    StoreMissingError,
+)
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
@@ -46,6 +54,7 @@ class RunOptions:
     emulator: EmulatorConfig = field(default_factory=lambda: EmulatorConfig(latency=DEMO_LATENCY))
     use_cache: bool = True  # `--no-cache` sets False
     max_connections: int | None = None
+    out: str | None = None  # `--out`: this process writes here, whatever the job's stored directory
 
 
 @dataclass
@@ -82,8 +91,7 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
     override = price if price is not None else manifest.settings.price_usd
     done: set[str] = set()
     cached: Callable[[str], bool] | None = None
-    if db is not None and (("://" in db) or os.path.exists(db)):
-        store = await Store.open(db, upgrade=False)
+    if (store := await _store_to_read(db)) is not None:
         try:
             job = await store.find_job(manifest.settings.name)
             if job is not None:
@@ -96,13 +104,26 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
                     manifest.settings.budget_usd, cached)  # fmt: skip
 
 
+async def _store_to_read(db: str | None, *, required: bool = False) -> Store | None:
+    """The store at `db` opened for reading (no migration), or None: no `db`, or a SQLite file not there (which
+    is not created: a dry run writes nothing; `required`: StoreMissingError, naming the path)."""
+    if db is None:
+        return None
+    try:
+        return await Store.open(db, upgrade=False, create=False)
+    except StoreMissingError:
+        if required:
+            raise
+        return None
+
+
 async def import_manifest(store: Store, manifest: Manifest, price: Decimal | None) -> ImportResult:
     s = manifest.settings
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts}  # fmt: skip
     override = price if price is not None else s.price_usd
-    return await store.import_manifest(s, str(manifest.path), _priced(import_rows(manifest), override), extra=extra,
-                                       now=time.time())  # fmt: skip
+    rows = _priced(import_rows(manifest), override)
+    return await store.import_manifest(s, str(manifest.path.absolute()), rows, extra=extra, now=time.time())
 
 
 async def import_only(manifest_path: str, db: str, price: Decimal | None) -> ImportResult:
@@ -137,6 +158,16 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
         budget_micros=budget,
         use_cache=opts.use_cache,
     )
+
+
+def output_dir(job: Job, out: str | None) -> str:
+    """Where this process writes the job's files: `--out` (relative to the current folder), else the job's stored
+    directory. Imports store it absolute; a store from before that may hold a relative one, which is taken
+    relative to the job's manifest, as an import would resolve it now."""
+    if out is not None:
+        return os.path.abspath(os.path.expanduser(out))
+    stored = os.path.expanduser(job.output_dir)
+    return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
 
 def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
@@ -203,6 +234,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
     store = await Store.open(opts.db)
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
+        job = replace(job, output_dir=output_dir(job, opts.out))
         prices = job_prices(await store.job_models(job), job, opts.price)
         async with api_endpoint(opts) as (api, key):
             config = run_config(opts, job, api)
@@ -246,6 +278,7 @@ async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple
             if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
                 continue
             ran = True
+            job = replace(job, output_dir=output_dir(job, opts.out))
             prices = job_prices(await store.job_models(job), job, opts.price)
             config = run_config(opts, job, api)
             result = await drive(store, client, job, config, prices, show_progress)
@@ -291,6 +324,8 @@ def _resume_hint(opts: RunOptions) -> str:
     parts = ["batcher run", opts.manifest] if opts.manifest else ["batcher work"]
     if opts.db != "batcher.db":
         parts += ["--db", opts.db]
+    if opts.out is not None:
+        parts += ["--out", opts.out]
     if opts.emulate:
         parts.append("--emulate")
     if not opts.use_cache:
@@ -364,8 +399,7 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
     if old is not None:
         olds = list(_entries(load_manifest(old)))
     made: Callable[[str], bool] | None = None
-    if db is not None and (("://" in db) or os.path.exists(db)):
-        store = await Store.open(db, upgrade=False)
+    if (store := await _store_to_read(db, required=against is not None)) is not None:
         try:
             if against is not None:
                 job = await store.job(against)

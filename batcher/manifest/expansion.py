@@ -21,6 +21,7 @@ from batcher.manifest.sourcetext import SourceFault
 from batcher.manifest.taskfields import (
     FILENAME_BUILTINS,
     KEY_CHARS,
+    TEMPLATE_BUILTINS,
     Problems,
     choice_errors,
     images_problem,
@@ -154,23 +155,37 @@ class FilenameTable:
                 self._count += 1
 
 
+Builtins = tuple[str, str, str, str, int, str]  # TEMPLATE_BUILTINS' values, in order
+_USER_TEXT = frozenset({"seed", "variant", "name", "from"})  # built-ins a user wrote: made safe like variables
+
+
 class Filenames:
     """One filename template, with the source of each placeholder settled once (not looked up per task)."""
 
-    _SEED = FILENAME_BUILTINS.index("seed")
-
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, variables: frozenset[str] = frozenset()) -> None:
         self.template = template
-        # Per placeholder: its position in the built-in values (model, quality, size, seed, index, key), or
-        # -1 for a variable (built-ins win over variables of the same name), and whether the value is text a
-        # user wrote (a variable, the seed) and so must be made safe; model, quality and size are checked.
+        # A variable named like a field can only be a CSV column (`name`): it keeps its meaning there.
+        own = {n for n in template.names if n in FILENAME_BUILTINS and n not in variables}
+        # Per placeholder: its position in the built-in values (FILENAME_BUILTINS), or -1 for a variable
+        # (built-ins win over variables of the same name, but for the field names above), and whether the value
+        # is text a user wrote (a variable, the seed, a name) and so must be made safe; model, quality and size
+        # are checked.
         self._slots = tuple(
-            (FILENAME_BUILTINS.index(n) if n in FILENAME_BUILTINS else -1, n, n not in FILENAME_BUILTINS or n == "seed")
-            for n in template.order
+            (FILENAME_BUILTINS.index(n) if n in own else -1, n, n not in own or n in _USER_TEXT) for n in template.order
         )
         self.unique = "index" in template.names  # every task gets a different name
+        self.needs_name = "name" in own  # a task without a name cannot be named after it
+        self.needs_from = "from" in own
 
-    def render(self, builtins: tuple[str, str, str, str, int, str], variables: dict[str, str]) -> str:
+    def missing(self, task_name: str | None, parent: str | None) -> str | None:
+        """Why this task's file cannot be named by the template (it uses a field the task has not); None if it can."""
+        if self.needs_name and task_name is None:
+            return f"filename template '{self.template.text}' uses {{name}}, but the task has no name: give it name:"
+        if self.needs_from and parent is None:
+            return f"filename template '{self.template.text}' uses {{from}}, but the task has no input task (from:)"
+        return None
+
+    def render(self, builtins: tuple[str, str, str, str, int, str, str, str, str], variables: dict[str, str]) -> str:
         values: list[str | int] = [
             (variables[name] if slot < 0 else builtins[slot]).translate(UNSAFE_IN_NAME)  # type: ignore[union-attr]
             if unsafe
@@ -222,7 +237,7 @@ class _Run:
 
                 def build(key: str) -> TaskSpec | None:
                     return self._build(file, line, column, model, quality, size, prompt, (from_ref(key), *images),
-                                       seed, filename, name, variables, index)  # fmt: skip
+                                       seed, filename, name, variables, index, parent)  # fmt: skip
 
                 at_line, at_column = parent_at or (line, column)
                 early = _early_name(name, variables, (model, quality, size, seed or "", index, ""))
@@ -230,7 +245,7 @@ class _Run:
                 return None
             images = (from_ref(parent_key), *images)
         return self._build(file, line, column, model, quality, size, prompt, images, seed, filename, name, variables,
-                           index)  # fmt: skip
+                           index, parent)  # fmt: skip
 
     def _build(
         self,
@@ -247,19 +262,23 @@ class _Run:
         name: Template | None,
         variables: dict[str, str],
         index: int,
+        parent: str | None,
     ) -> TaskSpec | None:
         key = spec_key(model, prompt, quality, size, images, seed)
         builtins = (model, quality, size, seed or "", index, key[:KEY_CHARS])
         try:
+            task_name = None
+            if name is not None:  # first: the filename may use it
+                task_name = name.render({**variables, **dict(zip(TEMPLATE_BUILTINS, builtins, strict=True))})
             if isinstance(filename, Filenames):
-                rendered = filename.render(builtins, variables)
+                if (cannot := filename.missing(task_name, parent)) is not None:
+                    self.problems.add(file, line, column, cannot)
+                    return None
+                rendered = filename.render((*builtins, seed or "", task_name or "", parent or ""), variables)
                 why = check_rendered_filename(rendered)
             else:
                 rendered = filename
                 why = check_relative_path(rendered)
-            task_name = None
-            if name is not None:
-                task_name = name.render({**variables, **dict(zip(FILENAME_BUILTINS, builtins, strict=True))})
         except TemplateError as e:
             self.problems.add(file, line, column, str(e))
             return None
@@ -312,14 +331,12 @@ def generate(plans: tuple[Plan, ...], problems: Problems, *, complete: bool = Tr
         run.chains.report_unresolved(problems, run.names)
 
 
-def _early_name(
-    name: Template | None, variables: dict[str, str], builtins: tuple[str, str, str, str, int, str]
-) -> str | None:
+def _early_name(name: Template | None, variables: dict[str, str], builtins: Builtins) -> str | None:
     """A waiting task's own name, when its template does not need the key (to find cycles of waiting tasks)."""
     if name is None or "key" in name.names:
         return None
     try:
-        return name.render({**variables, **dict(zip(FILENAME_BUILTINS, builtins, strict=True))})
+        return name.render({**variables, **dict(zip(TEMPLATE_BUILTINS, builtins, strict=True))})
     except TemplateError:
         return None
 
@@ -386,7 +403,7 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
     c_prompt, c_model, c_quality, c_size = (cols.get(k) for k in ("prompt", "model", "quality", "size"))
     c_filename, c_seed, c_images, c_from = (cols.get(k) for k in ("filename", "seed", "images", "from"))
     problems, file = run.problems, plan.file
-    filenames = Filenames(plan.filename)
+    filenames = Filenames(plan.filename, frozenset(n for n, _ in plan.variables) | frozenset(plan.constants))
     for line, cells in records:
         if len(cells) != width:
             if len(cells) > width and "".join(cells[width:]).strip():

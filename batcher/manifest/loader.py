@@ -96,6 +96,12 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     return manifest
 
 
+def output_dir(manifest: Path, folder: str) -> str:
+    """The job's output directory, absolute: a relative one is relative to the manifest's folder (as `images:`
+    and `rows:` paths are), so the job writes to one place whatever folder it is run from."""
+    return os.path.abspath(os.path.join(manifest.parent, os.path.expanduser(folder)))
+
+
 # --- a CSV manifest -----------------------------------------------------------------------------------
 
 
@@ -118,7 +124,7 @@ def _load_csv(p: Path, file: str, problems: Problems) -> Manifest | None:
         prompt=None, filename=compile_template(DEFAULT_FILENAME), name=None, model=DEFAULT_MODEL,
         quality=DEFAULT_QUALITY, size=DEFAULT_SIZE, header_line=line,
     )  # fmt: skip
-    return Manifest(p, JobSettings(name=job, output_dir=f"out/{job}"), (plan,))
+    return Manifest(p, JobSettings(name=job, output_dir=output_dir(p, f"out/{job}")), (plan,))
 
 
 # --- a YAML manifest: settings -------------------------------------------------------------------------
@@ -286,7 +292,7 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         problems.add(file, where.line, where.column, "output.dir must be a folder path, without control characters")
     job_settings = JobSettings(
         name=job,
-        output_dir=out_dir,
+        output_dir=output_dir(p, out_dir),
         price_usd=settings.price_usd,
         budget_usd=settings.budget_usd,
         requests_per_second=rate.requests_per_second,

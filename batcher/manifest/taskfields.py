@@ -18,7 +18,10 @@ from batcher.manifest.inputs import is_local
 from batcher.models import MAX_INPUT_IMAGES, MODELS, TIER_SCALE
 
 FIELD_KEYS = ("prompt", "model", "quality", "size", "filename", "images", "seed", "variant", "name", "from")
-FILENAME_BUILTINS = ("model", "quality", "size", "seed", "index", "key")  # besides the task's variables
+# What name and filename templates may use besides the task's variables. A filename may also use the task's
+# other fields that are short text: its name, the name of its input task (`from:`), and `variant` (its seed).
+TEMPLATE_BUILTINS = ("model", "quality", "size", "seed", "index", "key")
+FILENAME_BUILTINS = (*TEMPLATE_BUILTINS, "variant", "name", "from")
 DEFAULT_FILENAME = "{index:05d}-{key}.png"  # manifest order, then identity: unique per task, sorts well
 KEY_CHARS = 12  # hex characters of spec.key in `{key}`: 48 bits, plenty to tell a job's tasks apart
 MAX_NAME_CHARS = 200

@@ -17,6 +17,7 @@ from batcher.manifest.rowplans import csv_columns, read_header
 from batcher.manifest.taskfields import (
     FIELD_KEYS,
     FILENAME_BUILTINS,
+    TEMPLATE_BUILTINS,
     Problems,
     choice_errors,
     did_you_mean,
@@ -294,16 +295,19 @@ class PlanBuilder:
                 self._at(given.loc or fallback, error.message)
 
     def _check_defined(self, template: Template, role: str, names: set[str], loc: Loc | None, entry: Loc) -> None:
-        allowed = names if role in ("prompt", "from") else names | set(FILENAME_BUILTINS)
+        builtins = {"prompt": (), "from": (), "name": TEMPLATE_BUILTINS}.get(role, FILENAME_BUILTINS)
+        allowed = names | set(builtins)
         for missing in sorted(template.names - allowed):
             hint = did_you_mean(missing, allowed)
             if role == "prompt" and missing in FIELD_KEYS:
                 hint += f" ('{missing}' is a task field; a prompt can use only variables)"
             whose = "" if loc else "the job's "
-            defined = ", ".join(sorted(allowed)) or "none"
+            defined = f"variables: {', '.join(sorted(names)) or 'none'}"
+            if builtins:
+                defined += f"; built-ins: {', '.join(sorted(set(builtins) - names))}"
             self._at(
                 loc or entry,
-                f"undefined variable '{missing}' in {whose}{role} template '{template.text}'{hint}; defined: {defined}",
+                f"undefined variable '{missing}' in {whose}{role} template '{template.text}'{hint}; {defined}",
             )
 
     def _check_typos(self, m: YMap, unused: set[str]) -> None:

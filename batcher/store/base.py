@@ -10,9 +10,10 @@ from typing import Any, Self
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from batcher.errors import StoreMissingError
 from batcher.models import TaskStatus
 from batcher.store import migrate
-from batcher.store.database import create_engine, database_url, redacted, translated
+from batcher.store.database import create_engine, database_url, redacted, sqlite_file, translated
 from batcher.store.tables import tasks
 from batcher.store.writer import Writer
 
@@ -166,10 +167,14 @@ class StoreBase:
         return self.clock_offset
 
     @classmethod
-    async def open(cls, db: str, *, upgrade: bool = True) -> Self:
-        """Open (creating it if needed) and bring the schema to the newest migration."""
+    async def open(cls, db: str, *, upgrade: bool = True, create: bool = True) -> Self:
+        """Open (creating it if needed) and bring the schema to the newest migration. `create=False`: a SQLite
+        store that is not there is StoreMissingError, and nothing is created (commands that only read)."""
         url = database_url(db)
-        engine = create_engine(url)
+        if not create and (file := sqlite_file(url)) is not None and not file.is_file():
+            raise StoreMissingError(f"no job store at {file} (point --db or BATCHER_DB at one, or create it with "
+                                    "`batcher import` or `batcher run`)")  # fmt: skip
+        engine = create_engine(url, create=create)
         with translated(f"opening the job store {redacted(url)}"):
             if upgrade:
                 async with engine.begin() as conn:

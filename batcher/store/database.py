@@ -51,21 +51,31 @@ def database_url(db: str) -> str:
     return db
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store's URL (`database_url`'s); None for another engine or an in-memory store."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).absolute()
+
+
 def redacted(url: str) -> str:
     """The URL with any password hidden, for messages."""
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, create: bool = True) -> AsyncEngine:
+    """`create`: a SQLite file that is not there is created (owner-only); else the caller checked it is there."""
     if url.startswith("sqlite"):
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, create)
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
 
-def _sqlite_engine(url: str) -> AsyncEngine:
+def _sqlite_engine(url: str, create: bool = True) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
-        _create_private(Path(path))
+        if create:
+            _create_private(Path(path))
         _sqlite_dirs.add(Path(path).parent)
     busy_ms = busy_timeout_ms()
     engine = create_async_engine(url, connect_args={"timeout": busy_ms / 1000})

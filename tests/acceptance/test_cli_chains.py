@@ -113,10 +113,10 @@ async def test_a_second_job_is_served_from_the_cache_and_diff_prices_the_change(
 
 
 async def test_the_jobs_examples_run_with_emulate(tmp_path: Path) -> None:
-    for name, tasks in (("chain.yaml", 7), ("catalog.yaml", 14)):
-        done = await batcher(
+    for name, tasks, job in (("chain.yaml", 7, "chain-demo"), ("catalog.yaml", 14, "spring-catalog")):
+        done = await batcher(  # --out: not into the checkout's out/, where the examples write
             "run", str(REPO / "jobs" / name), "--emulate", "--emulate-latency", "fixed:0.05", "--db",
-            str(tmp_path / "b.db"), "-q", "--json", env=cli_env(None), cwd=tmp_path,
+            str(tmp_path / "b.db"), "-q", "--json", "--out", f"out/{job}", env=cli_env(None), cwd=tmp_path,
         )  # fmt: skip
         assert done.code == 0, done.err
         head = json.loads(done.out)

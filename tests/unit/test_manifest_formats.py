@@ -39,7 +39,7 @@ def test_yaml_settings_become_job_settings(tmp_path: Path) -> None:
     manifest = load_manifest(path)
     assert manifest.path == path
     assert manifest.settings == JobSettings(
-        name="spring-catalog", output_dir="out/spring", price_usd=Decimal("0.05"), budget_usd=Decimal("20"),
+        name="spring-catalog", output_dir=str(tmp_path / "out" / "spring"), price_usd=Decimal("0.05"), budget_usd=Decimal("20"),
         requests_per_second=5.0, max_in_flight=32, max_connections=16, max_attempts=5,
     )  # fmt: skip
     assert str(manifest.settings.price_usd) == "0.05"  # exact, as written: never via a float
@@ -48,7 +48,7 @@ def test_yaml_settings_become_job_settings(tmp_path: Path) -> None:
 def test_left_out_keys_take_the_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, "tasks:\n  - prompt: Studio shot of a red mug\n", name="mugs.yaml")
     manifest = load_manifest(path)
-    assert manifest.settings == JobSettings(name="mugs", output_dir="out/mugs")
+    assert manifest.settings == JobSettings(name="mugs", output_dir=str(tmp_path / "out" / "mugs"))
     spec = only(path)
     assert (spec.model, spec.quality, spec.size, spec.seed, spec.name, spec.images) == (
         DEFAULT_MODEL, "1K", "1x1", None, None, ()
@@ -56,7 +56,8 @@ def test_left_out_keys_take_the_defaults(tmp_path: Path) -> None:
 
 
 def test_output_may_be_just_the_folder(tmp_path: Path) -> None:
-    assert load_manifest(write(tmp_path, "output: renders\ntasks: [a mug]\n")).settings.output_dir == "renders"
+    settings = load_manifest(write(tmp_path, "output: renders\ntasks: [a mug]\n")).settings
+    assert settings.output_dir == str(tmp_path / "renders")  # the manifest's folder, not the current one
 
 
 def test_job_wide_model_quality_size_and_prompt_apply_to_every_task(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_specs_can_be_streamed_again_and_reread_the_csv(tmp_path: Path) -> None:
 
 def test_csv_manifest_job_is_the_file_stem(tmp_path: Path) -> None:
     manifest = load_manifest(write(tmp_path, "prompt,size\na red mug,16x9\n", name="spring-2026.csv"))
-    assert manifest.settings == JobSettings(name="spring-2026", output_dir="out/spring-2026")
+    assert manifest.settings == JobSettings(name="spring-2026", output_dir=str(tmp_path / "out" / "spring-2026"))
     (spec,) = manifest.specs()
     assert (spec.prompt, spec.size, spec.source) == ("a red mug", "16x9", f"{tmp_path / 'spring-2026.csv'}:2")
 
