@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -79,3 +81,50 @@ async def test_a_worker_killed_mid_run_has_its_tasks_finished_by_the_others(
         <= emu.stats.successes
         <= int(str(head["billed_calls"])) + int(str(head["unknown_submissions"]))
     )
+
+
+async def test_three_workers_never_pass_one_budget(pg_url: str, start_emu: StartEmulator, tmp_path: Path) -> None:
+    # each worker reads the job's spend and every reservation in flight, of any worker, before each create
+    emu = await start_emu(latency=Latency("uniform", 0.3, 0.8))
+    m = manifest(tmp_path / "budget.yaml", 30)
+    env = cli_env(emu)
+    assert (await batcher("import", str(m), "--db", pg_url, env=env, cwd=tmp_path)).code == 0
+    workers = [await start("work", "--db", pg_url, "--max-cost", "0.335", "-q", env=env, cwd=tmp_path)
+               for _ in range(3)]  # fmt: skip
+    results = await asyncio.gather(*(finish(w) for w in workers))
+    assert [r.code for r in results] == [3, 3, 3], [r.err for r in results]
+    assert emu.stats.creates_accepted <= 5 and emu.stats.successes * 0.067 <= 0.335 + 1e-9
+    head = await summary(pg_url, tmp_path)
+    assert head["billed_calls"] == emu.stats.successes
+    conn = await asyncpg.connect(pg_url)
+    try:  # a budget stop is no turn that registers the worker again and again
+        assert await conn.fetchval("SELECT count(*) FROM workers") == 3
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_whose_clock_runs_ahead_takes_over_no_live_lease(
+    pg_url: str, start_emu: StartEmulator, tmp_path: Path
+) -> None:
+    # the second worker's host clock is 10 minutes ahead: judged by its own clock, every lease of the first
+    # worker would have run out long ago; judged by the database's, none has
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        if os.environ.get("CI"):
+            pytest.fail("faketime is missing (apt-get install faketime): .ci/run installs it")
+        pytest.skip("needs faketime")
+    emu = await start_emu(latency=Latency("fixed", 0.5), slow_rate=1.0, slow_s=3.0, fault_kinds=["create"])
+    m = manifest(tmp_path / "skew.yaml", 8)
+    env = cli_env(emu, BATCHER_LEASE_S="30")
+    assert (await batcher("import", str(m), "--db", pg_url, env=env, cwd=tmp_path)).code == 0
+    first = await start("work", "--db", pg_url, "-q", env=env, cwd=tmp_path)
+    for _ in range(1500):  # its creates are on the wire (the API holds each 3 s before taking it)
+        if emu.state.in_flight >= 8:
+            break
+        await asyncio.sleep(0.02)
+    ahead = await start("work", "--db", pg_url, "-q", env=env, cwd=tmp_path, prefix=(faketime, "-f", "+10m"))
+    a, b = await asyncio.gather(finish(first), finish(ahead))
+    assert (a.code, b.code) == (0, 0), (a.err, b.err)
+    assert emu.stats.creates_accepted == 8  # nothing taken over and created again
+    head = await summary(pg_url, tmp_path)
+    assert head["unknown_submissions"] == 0 and head["succeeded"] == 8
