@@ -33,7 +33,7 @@ from batcher.imageinfo import sniff
 from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.store import Job, Store
 from batcher.store.tables import api_calls, tasks
-from batcher.thumbs import THUMB_PX
+from batcher.thumbs import THUMB_PX, Thumb
 from tests.acceptance.cli_kit import batcher, cli_env
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs
@@ -232,7 +232,7 @@ def test_images_are_linked_relative_to_the_page_and_every_string_is_escaped(tmp_
     row = {
         "key": "k" * 32, "prompt": "<b>bold</b> & co", "size": "1x1", "status": "failed", "attempts": 2,
         "file": str(odd), "cost_usd": "0.067", "error": "</p><script>x()</script>", "possible_double_charge": True,
-        "source": "<m>.yaml:3", "cached_from": 'other:"x".png',
+        "source": "<m>.yaml:3", "cached_from": 'other:"x".png', "task": "<i>name</i>",
     }  # fmt: skip
     head = {
         "job": "j", "tasks": 1, "retired": 0, "status_counts": {"failed": 1}, "billed_calls": 1, "cost_usd": "0.067",
@@ -242,6 +242,15 @@ def test_images_are_linked_relative_to_the_page_and_every_string_is_escaped(tmp_
     }  # fmt: skip
     text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html")))
     assert 'src="../out/a%20%22b%22%20%3Cc%3E%20%231%20%3F.png"' in text
+    assert '<p class="name" title="&lt;i&gt;name&lt;/i&gt;">&lt;i&gt;name&lt;/i&gt;</p>' in text
+    # with thumbnails: the card shows the thumbnail and links the original; a problem is text, escaped
+    shown = Thumb(tmp_path / "reports" / "r_files" / "thumbs" / "<t>.webp", 400, 300)
+    text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html"), {str(odd): shown}))
+    assert 'href="../out/a%20%22b%22%20%3Cc%3E%20%231%20%3F.png"><img src="r_files/thumbs/%3Ct%3E.webp"' in text
+    assert 'width="400" height="300"' in text
+    broken = Thumb(None, problem="unreadable image: <x>")
+    text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html"), {str(odd): broken}))
+    assert ">unreadable image: &lt;x&gt;</div>" in text and "<img" not in text.split("<main")[1].split("</main>")[0]
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in text and "&lt;/p&gt;&lt;script&gt;x()&lt;/script&gt;" in text
     assert "&lt;m&gt;.yaml:3" in text and 'title="other:&quot;x&quot;.png"' in text
     assert text.count("<script") == 1 and "http://" not in text and "https://" not in text
