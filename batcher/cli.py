@@ -380,7 +380,7 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                 names = ", ".join(j.name for j in jobs) or "none"
                 raise BatcherError(f"name the job to report on (jobs in the store: {names})")
             the_job = await store.job(job) if job is not None else jobs[0]
-            from batcher import gallery, session
+            from batcher import gallery, session, thumbs
 
             head = await session.job_summary(store, the_job)
             try:
@@ -394,7 +394,10 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
                     await report.write_csv(out, report.rows(store, the_job))
                 elif fmt == "html" and output:
                     task_rows = [r async for r in report.rows(store, the_job)]
-                    out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output))
+                    made = await asyncio.to_thread(thumbs.make_all, (r["file"] for r in task_rows if r["file"]), output)
+                    out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs))
+                    views.stderr.print(f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} "
+                                       f"reused, {made.problems} images missing or unreadable", highlight=False)  # fmt: skip
                 else:
                     views.report_table(head, [r async for r in report.rows(store, the_job)])
             finally:

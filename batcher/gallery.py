@@ -5,7 +5,9 @@ go in, text comes out. The page loads nothing from the network (its Content-Secu
 images are linked by paths relative to the page, so the page and the output folder zip and travel together.
 Every card is rendered here (the page works without script; the script adds filters, search and a lightbox).
 A 10,000-task page stays quick: cards come in sections the browser skips while off screen
-(`content-visibility: auto`) and images load lazily, so only what is near the viewport is laid out and decoded.
+(`content-visibility: auto`) and images load lazily, so only what is near the viewport is laid out and decoded;
+with `thumbs` (from `batcher.thumbs`) a card shows a small thumbnail and links the original, which the lightbox
+opens, so scrolling fetches kilobytes per card rather than the originals' megabytes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batcher.config import fmt_usd
 from batcher.models import STATUS_ORDER
+
+if TYPE_CHECKING:
+    from batcher.thumbs import Thumb
 
 THROUGHPUT_BUCKETS = 60  # most bars in the throughput chart
 LATENCY_BINS = 24  # most bars in the latency histogram
@@ -33,7 +38,7 @@ TOP_REASONS = 8  # failure reasons listed in the summary
 # one grid of 10,000 cards again on every scroll step. CHUNK is a multiple of every column count in STYLE,
 # so rows stay full across sections.
 CHUNK = 120  # cards
-CARD_H = 340  # px, a card's height plus the gap, to size sections not yet laid out
+CARD_H = 360  # px, a card's height plus the gap, to size sections not yet laid out
 CHART_W, CHART_H = 520, 140  # px, the SVG's coordinate space
 PLOT_L, PLOT_T, PLOT_B = 34, 8, 20  # px margins inside it: y labels left, x labels below
 # Bucket widths a person reads at a glance, in seconds.
@@ -47,10 +52,11 @@ def esc(value: object) -> str:
 
 
 def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: Iterable[Mapping[Any, Any]],
-           page: str) -> Iterator[str]:  # fmt: skip
+           page: str, thumbs: Mapping[str, Thumb] | None = None) -> Iterator[str]:  # fmt: skip
     """The page for `page` (its path decides the relative image links), in chunks to write one after another.
 
-    `calls` are the job's API calls (store rows will do): `at` (epoch seconds) and `outcome` are read."""
+    `calls` are the job's API calls (store rows will do): `at` (epoch seconds) and `outcome` are read.
+    `thumbs`, by each row's `file`: what its card shows; without it, cards show the originals."""
     page_dir = os.path.dirname(os.path.abspath(page))
     tasks = list(rows)  # the summary's charts and filters need every row before the first card
     call_list = list(calls)
@@ -61,7 +67,7 @@ def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: It
     for i, r in enumerate(tasks):
         if i % CHUNK == 0:
             yield ("</section>\n" if i else "") + "<section>\n"
-        yield _card(r, page_dir)
+        yield _card(r, page_dir, thumbs)
     yield (
         ("</section>\n" if tasks else "") + '<div id="parked" hidden></div></main>\n' + LIGHTBOX + "</body>\n</html>\n"
     )
@@ -112,7 +118,7 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
     stats.append(_stat("unit-price", price, "per image", "", ", ".join(f"{m}: {_money(p)}" for m, p in prices.items())))
     wall = head["wall_time_s"]
     stats.append(_stat("wall-time", "-" if wall is None else _duration(wall), "wall time"))
-    per_image = "-" if head["calls_per_image"] is None else head["calls_per_image"]
+    per_image = "–" if head["calls_per_image"] is None else head["calls_per_image"]  # nothing succeeded
     by_kind = ", ".join(f"{k} {n}" for k, n in head["api_calls"].items()) or "no API calls"
     stats.append(_stat("calls-per-image", per_image, "calls / image", "", by_kind))
     limited = head["rate_limited_429"]
@@ -258,7 +264,7 @@ def _toolbar(tasks: Sequence[Mapping[str, Any]]) -> str:
         '<label>Status <select id="f-status"><option value="">all</option>'
         f'<option value="-succeeded">not succeeded ({problems})</option>{status_opts}</select></label>'
         f'<label>Size <select id="f-size"><option value="">all</option>{size_opts}</select></label>'
-        '<input id="f-q" type="search" placeholder="search prompts" aria-label="search prompts">'
+        '<input id="f-q" type="search" placeholder="search names and prompts" aria-label="search names and prompts">'
         f'<span class="count"><b id="shown">{len(tasks)}</b> of {len(tasks)} shown</span></nav>\n'
     )
 
@@ -273,12 +279,19 @@ def _href(path: str, page_dir: str) -> str:
     return urllib.parse.quote(rel.replace(os.sep, "/"))
 
 
-def _card(r: Mapping[str, Any], page_dir: str) -> str:
+def _card(r: Mapping[str, Any], page_dir: str, thumbs: Mapping[str, Thumb] | None) -> str:
     status, size = str(r["status"]), str(r["size"])
-    if r["file"]:
-        src = esc(_href(str(r["file"]), page_dir))
-        dims = f' width="{int(r["width"])}" height="{int(r["height"])}"' if r.get("width") and r.get("height") else ""
-        thumb = f'<a class="thumb" href="{src}"><img src="{src}" loading="lazy" decoding="async" alt=""{dims}></a>'
+    made = thumbs.get(str(r["file"])) if thumbs is not None and r["file"] else None
+    if made is not None and made.path is None:  # the file is gone or no image: say so on the card
+        problem = made.problem or "no image"
+        thumb = f'<div class="thumb none bad" title="{esc(problem)}">{esc(problem)}</div>'
+    elif r["file"]:
+        href = esc(_href(str(r["file"]), page_dir))
+        src, w, h = href, r.get("width"), r.get("height")
+        if made is not None and made.path is not None:
+            src, w, h = esc(_href(str(made.path), page_dir)), made.width, made.height
+        dims = f' width="{int(w)}" height="{int(h)}"' if w and h else ""
+        thumb = f'<a class="thumb" href="{href}"><img src="{src}" loading="lazy" decoding="async" alt=""{dims}></a>'
     else:
         thumb = f'<div class="thumb none">{esc(status)}</div>'
     attempts = f"{r['attempts']} attempt{'' if r['attempts'] == 1 else 's'}"
@@ -286,9 +299,11 @@ def _card(r: Mapping[str, Any], page_dir: str) -> str:
     if r.get("cached_from"):  # an earlier output reused, no API call
         flag += f' <span class="flag" title="{esc(r["cached_from"])}">cached</span>'
     error = f'<p class="err">{esc(r["error"])}</p>' if r["error"] else ""
+    label = r.get("task") or r["key"]
     return (
         f'<article class="card st-{esc(status)}" id="t-{esc(r["key"])}" data-status="{esc(status)}" '
-        f'data-size="{esc(size)}">{thumb}<p class="prompt">{esc(r["prompt"])}</p>'
+        f'data-size="{esc(size)}">{thumb}<p class="name" title="{esc(label)}">{esc(label)}</p>'
+        f'<p class="prompt">{esc(r["prompt"])}</p>'
         f'<p class="meta"><span class="badge">{esc(status)}</span> {esc(size)} · {esc(fmt_usd(_micros(r["cost_usd"])))}'
         f" · {attempts}{flag}</p>{error}"
         f'<p class="src">{esc(r["source"])} · {esc(str(r["key"])[:12])}</p></article>\n'
@@ -333,6 +348,7 @@ content-visibility:auto}
 .thumb.none,.card.missing .thumb{display:flex;align-items:center;justify-content:center;color:var(--mut)}
 .card.missing .thumb img{display:none}.card.missing .thumb::after{content:"image file missing";color:var(--bad)}
 .card.st-failed{border-color:#ff8182}.card.st-failed .thumb{background:#ffebe9;color:var(--bad)}
+.name{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.thumb.bad{color:var(--bad)}
 .prompt{display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden;overflow-wrap:anywhere}
 .meta,.src{color:var(--mut);font-size:12px}.src{color:#818b98;overflow-wrap:anywhere}
 .badge{border-radius:9px;padding:0 6px;background:#eaeef2}
@@ -356,7 +372,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const grid = document.getElementById("grid"), parked = document.getElementById("parked");
   const cards = Array.from(grid.querySelectorAll(".card")), chunk = Number(grid.dataset.chunk);
   let regrouped = false;
-  const text = cards.map((c) => c.querySelector(".prompt").textContent.toLowerCase());
+  const text = cards.map((c) => (c.querySelector(".name").textContent + "\\n"
+    + c.querySelector(".prompt").textContent).toLowerCase());
   const status = document.getElementById("f-status"), size = document.getElementById("f-size");
   const q = document.getElementById("f-q"), shown = document.getElementById("shown");
   const pick = (select, value) => {  // a value no task has (a link to "the failed ones") shows none, not all
@@ -414,7 +431,8 @@ document.addEventListener("DOMContentLoaded", () => {
     at = i;
     const c = cards[i];
     big.src = c.querySelector("a.thumb").getAttribute("href");
-    cap.textContent = c.querySelector(".prompt").textContent + "  |  " + c.querySelector(".meta").textContent
+    cap.textContent = c.querySelector(".name").textContent + ": " + c.querySelector(".prompt").textContent
+      + "  |  " + c.querySelector(".meta").textContent
       + "  |  \\u2190 \\u2192 next, Esc closes";
     if (!box.open) box.showModal();
   }

@@ -7,13 +7,15 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
 
+from sqlalchemy import RowMapping
+
 from batcher.config import usd
 from batcher.models import TaskStatus
 from batcher.store import Job, Ledger, Store
 
 ROW_FIELDS = (
-    "key", "prompt", "model", "quality", "size", "status", "attempts", "remote_task_id", "file", "sha256",
-    "cost_usd", "error", "failure", "possible_double_charge", "source", "cached_from",
+    "task", "key", "name", "prompt", "model", "quality", "size", "status", "attempts", "remote_task_id", "file",
+    "sha256", "cost_usd", "error", "failure", "possible_double_charge", "source", "cached_from",
 )  # fmt: skip
 
 
@@ -59,12 +61,19 @@ def summary(
     }
 
 
+def label(r: Mapping[str, Any] | RowMapping) -> str:
+    """What a person calls a task: its manifest `name:`, else its output file, else its manifest line."""
+    return str(r["name"] or r["filename"] or r["source"])
+
+
 async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
     origins = await store.cache_origins(job)  # "job:file" of each output reused
     async for r in store.task_rows(job):
         pending_old = r["status"] == TaskStatus.PENDING and r["import_gen"] < job.import_gen
         yield {
+            "task": label(r),
             "key": r["key"],
+            "name": r["name"],
             "prompt": r["prompt"],
             "model": r["model"],
             "quality": r["quality"],

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from batcher.worker import Progress as RunProgress
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
+PROMPT_CHARS = 48  # of a prompt in the report's table; JSON, CSV and the HTML page carry it whole
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -74,12 +75,18 @@ def status_table(counts: Mapping[str, Mapping[str, int]], workers: Sequence[Mapp
         stdout.print(wt)
 
 
+def short(prompt: str, limit: int = PROMPT_CHARS) -> str:
+    """The prompt on one line, cut to `limit` characters with an ellipsis."""
+    flat = " ".join(prompt.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 def report_table(head: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None:
     table = Table(title=f"Job {head['job']}", title_justify="left")
-    for col in ("key", "size", "status", "attempts", "cost_usd", "file / error"):
+    for col in ("task", "prompt", "size", "status", "attempts", "cost_usd", "file / error"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["key"][:12], r["size"], r["status"], str(r["attempts"]), r["cost_usd"],
+        table.add_row(r["task"], short(r["prompt"]), r["size"], r["status"], str(r["attempts"]), r["cost_usd"],
                       r["file"] or r["error"] or "")  # fmt: skip
     stdout.print(table)
     summary_lines(head)
@@ -87,12 +94,13 @@ def report_table(head: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None
 
 def summary_lines(head: Mapping[str, Any]) -> None:
     calls = ", ".join(f"{k} {v}" for k, v in head["api_calls"].items()) or "none"
+    per_image = "–" if head["calls_per_image"] is None else head["calls_per_image"]  # nothing succeeded
     lines = [
         f"job {head['job']}: {head['succeeded']} succeeded, {head['failed']} failed, {head['pending']} not finished "
         f"of {head['tasks']}",
         f"billed calls {head['billed_calls']}, cost ${head['cost_usd']}"
         + (f" of budget ${head['budget_usd']}" if head.get("budget_usd") else ""),
-        f"API calls: {calls}; 429s {head['rate_limited_429']}; calls per image {head['calls_per_image']}",
+        f"API calls: {calls}; 429s {head['rate_limited_429']}; calls per image {per_image}",
         f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
         f"{head['unknown_submissions']}",
     ]

@@ -8,6 +8,7 @@ distinct rows: even a 4K frame is a few megabytes of raw rows that deflate at le
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from collections import OrderedDict
@@ -19,6 +20,7 @@ PIXELS_PER_BYTE = 8 // BIT_DEPTH
 PALETTE_SIZE = 4
 ZLIB_LEVEL = 1  # the rows repeat, so a fast level compresses them about as well as a slow one
 
+BLOB_PX = 16  # photo_png's coarse detail, px
 CACHE_ENTRIES = 256
 CACHE_BYTES = 64 * 2**20  # bytes of encoded PNGs kept
 
@@ -93,3 +95,27 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def photo_png(seed: int, width: int, height: int) -> bytes:
+    """A PNG as heavy as the real API's (about 1.8 MB at 1024x1024, in 0.1 s), for the gallery's test and
+    benchmark: the emulator's own images deflate to kilobytes, smaller than a thumbnail of them.
+
+    Per channel: a gradient, blobs (noise 16 times coarser, smoothly scaled up: detail that a thumbnail keeps, so
+    it is as large as a photo's, about 20 KB) and 3 bits of grain, which PNG's filters cannot predict away."""
+    import random
+
+    from PIL import Image, ImageChops  # only the gallery's test and benchmark come here
+
+    rng = random.Random(seed)
+    grad = Image.linear_gradient("L").resize((width, height))
+    small = (max(1, width // BLOB_PX), max(1, height // BLOB_PX))
+    bands = []
+    for i in range(3):
+        blobs = Image.frombytes("L", small, rng.randbytes(small[0] * small[1]))
+        grain = Image.frombytes("L", (width, height), rng.randbytes(width * height)).point(lambda v: v >> 5)
+        scaled = blobs.resize((width, height), Image.Resampling.BICUBIC)
+        bands.append(ImageChops.add(Image.blend(grad.rotate(90 * i), scaled, 0.4), grain))
+    out = io.BytesIO()
+    Image.merge("RGB", bands).save(out, "PNG", compress_level=1)
+    return out.getvalue()

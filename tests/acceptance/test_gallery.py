@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -26,12 +27,13 @@ from sqlalchemy import bindparam, insert, update
 from batcher import gallery
 from batcher.config import fmt_usd
 from batcher.emulator import Latency
-from batcher.emulator.images import encode_png
+from batcher.emulator.images import encode_png, photo_png
 from batcher.gallery import CHUNK
 from batcher.imageinfo import sniff
 from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.store import Job, Store
 from batcher.store.tables import api_calls, tasks
+from batcher.thumbs import THUMB_PX, Thumb
 from tests.acceptance.cli_kit import batcher, cli_env
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs
@@ -123,6 +125,8 @@ class Browser:
         self._id = 0
         self.dialogs: list[str] = []  # alert() and friends: an injected script would open one
         self.errors: list[str] = []  # uncaught exceptions, CSP violations, failed loads
+        self.fetched: dict[str, int] = {}  # URL -> bytes read, for each load finished (with Network enabled)
+        self._urls: dict[str, str] = {}  # request id -> URL
         self._pending: set[asyncio.Future[None]] = set()
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -150,6 +154,10 @@ class Browser:
             self.errors.append(params["exceptionDetails"].get("text", "exception"))
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(params["entry"]["text"])
+        elif method == "Network.responseReceived":
+            self._urls[params["requestId"]] = params["response"]["url"]
+        elif method == "Network.loadingFinished" and params["requestId"] in self._urls:
+            self.fetched[self._urls.pop(params["requestId"])] = int(params["encodedDataLength"])
 
     async def eval(self, expression: str) -> Any:
         reply = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -224,7 +232,7 @@ def test_images_are_linked_relative_to_the_page_and_every_string_is_escaped(tmp_
     row = {
         "key": "k" * 32, "prompt": "<b>bold</b> & co", "size": "1x1", "status": "failed", "attempts": 2,
         "file": str(odd), "cost_usd": "0.067", "error": "</p><script>x()</script>", "possible_double_charge": True,
-        "source": "<m>.yaml:3", "cached_from": 'other:"x".png',
+        "source": "<m>.yaml:3", "cached_from": 'other:"x".png', "task": "<i>name</i>",
     }  # fmt: skip
     head = {
         "job": "j", "tasks": 1, "retired": 0, "status_counts": {"failed": 1}, "billed_calls": 1, "cost_usd": "0.067",
@@ -234,6 +242,15 @@ def test_images_are_linked_relative_to_the_page_and_every_string_is_escaped(tmp_
     }  # fmt: skip
     text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html")))
     assert 'src="../out/a%20%22b%22%20%3Cc%3E%20%231%20%3F.png"' in text
+    assert '<p class="name" title="&lt;i&gt;name&lt;/i&gt;">&lt;i&gt;name&lt;/i&gt;</p>' in text
+    # with thumbnails: the card shows the thumbnail and links the original; a problem is text, escaped
+    shown = Thumb(tmp_path / "reports" / "r_files" / "thumbs" / "<t>.webp", 400, 300)
+    text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html"), {str(odd): shown}))
+    assert 'href="../out/a%20%22b%22%20%3Cc%3E%20%231%20%3F.png"><img src="r_files/thumbs/%3Ct%3E.webp"' in text
+    assert 'width="400" height="300"' in text
+    broken = Thumb(None, problem="unreadable image: <x>")
+    text = "".join(gallery.render(head, [row], [], str(tmp_path / "reports" / "r.html"), {str(odd): broken}))
+    assert ">unreadable image: &lt;x&gt;</div>" in text and "<img" not in text.split("<main")[1].split("</main>")[0]
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in text and "&lt;/p&gt;&lt;script&gt;x()&lt;/script&gt;" in text
     assert "&lt;m&gt;.yaml:3" in text and 'title="other:&quot;x&quot;.png"' in text
     assert text.count("<script") == 1 and "http://" not in text and "https://" not in text
@@ -285,11 +302,13 @@ async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
         assert facts["scripts"] == 1 and facts["injected"] == 0
         failed = [c for c in cards if c["status"] == "failed"]
         assert len(failed) == 1 and failed[0]["size"] == "7x7" and "7x7" in (failed[0]["error"] or "")
-        # images: lazily loaded, linked relative to the page (so page and folder zip together), all found
+        # images: lazily loaded thumbnails linking the originals, both relative to the page (so page, thumbnails
+        # and output folder zip together), all found
         assert len(facts["images"]) == len(CATALOG) - 1
         for img in facts["images"]:
-            assert img["loading"] == "lazy" and img["src"] == img["href"]
-            assert img["src"].startswith("out/") and (tmp_path / img["src"]).is_file()
+            assert img["loading"] == "lazy" and img["src"].startswith("report_files/thumbs/")
+            assert img["href"].startswith("out/") and (tmp_path / img["href"]).is_file()
+            assert (tmp_path / img["src"]).is_file()
         await browser.until(IMAGES_IN_VIEW)
 
         # a filter from the URL: what a shared link to "the failed ones" shows
@@ -335,18 +354,17 @@ SHAPES = [(1024, 1024), (1376, 768), (768, 1376), (896, 1152)]  # px
 async def finish_overnight(store: Store, job: Job, out: Path) -> None:
     """Every task of `job` done (every FAILING_EVERY-th failed), with its API calls, written straight into the store.
 
-    Each task gets its own file, a hard link to one of four real images: the browser would take one file shared
-    by many cards from its cache, lazy or not.
+    Each task gets its own small image (a sixteenth of its size), so its own thumbnail: the browser would take
+    one file shared by many cards from its cache, lazy or not, and making 10,000 full-size thumbnails takes minutes.
     """
     out.mkdir()
-    for n, (w, h) in enumerate(SHAPES):
-        (out / f"shape-{n}.png").write_bytes(encode_png(f"image {n}", w, h))
     t0 = time.time() - 8 * 3600
     done = []
     for i, key in enumerate([r["key"] async for r in store.task_rows(job)]):  # in manifest order
         failed = i % FAILING_EVERY == 0
         if not failed:
-            os.link(out / f"shape-{i % len(SHAPES)}.png", out / f"{i}.png")
+            w, h = SHAPES[i % len(SHAPES)]
+            (out / f"{i}.png").write_bytes(encode_png(f"image {i}", w // 16, h // 16))
         done.append({
             "jid": job.id, "k": key, "st": "failed" if failed else "succeeded",
             "path": None if failed else str(out / f"{i}.png"), "cost": 0 if failed else PRICE,
@@ -406,4 +424,111 @@ async def test_a_10000_task_report_renders_quickly_and_stays_usable(open_store: 
         await browser.eval("location.hash = 'q=catalog%20item%209999'")
         await browser.until("document.getElementById('shown').textContent === '1'")
         assert await browser.eval(VISIBLE) == ["catalog item 9999"]
+        assert browser.dialogs == [] and browser.errors == []
+
+
+# --- thumbnails ----------------------------------------------------------------------------------------------
+
+
+async def finish_with(store: Store, job: Job, files: list[Path | None]) -> None:
+    """The job's tasks, in manifest order, succeeded with `files` as their outputs (None: failed, no file)."""
+    done = [
+        {"jid": job.id, "k": key, "st": "failed" if f is None else "succeeded", "path": None if f is None else str(f),
+         "cost": 0 if f is None else PRICE}
+        for key, f in zip([r["key"] async for r in store.task_rows(job)], files, strict=True)
+    ]  # fmt: skip
+    async with store.engine.begin() as conn:
+        where = (tasks.c.job_id == bindparam("jid"), tasks.c.key == bindparam("k"))
+        values: dict[str, Any] = {
+            "status": bindparam("st"),
+            "output_path": bindparam("path"),
+            "cost_micros": bindparam("cost"),
+        }
+        await conn.execute(update(tasks).where(*where).values(values), done)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def heavy_job(open_store: OpenStore, tmp_path: Path) -> tuple[list[Path], Path, Path]:
+    """A job of four 1.7 MB images (as heavy as the real API's), a file that is no image, and one gone.
+    Returns the four images, the junk file and the missing one."""
+    store = await open_store()
+    out = tmp_path / "out"
+    out.mkdir()
+    photos = [out / f"photo-{i}.png" for i in range(len(SHAPES))]
+    for i, (p, (w, h)) in enumerate(zip(photos, SHAPES, strict=True)):
+        p.write_bytes(photo_png(i, w, h))
+    junk, gone = out / "junk.png", out / "gone.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing of an image")
+    await load(store, specs(len(photos) + 2, prefix="heavy"), out)
+    await finish_with(store, await store.job("job"), [*photos, junk, gone])
+    return photos, junk, gone
+
+
+async def test_thumbnails_are_made_from_the_originals_once_and_never_touch_them(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    photos, junk, _ = await heavy_job(open_store, tmp_path)
+    before = {p: (digest(p), p.stat().st_mtime_ns) for p in [*photos, junk]}
+    page = tmp_path / "report.html"
+    first = await batcher("report", "--db", str(tmp_path / "batcher.db"), "--format", "html", "-o", str(page),
+                          env=cli_env(None), cwd=tmp_path)  # fmt: skip
+    assert first.code == 0, first.err
+    assert "4 made, 0 reused, 2 images missing or unreadable" in first.err
+    # the originals (their bytes carry the provenance metadata) are read, never rewritten
+    assert {p: (digest(p), p.stat().st_mtime_ns) for p in [*photos, junk]} == before
+    folder = tmp_path / "report_files" / "thumbs"
+    made = {p: folder / f"{digest(p)}-{THUMB_PX}.webp" for p in photos}
+    text = page.read_text(encoding="utf-8")
+    for p, thumb in made.items():
+        info = sniff(thumb.read_bytes()[:64])
+        assert info is not None and info.format == "webp" and max(info.width, info.height) == THUMB_PX
+        assert thumb.stat().st_size < p.stat().st_size // 20
+        assert f'href="out/{p.name}"><img src="report_files/thumbs/{thumb.name}"' in text
+    # the files that are no image or gone get a card that says so, not a crash
+    assert ">unreadable image: not an image file</div>" in text and ">image file missing</div>" in text
+
+    # again: every thumbnail reused untouched; a replaced original gets a new one and its old one goes
+    stamps = {t: t.stat().st_mtime_ns for t in made.values()}
+    photos[0].write_bytes(photo_png(99, *SHAPES[0]))
+    again = await batcher("report", "--db", str(tmp_path / "batcher.db"), "--format", "html", "-o", str(page),
+                          env=cli_env(None), cwd=tmp_path)  # fmt: skip
+    assert again.code == 0, again.err
+    assert "1 made, 3 reused, 2 images missing or unreadable" in again.err
+    assert {t: t.stat().st_mtime_ns for t in list(made.values())[1:]} == dict(list(stamps.items())[1:])
+    assert not made[photos[0]].exists() and (folder / f"{digest(photos[0])}-{THUMB_PX}.webp").is_file()
+
+
+@needs_chromium
+async def test_cards_load_small_thumbnails_and_a_click_opens_the_original(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    photos, _, _ = await heavy_job(open_store, tmp_path)
+    page = tmp_path / "report.html"
+    await render(tmp_path, page)
+    async with chromium(tmp_path) as browser:
+        await browser.call("Network.enable")
+        await browser.open(page.as_uri())
+        await browser.until(IMAGES_IN_VIEW)
+        images = {url: n for url, n in browser.fetched.items() if not url.endswith(".html")}
+        # every card's image came from the thumbnails' folder, a few kilobytes each, no original
+        assert len(images) == len(photos)
+        assert all("/report_files/thumbs/" in url and n < 100_000 for url, n in images.items()), images
+        problems = await browser.eval("Array.from(document.querySelectorAll('.thumb.bad'), (e) => e.textContent)")
+        assert problems == ["unreadable image: not an image file", "image file missing"]
+
+        # a click opens the original, full size, in the lightbox
+        await browser.eval("document.querySelector('#grid a.thumb').click()")
+        w, h = SHAPES[0]
+        await browser.until(f"""(() => {{ const box = document.getElementById("box"), big = box.querySelector("img");
+            return box.open && big.complete && big.naturalWidth === {w} && big.naturalHeight === {h}; }})()""")
+        assert await browser.eval("document.querySelector('#box img').getAttribute('src')") == f"out/{photos[0].name}"
+        original = (tmp_path / "out" / photos[0].name).as_uri()
+        deadline = time.monotonic() + 20
+        while original not in browser.fetched:  # the load's last event may come after the image shows
+            assert time.monotonic() < deadline, browser.fetched
+            await browser.eval("0")  # a round trip, which reads the events sent before its reply
+        assert browser.fetched[original] == photos[0].stat().st_size
         assert browser.dialogs == [] and browser.errors == []
