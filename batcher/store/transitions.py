@@ -121,11 +121,31 @@ class TransitionsPart(StoreBase):
                 patient=False,  # the window in which a crash leaves the create unknown ends with this commit
             )
         except ClaimLost:
+            if await self._adopt(task, remote_id, price_micros, now):
+                raise ClaimLost(f"task {task.key}: its create was accepted after another worker took it over, "
+                                f"before it was created again: {remote_id} is the task's now") from None  # fmt: skip
             cost = price_micros if price_micros is not None else reserved_micros
             stray = await self._record_stray(task, remote_id, cost, now, stray_lease_until or now + 60.0)
             raise StrayReply(f"task {task.key}: its create was accepted after another worker took it over; "
                              f"polling {remote_id} to keep its image as a paid duplicate", stray) from None  # fmt: skip
         task.remote_task_id, task.submitted_at = remote_id, now
+
+    async def _adopt(self, task: Task, remote_id: str, price_micros: int | None, now: float) -> bool:
+        """A late reply for a task taken over but not yet created again (`unknown`, its create not sent): the
+        task takes the remote id as its own, to be polled by whoever claims it, and is not created twice. The
+        unknown submission it was counted as is known now."""
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task.id, tasks.c.status == S.UNKNOWN)
+            .values(status=S.SUBMITTED, remote_task_id=remote_id, submitted_at=now, price_reported_micros=price_micros,
+                    next_attempt_at=0.0, claim_token=None, claimed_by=None, lease_until=None, updated_at=now,
+                    unknown_count=case((tasks.c.unknown_count > 0, tasks.c.unknown_count - 1), else_=0))
+        )  # fmt: skip
+
+        async def op(conn: WriteConnection) -> int:
+            return int((await conn.execute(stmt)).rowcount)
+
+        return await self.writer.run(op) == 1
 
     async def _record_stray(self, task: Task, remote_id: str, price: int, now: float, lease_until: float) -> Stray:
         async def op(conn: WriteConnection) -> int:
