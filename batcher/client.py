@@ -35,7 +35,6 @@ class Outcome(enum.StrEnum):
     AUTH = "auth"  # 401/403: stop the run
     NOT_FOUND = "not_found"  # 404 on a task id
     AMBIGUOUS = "ambiguous"  # a create that may or may not have been accepted
-    EXPIRED = "expired"  # a file URL that no longer serves: query again for a fresh one
 
 
 class Generation(enum.StrEnum):
@@ -196,7 +195,8 @@ class ApiClient:
         try:
             async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
                 if resp.status in (403, 404, 410):
-                    return done(Outcome.EXPIRED, resp.status, f"file URL answered HTTP {resp.status}")
+                    # a file URL lives a short while: a failed download makes the worker query for a fresh one
+                    return done(Outcome.TRANSIENT, resp.status, f"file URL expired (HTTP {resp.status})")
                 if resp.status == 429 or resp.status >= 500:
                     return done(Outcome.TRANSIENT, resp.status, f"file host answered HTTP {resp.status}")
                 if resp.status != 200:

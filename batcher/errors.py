@@ -97,11 +97,7 @@ class JobNotFoundError(StoreError):
 # --- the API ------------------------------------------------------------------------------------------
 
 
-class ApiError(BatcherError):
-    """The LinkModel API answered with an error."""
-
-
-class AuthError(ApiError):
+class AuthError(BatcherError):
     """The API key was rejected (HTTP 401/403): check LINKMODEL_API_KEY. Nothing was lost; run again to resume."""
 
     exit_code = EXIT_USAGE
@@ -118,15 +114,3 @@ class AuthError(ApiError):
 
 class OutputError(BatcherError):
     """The output directory cannot be written: check its permissions and free space, then run again."""
-
-
-class BudgetReachedError(BatcherError):
-    """The budget is reached."""
-
-    exit_code = EXIT_BUDGET
-
-
-class InterruptedRun(BatcherError):
-    """Interrupted."""
-
-    exit_code = EXIT_INTERRUPTED

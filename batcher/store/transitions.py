@@ -97,10 +97,6 @@ class TransitionsPart(StoreBase):
             values["remote_task_id"] = None
         await self._transition(task, (S.SUBMITTING, S.SUBMITTED, S.UNKNOWN), values, call, now, incr=incr, release=True)
 
-    async def poll_later(self, task: Task, next_at: float, call: CallRecord | None, now: float) -> None:
-        """A submitted task goes back to the pool, to be polled at `next_at` (used when letting go of it)."""
-        await self._transition(task, (S.SUBMITTED,), {"next_attempt_at": next_at}, call, now, release=True)
-
     async def failed(
         self,
         task: Task,
