@@ -16,7 +16,7 @@ from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import EXIT_BUDGET, EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, BatcherError, ConfigError
+from batcher.errors import BatcherError, ConfigError, ExitCode
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
@@ -55,15 +55,15 @@ class RunSummary:
     resume_hint: str
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         r = self.result
         if r.reason == StopReason.FATAL and r.error is not None:
             return r.error.exit_code
         if r.reason == StopReason.INTERRUPTED:
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         if r.reason == StopReason.BUDGET:
-            return EXIT_BUDGET
-        return EXIT_FAILED_TASKS if self.summary["failed"] else EXIT_OK
+            return ExitCode.BUDGET
+        return ExitCode.FAILED if self.summary["failed"] else ExitCode.OK
 
 
 def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None) -> Iterator[list[ImportRow]]:
@@ -298,7 +298,7 @@ def _signals(runner: Runner) -> Iterator[None]:
         nonlocal hits
         hits += 1
         if hits > 1:
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(ExitCode.INTERRUPTED)
         name = signal.Signals(signum).name
         os.write(2, f"\n{name}: stopping; creates on the wire are being recorded (Ctrl-C again to quit now)\n".encode())
         runner.request_stop()
