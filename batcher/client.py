@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ import aiohttp
 
 from batcher.config import ApiSettings
 from batcher.models import CallRecord
+from batcher.money import parse_usd, usd_to_micros
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -329,13 +330,14 @@ def _urls(data: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _micros(price: Any) -> int | None:
-    if price is None or isinstance(price, bool):
+    """The create's `data.price`, if it is a non-negative amount; anything else is no price."""
+    if not isinstance(price, str | int | float | Decimal):
         return None
     try:
-        value = Decimal(str(price))
-    except InvalidOperation:
+        value = parse_usd(price)
+    except ValueError:
         return None
-    return round(value * 1_000_000) if value.is_finite() and value >= 0 else None
+    return usd_to_micros(value) if value >= 0 else None
 
 
 def _origin(url: str) -> tuple[str, str]:

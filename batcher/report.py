@@ -7,8 +7,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
 
-from batcher.config import usd
 from batcher.models import TaskStatus
+from batcher.money import micros_to_usd
 from batcher.store import Job, Ledger, Store
 
 ROW_FIELDS = (
@@ -24,8 +24,8 @@ def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[st
     if ledger.first_call_at is not None and ledger.last_call_at is not None:
         wall = round(ledger.last_call_at - ledger.first_call_at, 3)
     succeeded = c.get(TaskStatus.SUCCEEDED, 0)
-    budget = None if job.budget_micros is None else str(usd(job.budget_micros))
-    left = None if job.budget_micros is None else str(usd(max(job.budget_micros - ledger.cost_micros, 0)))
+    budget = None if job.budget_micros is None else str(micros_to_usd(job.budget_micros))
+    left = None if job.budget_micros is None else str(micros_to_usd(max(job.budget_micros - ledger.cost_micros, 0)))
     return {
         "job": job.name,
         "tasks": tasks,
@@ -35,8 +35,8 @@ def summary(job: Job, ledger: Ledger, unit_micros: Mapping[str, int]) -> dict[st
         "retired": ledger.retired,
         "status_counts": dict(sorted(c.items())),
         "billed_calls": ledger.billed_calls,
-        "cost_usd": str(usd(ledger.cost_micros)),
-        "unit_price_usd": {m: str(usd(p)) for m, p in sorted(unit_micros.items())},
+        "cost_usd": str(micros_to_usd(ledger.cost_micros)),
+        "unit_price_usd": {m: str(micros_to_usd(p)) for m, p in sorted(unit_micros.items())},
         "budget_usd": budget,
         "budget_left_usd": left,
         "price_mismatches": ledger.price_mismatches,
@@ -64,7 +64,7 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "remote_task_id": r["remote_task_id"],
             "file": r["output_path"],
             "sha256": r["sha256"],
-            "cost_usd": str(usd(r["cost_micros"])),
+            "cost_usd": str(micros_to_usd(r["cost_micros"])),
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
             "source": r["source"],

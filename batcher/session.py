@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.client import ApiClient
-from batcher.config import ApiSettings, RunConfig, api_key, api_settings, micros, unit_price
+from batcher.config import ApiSettings, RunConfig, api_key, api_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ConfigError, ExitCode
@@ -21,6 +21,7 @@ from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
 from batcher.models import ImportRow, OnUnknown
+from batcher.money import micros_to_usd, usd_to_micros
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.report import summary
 from batcher.retry import RetryPolicy
@@ -118,7 +119,7 @@ async def import_only(manifest_path: str, db: str, price: Decimal | None) -> Imp
 def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
     """The command line over the job's settings (as its manifest gave them at the last import)."""
     s = job.settings
-    budget = micros(opts.max_cost) if opts.max_cost is not None else job.budget_micros
+    budget = usd_to_micros(opts.max_cost) if opts.max_cost is not None else job.budget_micros
     retry = RetryPolicy()
     if (attempts := opts.max_attempts or s.get("max_attempts")) is not None:
         retry = replace(retry, max_attempts=int(attempts))
@@ -139,8 +140,8 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
 def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
     """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table."""
     if override is None and job.price_micros is not None:
-        override = Decimal(job.price_micros) / 1_000_000
-    return {m: micros(unit_price(m, override)) for m in models}
+        override = micros_to_usd(job.price_micros)
+    return {m: usd_to_micros(unit_price(m, override)) for m in models}
 
 
 class StoreBucket:
@@ -266,11 +267,11 @@ async def _any_job(store: Store, names: tuple[str, ...]) -> Job:
 
 async def job_summary(store: Store, job: Job, prices: dict[str, int] | None = None) -> dict[str, Any]:
     if prices is None:
-        override = None if job.price_micros is None else Decimal(job.price_micros) / 1_000_000
+        override = None if job.price_micros is None else micros_to_usd(job.price_micros)
         prices = {}
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
-                prices[m] = micros(unit_price(m, override))
+                prices[m] = usd_to_micros(unit_price(m, override))
     head = summary(job, await store.ledger(job), prices)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
