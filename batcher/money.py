@@ -32,8 +32,11 @@ def usd_to_micros(value: Amount) -> int:
 
 
 def micros_to_usd(micros: int) -> Decimal:
-    """Dollars, exact, without trailing zeros: 67_500 is 0.0675, 12_400_000 is 12.4."""
-    return (Decimal(micros) / MICROS_PER_USD).quantize(_MICRO).normalize()
+    """Dollars, exact, without trailing zeros: 67_500 is 0.0675, 12_400_000 is 12.4, 10_000_000 is 10."""
+    amount = (Decimal(micros) / MICROS_PER_USD).quantize(_MICRO).normalize()
+    # normalize() alone writes whole tens in exponent form (10 is "1E+1"): keep a plain number for reports
+    exponent = amount.as_tuple().exponent
+    return amount.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else amount
 
 
 def fmt_usd(micros: int) -> str:

@@ -46,8 +46,9 @@ def test_not_an_amount_is_refused(value: Amount) -> None:
 
 @pytest.mark.parametrize(
     ("micros", "usd"),
-    [(0, "0"), (67_500, "0.0675"), (12_400_000, "12.4"), (1, "0.000001"), (-250_000, "-0.25")],
-)
+    [(0, "0"), (67_500, "0.0675"), (12_400_000, "12.4"), (1, "0.000001"), (-250_000, "-0.25"),
+     (10_000_000, "10"), (1_200_000_000, "1200"), (-30_000_000, "-30")],
+)  # fmt: skip
 def test_micros_to_usd(micros: int, usd: str) -> None:
     assert str(micros_to_usd(micros)) == usd
     assert usd_to_micros(micros_to_usd(micros)) == micros  # a round trip is exact
