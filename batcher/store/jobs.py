@@ -12,9 +12,9 @@ from batcher.errors import JobNotFoundError
 from batcher.models import ImportRow, JobSettings
 from batcher.money import usd_to_micros
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
+from batcher.store.changes import WriteConnection
 from batcher.store.database import CACHE_KIB, IMPORT_CACHE_KIB
 from batcher.store.tables import jobs, task_counts, tasks
-from batcher.store.writer import WriteConnection
 
 
 class JobsPart(StoreBase):

@@ -9,8 +9,8 @@ from sqlalchemy import bindparam, insert, literal, or_, update
 
 from batcher.models import CallRecord, TaskStatus
 from batcher.store.base import ClaimLost, S, StoreBase, Task
+from batcher.store.changes import RowChange
 from batcher.store.tables import api_calls, tasks
-from batcher.store.writer import RowChange
 
 
 class TransitionsPart(StoreBase):

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from batcher.errors import ManifestError, Problem
 from batcher.models import CallRecord, JobSettings, TaskSpec, TaskStatus, import_batches
-from batcher.store import ClaimLost, Store, database, writer
+from batcher.store import ClaimLost, Store, changes, database, writer
 from batcher.store.tables import tasks
 from tests.conftest import OpenStore
 
@@ -81,7 +81,7 @@ async def test_an_import_gives_back_its_page_cache_whether_it_succeeds_or_fails(
     store = await open_store()
 
     async def cache_kib() -> int:
-        async def op(conn: writer.WriteConnection) -> int:
+        async def op(conn: changes.WriteConnection) -> int:
             return -int((await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one())
 
         return await store.writer.run(op, alone=True)  # alone: on the connection imports use
