@@ -39,7 +39,7 @@ def unit_price(model: str, override: Decimal | None) -> Decimal:
 @dataclass(frozen=True)
 class ApiSettings:
     base_url: str = DEFAULT_BASE_URL
-    images_field: str = "images"  # the edit request's field for input images (LINKMODEL.md: our choice)
+    images_field: str = "images"  # the edit request's field for input images, our choice (env LINKMODEL_IMAGES_FIELD)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     total_timeout_s: float = 120.0

@@ -1,13 +1,13 @@
 """The one writer every change of a process goes through: group commits.
 
 A single writer task coalesces the changes queued while the previous commit ran into one transaction ("group
-commit", NOTES.md). A caller that awaits a write knows it is committed. A patient change (a task's progress, a
-call record) may wait up to `gather_s` for others to share its commit: when the rate gate spreads requests out
-evenly, changes arrive one at a time and would otherwise each pay for a commit of their own. Any other change
-commits at once, and takes the patient ones queued before it along. Row changes (prepared statements: a
-task's transitions, call records) are batched per statement into one executemany. On SQLite, groups commit on
-the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock; then, and for imports,
-they run on the engine's connection in aiosqlite's thread.
+commit": many changes share one commit's cost). A caller that awaits a write knows it is committed. A patient
+change (a task's progress, a call record) may wait up to `gather_s` for others to share its commit: when the
+rate gate spreads requests out evenly, changes arrive one at a time and would otherwise each pay for a commit of
+their own. Any other change commits at once, and takes the patient ones queued before it along. Row changes
+(prepared statements: a task's transitions, call records) are batched per statement into one executemany. On
+SQLite, groups commit on the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock;
+then, and for imports, they run on the engine's connection in aiosqlite's thread.
 """
 
 from __future__ import annotations
