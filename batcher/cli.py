@@ -19,7 +19,7 @@ import click
 from batcher import report, views
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import BatcherError, ManifestError, OutputError
+from batcher.errors import BatcherError, ExitCode, ManifestError, OutputError
 from batcher.models import OnUnknown
 from batcher.store import Store
 
@@ -96,7 +96,7 @@ def _settled() -> None:
 def _interrupted() -> NoReturn:
     _settled()
     click.echo("batcher: interrupted; run the same command again to resume anything left", err=True)
-    sys.exit(130)
+    sys.exit(ExitCode.INTERRUPTED)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -279,7 +279,9 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
-    """Summaries on stdout (JSON) or stderr, one line on how it ended; exit with the last run's code."""
+    """Summaries on stdout (JSON) or stderr, one line on how it ended; exit with the most telling run's code."""
+    from batcher.worker import StopReason  # loaded already: the runs came from it
+
     if as_json:
         heads = [{**o.summary, "worker": o.result.worker_figures()} for o in outcomes]
         click.echo(json.dumps(heads[0] if len(heads) == 1 else heads, indent=2))
@@ -289,14 +291,16 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
             views.summary_lines(head)
         if result.error is not None:
             click.echo(f"batcher: error: {result.error.message}", err=True)
-        elif result.reason == "interrupted":
+        elif result.reason == StopReason.INTERRUPTED:
             click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}",
                        err=True)  # fmt: skip
-        elif result.reason == "budget":
+        elif result.reason == StopReason.BUDGET:
             click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
                        f"{result.left} tasks left to do", err=True)  # fmt: skip
+    # a run that stopped (interrupted, usage, budget) tells more than one whose tasks failed
+    stops = (ExitCode.INTERRUPTED, ExitCode.USAGE, ExitCode.BUDGET)
     codes = [o.exit_code for o in outcomes]
-    sys.exit(max(codes, key=lambda c: (c in (130, 2, 3), c)) if codes else 0)
+    sys.exit(max(codes, key=lambda c: (c in stops, c)) if codes else ExitCode.OK)
 
 
 @main.command()

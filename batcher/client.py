@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ import aiohttp
 
 from batcher.config import ApiSettings
 from batcher.models import CallRecord
+from batcher.money import parse_usd, usd_to_micros
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -35,7 +36,6 @@ class Outcome(enum.StrEnum):
     AUTH = "auth"  # 401/403: stop the run
     NOT_FOUND = "not_found"  # 404 on a task id
     AMBIGUOUS = "ambiguous"  # a create that may or may not have been accepted
-    EXPIRED = "expired"  # a file URL that no longer serves: query again for a fresh one
 
 
 class Generation(enum.StrEnum):
@@ -196,7 +196,8 @@ class ApiClient:
         try:
             async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
                 if resp.status in (403, 404, 410):
-                    return done(Outcome.EXPIRED, resp.status, f"file URL answered HTTP {resp.status}")
+                    # a file URL lives a short while: a failed download makes the worker query for a fresh one
+                    return done(Outcome.TRANSIENT, resp.status, f"file URL expired (HTTP {resp.status})")
                 if resp.status == 429 or resp.status >= 500:
                     return done(Outcome.TRANSIENT, resp.status, f"file host answered HTTP {resp.status}")
                 if resp.status != 200:
@@ -350,13 +351,14 @@ def _urls(data: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _micros(price: Any) -> int | None:
-    if price is None or isinstance(price, bool):
+    """The create's `data.price`, if it is a non-negative amount; anything else is no price."""
+    if not isinstance(price, str | int | float | Decimal):
         return None
     try:
-        value = Decimal(str(price))
-    except InvalidOperation:
+        value = parse_usd(price)
+    except ValueError:
         return None
-    return round(value * 1_000_000) if value.is_finite() and value >= 0 else None
+    return usd_to_micros(value) if value >= 0 else None
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -51,24 +51,10 @@ def unit_price(model: str, override: Decimal | None) -> Decimal:
     return facts.price_usd
 
 
-def micros(usd: Decimal) -> int:
-    return round(usd * 1_000_000)
-
-
-def usd(micros_: int) -> Decimal:
-    return (Decimal(micros_) / 1_000_000).quantize(Decimal("0.000001")).normalize()
-
-
-def fmt_usd(micros_: int) -> str:
-    """$0.067 for small sums, $12.40 for larger ones."""
-    value = Decimal(micros_) / 1_000_000
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.3f}"
-
-
 @dataclass(frozen=True)
 class ApiSettings:
     base_url: str = DEFAULT_BASE_URL
-    images_field: str = "images"  # the edit request's field for input images (LINKMODEL.md: our choice)
+    images_field: str = "images"  # the edit request's field for input images, our choice (env LINKMODEL_IMAGES_FIELD)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     total_timeout_s: float = 120.0

@@ -6,19 +6,24 @@ holds the API key (messages are built from replies and specs, never from request
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-EXIT_OK = 0
-EXIT_FAILED_TASKS = 1
-EXIT_USAGE = 2
-EXIT_BUDGET = 3
-EXIT_INTERRUPTED = 130
+
+class ExitCode(enum.IntEnum):
+    """The process's exit status; every exit of the CLI takes one of these."""
+
+    OK = 0  # every task succeeded
+    FAILED = 1  # some task failed for good, or the run could not go on (store, output)
+    USAGE = 2  # usage, manifest or key error
+    BUDGET = 3  # the budget was reached
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it)
 
 
 class BatcherError(Exception):
     """batcher failed."""
 
-    exit_code = EXIT_FAILED_TASKS
+    exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -52,7 +57,7 @@ class Problem:
 class ManifestError(BatcherError):
     """The manifest is not valid; nothing was written."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line is None, p.line or 0, p.column or 0, p.message))
@@ -62,7 +67,7 @@ class ManifestError(BatcherError):
 class ConfigError(BatcherError):
     """A setting is missing or invalid."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class UnknownPriceError(ConfigError):
@@ -91,26 +96,22 @@ class StoreFullError(StoreError):
 class StoreMissingError(StoreError):
     """There is no job store there: point --db or BATCHER_DB at one, or create it with `batcher import` or `run`."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class JobNotFoundError(StoreError):
     """No such job in the store."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 # --- the API ------------------------------------------------------------------------------------------
 
 
-class ApiError(BatcherError):
-    """The LinkModel API answered with an error."""
-
-
-class AuthError(ApiError):
+class AuthError(BatcherError):
     """The API key was rejected (HTTP 401/403): check LINKMODEL_API_KEY. Nothing was lost; run again to resume."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
     @classmethod
     def rejected(cls, detail: str) -> AuthError:
@@ -124,15 +125,3 @@ class AuthError(ApiError):
 
 class OutputError(BatcherError):
     """The output directory cannot be written: check its permissions and free space, then run again."""
-
-
-class BudgetReachedError(BatcherError):
-    """The budget is reached."""
-
-    exit_code = EXIT_BUDGET
-
-
-class InterruptedRun(BatcherError):
-    """Interrupted."""
-
-    exit_code = EXIT_INTERRUPTED

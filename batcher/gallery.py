@@ -21,12 +21,11 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batcher.config import fmt_usd
 from batcher.models import STATUS_ORDER
+from batcher.money import fmt_usd, usd_to_micros
 
 if TYPE_CHECKING:
     from batcher.thumbs import Thumb
@@ -99,7 +98,7 @@ def _stat(key: str, value: object, label: str, cls: str = "", tip: str = "") -> 
 
 
 def _money(usd: str | None) -> str:
-    return "none" if usd is None else fmt_usd(_micros(usd))
+    return "none" if usd is None else fmt_usd(usd_to_micros(usd))
 
 
 def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[Any, Any]]) -> str:
@@ -304,14 +303,10 @@ def _card(r: Mapping[str, Any], page_dir: str, thumbs: Mapping[str, Thumb] | Non
         f'<article class="card st-{esc(status)}" id="t-{esc(r["key"])}" data-status="{esc(status)}" '
         f'data-size="{esc(size)}">{thumb}<p class="name" title="{esc(label)}">{esc(label)}</p>'
         f'<p class="prompt">{esc(r["prompt"])}</p>'
-        f'<p class="meta"><span class="badge">{esc(status)}</span> {esc(size)} · {esc(fmt_usd(_micros(r["cost_usd"])))}'
+        f'<p class="meta"><span class="badge">{esc(status)}</span> {esc(size)} · {esc(fmt_usd(usd_to_micros(r["cost_usd"])))}'
         f" · {attempts}{flag}</p>{error}"
         f'<p class="src">{esc(r["source"])} · {esc(str(r["key"])[:12])}</p></article>\n'
     )
-
-
-def _micros(usd: str) -> int:
-    return int(Decimal(usd) * 1_000_000)
 
 
 LIGHTBOX = '<dialog id="box"><img alt=""><p></p></dialog>\n'

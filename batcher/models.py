@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring
 
-# --- the models (../shared/api/LINKMODEL.md) ------------------------------------------------------------
+# --- the models the LinkModel API serves ----------------------------------------------------------------
 
 RATIOS_31 = ("1x1", "2x3", "3x2", "3x4", "4x3", "4x5", "5x4", "9x16", "16x9", "21x9", "1x4", "4x1", "1x8", "8x1")
 RATIOS_25 = RATIOS_31[:10]

@@ -1,9 +1,9 @@
 """The account-wide request rate: every create and poll of this process passes one gate.
 
 Why not aiolimiter here: its bucket has neither priorities nor a rate that can change while tasks wait, and
-both are needed. The gate paces requests evenly at the current rate (capacity one: no bursts, NOTES.md), lets
-polls go before creates (finished work is collected first) without starving creates, and holds the whole pool
-after a 429 until its `Retry-After` has passed.
+both are needed. The gate paces requests evenly at the current rate (capacity one: no bursts, so a configured
+limit meets no 429), lets polls go before creates (finished work is collected first) without starving creates,
+and holds the whole pool after a 429 until its `Retry-After` has passed.
 
 Above `1 / TICK_S` requests per second the slots are closer together than a timer is worth: each wake-up of
 the loop costs more CPU than the request's own bookkeeping. There the gate wakes once a tick and lets out the

@@ -9,8 +9,8 @@ from typing import IO, Any
 
 from sqlalchemy import RowMapping
 
-from batcher.config import usd
 from batcher.models import TaskStatus
+from batcher.money import micros_to_usd
 from batcher.store import Job, Ledger, Store
 
 ROW_FIELDS = (
@@ -30,8 +30,8 @@ def summary(
         wall = round(ledger.last_call_at - ledger.first_call_at, 3)
     succeeded = c.get(TaskStatus.SUCCEEDED, 0)
     limit = budget_micros if budget_micros is not None else job.budget_micros
-    budget = None if limit is None else str(usd(limit))
-    left = None if limit is None else str(usd(max(limit - ledger.cost_micros - ledger.held_micros, 0)))
+    budget = None if limit is None else str(micros_to_usd(limit))
+    left = None if limit is None else str(micros_to_usd(max(limit - ledger.cost_micros - ledger.held_micros, 0)))
     return {
         "job": job.name,
         "tasks": tasks,
@@ -46,9 +46,9 @@ def summary(
         "paid_result_lost": ledger.result_lost,
         "known_duplicates": ledger.known_duplicates,
         "lost_at_api": ledger.lost_at_api,
-        "cost_usd": str(usd(ledger.cost_micros)),
-        "held_usd": str(usd(ledger.held_micros)),
-        "unit_price_usd": {m: str(usd(p)) for m, p in sorted(unit_micros.items())},
+        "cost_usd": str(micros_to_usd(ledger.cost_micros)),
+        "held_usd": str(micros_to_usd(ledger.held_micros)),
+        "unit_price_usd": {m: str(micros_to_usd(p)) for m, p in sorted(unit_micros.items())},
         "budget_usd": budget,
         "budget_left_usd": left,
         "price_mismatches": ledger.price_mismatches,
@@ -83,7 +83,7 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "remote_task_id": r["remote_task_id"],
             "file": r["output_path"],
             "sha256": r["sha256"],
-            "cost_usd": str(usd(r["cost_micros"])),
+            "cost_usd": str(micros_to_usd(r["cost_micros"])),
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
             "failure": r["failure"],

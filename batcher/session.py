@@ -13,22 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.client import ApiClient
-from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, micros, unit_price
+from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import (
-    EXIT_BUDGET,
-    EXIT_FAILED_TASKS,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    BatcherError,
-    ConfigError,
-    StoreMissingError,
-)
+from batcher.errors import BatcherError, ConfigError, ExitCode, StoreMissingError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
 from batcher.models import ImportRow, OnUnknown
+from batcher.money import micros_to_usd, usd_to_micros
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.report import summary
 from batcher.retry import RetryPolicy
@@ -64,15 +57,15 @@ class RunSummary:
     resume_hint: str
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         r = self.result
         if r.reason == StopReason.FATAL and r.error is not None:
             return r.error.exit_code
         if r.reason == StopReason.INTERRUPTED:
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         if r.reason == StopReason.BUDGET:
-            return EXIT_BUDGET
-        return EXIT_FAILED_TASKS if self.summary["failed"] else EXIT_OK
+            return ExitCode.BUDGET
+        return ExitCode.FAILED if self.summary["failed"] else ExitCode.OK
 
 
 def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None) -> Iterator[list[ImportRow]]:
@@ -139,7 +132,7 @@ async def import_only(manifest_path: str, db: str, price: Decimal | None) -> Imp
 def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
     """The command line over the job's settings (as its manifest gave them at the last import)."""
     s = job.settings
-    budget = micros(opts.max_cost) if opts.max_cost is not None else job.budget_micros
+    budget = usd_to_micros(opts.max_cost) if opts.max_cost is not None else job.budget_micros
     retry = RetryPolicy()
     if (attempts := opts.max_attempts or s.get("max_attempts")) is not None:
         retry = replace(retry, max_attempts=int(attempts))
@@ -173,8 +166,8 @@ def output_dir(job: Job, out: str | None) -> str:
 def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
     """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table."""
     if override is None and job.price_micros is not None:
-        override = Decimal(job.price_micros) / 1_000_000
-    return {m: micros(unit_price(m, override)) for m in models}
+        override = micros_to_usd(job.price_micros)
+    return {m: usd_to_micros(unit_price(m, override)) for m in models}
 
 
 class StoreBucket:
@@ -310,11 +303,11 @@ async def job_summary(
 ) -> dict[str, Any]:
     """The job's summary; `budget_micros`: the budget this run held to (`--max-cost`), else the manifest's."""
     if prices is None:
-        override = None if job.price_micros is None else Decimal(job.price_micros) / 1_000_000
+        override = None if job.price_micros is None else micros_to_usd(job.price_micros)
         prices = {}
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
-                prices[m] = micros(unit_price(m, override))
+                prices[m] = usd_to_micros(unit_price(m, override))
     head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
@@ -344,7 +337,7 @@ def _signals(runner: Runner) -> Iterator[None]:
         nonlocal hits
         hits += 1
         if hits > 1:
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(ExitCode.INTERRUPTED)
         name = signal.Signals(signum).name
         os.write(2, f"\n{name}: stopping; creates on the wire are being recorded (Ctrl-C again to quit now)\n".encode())
         runner.request_stop()

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from batcher.config import fmt_usd
 from batcher.diff import KINDS, Diff
 from batcher.estimate import Estimate
+from batcher.money import fmt_usd
 
 if TYPE_CHECKING:
     from batcher.worker import Progress as RunProgress

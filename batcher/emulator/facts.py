@@ -1,4 +1,4 @@
-"""The emulator's own reading of the model facts in LINKMODEL.md.
+"""The emulator's own reading of the LinkModel API's model facts: models, aspect ratios, tiers, pixel sizes.
 
 Deliberately a separate copy from the client's: a mistake in one reading of the contract should show up as a
 disagreement between the two, not be mirrored by both.

@@ -3,7 +3,7 @@
 A manifest may name input images as URLs, data: URIs or local files. A local file is read when the manifest is
 read, to check it is an image and to hash it: the reference kept in the store is `file:<sha256>:<path>` (small),
 and identity sees only the hash, so an edited file makes a new task. When the create is sent, the file is read
-again, checked against that hash and inlined as a data: URI (LINKMODEL.md: `images` takes URLs or data: URIs);
+again, checked against that hash and inlined as a data: URI (the API's `images` takes URLs or data: URIs);
 a chained task's input, the parent task's output file, is inlined the same way. Blocking file I/O: the worker
 runs `resolve` in a thread.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from batcher.imageinfo import SNIFF_BYTES, sniff
 from batcher.models import FROM_REF, LOCAL_REF, local_ref
 
-MAX_INPUT_IMAGE_BYTES = 10 * 2**20  # per input image; our choice, the emulator's default cap (LINKMODEL.md)
+MAX_INPUT_IMAGE_BYTES = 10 * 2**20  # per input image; our choice, the same as the emulator's default cap
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 

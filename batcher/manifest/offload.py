@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from batcher.config import API_KEY_ENV
-from batcher.errors import BatcherError, ManifestError
+from batcher.errors import BatcherError, ExitCode, ManifestError
 from batcher.manifest.loader import Manifest, load_manifest
 from batcher.models import ImportRow, import_batches
 
@@ -88,6 +88,6 @@ if __name__ == "__main__":
     try:
         _expand(sys.argv[1], pipe)
     except BrokenPipeError:  # the parent stopped reading (it failed, or was interrupted): nothing to say
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
     except KeyboardInterrupt:  # a Ctrl-C reaches the whole process group; the parent reports it
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)

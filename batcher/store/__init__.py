@@ -2,7 +2,7 @@
 
 `Store` is assembled from one part per concern; each part is one module beside this one. Every change of a
 task's state is fenced by the claim token its worker holds (`WHERE id = :id AND claim_token = :token`): a worker
-whose lease expired and was taken over can no longer write (NOTES.md).
+whose lease expired and was taken over can no longer write, so a task taken over has one writer only.
 """
 
 from batcher.store.base import BudgetRefused, ClaimLost, ImportResult, Job, Ledger, Stray, StrayReply, Task

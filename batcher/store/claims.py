@@ -11,8 +11,8 @@ from sqlalchemy.engine import RowMapping
 
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
+from batcher.store.changes import WriteConnection
 from batcher.store.tables import jobs, strays, tasks, workers
-from batcher.store.writer import WriteConnection
 
 
 class ClaimsPart(StoreBase):

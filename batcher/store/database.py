@@ -1,7 +1,7 @@
 """Opening a store's engine, and turning driver errors into errors a user can act on.
 
 SQLite allows one writer at a time whatever the pool size, and a deferred transaction that reads then writes
-fails with SQLITE_BUSY at once, ignoring busy_timeout. So (NOTES.md): WAL and BEGIN IMMEDIATE for every
+fails with SQLITE_BUSY at once, ignoring busy_timeout. So: WAL and BEGIN IMMEDIATE for every
 transaction; `writer.Writer` is the one writer of each process.
 """
 

@@ -21,17 +21,15 @@ import operator
 import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
+from batcher.store.changes import Change, RowChange
 from batcher.store.database import apply_pragmas, is_locked
-
-if TYPE_CHECKING:
-    from batcher.store.writer import Change, RowChange
 
 T = TypeVar("T")
 Rows = list[Sequence[Any]]
@@ -75,8 +73,6 @@ class InlineSqlite:
         return cls(path)
 
     def commit(self, changes: Sequence[Change]) -> list[Any] | None:
-        from batcher.store.writer import RowChange
-
         conn = self._connection()
         driver = conn.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)

@@ -10,10 +10,11 @@ from sqlalchemy import bindparam, delete, func, insert, literal_column, select, 
 
 from batcher.errors import JobNotFoundError
 from batcher.models import ImportRow, JobSettings
+from batcher.money import usd_to_micros
 from batcher.store.base import ImportResult, Job, S, StoreBase, _job, dialect_insert
+from batcher.store.changes import WriteConnection
 from batcher.store.database import CACHE_KIB, IMPORT_CACHE_KIB
 from batcher.store.tables import jobs, task_counts, tasks
-from batcher.store.writer import WriteConnection
 
 
 class JobsPart(StoreBase):
@@ -72,8 +73,8 @@ class JobsPart(StoreBase):
         values = {
             "manifest": manifest,
             "output_dir": settings.output_dir,
-            "price_micros": _micros(settings.price_usd),
-            "budget_micros": _micros(settings.budget_usd),
+            "price_micros": None if settings.price_usd is None else usd_to_micros(settings.price_usd),
+            "budget_micros": None if settings.budget_usd is None else usd_to_micros(settings.budget_usd),
             "settings": json.dumps(extra, sort_keys=True),
             "updated_at": now,
         }
@@ -107,10 +108,6 @@ class JobsPart(StoreBase):
     async def succeeded_keys(self, job_id: int) -> set[str]:
         rows = await self._read(select(tasks.c.key).where(tasks.c.job_id == job_id, tasks.c.status == S.SUCCEEDED))
         return {r["key"] for r in rows}
-
-
-def _micros(usd: Any) -> int | None:
-    return None if usd is None else round(usd * 1_000_000)
 
 
 def _import_sql(dialect: Any, job_id: int, import_gen: int, now: float) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 
 from batcher.store.base import StoreBase
+from batcher.store.changes import WriteConnection
 from batcher.store.tables import learned, rate_buckets
-from batcher.store.writer import WriteConnection
 
 
 class SharedPart(StoreBase):

@@ -9,8 +9,8 @@ from sqlalchemy import and_, bindparam, case, insert, literal, or_, select, upda
 
 from batcher.models import CallRecord, Failure, TaskStatus
 from batcher.store.base import BudgetRefused, ClaimLost, S, StoreBase, Stray, StrayReply, Task
+from batcher.store.changes import RowChange, WriteConnection
 from batcher.store.tables import api_calls, jobs, strays, tasks
-from batcher.store.writer import RowChange, WriteConnection
 
 
 class TransitionsPart(StoreBase):

@@ -1,13 +1,13 @@
 """The one writer every change of a process goes through: group commits.
 
 A single writer task coalesces the changes queued while the previous commit ran into one transaction ("group
-commit", NOTES.md). A caller that awaits a write knows it is committed. A patient change (a task's progress, a
-call record) may wait up to `gather_s` for others to share its commit: when the rate gate spreads requests out
-evenly, changes arrive one at a time and would otherwise each pay for a commit of their own. Any other change
-commits at once, and takes the patient ones queued before it along. Row changes (prepared statements: a
-task's transitions, call records) are batched per statement into one executemany. On SQLite, groups commit on
-the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock; then, and for imports,
-they run on the engine's connection in aiosqlite's thread.
+commit": many changes share one commit's cost). A caller that awaits a write knows it is committed. A patient
+change (a task's progress, a call record) may wait up to `gather_s` for others to share its commit: when the
+rate gate spreads requests out evenly, changes arrive one at a time and would otherwise each pay for a commit of
+their own. Any other change commits at once, and takes the patient ones queued before it along. Row changes
+(prepared statements: a task's transitions, call records) are batched per statement into one executemany. On
+SQLite, groups commit on the loop's own thread (`inline.InlineSqlite`) unless another process holds the lock;
+then, and for imports, they run on the engine's connection in aiosqlite's thread.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.expression import Executable
 
+from batcher.store.changes import Change, RowChange, WriteConnection
 from batcher.store.database import translated
 from batcher.store.inline import CHECKPOINT_EVERY, InlineSqlite
 
@@ -31,33 +28,7 @@ T = TypeVar("T")
 log = logging.getLogger("batcher")
 
 
-class WriteConnection(Protocol):
-    """What an op of the writer may use: an `AsyncConnection`, or on SQLite `inline.InlineConnection`."""
-
-    @property
-    def dialect(self) -> Dialect: ...
-
-    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]: ...
-
-    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> CursorResult[Any]: ...
-
-
-Op = Callable[[WriteConnection], Coroutine[Any, Any, Any]]
-
 MAX_GROUP = 500  # changes at most in one group commit
-
-
-@dataclass(frozen=True, slots=True)
-class RowChange:
-    """One row's change by a prepared statement. The writer runs all changes of one statement in a group as a
-    single executemany (one trip to the driver instead of one per row)."""
-
-    stmt: UpdateBase  # an INSERT or UPDATE
-    params: dict[str, Any]
-    fenced: bool = False  # must change exactly one row; the caller learns the row count either way
-
-
-Change = Op | RowChange
 
 
 class Writer:

@@ -25,12 +25,12 @@ import pytest
 from sqlalchemy import bindparam, insert, update
 
 from batcher import gallery
-from batcher.config import fmt_usd
 from batcher.emulator import Latency
 from batcher.emulator.images import encode_png, photo_png
 from batcher.gallery import CHUNK
 from batcher.imageinfo import sniff
 from batcher.models import JobSettings, TaskSpec, import_batches
+from batcher.money import fmt_usd
 from batcher.store import Job, Store
 from batcher.store.tables import api_calls, tasks
 from batcher.thumbs import THUMB_PX, Thumb

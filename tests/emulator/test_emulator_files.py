@@ -8,7 +8,7 @@ import pytest
 
 from .emu_helpers import CLASSIC, FLASH, LITE, MakeApi, read_png
 
-# Pixel sizes at 1K, copied from LINKMODEL.md (a third reading, so a typo in the emulator's table shows).
+# Pixel sizes at 1K, copied from the published size tables (a third reading, so a typo in the emulator's table shows).
 SIZES_31 = {
     "1x1": (1024, 1024),
     "2x3": (848, 1264),

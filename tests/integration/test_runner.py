@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from batcher.config import fmt_usd
 from batcher.emulator import Latency
 from batcher.imageinfo import sniff
+from batcher.money import fmt_usd
 from batcher.worker import StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import PRICE, drive, fast_config, load, specs
