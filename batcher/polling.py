@@ -78,3 +78,19 @@ def next_poll_in(
         delay = max(first, age_s) * (growth - 1.0)
     delay = min(max(delay, POLL_FLOOR_S if polls else 0.0), policy.max_interval_s)
     return min(delay, max(policy.give_up_s - running, POLL_FLOOR_S))
+
+
+class RunningClock:
+    """How long polls have found a task still running: the give-up clock. Only the time between two answers
+    that both said "still running" counts; a gap without such answers (a stopped run, an outage) does not."""
+
+    __slots__ = ("_last", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._last: float | None = None
+
+    def answered(self, now: float, running: bool) -> None:
+        if running and self._last is not None:
+            self.seconds += now - self._last
+        self._last = now if running else None

@@ -29,7 +29,7 @@ from batcher.errors import AuthError, BatcherError
 from batcher.imageinfo import ImageInfo
 from batcher.models import CallRecord, Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, Finisher, sweep_stale_parts, target_path, with_real_extension
-from batcher.polling import FirstPollTracker, next_poll_in
+from batcher.polling import FirstPollTracker, RunningClock, next_poll_in
 from batcher.retry import backoff_s
 from batcher.store import BudgetRefused, ClaimLost, Job, Store, Stray, StrayReply, Task
 
@@ -517,7 +517,7 @@ class Runner:
         tracker = self._first_poll(task.model)
         polls = download_failures = 0
         submitted_at = task.submitted_at or self._now()
-        running = _RunningClock()
+        running = RunningClock()
         retry_in: float | None = None  # set after a broken download: query again soon for a fresh URL
         while True:
             age = self._now() - submitted_at
@@ -662,7 +662,7 @@ class Runner:
         (`NAME.dup-REMOTE.png`): billed all the same, so neither it nor its charge may be lost."""
         tracker = self._first_poll(self.job.name)
         started, polls, downloads = self._now(), 0, 0
-        running = _RunningClock()
+        running = RunningClock()
         try:
             while True:
                 delay = next_poll_in(self._now() - started, polls, tracker.seconds, self.config.poll,
@@ -707,22 +707,6 @@ class Runner:
                     return
         except BatcherError as e:
             self._fail_run(e)
-
-
-class _RunningClock:
-    """How long polls have found a task still running: the give-up clock. Only the time between two answers
-    that both said "still running" counts; a gap without such answers (a stopped run, an outage) does not."""
-
-    __slots__ = ("_last", "seconds")
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._last: float | None = None
-
-    def answered(self, now: float, running: bool) -> None:
-        if running and self._last is not None:
-            self.seconds += now - self._last
-        self._last = now if running else None
 
 
 def _safe(remote_id: str) -> str:

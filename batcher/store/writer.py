@@ -111,9 +111,10 @@ class Writer:
             elif self._queue.empty():
                 await asyncio.sleep(0)  # one turn of the loop: changes made ready by the same wake-up join in
             self._prompt = False
-            carried, self._carried = self._carried, []
-            batch: list[tuple[Change, asyncio.Future[Any] | None]] = [(c, None) for c in carried]
-            batch.append((first[0], first[1]))
+            if self._carried:  # once more, in a transaction of their own: they cannot fail this group again
+                carried, self._carried = self._carried, []
+                await self._commit([(c, None) for c in carried], self._in_transaction, retried=True)
+            batch: list[tuple[Change, asyncio.Future[Any] | None]] = [(first[0], first[1])]
             while not first[2] and len(batch) < MAX_GROUP and not self._queue.empty():
                 op, fut, alone = self._queue.get_nowait()
                 if alone:
@@ -123,7 +124,7 @@ class Writer:
             self.groups += 1
             self.ops += len(batch)
             inline = self._inline is not None and not first[2]  # an import may run long: not on the loop
-            await self._commit(batch, self._inline_first if inline else self._in_transaction, len(carried))
+            await self._commit(batch, self._inline_first if inline else self._in_transaction)
             if self._inline is not None and self._inline.commits >= CHECKPOINT_EVERY:
                 self._inline.commits = 0
                 try:
@@ -148,11 +149,12 @@ class Writer:
         self,
         batch: list[tuple[Change, asyncio.Future[Any] | None]],
         apply: Callable[[list[Any]], Awaitable[list[Any]]],
-        carried: int = 0,
+        *,
+        retried: bool = False,
     ) -> None:
-        """Commit one group; every waiter learns its result, or why the whole group rolled back. Posted changes
-        of a failed group are carried into the next one; the first `carried` of this group already were once,
-        so a second failure drops them (logged) rather than failing every group after it."""
+        """Commit one group; every waiter learns its result, or why the whole group rolled back. The posted
+        changes of a failed group (nobody awaits them) are tried once more before the next group; `retried`:
+        this is that second try, and a second failure drops them (logged), so the writer goes on."""
         try:
             with translated("writing the job store"):
                 results = await apply([op for op, _ in batch])
@@ -162,10 +164,10 @@ class Writer:
                     if fut is not None and not fut.done():
                         fut.cancel()
                 raise
-            again = [op for op, fut in batch[carried:] if fut is None]
-            if carried:
-                log.error("dropped %d call records that could not be written twice: %s", carried, e)
-            self._carried = again
+            if retried:
+                log.error("dropped %d records that could not be written twice: %s", len(batch), e)
+            else:
+                self._carried = [op for op, fut in batch if fut is None]
             for _, fut in batch:
                 if fut is not None and not fut.done():
                     fut.set_exception(e)

@@ -5,14 +5,16 @@ One copy serves both `bench/chaos.py` (full size, prints the figures) and `tests
 (CI size). Synchronous on purpose: everything it drives is another process.
 
 What is checked after the last run (each failure becomes one line in `Figures.problems`):
-- every task succeeded, and the report says so;
+- every task succeeded, and the report says so, except those the faults made unusable after billing them (a
+  file that is not an image; a result the API forgot before it was saved), which fail as paid but unusable;
 - every file exists, is a whole PNG (every chunk's CRC, IDAT inflates, IEND last) and matches its recorded sha256
   and size; nothing else is in the output directory but the hidden `.part` file of a download a SIGKILL cut
   (at most one per SIGKILL: a killed process cannot clean up; a SIGINT/SIGTERM stop must leave none);
 - by the emulator's count, no prompt was created more often than 1 + its failed generations + its unknown
   submissions, and the report marks every task with an unknown submission as a possible double charge;
-- the ledger's cost is its billed calls times the unit price, and the emulator's successes lie between the
-  ledger's billed calls and those plus the unknown submissions (equal when there were none);
+- the ledger's cost is its billed calls times the unit price; its billed calls are the succeeded tasks plus the
+  paid-but-unusable ones and the known duplicates; and the emulator's successes lie between the ledger's billed
+  calls and those plus the unknown submissions (equal when there were none);
 - no run wrote a traceback, and every interrupted run exited as its signal promises (130 for SIGINT/SIGTERM).
 """
 
@@ -52,7 +54,15 @@ DEFAULT_FAULTS: dict[str, float] = {
     "lost_create_rate": 0.01,
     "truncate_rate": 0.01,
     "fail_rate": 0.01,
+    "accepted_error_rate": 0.01,  # accepted, then 502/504 from the gateway: an unknown submission
+    "not_image_rate": 0.005,  # billed, but the file is not an image: paid but unusable
+    "forget_rate": 0.02,  # forgotten once its Success was reported: with a cut download, paid, result lost
 }
+BILLED_UNUSABLE = ("download", "result_lost")
+FINAL = (
+    0,
+    1,
+)  # exit codes of a run that drove every task to a final state (1: some failed for good)  # failures the faults above may cause, billed all the same
 POLL_S = 0.02  # how often the driver reads the emulator's counters while waiting for a moment, seconds
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 60.0  # a SIGINT/SIGTERM stop waits for creates on the wire (worker.STOP_GRACE_S is 15 s)
@@ -86,6 +96,8 @@ class Figures:
     restarts: int = 0  # runs started after an interruption
     exit_codes: dict[str, int] = field(default_factory=dict)  # of every run
     succeeded: int = 0
+    paid_unusable: int = 0  # billed, failed: not an image, or the result lost before it was saved
+    known_duplicates: int = 0
     files_verified: int = 0
     prompts_created_twice: int = 0  # prompts the emulator accepted more than once
     extra_creates: int = 0  # creates beyond one per prompt
@@ -113,6 +125,8 @@ class Figures:
             ("exit codes", ", ".join(f"{k}: {v}" for k, v in sorted(self.exit_codes.items()))),
             ("tasks", str(self.tasks)),
             ("succeeded", str(self.succeeded)),
+            ("paid but unusable (failed)", str(self.paid_unusable)),
+            ("known duplicates", str(self.known_duplicates)),
             ("files verified (PNG + sha256)", str(self.files_verified)),
             ("partial files left by SIGKILL", str(self.partial_files_left)),
             ("prompts created twice", f"{self.prompts_created_twice} ({self.extra_creates} extra creates)"),
@@ -260,18 +274,18 @@ class Driver:
         requests_before = requests_seen(self.emu.stats())
         proc = self.start()
         if not self.wait_for_moment(proc, mark, requests_before, graceful):
-            return self.finish(proc, STOP_TIMEOUT_S, "ended before its interruption") == 0
+            return self.finish(proc, STOP_TIMEOUT_S, "ended before its interruption") in FINAL
         time.sleep(self.rng.uniform(0.0, self.plan.jitter_s))
         if proc.poll() is not None:
-            return self.finish(proc, STOP_TIMEOUT_S, "ended before its interruption") == 0
+            return self.finish(proc, STOP_TIMEOUT_S, "ended before its interruption") in FINAL
         proc.send_signal(sig)
         self.figures.kills += 1
         self.figures.signals[sig.name] = self.figures.signals.get(sig.name, 0) + 1
         code = self.finish(proc, STOP_TIMEOUT_S, sig.name)
         expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
-        if code not in (expected, 0):  # 0: it finished the job just as the signal came
+        if code not in (expected, *FINAL):  # it finished the job just as the signal came
             self.figures.problems.append(f"run {self.figures.runs}: {sig.name} gave exit {code}, not {expected}")
-        return code == 0
+        return code in FINAL
 
     def run(self) -> None:
         marks = sorted(self.rng.uniform(0, 0.9 * self.plan.tasks) for _ in range(self.plan.kills))
@@ -289,7 +303,7 @@ class Driver:
                 return
             finishing += 1
             self.figures.restarts += self.figures.runs > 0
-            done = self.finish(self.start(), self.plan.run_timeout_s, "finishing run") == 0
+            done = self.finish(self.start(), self.plan.run_timeout_s, "finishing run") in FINAL
 
 
 def run_chaos(plan: Plan, workdir: Path, log: Callable[[str], None] | None = None) -> Figures:
@@ -360,19 +374,26 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
     with sqlite3.connect(f"file:{driver.db}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(
-            "SELECT key, prompt, status, output_path, sha256, bytes, cost_micros, gen_failures, unknown_count "
-            "FROM tasks ORDER BY seq"
+            "SELECT key, prompt, status, output_path, sha256, bytes, cost_micros, gen_failures, unknown_count, "
+            "failure FROM tasks ORDER BY seq"
         ).fetchall()
+        # a reply that came after a takeover keeps its image beside its task's, as a paid duplicate
+        duplicates = [Path(r[0]).resolve() for r in conn.execute("SELECT output_path FROM strays") if r[0]]
     conn.close()
 
-    # every task succeeded
+    # every task succeeded, but for those the faults made unusable after billing them
     f.succeeded = sum(r["status"] == "succeeded" for r in rows)
-    if len(rows) != driver.plan.tasks or f.succeeded != len(rows) or head["succeeded"] != len(rows):
-        problems.append(f"{f.succeeded} of {len(rows)} tasks succeeded (report: {head['succeeded']}), "
-                        f"{driver.plan.tasks} expected")  # fmt: skip
+    f.paid_unusable = sum(r["status"] == "failed" and r["failure"] in BILLED_UNUSABLE for r in rows)
+    done = f.succeeded + f.paid_unusable
+    if len(rows) != driver.plan.tasks or done != len(rows) or head["succeeded"] != f.succeeded:
+        problems.append(f"{f.succeeded} of {len(rows)} tasks succeeded and {f.paid_unusable} were paid but unusable "
+                        f"(report: {head['succeeded']} succeeded), {driver.plan.tasks} expected")  # fmt: skip
+    for r in rows:
+        if r["status"] == "failed" and r["cost_micros"] == 0:
+            problems.append(f"task {r['key'][:12]} failed unbilled ({r['failure']}): not a fault of the plan")
 
     # every file whole, matching its record, and nothing else in the output directory
-    expected: set[Path] = set()
+    expected: set[Path] = set(duplicates)
     for r in rows:
         if r["output_path"] is None:
             continue
@@ -434,8 +455,13 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
     f.emulator_successes = int(stats["successes"])
     if f.ledger_cost_usd != f.billed_calls * f.unit_price_usd:
         problems.append(f"ledger cost ${f.ledger_cost_usd} is not {f.billed_calls} x ${f.unit_price_usd}")
-    if f.billed_calls != sum(r["cost_micros"] > 0 for r in rows) or f.billed_calls != f.succeeded:
-        problems.append(f"{f.billed_calls} billed calls for {f.succeeded} succeeded tasks")
+    f.known_duplicates = int(head["known_duplicates"])
+    billed_tasks = sum(r["cost_micros"] > 0 for r in rows)
+    if f.billed_calls != billed_tasks + f.known_duplicates or billed_tasks != f.succeeded + f.paid_unusable:
+        problems.append(f"{f.billed_calls} billed calls for {f.succeeded} succeeded tasks, {f.paid_unusable} paid but "
+                        f"unusable and {f.known_duplicates} known duplicates")  # fmt: skip
+    if int(head["paid_unusable"]) + int(head["paid_result_lost"]) != f.paid_unusable:
+        problems.append("the report's paid-but-unusable counts differ from the store's")
     if not f.billed_calls <= f.emulator_successes <= f.billed_calls + f.unknown_submissions:
         problems.append(f"the emulator counted {f.emulator_successes} successes; the ledger billed {f.billed_calls} "
                         f"with {f.unknown_submissions} unknown submissions")  # fmt: skip

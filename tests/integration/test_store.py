@@ -301,3 +301,51 @@ async def test_a_patient_change_waits_no_longer_than_the_window_or_a_full_group(
     assert not gathering.done()
     await asyncio.wait_for(asyncio.gather(gathering, *(store.begin_create(t, now) for t in claimed[2:])), 5)
     assert store.writer.groups == groups + 1  # the group filled up: committed without waiting out the window
+
+
+async def test_a_failed_commit_of_posted_records_neither_loses_them_nor_stops_the_writer(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    failed_once = asyncio.Event()
+
+    async def flaky(conn: changes.WriteConnection) -> None:  # a write that fails its first commit only
+        if not failed_once.is_set():
+            failed_once.set()
+            raise RuntimeError("disk hiccup")
+
+    store.log_call(t, call("query"))
+    store.writer.post(flaky)
+    await failed_once.wait()  # that group rolled back; nobody awaited it
+    await store.writer.flush()  # the writer goes on, and the records were tried once more
+    assert [r["kind"] for r in await store.calls(job)] == ["query"]
+    await store.begin_create(t, time.time())  # and so does every change after it
+
+
+async def test_a_posted_record_that_fails_twice_is_dropped_and_the_writer_goes_on(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    tries = 0
+    failed = asyncio.Event()
+
+    async def broken(conn: changes.WriteConnection) -> None:
+        nonlocal tries
+        tries += 1
+        failed.set()
+        raise RuntimeError("never writable")
+
+    store.writer.post(broken)
+    await failed.wait()
+    for _ in range(3):  # tried once more (alone, so these flushes do not fail with it), then dropped
+        await store.writer.flush()
+    assert tries == 2
+    store.log_call(t, call("query"))
+    await store.writer.flush()
+    assert [r["kind"] for r in await store.calls(job)] == ["query"]
