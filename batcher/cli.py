@@ -20,7 +20,7 @@ from batcher import report, views
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ExitCode, ManifestError, OutputError
-from batcher.models import OnUnknown
+from batcher.models import RETRY_CHOICES, RETRY_DEFAULT, OnUnknown
 from batcher.store import Store
 
 if TYPE_CHECKING:
@@ -297,6 +297,9 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
         elif result.reason == StopReason.BUDGET:
             click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
                        f"{result.left} tasks left to do", err=True)  # fmt: skip
+        if head["failed"] and outcome.retry_hint:
+            click.echo(f"batcher: {head['failed']} tasks failed; to try them again: {outcome.retry_hint} "
+                       f"(--dry-run shows what it would cost), then {outcome.resume_hint}", err=True)  # fmt: skip
     # a run that stopped (interrupted, usage, budget) tells more than one whose tasks failed
     stops = (ExitCode.INTERRUPTED, ExitCode.USAGE, ExitCode.BUDGET)
     codes = [o.exit_code for o in outcomes]
@@ -327,6 +330,24 @@ def work(opts: session.RunOptions, jobs: tuple[str, ...], as_json: bool, quiet: 
 
     progress = None if quiet else functools.partial(views.live_progress, enabled=True)
     _report_runs(_run(session.work(opts, jobs, forever=forever, show_progress=progress)), as_json)
+
+
+@main.command()
+@click.argument("job")
+@_with_db
+@click.option("--only", "only", multiple=True, type=click.Choice(sorted(RETRY_CHOICES)),
+              help="which failures: generation, download, transient, refused (only when named) or all "
+              "[default: generation, download, transient]")  # fmt: skip
+@click.option("--recreate", is_flag=True, help="create again even tasks whose image was paid for but not saved")
+@click.option("--dry-run", is_flag=True, help="show what would be retried and what it may cost; change nothing")
+@click.option("--price", callback=_usd, metavar="USD", help="price per call, overriding the manifest and table")
+def retry(job: str, db: str, only: tuple[str, ...], recreate: bool, dry_run: bool, price: Decimal | None) -> None:
+    """Put JOB's failed tasks back to work, by cause; the next `run` or `work` does them. A task whose image was
+    paid for but not saved is fetched again (a fresh query for its URL), not created again unless --recreate."""
+    from batcher import session
+
+    outcome = _run(session.retry(db, job, only or RETRY_DEFAULT, recreate=recreate, dry_run=dry_run, price=price))
+    views.retry_lines(outcome, dry_run=dry_run)
 
 
 @main.command("import")

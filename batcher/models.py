@@ -263,3 +263,14 @@ class Failure(enum.StrEnum):
 
 
 BILLED_FAILURES = frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST})
+
+# `batcher retry --only CAUSE`: the failures each choice puts back. A task whose input failed goes back with any
+# choice (it settles again once its input does); one the API refused as invalid only when asked by name or `all`.
+RETRY_CHOICES: dict[str, frozenset[Failure]] = {
+    "generation": frozenset({Failure.GENERATION, Failure.INPUT}),
+    "download": frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST, Failure.INPUT}),
+    "transient": frozenset({Failure.TRANSIENT, Failure.UNKNOWN, Failure.LOST, Failure.INPUT}),
+    "refused": frozenset({Failure.REFUSED, Failure.INPUT}),
+    "all": frozenset(Failure),
+}
+RETRY_DEFAULT = ("generation", "download", "transient")

@@ -20,12 +20,12 @@ from batcher.errors import BatcherError, ConfigError, ExitCode, StoreMissingErro
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
-from batcher.models import ImportRow, OnUnknown
+from batcher.models import RETRY_CHOICES, ImportRow, OnUnknown
 from batcher.money import micros_to_usd, usd_to_micros
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.report import summary
 from batcher.retry import RetryPolicy
-from batcher.store import ImportResult, Job, Store
+from batcher.store import ImportResult, Job, RetryPlan, Store
 from batcher.worker import RATE_LIMIT_KEY, Runner, RunResult, StopReason
 
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
@@ -55,6 +55,7 @@ class RunSummary:
     result: RunResult
     summary: dict[str, Any]
     resume_hint: str
+    retry_hint: str = ""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -240,7 +241,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
-    return RunSummary(result, head, _resume_hint(opts))
+    return RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name))
 
 
 async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = False,
@@ -276,7 +277,7 @@ async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple
             config = run_config(opts, job, api)
             result = await drive(store, client, job, config, prices, show_progress)
             head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
-            done.append(RunSummary(result, head, _resume_hint(opts)))
+            done.append(RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name)))
             if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
                 return done
             if result.reason == StopReason.BUDGET:
@@ -311,6 +312,11 @@ async def job_summary(
     head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
+
+
+def retry_hint(opts: RunOptions, job: str) -> str:
+    """The command that puts a job's failed tasks back to work, for the line a run with failures ends on."""
+    return " ".join(["batcher retry", job] + (["--db", opts.db] if opts.db != "batcher.db" else []))
 
 
 def _resume_hint(opts: RunOptions) -> str:
@@ -411,3 +417,32 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
     elif against is not None:
         raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
     return diff(olds, _entries(new), lambda m: unit_price(m, override), made)
+
+
+# --- retrying what failed ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    job: str
+    plan: RetryPlan
+    cost_micros: int  # at most: every task created again billed at its unit price
+    done: int  # tasks put back (0 for a dry run)
+
+
+async def retry(db: str, job_name: str, only: tuple[str, ...], *, recreate: bool, dry_run: bool,
+                price: Decimal | None) -> RetryOutcome:  # fmt: skip
+    """`batcher retry JOB`: the job's failed tasks of the chosen causes back to work; the plan and its cost are
+    worked out (and shown) before anything changes."""
+    causes = frozenset().union(*(RETRY_CHOICES[c] for c in only))
+    store = await Store.open(db, create=False)
+    try:
+        job = await store.job(job_name)
+        plan = await store.retry_plan(job, causes, recreate=recreate)
+        prices = job_prices(sorted(plan.create), job, price)
+        cost = sum(n * prices[m] for m, n in plan.create.items())
+        done = 0 if dry_run or not plan.tasks else await store.retry_failed(job, causes, recreate=recreate,
+                                                                             now=time.time())  # fmt: skip
+    finally:
+        await store.close()
+    return RetryOutcome(job.name, plan, cost, done)

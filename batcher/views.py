@@ -18,6 +18,7 @@ from batcher.estimate import Estimate
 from batcher.money import fmt_usd
 
 if TYPE_CHECKING:
+    from batcher.session import RetryOutcome
     from batcher.worker import Progress as RunProgress
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
@@ -90,6 +91,26 @@ def report_table(head: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> None
                       r["file"] or r["error"] or "")  # fmt: skip
     stdout.print(table)
     summary_lines(head)
+
+
+def retry_lines(outcome: RetryOutcome, *, dry_run: bool) -> None:
+    plan = outcome.plan
+    causes = ", ".join(f"{c} {n}" for c, n in sorted(plan.by_cause.items())) or "none"
+    created = sum(plan.create.values())
+    lines = [
+        f"job {outcome.job}: {plan.tasks} failed tasks to retry ({causes})",
+        f"  created again: {created}, costing at most {fmt_usd(outcome.cost_micros)}",
+        f"  fetched again (paid for, not saved; a fresh query for the URL, no charge): {plan.fetch}",
+    ]
+    if plan.left:
+        lines.append("  left failed: " + ", ".join(f"{c} {n}" for c, n in sorted(plan.left.items()))
+                     + " (choose them with --only)")  # fmt: skip
+    if dry_run:
+        lines.append("dry run: nothing was changed")
+    elif outcome.done:
+        lines.append(f"{outcome.done} tasks are pending again: `batcher run MANIFEST` or `batcher work {outcome.job}` "
+                     "does them")  # fmt: skip
+    stdout.print("\n".join(lines), highlight=False)
 
 
 def summary_lines(head: Mapping[str, Any]) -> None:

@@ -271,6 +271,9 @@ class EmulatorApp:
             name = HOSTILE_NAME.rsplit("/", 1)[-1]
             headers = {"Content-Disposition": f"attachment; filename=\"{HOSTILE_NAME}\"; filename*=UTF-8''{name}"}
             return web.Response(body=png, content_type="image/png", headers=headers)
+        if state.roll(state.config.not_image_rate):
+            state.stats.not_image_files += 1
+            return web.Response(body=HOSTILE_NOT_IMAGE, content_type="image/png")
         if state.roll(state.config.truncate_rate):
             state.stats.truncated_downloads += 1
             return await self._truncated(request, png)

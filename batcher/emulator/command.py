@@ -37,7 +37,7 @@ _RATE_OPTIONS = {
     "slow_rate": "probability a reply is delayed by --slow-s",
     "lost_create_rate": "probability a create is accepted, then its reply is lost",
     "accepted_error_rate": "probability a create is accepted, then answered 502/504 by the gateway",
-    "not_image_rate": "probability a successful task's file is not an image",
+    "not_image_rate": "probability a download serves a page that is not an image",
     "forget_rate": "probability a task answers 404 once its Success has been reported",
     "truncate_rate": "probability a download is cut short",
     "hostile_file_rate": "probability a successful task's file URL attacks the client (see --hostile-file-kind)",

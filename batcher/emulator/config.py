@@ -75,7 +75,7 @@ class EmulatorConfig:
     # HTML page: the reply says nothing of the task the API holds (the 500/503 faults above come before it).
     accepted_error_rate: float = 0.0
     truncate_rate: float = 0.0
-    # A successful generation whose file URL serves something that is not an image (drawn per task at create).
+    # A download answered with a page that is not an image, labelled image/png (a file host's error page).
     not_image_rate: float = 0.0
     # A task the API forgets once its Success has been reported (drawn per task at create): later queries and
     # its file URL answer 404, as after a result's retention ran out.

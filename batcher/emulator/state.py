@@ -86,9 +86,6 @@ class EmulatorState:
         if outcome == "Success" and self.roll(config.hostile_file_rate):
             task.hostile = config.hostile_file_kind
             stats.hostile_files += 1
-        if outcome == "Success" and task.hostile is None and self.roll(config.not_image_rate):
-            task.hostile = "not-image"
-            stats.not_image_files += 1
         if outcome == "Success" and self.roll(config.forget_rate):
             task.forget = True
         self.book.add(task, now, stats)

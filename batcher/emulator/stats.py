@@ -32,7 +32,7 @@ class Stats:
     accepted_by_prompt: dict[str, int] = field(default_factory=dict)
     lost_creates: int = 0  # created, then the connection was aborted before the reply
     accepted_errors: int = 0  # created, then answered 502/504 by the gateway (accepted_error_rate)
-    not_image_files: int = 0  # successful tasks whose file is not an image (not_image_rate)
+    not_image_files: int = 0  # downloads answered with a page that is not an image (not_image_rate)
     forgotten_answers: int = 0  # queries and downloads answered 404 for a task the API had forgotten
     dropped: int = 0  # connections closed without a reply and without doing anything
     malformed: int = 0  # HTTP 200 replies whose body was not JSON

@@ -10,10 +10,11 @@ from batcher.store.cache import CachedOutput, CachePart
 from batcher.store.claims import ClaimsPart
 from batcher.store.jobs import JobsPart
 from batcher.store.reports import ReportsPart
+from batcher.store.retries import RetriesPart, RetryPlan
 from batcher.store.shared import SharedPart
 
 
-class Store(JobsPart, ClaimsPart, CachePart, SharedPart, ReportsPart):
+class Store(JobsPart, ClaimsPart, CachePart, SharedPart, ReportsPart, RetriesPart):
     """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
 
 
@@ -24,6 +25,7 @@ __all__ = [
     "ImportResult",
     "Job",
     "Ledger",
+    "RetryPlan",
     "Store",
     "Stray",
     "StrayReply",

@@ -55,7 +55,7 @@ DEFAULT_FAULTS: dict[str, float] = {
     "truncate_rate": 0.01,
     "fail_rate": 0.01,
     "accepted_error_rate": 0.01,  # accepted, then 502/504 from the gateway: an unknown submission
-    "not_image_rate": 0.005,  # billed, but the file is not an image: paid but unusable
+    "not_image_rate": 0.005,  # a download serves an error page: billed, paid but unusable
     "forget_rate": 0.02,  # forgotten once its Success was reported: with a cut download, paid, result lost
 }
 BILLED_UNUSABLE = ("download", "result_lost")
