@@ -125,6 +125,15 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
     unknown = head["unknown_submissions"]
     stats.append(_stat("unknown", unknown, "unknown submits", "bad" if unknown else "",
                        "creates whose outcome never came back: possible double charges"))  # fmt: skip
+    # the billed calls that gave no image here, apart, to hold the ledger against the provider's invoice
+    for key, label, tip in (
+        ("paid_unusable", "paid, unusable", "billed, but the file could not be fetched or was not an image"),
+        ("paid_result_lost", "paid, result lost", "billed, then the API forgot the task before it was saved"),
+        ("known_duplicates", "known duplicates", "billed a second time for a task; images kept beside it"),
+        ("lost_at_api", "lost at the API", "forgotten by the API before any Success was seen: possibly billed"),
+    ):
+        if head.get(key):
+            stats.append(_stat(key.replace("_", "-"), head[key], label, "bad", tip))
     if head["failed_generations"]:
         stats.append(_stat("failed-generations", head["failed_generations"], "failed generations", "warn"))
     if head["price_mismatches"]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from .emu_helpers import CLASSIC, FLASH, LITE, PNG_SIGNATURE, MakeApi
 
 
@@ -43,12 +41,12 @@ async def test_models_without_a_published_price_report_none(make_api: MakeApi) -
 
 
 async def test_processing_then_success_with_a_png_file_url(make_api: MakeApi) -> None:
-    api = await make_api(latency="fixed:0.3")
+    api = await make_api(latency="fixed:30")
     task_id = (await api.create()).data["task_id"]
     early = await api.query(task_id)
     assert early.status == 200 and early.body["code"] == 0
     assert early.data == {"task_id": task_id, "status": "Processing"}
-    await asyncio.sleep(0.35)
+    api.emu.advance(31)
     done = await api.query(task_id)
     assert done.data["status"] == "Success"
     assert done.body["msg"] == ""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from .emu_helpers import CLASSIC, FLASH, LITE, MakeApi, read_png
@@ -91,11 +89,11 @@ async def test_the_same_prompt_reproduces_across_emulators(make_api: MakeApi) ->
 
 
 async def test_expired_url_is_410_and_a_fresh_query_gives_a_fresh_url(make_api: MakeApi) -> None:
-    api = await make_api(url_ttl_s=0.3)
+    api = await make_api(url_ttl_s=30)
     data = await api.generate()
     old_url = data["file_url"]
     assert (await api.download(old_url))[0] == 200
-    await asyncio.sleep(0.35)
+    api.emu.advance(31)
     assert (await api.download(old_url))[0] == 410
     new_url = (await api.query(data["task_id"])).data["file_url"]
     assert new_url != old_url

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import statistics
 
@@ -49,10 +48,10 @@ def test_draws_stay_in_range_and_reproduce() -> None:
 
 
 async def test_task_turns_final_once_its_latency_has_passed(make_api: MakeApi) -> None:
-    api = await make_api(latency="uniform:0.2:0.3", seed=5)
+    api = await make_api(latency="uniform:20:30", seed=5)
     task_ids = [(await api.create(prompt=f"p{i}")).data["task_id"] for i in range(5)]
     assert {(await api.query(t)).data["status"] for t in task_ids} == {"Processing"}
-    await asyncio.sleep(0.32)
+    api.emu.advance(31)  # the emulator's clock, moved by the test
     assert {(await api.query(t)).data["status"] for t in task_ids} == {"Success"}
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from .emu_helpers import PNG_SIGNATURE, MakeApi
 
 
@@ -17,12 +15,12 @@ async def test_field_variant_envelope_says_message_not_msg(make_api: MakeApi) ->
 
 
 async def test_field_variant_goes_pending_processing_success_with_output_images(make_api: MakeApi) -> None:
-    api = await make_api(variant="field", latency="fixed:0.4")
+    api = await make_api(variant="field", latency="fixed:40")
     task_id = (await api.create()).data["task_id"]
     assert (await api.query(task_id)).data["status"] == "Pending"  # first half of the latency
-    await asyncio.sleep(0.25)
+    api.emu.advance(25)
     assert (await api.query(task_id)).data["status"] == "Processing"
-    await asyncio.sleep(0.2)
+    api.emu.advance(20)
     data = (await api.query(task_id)).data
     assert data["status"] == "Success"
     assert "file_url" not in data
