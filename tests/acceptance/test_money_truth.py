@@ -278,3 +278,26 @@ async def test_a_resume_with_on_unknown_skip_never_creates_an_unknown_task(
     report = await report_of(db, tmp_path)
     assert all(r["failure"] == "unknown" for r in report["tasks"]), [r["error"] for r in report["tasks"]]
     holds_against_the_api(report["summary"], emu)
+
+
+async def test_a_forever_worker_whose_budget_is_spent_idles_writing_nothing(
+    tmp_path: Path, start_emu: StartEmulator
+) -> None:
+    emu = await start_emu(latency=FAST)
+    m = manifest(tmp_path / "idle.yaml", 6)
+    db = tmp_path / "b.db"
+    assert (await batcher("import", str(m), "--db", str(db), env=cli_env(None), cwd=tmp_path)).code == 0
+    proc = await start(
+        "work", "--db", str(db), "-q", "--forever", "--max-cost", "0.134", env=cli_env(emu), cwd=tmp_path
+    )
+
+    def worker_rows() -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM workers").fetchone()[0])
+
+    await until(lambda: emu.stats.successes == 2 and worker_rows() >= 1, "the budget to be spent")
+    await asyncio.sleep(2.0)  # a budget stop in a loop wrote a worker row per turn: thousands a minute
+    assert worker_rows() == 1
+    assert emu.stats.creates_accepted == 2
+    proc.send_signal(signal.SIGINT)
+    assert (await finish(proc)).code == 130
