@@ -660,12 +660,12 @@ class Runner:
     async def _finish_stray(self, stray: Stray) -> None:
         """Poll a stray reply's remote task to its end and keep its image beside its task's, as a paid duplicate
         (`NAME.dup-REMOTE.png`): billed all the same, so neither it nor its charge may be lost."""
-        tracker = self._first_poll(self.job.name)
+        first_poll_s = self.config.poll.initial_s  # its generation began about now: polled as a fresh one is
         started, polls, downloads = self._now(), 0, 0
         running = RunningClock()
         try:
             while True:
-                delay = next_poll_in(self._now() - started, polls, tracker.seconds, self.config.poll,
+                delay = next_poll_in(self._now() - started, polls, first_poll_s, self.config.poll,
                                      running_s=running.seconds)  # fmt: skip
                 if delay is None:
                     await self.store.stray_done(stray, "failed", self._now(), billed=False,

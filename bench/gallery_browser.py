@@ -4,7 +4,7 @@ Builds a job of `--images` PNGs as heavy as the real API's (1.7 MB each: `--base
 file a copy with its own text chunk, so every file has its own SHA-256 and so its own thumbnail), renders its report
 with the real CLI twice (the first makes every thumbnail, the second reuses them), also writes the same page with
 the originals on the cards (the page before thumbnails), and opens each page `--repeat` times in a fresh headless
-Chromium (Debian's `chromium`), driven over the DevTools protocol:
+Chromium (Debian's `chromium`), driven over the DevTools protocol (tests/acceptance/browser_kit.py):
 
 - load: when the page's script is ready, and when the images of the first screen are decoded (ms after
   navigation starts);
@@ -21,22 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import shutil
-import signal
 import statistics
 import struct
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 from benchkit import sample
 from sqlalchemy import bindparam, update
 
@@ -46,13 +40,14 @@ from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.store import Store
 from batcher.store.tables import tasks
 
-CHROMIUM = os.environ.get("BATCHER_CHROMIUM", "/usr/bin/chromium")
-FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1280,900",
-)  # fmt: skip
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.acceptance.browser_kit import chromium  # noqa: E402
+
 SHAPES = [(1024, 1024), (1376, 768), (768, 1376), (896, 1152)]  # px, as the API's 1K sizes
 MODEL = "gemini-3.1-flash-lite-image"
+PAGE_READY_S = 300.0  # at most this long for the page's script to be ready
 IDLE_WAIT_S = 120.0  # at most this long for the loads a scroll started to finish
 
 # Resolves, once the images in the first screen are decoded, with the ms since navigation started.
@@ -132,84 +127,17 @@ async def build(root: Path, images: int, bases: int) -> Path:
     return db
 
 
-class Page:
-    """One Chromium page over the DevTools protocol; counts the bytes of each load that finishes."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws, self._id = ws, 0
-        self.pending: set[str] = set()
-        self.bytes: dict[str, int] = {}  # URL -> bytes read
-        self._urls: dict[str, str] = {}  # request id -> URL
-
-    async def call(self, method: str, **params: Any) -> Any:
-        self._id += 1
-        await self._ws.send_json({"id": self._id, "method": method, "params": params})
-        async for msg in self._ws:
-            data = json.loads(msg.data)
-            if data.get("id") == self._id:
-                if "error" in data:
-                    raise RuntimeError(f"{method}: {data['error']}")
-                return data["result"]
-            p = data.get("params", {})
-            if data.get("method") == "Network.requestWillBeSent":
-                self.pending.add(p["requestId"])
-                self.bytes.setdefault(p["request"]["url"], 0)
-                self._urls[p["requestId"]] = p["request"]["url"]
-            elif data.get("method") in ("Network.loadingFinished", "Network.loadingFailed"):
-                self.pending.discard(p["requestId"])
-                if url := self._urls.pop(p["requestId"], None):
-                    self.bytes[url] += int(p.get("encodedDataLength", 0))
-        raise RuntimeError("Chromium closed the DevTools connection")
-
-    async def eval(self, expression: str) -> Any:
-        reply = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in reply:
-            raise RuntimeError(f"{expression[:60]}: {reply['exceptionDetails']}")
-        return reply["result"].get("value")
-
-
-@asynccontextmanager
-async def chromium(profile: Path) -> AsyncIterator[Page]:
-    proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        port_file = profile / "DevToolsActivePort"
-        while len(lines := (port_file.read_text().split() if port_file.exists() else [])) < 2:
-            if proc.returncode is not None:
-                raise RuntimeError(f"Chromium exited with {proc.returncode}")
-            await asyncio.sleep(0.05)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{lines[0]}/json/list") as reply:
-                target = next(t for t in await reply.json() if t["type"] == "page")
-            async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                page = Page(ws)
-                for domain in ("Page", "Runtime", "Network"):
-                    await page.call(f"{domain}.enable")
-                await page.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
-                                mobile=False)  # fmt: skip
-                yield page
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        await proc.wait()
-
-
 async def visit(url: str, profile: Path, step: int) -> dict[str, float]:
-    async with chromium(profile) as page:
-        await page.call("Page.navigate", url=url)
-        while not await page.eval("document.documentElement?.dataset.readyMs || ''"):  # between documents: null
-            await asyncio.sleep(0.05)
-        ready = float(await page.eval("document.documentElement.dataset.readyMs"))
+    async with chromium(profile, domains=("Page", "Runtime", "Network")) as page:
+        ready = await page.open(url, timeout=PAGE_READY_S)
         first = float(await page.eval(FIRST_SCREEN))
         frames = await page.eval(SCROLL.replace("STEP", str(step)))
         deadline = time.monotonic() + IDLE_WAIT_S
         while page.pending and time.monotonic() < deadline:
             await page.eval("0")  # a round trip: reads the load events sent meanwhile
             await asyncio.sleep(0.2)
-        images = {u: n for u, n in page.bytes.items() if not u.endswith(".html")}
+        requested = {*page.fetched, *page.failed, *page.pending.values()}
+        images = {u: page.fetched.get(u, 0) for u in requested if not u.endswith(".html")}
         frames.sort()
         return {
             "ready_ms": ready, "first_screen_ms": first, "frames": len(frames),

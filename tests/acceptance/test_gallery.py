@@ -1,26 +1,19 @@
 """The HTML report in a real browser: a run against the emulator, rendered by the real CLI, opened in headless
-Chromium from the system's packages and driven over the DevTools protocol (with aiohttp, which we ship anyway).
+Chromium from the system's packages and driven over the DevTools protocol (tests/acceptance/browser_kit.py).
 
 Set BATCHER_GALLERY_SHOT=docs/gallery.png to refresh the README's screenshot from the first test.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
-import json
 import os
 import shutil
-import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import bindparam, insert, update
 
@@ -34,20 +27,14 @@ from batcher.money import fmt_usd
 from batcher.store import Job, Store
 from batcher.store.tables import api_calls, tasks
 from batcher.thumbs import THUMB_PX, Thumb
+from tests.acceptance.browser_kit import CHROMIUM, VIEWPORT, chromium
 from tests.acceptance.cli_kit import batcher, cli_env
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs
 
-CHROMIUM = Path(os.environ.get("BATCHER_CHROMIUM", "/usr/bin/chromium"))
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists() and not os.environ.get("CI"), reason=f"no {CHROMIUM} (apt-get install chromium); CI has it"
 )
-FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1280,900",
-)  # fmt: skip
-VIEWPORT = (1280, 900)  # px, the screenshot's size
-BROWSER_START_S = 30.0  # seconds for Chromium to open its DevTools port
 SCRIPT_PROMPT = "<script>alert(1)</script>"
 TRICKY_PROMPT = 'Sticker of a mug saying "hi" & <img src=x onerror=alert(2)>'
 CATALOG = [
@@ -117,116 +104,6 @@ SCROLL_THROUGH = """(async () => {
 })()"""
 
 
-class Browser:
-    """One page of a headless Chromium, over the DevTools protocol; it notes dialogs, JS errors and console errors."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-        self._id = 0
-        self.dialogs: list[str] = []  # alert() and friends: an injected script would open one
-        self.errors: list[str] = []  # uncaught exceptions, CSP violations, failed loads
-        self.fetched: dict[str, int] = {}  # URL -> bytes read, for each load finished (with Network enabled)
-        self._urls: dict[str, str] = {}  # request id -> URL
-        self._pending: set[asyncio.Future[None]] = set()
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._id += 1
-        await self._ws.send_json({"id": self._id, "method": method, "params": params})
-        async for msg in self._ws:
-            data = json.loads(msg.data)
-            if data.get("id") == self._id:
-                if "error" in data:
-                    raise AssertionError(f"{method}: {data['error']}")
-                return dict(data["result"])
-            self._note(data)
-        raise AssertionError("Chromium closed the DevTools connection")
-
-    def _note(self, event: dict[str, Any]) -> None:
-        method, params = event.get("method"), event.get("params", {})
-        if method == "Page.javascriptDialogOpening":
-            self.dialogs.append(params["message"])
-            # dismiss it, or the page would hang; the reply (id 0) is never awaited
-            dismiss = {"id": 0, "method": "Page.handleJavaScriptDialog", "params": {"accept": True}}
-            sent = asyncio.ensure_future(self._ws.send_json(dismiss))
-            self._pending.add(sent)
-            sent.add_done_callback(self._pending.discard)
-        elif method == "Runtime.exceptionThrown":
-            self.errors.append(params["exceptionDetails"].get("text", "exception"))
-        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            self.errors.append(params["entry"]["text"])
-        elif method == "Network.responseReceived":
-            self._urls[params["requestId"]] = params["response"]["url"]
-        elif method == "Network.loadingFinished" and params["requestId"] in self._urls:
-            self.fetched[self._urls.pop(params["requestId"])] = int(params["encodedDataLength"])
-
-    async def eval(self, expression: str) -> Any:
-        reply = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in reply:
-            raise AssertionError(f"{expression[:60]}: {reply['exceptionDetails']}")
-        return reply["result"].get("value")
-
-    async def until(self, expression: str, timeout: float = 20.0) -> Any:
-        """Poll `expression` until it is truthy."""
-        deadline = time.monotonic() + timeout
-        problem = "still false"
-        while True:
-            try:
-                if value := await self.eval(expression):
-                    return value
-            except AssertionError as e:  # the page was between documents; or the expression is wrong
-                problem = str(e)
-            assert time.monotonic() < deadline, f"after {timeout} s: {problem}: {expression[:80]}"
-            await asyncio.sleep(0.05)
-
-    async def open(self, url: str, timeout: float = 20.0) -> float:
-        """Load `url` afresh; returns the milliseconds the page's script took to be ready (its data-ready-ms)."""
-        await self.call("Page.navigate", url="about:blank")
-        await self.until("location.href === 'about:blank'")
-        await self.call("Page.navigate", url=url)
-        return float(await self.until("document.documentElement.dataset.readyMs", timeout))
-
-    async def screenshot(self) -> bytes:
-        return base64.b64decode((await self.call("Page.captureScreenshot", format="png"))["data"])
-
-
-@asynccontextmanager
-async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
-    """Headless Chromium with a fresh profile and one page, ended (with its helpers) when the block exits."""
-    profile = tmp_path / "chromium-profile"
-    port_file = profile / "DevToolsActivePort"  # Chromium writes its port here once it listens
-    port_file.unlink(missing_ok=True)  # not one from a browser before
-    proc = await asyncio.create_subprocess_exec(
-        str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + BROWSER_START_S
-        while len(lines := (port_file.read_text().split() if port_file.exists() else [])) < 2:
-            assert proc.returncode is None, f"Chromium exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "Chromium did not open its DevTools port"
-            await asyncio.sleep(0.05)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{lines[0]}/json/list") as reply:
-                page = next(t for t in await reply.json() if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                browser = Browser(ws)
-                for domain in ("Page", "Runtime", "Log"):
-                    await browser.call(f"{domain}.enable")
-                width, height = VIEWPORT
-                await browser.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                                   deviceScaleFactor=1, mobile=False)  # fmt: skip
-                yield browser
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group: Chromium's renderer and GPU helpers too
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-
-
 def test_images_are_linked_relative_to_the_page_and_every_string_is_escaped(tmp_path: Path) -> None:
     odd = tmp_path / "out" / 'a "b" <c> #1 ?.png'
     row = {
@@ -283,7 +160,7 @@ async def test_the_gallery_of_a_run_shows_its_images_costs_and_failures(
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
     assert SCRIPT_PROMPT not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
 
-    async with chromium(tmp_path) as browser:
+    async with chromium(tmp_path / "chromium-profile") as browser:
         await browser.open(page.as_uri())
         facts = await browser.eval(FACTS)
         cards = facts["cards"]
@@ -399,7 +276,7 @@ async def test_a_10000_task_report_renders_quickly_and_stays_usable(open_store: 
     assert took < 30, f"rendering {LARGE} tasks took {took:.1f} s"  # about 2 s here; CI machines are slower
     assert size < LARGE * 1_000, f"{size} bytes for {LARGE} tasks"  # about 420 bytes a card
 
-    async with chromium(tmp_path) as browser:
+    async with chromium(tmp_path / "chromium-profile") as browser:
         ready_ms = await browser.open(page.as_uri(), timeout=60)
         assert ready_ms < 20_000, f"the page's script was ready after {ready_ms:.0f} ms"  # about 1 s here
         layout = await browser.eval("""(() => { const s = document.querySelectorAll("#grid > section");
@@ -508,8 +385,7 @@ async def test_cards_load_small_thumbnails_and_a_click_opens_the_original(
     photos, _, _ = await heavy_job(open_store, tmp_path)
     page = tmp_path / "report.html"
     await render(tmp_path, page)
-    async with chromium(tmp_path) as browser:
-        await browser.call("Network.enable")
+    async with chromium(tmp_path / "chromium-profile", domains=("Page", "Runtime", "Log", "Network")) as browser:
         await browser.open(page.as_uri())
         await browser.until(IMAGES_IN_VIEW)
         images = {url: n for url, n in browser.fetched.items() if not url.endswith(".html")}
