@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from batcher.emulator import gemini_batch_api as batches
+from batcher.emulator import gemini_uploads as files
 from batcher.emulator.envelope import json_response
 from batcher.emulator.gemini_clock import EmulatorClock
 from batcher.emulator.gemini_errors import api_error, invalid_key, missing_key
@@ -39,6 +41,14 @@ class GeminiApp:
     def build(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(f"/{VERSION}/models/{{call}}", self.model_call)
+        app.router.add_post(f"/upload/{VERSION}/files", self.upload)
+        app.router.add_get(f"/{VERSION}/files/{{call}}", self.file_call)
+        app.router.add_delete(f"/{VERSION}/files/{{call}}", self.file_call)
+        app.router.add_get(f"/download/{VERSION}/files/{{call}}", self.file_call)
+        app.router.add_get(f"/{VERSION}/batches", self.list_batches)
+        app.router.add_get(f"/{VERSION}/batches/{{call}}", self.batch_call)
+        app.router.add_post(f"/{VERSION}/batches/{{call}}", self.batch_call)
+        app.router.add_delete(f"/{VERSION}/batches/{{call}}", self.batch_call)
         app.router.add_get(ADMIN_PREFIX + "/stats", self.get_stats)
         app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
         app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
@@ -46,14 +56,14 @@ class GeminiApp:
         app.router.add_post(ADMIN_PREFIX + "/advance", self.advance)
         return app
 
-    async def counted(self, request: web.Request, kind: str, inner: Inner) -> web.StreamResponse:
+    async def counted(self, request: web.Request, kind: str, inner: Inner, *, auth: bool = True) -> web.StreamResponse:
         """Authenticate, then run a handler while counting concurrency; record the status it answered."""
         state = self.state
         state.in_flight += 1
         state.stats.peak_concurrent_requests = max(state.stats.peak_concurrent_requests, state.in_flight)
         status = 500  # what aiohttp sends if the handler raises
         try:
-            refused = self._auth(request)
+            refused = self._auth(request) if auth else None
             response = refused if refused is not None else await inner(request)
             status = NO_REPLY if isinstance(response, NoReply) else response.status
             return response
@@ -77,12 +87,48 @@ class GeminiApp:
             return await self.counted(
                 request, "generate", lambda r: generate_content(self.state, self.clock, r, version, model)
             )
+        if method == "batchGenerateContent":
+            return await self.counted(request, "batch", lambda r: batches.create(self.state, self.clock, r, model))
         return await self.counted(request, "other", lambda r: _not_found(f"method {method!r} is not served"))
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        # A session's upload URL is its own credential, as with Google's resumable uploads.
+        in_session = "upload_id" in request.query
+        return await self.counted(
+            request, "upload", lambda r: files.upload(self.state, self.clock, r), auth=not in_session
+        )
+
+    async def file_call(self, request: web.Request) -> web.StreamResponse:
+        """``files/{id}`` (get, delete) and ``files/{id}:download``."""
+        file_id, _, method = request.match_info["call"].partition(":")
+        state, clock = self.state, self.clock
+        if method == "download" and request.method == "GET":
+            return await self.counted(request, "download", lambda r: batches.download(state, clock, r, file_id))
+        if method:
+            return await self.counted(request, "file", lambda r: _not_found(f"method {method!r} is not served"))
+        if request.method == "DELETE":
+            return await self.counted(request, "file", lambda r: files.delete_file(state, clock, r, file_id))
+        return await self.counted(request, "file", lambda r: files.get_file(state, clock, r, file_id))
+
+    async def list_batches(self, request: web.Request) -> web.StreamResponse:
+        return await self.counted(request, "batch", lambda r: batches.list_batches(self.state, self.clock, r))
+
+    async def batch_call(self, request: web.Request) -> web.StreamResponse:
+        """``batches/{id}`` (get, delete) and ``batches/{id}:cancel``."""
+        batch_id, _, method = request.match_info["call"].partition(":")
+        state, clock = self.state, self.clock
+        if request.method == "POST" and method == "cancel":
+            return await self.counted(request, "batch", lambda r: batches.cancel(state, clock, r, batch_id))
+        if request.method == "DELETE" and not method:
+            return await self.counted(request, "batch", lambda r: batches.delete(state, clock, r, batch_id))
+        if request.method == "GET" and not method:
+            return await self.counted(request, "batch", lambda r: batches.get(state, clock, r, batch_id))
+        return await self.counted(request, "batch", lambda r: _not_found(f"method {method!r} is not served"))
 
     # -- administration (no auth, not counted) -----------------------------------------------------------
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return json_response(self.state.stats.as_dict(self.state.config.prices))
+        return json_response(self.state.settle(self.clock.now()).as_dict(self.state.config.prices))
 
     async def reset(self, request: web.Request) -> web.Response:
         self.state.reset(self.clock.now())

@@ -48,6 +48,7 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "lost_reply_rate": (_RATE, "probability an image is generated and billed, then the connection closes"),
     "batch_latency": (str, "a batch's time from create to done: fixed:S | uniform:LO:HI | ... [fixed:60]"),
     "batch_expiry_s": (_SECONDS, "a batch not done by then ends EXPIRED [172800]"),
+    "batch_fail_rate": (_RATE, "probability a batch ends FAILED (no results, nothing billed)"),
     "batch_line_fail_rate": (_RATE, "probability a batch line is an error Status"),
     "batch_line_refusal_rate": (_RATE, "probability a batch line's response carries no image"),
     "batch_unavailable_s": (_SECONDS, "batches.get and the download answer 503 this long after success"),

@@ -32,6 +32,7 @@ _RATES = (
     "slow_rate",
     "batch_line_fail_rate",
     "batch_line_refusal_rate",
+    "batch_fail_rate",
 )
 _SECONDS = ("slow_s", "retry_delay_s", "day_s", "batch_expiry_s", "batch_unavailable_s", "file_ttl_s")
 _OPTIONAL_NUMBERS = ("rate_limit", "burst")
@@ -82,6 +83,7 @@ class GeminiConfig:
     # Batch Mode.
     batch_latency: Latency = field(default_factory=lambda: Latency("fixed", 60.0))  # create to done
     batch_expiry_s: float = HOURS_48_S  # a batch not done by then ends EXPIRED with no results
+    batch_fail_rate: float = 0.0  # a batch ends FAILED (no results, nothing billed)
     batch_line_fail_rate: float = 0.0  # a line answered with an error Status instead of a response
     batch_line_refusal_rate: float = 0.0  # a line whose response carries no image
     batch_unavailable_s: float = 0.0  # batches.get and the download answer 503 this long after success

@@ -92,7 +92,8 @@ class GeminiEmulator:
 
     @property
     def stats(self) -> GeminiStats:
-        return self.state.stats
+        """The live counters, with every batch that has ended by now settled (and billed)."""
+        return self.state.settle(self.clock.now())
 
     def configure(self, **knobs: Any) -> GeminiConfig:
         """Change knobs at run time (not host or port); returns the new config."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import random
 import secrets
+import time
 from typing import Any
 
+from batcher.emulator.gemini_batches import Batch
 from batcher.emulator.gemini_config import STARTUP_ONLY, GeminiConfig
+from batcher.emulator.gemini_files import FileStore
 from batcher.emulator.gemini_images import GeminiImages
 from batcher.emulator.gemini_stats import GeminiStats
 from batcher.emulator.limiter import TokenBucket
@@ -34,7 +37,9 @@ class GeminiState:
         self._refused: dict[str, Refusal] = {}
         self._prefix = secrets.token_hex(4)  # ids of a previous run never match
         self._ids = 0
-        self.files: dict[str, object] = {}  # Files API store, by name (files/...)
+        self.files = FileStore()
+        self.batches: dict[str, Batch] = {}  # by name (batches/...), in creation order
+        self.wall_offset_s = time.time() - now  # the emulator's clock plus this is its wall time
 
     def configure(self, now: float, **knobs: Any) -> GeminiConfig:
         """Change knobs at run time; raises ValueError for unknown, invalid or startup-only ones."""
@@ -96,3 +101,12 @@ class GeminiState:
     def file_exists(self, name: str) -> bool:
         """Whether the Files API holds `name` (files/...); Batch Mode fills the store."""
         return name in self.files
+
+    def settle(self, now: float) -> GeminiStats:
+        """End every batch whose time has come (billing a succeeded one's image lines once); the counters."""
+        from batcher.emulator.gemini_lifecycle import settle_batch
+
+        for batch in self.batches.values():
+            if batch.ended is None:
+                settle_batch(self, batch, now)
+        return self.stats

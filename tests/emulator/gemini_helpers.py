@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -81,3 +82,66 @@ class GeminiApi:
     async def admin(self, method: str, path: str, **kwargs: Any) -> Reply:
         async with self.session.request(method, f"{self.emu.origin}/_emulator/{path}", **kwargs) as resp:
             return Reply(resp.status, await resp.json(), dict(resp.headers))
+
+
+def jsonl(*prompts: str, ratio: str = "1:1") -> bytes:
+    """A batch input file: one ``{"key", "request"}`` line per prompt, keyed by the prompt."""
+    lines = [json.dumps({"key": p, "request": image_request(p, ratio=ratio)}) for p in prompts]
+    return ("\n".join(lines) + "\n").encode()
+
+
+class BatchApi:
+    """The Files API and Batch Mode against one Gemini emulator, over plain HTTP."""
+
+    def __init__(self, api: GeminiApi, version: str = "v1beta") -> None:
+        self.api = api
+        self.version = version
+        self.base = f"{api.emu.origin}/{version}"
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> Reply:
+        async with self.api.session.request(method, url, headers=self.api.headers, **kwargs) as resp:
+            return Reply(resp.status, await resp.json(), dict(resp.headers))
+
+    async def start_upload(self, size: int, display_name: str = "input") -> str:
+        headers = {
+            **self.api.headers,
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": str(size),
+            "X-Goog-Upload-Header-Content-Type": "application/jsonl",
+        }
+        url = f"{self.api.emu.origin}/upload/{self.version}/files"
+        body = {"file": {"displayName": display_name}}
+        async with self.api.session.post(url, json=body, headers=headers) as resp:
+            assert resp.status == 200 and resp.headers["X-Goog-Upload-Status"] == "active"
+            return resp.headers["X-Goog-Upload-URL"]
+
+    async def send_chunk(self, url: str, data: bytes, offset: int, command: str) -> tuple[int, str, Any]:
+        """One chunk to a session URL (no key: the URL is the credential); (status, upload status, body)."""
+        headers = {"X-Goog-Upload-Command": command, "X-Goog-Upload-Offset": str(offset)}
+        async with self.api.session.post(url, data=data, headers=headers) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else None
+            return resp.status, resp.headers.get("X-Goog-Upload-Status", ""), body
+
+    async def upload(self, data: bytes) -> str:
+        """Upload a file in one chunk; its name (files/...)."""
+        url = await self.start_upload(len(data))
+        status, upload_status, body = await self.send_chunk(url, data, 0, "upload, finalize")
+        assert (status, upload_status) == (200, "final"), body
+        name: str = body["file"]["name"]
+        return name
+
+    async def create(self, file_name: str, display_name: str = "job", model: str = LITE) -> Reply:
+        body = {"batch": {"displayName": display_name, "inputConfig": {"fileName": file_name}}}
+        return await self.call("POST", f"{self.base}/models/{model}:batchGenerateContent", json=body)
+
+    async def get(self, name: str) -> Reply:
+        return await self.call("GET", f"{self.base}/{name}")
+
+    async def download(self, file_name: str, prefix: str = "/download") -> tuple[int, list[dict[str, Any]]]:
+        url = f"{self.api.emu.origin}{prefix}/{self.version}/{file_name}:download"
+        async with self.api.session.get(url, params={"alt": "media"}, headers=self.api.headers) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                return resp.status, [json.loads(text)]
+            return resp.status, [json.loads(line) for line in text.splitlines()]

@@ -7,13 +7,16 @@ test's loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import json
 
 import pytest
 from google import genai
 from google.genai import errors, types
 
 from .emu_helpers import LITE, read_png
-from .gemini_helpers import StartGemini
+from .gemini_helpers import StartGemini, jsonl
 
 
 def _client(origin: str, key: str) -> genai.Client:
@@ -62,3 +65,35 @@ async def test_the_sdk_sees_a_wrong_key(start_gemini: StartGemini) -> None:
     with pytest.raises(errors.ClientError) as caught:
         await asyncio.to_thread(_generate, _client(emu.origin, "wrong"), "x")
     assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+
+
+async def test_the_sdk_runs_a_batch_from_upload_to_results(start_gemini: StartGemini) -> None:
+    emu = await start_gemini(batch_latency="fixed:300")
+    client = _client(emu.origin, emu.api_key)
+    data = jsonl("sdk one", "sdk two", ratio="16:9")
+    config = types.UploadFileConfig(display_name="sdk input", mime_type="application/jsonl")
+    uploaded = await asyncio.to_thread(client.files.upload, file=io.BytesIO(data), config=config)
+    assert uploaded.name and uploaded.size_bytes == len(data) and uploaded.state == types.FileState.ACTIVE
+    job = await asyncio.to_thread(
+        client.batches.create, model=LITE, src=uploaded.name, config={"display_name": "sdk job"}
+    )
+    assert job.name and job.state == types.JobState.JOB_STATE_PENDING and job.display_name == "sdk job"
+    other = await asyncio.to_thread(client.batches.create, model=LITE, src=uploaded.name)
+    assert other.name and other.name != job.name
+    await asyncio.to_thread(client.batches.cancel, name=other.name)
+    listed = await asyncio.to_thread(lambda: [b.name for b in client.batches.list(config={"page_size": 1})])
+    assert listed == [other.name, job.name]  # both pages, newest first
+    emu.advance(300)
+    done = await asyncio.to_thread(client.batches.get, name=job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.dest and done.dest.file_name
+    cancelled = await asyncio.to_thread(client.batches.get, name=other.name)
+    assert cancelled.state == types.JobState.JOB_STATE_CANCELLED
+    results = await asyncio.to_thread(client.files.download, file=done.dest.file_name)
+    lines = [json.loads(line) for line in results.splitlines()]
+    assert [line["key"] for line in lines] == ["sdk one", "sdk two"]
+    image = base64.b64decode(lines[0]["response"]["candidates"][0]["content"]["parts"][0]["inlineData"]["data"])
+    assert (read_png(image).width, read_png(image).height) == (1376, 768)
+    await asyncio.to_thread(client.files.delete, name=uploaded.name)
+    stats = emu.stats
+    assert stats.files_uploaded == 1 and stats.files_deleted == 1 and stats.batches_created == 2
+    assert stats.batch_lines_billed == 2 and stats.requests_by_version.keys() == {"v1"}
