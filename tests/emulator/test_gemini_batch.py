@@ -198,3 +198,13 @@ async def test_batch_routes_need_the_key(make_gemini: MakeGemini) -> None:
     api = await _batches(make_gemini)
     async with api.api.session.get(f"{api.base}/batches") as resp:
         assert resp.status == 403
+
+
+async def test_files_are_deleted_after_their_time_to_live(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, file_ttl_s=100)
+    file_name = await api.upload(jsonl("brief"))
+    api.api.emu.advance(99)
+    assert (await api.get(file_name)).status == 200
+    api.api.emu.advance(1)
+    assert (await api.get(file_name)).status == 403
+    assert (await api.create(file_name)).status == 400
