@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from batcher.emulator import Emulator
+from batcher.emulator import Emulator, GeminiEmulator
 from batcher.store import Store
 
 OpenStore = Callable[..., Awaitable[Store]]
 StartEmulator = Callable[..., Awaitable[Emulator]]
+StartGemini = Callable[..., Awaitable[GeminiEmulator]]
 WriteManifest = Callable[..., Path]
 
 
@@ -50,6 +51,22 @@ async def start_emu() -> AsyncIterator[StartEmulator]:
 
 
 @pytest.fixture
+async def start_gemini() -> AsyncIterator[StartGemini]:
+    """`await start_gemini(refusal_rate=1.0, ...)`: a Gemini API emulator on a loopback port, closed after the test."""
+    started: list[GeminiEmulator] = []
+
+    async def start(**knobs: Any) -> GeminiEmulator:
+        emu = GeminiEmulator(**knobs)
+        await emu.start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        await emu.close()
+
+
+@pytest.fixture
 def write_manifest(tmp_path: Path) -> WriteManifest:
     """`write_manifest(tasks=[...], **top)` writes a YAML manifest whose outputs go under tmp_path/out."""
 
@@ -68,7 +85,7 @@ def write_manifest(tmp_path: Path) -> WriteManifest:
 @pytest.fixture(autouse=True)
 def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach for a real key or endpoint from the developer's environment."""
-    for var in ("LINKMODEL_API_KEY", "LINKMODEL_BASE_URL", "BATCHER_DB"):
+    for var in ("LINKMODEL_API_KEY", "LINKMODEL_BASE_URL", "BATCHER_DB", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
 
 

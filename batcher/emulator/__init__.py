@@ -1,4 +1,5 @@
-"""An emulator of the LinkModel image API for tests, demos and benchmarks; imports nothing else of batcher.
+"""Emulators of the LinkModel image API and of Google's Gemini API, for tests, demos and benchmarks; they
+import nothing else of batcher.
 
 The server (and aiohttp with it) loads on first use of `Emulator` or `BackgroundEmulator`, so a command that only
 parses an emulator option stays quick to start.
@@ -7,13 +8,26 @@ parses an emulator option stays quick to start.
 from typing import TYPE_CHECKING, Any
 
 from batcher.emulator.config import EmulatorConfig
+from batcher.emulator.gemini_config import GeminiConfig
 from batcher.emulator.latency import Latency
 
 if TYPE_CHECKING:
+    from batcher.emulator.gemini_server import GeminiEmulator
+    from batcher.emulator.gemini_stats import GeminiStats
     from batcher.emulator.server import BackgroundEmulator, Emulator
     from batcher.emulator.stats import RequestEvent, Stats
 
-__all__ = ["BackgroundEmulator", "Emulator", "EmulatorConfig", "Latency", "RequestEvent", "Stats"]
+__all__ = [
+    "BackgroundEmulator",
+    "Emulator",
+    "EmulatorConfig",
+    "GeminiConfig",
+    "GeminiEmulator",
+    "GeminiStats",
+    "Latency",
+    "RequestEvent",
+    "Stats",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +39,12 @@ def __getattr__(name: str) -> Any:
         from batcher.emulator import stats
 
         return getattr(stats, name)
+    if name == "GeminiEmulator":
+        from batcher.emulator import gemini_server
+
+        return gemini_server.GeminiEmulator
+    if name == "GeminiStats":
+        from batcher.emulator import gemini_stats
+
+        return gemini_stats.GeminiStats
     raise AttributeError(name)

@@ -19,6 +19,7 @@ from batcher.emulator.config import (
     EmulatorConfig,
 )
 from batcher.emulator.facts import DEFAULT_PRICES
+from batcher.emulator.gemini_command import GEMINI_OPTIONS, SHARED, gemini_config, gemini_options, serve_gemini
 from batcher.emulator.latency import Latency
 from batcher.emulator.server import Emulator
 
@@ -71,6 +72,13 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 
 
 @click.command("emulator")
+@click.option(
+    "--provider",
+    type=click.Choice(["linkmodel", "gemini"]),
+    default="linkmodel",
+    show_default=True,
+    help="which API to emulate: LinkModel's, or Google's Gemini API (serves v1beta and v1)",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 picks a free port")
 @click.option("--api-key", default="emulator-key", show_default=True, help="the key clients must send")
@@ -118,8 +126,22 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--price", "prices", multiple=True, callback=_parse_prices, help="MODEL=USD, or USD for all models")
 @click.option("--no-price", is_flag=True, help="leave price out of create replies")
 @click.option("--max-events", type=click.IntRange(min=0), default=4_000_000, show_default=True)
-def emulator(no_price: bool, fault_kinds: str, **knobs: Any) -> None:
-    """Serve an emulator of the LinkModel image API until interrupted."""
+@gemini_options
+def emulator(provider: str, no_price: bool, fault_kinds: str, **knobs: Any) -> None:
+    """Serve an emulator of the LinkModel image API (or, with --provider gemini, of the Gemini API) until
+    interrupted."""
+    own = {name: knobs.pop(name) for name in GEMINI_OPTIONS}
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if provider == "gemini":
+        foreign = sorted(given - set(SHARED) - set(GEMINI_OPTIONS) - {"provider"})
+        if foreign:
+            raise click.UsageError(f"not a Gemini knob: {', '.join('--' + n.replace('_', '-') for n in foreign)}")
+        asyncio.run(serve_gemini(gemini_config(knobs, own), READY_PREFIX))
+        return
+    foreign = sorted(given & set(GEMINI_OPTIONS))
+    if foreign:
+        raise click.UsageError(f"only with --provider gemini: {', '.join('--' + n.replace('_', '-') for n in foreign)}")
     knobs["report_price"] = not no_price
     knobs["fault_kinds"] = frozenset(k.strip() for k in fault_kinds.split(",") if k.strip())
     try:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from .emu_helpers import Api, MakeApi, StartEmulator
+from .gemini_helpers import GeminiApi, MakeGemini, StartGemini
 
 
 @pytest.fixture
@@ -30,5 +31,15 @@ async def make_api(start_emulator: StartEmulator, session: aiohttp.ClientSession
 
     async def make(**knobs: Any) -> Api:
         return Api(session, await start_emulator(**knobs))
+
+    return make
+
+
+@pytest.fixture
+async def make_gemini(start_gemini: StartGemini, session: aiohttp.ClientSession) -> MakeGemini:
+    """A factory: ``api = await make_gemini(refusal_rate=1.0)``; `api.emu` is the Gemini emulator behind it."""
+
+    async def make(**knobs: Any) -> GeminiApi:
+        return GeminiApi(session, await start_gemini(**knobs))
 
     return make

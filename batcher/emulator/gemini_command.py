@@ -1,0 +1,97 @@
+"""The Gemini knobs of ``batcher emulator --provider gemini``, and serving the Gemini emulator until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from batcher.emulator.gemini_config import GeminiConfig
+from batcher.emulator.gemini_facts import BLOCK_REASONS, FINISH_REFUSALS
+from batcher.emulator.latency import Latency
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options the LinkModel emulator also has, which mean the same for Gemini.
+SHARED = (
+    *("host", "port", "api_key", "seed", "latency"),
+    *("error_500_rate", "error_503_rate", "drop_rate", "slow_rate", "slow_s", "rate_limit", "burst"),
+)
+
+_RATE = click.FloatRange(0.0, 1.0)
+_SECONDS = click.FloatRange(min=0.0)
+
+
+def _latency(ctx: click.Context, param: click.Parameter, value: str | None) -> Latency | None:
+    try:
+        return None if value is None else Latency.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# name -> (click type, help); every default is None: the GeminiConfig default applies.
+GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
+    "image_bytes": (click.IntRange(min=1), "PNG replies of about this many bytes (real ones are 1-2 MB)"),
+    "refusal_rate": (_RATE, "probability a prompt's candidate ends with no image (--refusal-reason)"),
+    "refusal_reason": (click.Choice(FINISH_REFUSALS), "finishReason of a refusal [IMAGE_SAFETY]"),
+    "block_rate": (_RATE, "probability a prompt is blocked: promptFeedback.blockReason, no candidates"),
+    "block_reason": (click.Choice(BLOCK_REASONS), "blockReason of a blocked prompt [PROHIBITED_CONTENT]"),
+    "quota_429_rate": (_RATE, "probability of a per-minute 429 RESOURCE_EXHAUSTED"),
+    "retry_delay_s": (_SECONDS, "RetryInfo.retryDelay of a drawn per-minute 429 [47]"),
+    "daily_limit": (click.IntRange(min=1), "requests per quota day; past it a per-day 429"),
+    "day_s": (click.FloatRange(min=0.0, min_open=True), "length of the quota day, seconds [86400]"),
+    "error_504_rate": (_RATE, "probability of a 504 DEADLINE_EXCEEDED after the generation's wait"),
+    "lost_reply_rate": (_RATE, "probability an image is generated and billed, then the connection closes"),
+    "batch_latency": (str, "a batch's time from create to done: fixed:S | uniform:LO:HI | ... [fixed:60]"),
+    "batch_expiry_s": (_SECONDS, "a batch not done by then ends EXPIRED [172800]"),
+    "batch_fail_rate": (_RATE, "probability a batch ends FAILED (no results, nothing billed)"),
+    "batch_line_fail_rate": (_RATE, "probability a batch line is an error Status"),
+    "batch_line_refusal_rate": (_RATE, "probability a batch line's response carries no image"),
+    "batch_unavailable_s": (_SECONDS, "batches.get and the download answer 503 this long after success"),
+}
+
+
+def gemini_options(command: F) -> F:
+    """Add the Gemini-only options, each defaulting to None (the emulator's own default)."""
+    for name, (kind, help_text) in reversed(GEMINI_OPTIONS.items()):
+        flag = "--" + name.replace("_", "-")
+        callback = _latency if name == "batch_latency" else None
+        command = click.option(flag, name, type=kind, default=None, callback=callback, help=help_text)(command)
+    return command
+
+
+def gemini_config(shared: dict[str, Any], own: dict[str, Any]) -> GeminiConfig:
+    """The config from the shared options and the Gemini ones that were given."""
+    knobs = {k: shared[k] for k in SHARED if k in shared}
+    knobs.update({k: v for k, v in own.items() if v is not None})
+    try:
+        return GeminiConfig(**knobs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+async def serve_gemini(config: GeminiConfig, ready_prefix: str) -> None:
+    """Serve until SIGINT or SIGTERM; print the ready line a parent process waits for."""
+    from batcher.emulator.gemini_server import GeminiEmulator
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    emu = GeminiEmulator(config)
+    try:
+        try:
+            await emu.start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        click.echo(f"{ready_prefix} base_url={emu.origin} api_key={emu.api_key} provider=gemini")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await emu.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,161 @@
+"""The Gemini emulator's knobs. Every fault defaults to off, so a bare emulator behaves as documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batcher.emulator.config import coerce_knob
+from batcher.emulator.gemini_facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
+from batcher.emulator.latency import Latency
+
+DAY_S = 86_400.0
+HOURS_48_S = 48 * 3600.0
+DEFAULT_MAX_REQUEST_BYTES = 20 * 2**20  # Google's cap on an inline request
+DEFAULT_MAX_IMAGE_BYTES = 7 * 2**20  # our choice: per decoded input image
+DEFAULT_MAX_INPUT_IMAGES = 14
+DEFAULT_MAX_UPLOAD_BYTES = 2 * 2**30  # a batch input file may be up to 2 GB
+
+STARTUP_ONLY = frozenset({"host", "port"})
+_RATES = (
+    "refusal_rate",
+    "block_rate",
+    "quota_429_rate",
+    "error_500_rate",
+    "error_503_rate",
+    "error_504_rate",
+    "drop_rate",
+    "lost_reply_rate",
+    "slow_rate",
+    "batch_line_fail_rate",
+    "batch_line_refusal_rate",
+    "batch_fail_rate",
+)
+_SECONDS = ("slow_s", "retry_delay_s", "day_s", "batch_expiry_s", "batch_unavailable_s", "file_ttl_s")
+_OPTIONAL_NUMBERS = ("rate_limit", "burst")
+_INTS = ("port", "seed", "max_request_bytes", "max_image_bytes", "max_input_images", "max_upload_bytes")
+_OPTIONAL_INTS = ("image_bytes", "daily_limit", "minute_limit")
+_LATENCIES = ("latency", "batch_latency")
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiConfig:
+    """Knobs of the Gemini emulator. Rates are probabilities per request (or per batch line) in [0, 1]."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = "emulator-key"
+    seed: int = 0
+    latency: Latency = field(default_factory=Latency)  # generateContent waits this long before answering
+    # None: small patterned PNGs; a number: noisy PNGs of about that many bytes (real replies are 1-2 MB).
+    image_bytes: int | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_input_images: int = DEFAULT_MAX_INPUT_IMAGES
+    # Refusals: a candidate with no image, or a prompt blocked with no candidate. Neither is billed. Sticky: a
+    # refused prompt is refused again, as the real service does.
+    refusal_rate: float = 0.0
+    refusal_reason: str = "IMAGE_SAFETY"
+    block_rate: float = 0.0
+    block_reason: str = "PROHIBITED_CONTENT"
+    sticky_refusals: bool = True
+    # Quotas. A per-minute 429 drawn at random, an account token bucket answering the same 429, and a count
+    # of requests per day (per project and model in the real service; here per emulator).
+    quota_429_rate: float = 0.0
+    retry_delay_s: float = 47.0  # what RetryInfo says for a drawn per-minute 429
+    minute_limit: int | None = None  # only reported in QuotaFailure.quotaValue
+    rate_limit: float | None = None  # requests per second; None: unlimited
+    burst: float | None = None  # tokens; None: one second's worth (at least 1)
+    daily_limit: int | None = None  # requests per day; None: unlimited
+    day_s: float = DAY_S  # the quota day's length on the emulator's clock, from start or reset
+    # Transient faults and lost replies.
+    error_500_rate: float = 0.0
+    error_503_rate: float = 0.0
+    error_504_rate: float = 0.0  # after the generation's wait, nothing billed
+    drop_rate: float = 0.0  # the connection closes before anything is done
+    lost_reply_rate: float = 0.0  # generated and billed, then the connection closes
+    slow_rate: float = 0.0
+    slow_s: float = 5.0
+    prices: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # Batch Mode.
+    batch_latency: Latency = field(default_factory=lambda: Latency("fixed", 60.0))  # create to done
+    batch_expiry_s: float = HOURS_48_S  # a batch not done by then ends EXPIRED with no results
+    batch_fail_rate: float = 0.0  # a batch ends FAILED (no results, nothing billed)
+    batch_line_fail_rate: float = 0.0  # a line answered with an error Status instead of a response
+    batch_line_refusal_rate: float = 0.0  # a line whose response carries no image
+    batch_unavailable_s: float = 0.0  # batches.get and the download answer 503 this long after success
+    file_ttl_s: float = HOURS_48_S  # files are deleted this long after upload
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    def __post_init__(self) -> None:
+        for name in _RATES:
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
+        for name in (*_SECONDS, *_OPTIONAL_NUMBERS):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
+        if self.burst is not None and self.burst < 1:
+            raise ValueError("burst must be at least 1 token")
+        if self.day_s <= 0:
+            raise ValueError("day_s must be > 0")
+        for name in (*_OPTIONAL_INTS, "max_request_bytes", "max_image_bytes", "max_upload_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.refusal_reason not in FINISH_REFUSALS:
+            raise ValueError(f"refusal_reason must be one of {', '.join(FINISH_REFUSALS)}")
+        if self.block_reason not in BLOCK_REASONS:
+            raise ValueError(f"block_reason must be one of {', '.join(BLOCK_REASONS)}")
+
+    @property
+    def bucket_size(self) -> float:
+        if self.burst is not None:
+            return self.burst
+        return max(1.0, self.rate_limit or 1.0)
+
+    def replace(self, **knobs: Any) -> GeminiConfig:
+        """A copy with some knobs changed, coerced from JSON-ish values; errors are ValueError."""
+        unknown = set(knobs) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown knob(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in knobs.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in _LATENCIES:
+            out[name] = str(out[name])
+        out["prices"] = dict(self.prices)
+        return out
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in _LATENCIES:
+        return coerce_knob("latency", value)
+    if name == "prices":
+        return coerce_knob("prices", value)
+    if name in _RATES or name in _SECONDS or name in _OPTIONAL_NUMBERS:
+        if value is None and name in _OPTIONAL_NUMBERS:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number")
+        return float(value)
+    if name in _INTS or name in _OPTIONAL_INTS:
+        if value is None and name in _OPTIONAL_INTS:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer")
+        return value
+    if name == "sticky_refusals":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value

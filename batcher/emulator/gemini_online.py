@@ -1,0 +1,85 @@
+"""``models.generateContent``: a synchronous image generation, with the configured faults in a fixed order.
+
+Order: a dropped connection (nothing done); the model and the body (404, 400); the account token bucket and
+the per-minute 429 (QuotaFailure quotaId ...PerMinute...); the per-day quota (...PerDay...); a slow start;
+500 and 503; then the generation's wait; 504 after it (nothing billed); a refusal or blocked prompt (not
+billed); else the image is billed, and its reply may still be lost (the connection closes after billing).
+"""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from batcher.emulator.envelope import json_response
+from batcher.emulator.gemini_clock import EmulatorClock
+from batcher.emulator.gemini_errors import api_error, quota_exceeded
+from batcher.emulator.gemini_facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
+from batcher.emulator.gemini_reply import blocked_reply, image_reply, refused_reply
+from batcher.emulator.gemini_request import BadRequest, UnknownModel, check_model, model_id, parse_generate
+from batcher.emulator.gemini_state import GeminiState
+from batcher.emulator.gemini_wire import BodyError, close_connection, read_json
+from batcher.emulator.limiter import retry_after_seconds
+
+INTERNAL_MESSAGE = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
+OVERLOADED_MESSAGE = "The model is overloaded. Please try again later."
+DEADLINE_MESSAGE = "Deadline expired before operation could complete."
+
+
+async def generate_content(
+    state: GeminiState, clock: EmulatorClock, request: web.Request, version: str, raw_model: str
+) -> web.StreamResponse:
+    config = state.config
+    stats = state.stats
+    if state.roll(config.drop_rate):
+        stats.dropped += 1
+        return close_connection(request)
+    model = model_id(raw_model)
+    try:
+        check_model(model, version)
+        body = await read_json(request, config.max_request_bytes)
+        spec = parse_generate(body, model, config.max_image_bytes, config.max_input_images, state.file_exists)
+    except UnknownModel as exc:
+        return api_error(404, str(exc))
+    except (BodyError, BadRequest) as exc:
+        return api_error(400, str(exc))
+
+    now = clock.now()
+    wait_s = state.admit(now)
+    if wait_s == 0 and state.roll(config.quota_429_rate):
+        wait_s = config.retry_delay_s
+    if wait_s > 0:
+        stats.rate_limited += 1
+        stats.minute_quota_429s += 1
+        return quota_exceeded(QUOTA_PER_MINUTE, model, config.minute_limit, retry_after_seconds(wait_s))
+    day_left_s = state.take_daily(now)
+    if day_left_s > 0:
+        stats.rate_limited += 1
+        stats.daily_refusals += 1
+        return quota_exceeded(QUOTA_PER_DAY, model, config.daily_limit, math.ceil(day_left_s))
+
+    if state.roll(config.slow_rate):
+        await clock.sleep_until(clock.now() + config.slow_s)
+    if state.roll(config.error_500_rate):
+        return api_error(500, INTERNAL_MESSAGE)
+    if state.roll(config.error_503_rate):
+        return api_error(503, OVERLOADED_MESSAGE)
+    await clock.sleep_until(now + config.latency.sample(state.rng))
+    config = state.config  # knobs may have changed during the wait
+    if state.roll(config.error_504_rate):
+        return api_error(504, DEADLINE_MESSAGE)
+
+    response_id = state.next_id()
+    refused = state.refusal(spec.prompt, config.refusal_rate, config.block_rate)
+    if refused is not None:
+        reason, blocked = refused
+        stats.refuse(reason, blocked)
+        reply = blocked_reply if blocked else refused_reply
+        return json_response(reply(spec, reason, response_id))
+    stats.bill_image(spec.model, spec.prompt)
+    if state.roll(config.lost_reply_rate):
+        stats.lost_replies += 1
+        return close_connection(request)
+    _, b64 = state.images.image(spec.prompt, spec.width, spec.height, config.image_bytes)
+    return json_response(image_reply(spec, b64, response_id))

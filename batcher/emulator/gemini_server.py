@@ -1,0 +1,108 @@
+"""Serving the Gemini emulator on a loopback socket in the running loop: ``async with GeminiEmulator() as emu``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from batcher.emulator.gemini_app import GeminiApp
+from batcher.emulator.gemini_clock import EmulatorClock
+from batcher.emulator.gemini_config import GeminiConfig
+from batcher.emulator.gemini_state import GeminiState
+from batcher.emulator.gemini_stats import GeminiStats
+
+SHUTDOWN_GRACE_S = 1.0
+
+
+class GeminiEmulator:
+    """The Gemini API emulator as an aiohttp server; point a client's base URL at `origin`."""
+
+    def __init__(self, config: GeminiConfig | None = None, **knobs: Any) -> None:
+        base = config or GeminiConfig()
+        self._initial = base.replace(**knobs) if knobs else base
+        self._runner: web.AppRunner | None = None
+        self._state: GeminiState | None = None
+        self._clock: EmulatorClock | None = None
+        self._port = 0
+
+    async def start(self) -> None:
+        """Bind the socket and start serving."""
+        self._clock = EmulatorClock(asyncio.get_running_loop())
+        self._state = GeminiState(self._initial, self._clock.now())
+        app = GeminiApp(self._state, self._clock)
+        self._runner = web.AppRunner(
+            app.build(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._initial.host, self._initial.port)
+        try:
+            await site.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop serving and close connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> GeminiEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def state(self) -> GeminiState:
+        if self._state is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._state
+
+    @property
+    def clock(self) -> EmulatorClock:
+        if self._clock is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._clock
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def origin(self) -> str:
+        """``http://host:port``: the base URL a client uses in place of generativelanguage.googleapis.com."""
+        host = self._initial.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self._port}"
+
+    @property
+    def api_key(self) -> str:
+        return self.config.api_key
+
+    @property
+    def config(self) -> GeminiConfig:
+        return self._state.config if self._state is not None else self._initial
+
+    @property
+    def stats(self) -> GeminiStats:
+        """The live counters, with every batch that has ended by now settled (and billed)."""
+        return self.state.settle(self.clock.now())
+
+    def configure(self, **knobs: Any) -> GeminiConfig:
+        """Change knobs at run time (not host or port); returns the new config."""
+        return self.state.configure(self.clock.now(), **knobs)
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock forward: generations waiting on it finish, quota days and batches move on."""
+        self.clock.advance(seconds)
+
+    def reset(self) -> None:
+        """Forget all counters, quotas and batches and re-seed."""
+        self.state.reset(self.clock.now())

@@ -1,0 +1,65 @@
+"""``batcher emulator --provider gemini``: the real CLI in a subprocess, and option checks through click."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+import batcher.emulator
+from batcher.emulator.command import emulator
+
+from .gemini_helpers import image_request
+
+REPO = Path(batcher.emulator.__file__).resolve().parents[2]
+READY = re.compile(r"^emulator ready base_url=(http://127\.0\.0\.1:\d+) api_key=(\S+) provider=gemini$")
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+
+
+async def test_serves_the_gemini_api_until_signalled() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = ["--provider", "gemini", "--port", "0", "--api-key", "g-key", "--refusal-rate", "1", "--daily-limit", "1"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batcher.emulator", *args, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode().strip()
+        found = READY.match(line)
+        assert found, line
+        origin, key = found.groups()
+        assert key == "g-key"
+        url = f"{origin}/v1/models/gemini-3.1-flash-lite-image:generateContent"
+        async with aiohttp.ClientSession(headers={"x-goog-api-key": key}) as session:
+            async with session.post(url, json=image_request()) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["candidates"][0]["finishReason"] == "IMAGE_SAFETY"  # --refusal-rate 1
+            async with session.post(url, json=image_request()) as resp:
+                assert resp.status == 429  # --daily-limit 1
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--provider", "gemini", "--fail-rate", "1"], "not a Gemini knob: --fail-rate"),
+        (["--daily-limit", "5"], "only with --provider gemini: --daily-limit"),
+        (["--provider", "gemini", "--batch-latency", "nope:1"], "kind must be"),
+    ],
+)
+def test_options_of_the_other_provider_are_refused(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(emulator, args)
+    assert result.exit_code == 2 and message in result.output, result.output
