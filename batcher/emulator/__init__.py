@@ -8,12 +8,12 @@ parses an emulator option stays quick to start.
 from typing import TYPE_CHECKING, Any
 
 from batcher.emulator.config import EmulatorConfig
-from batcher.emulator.gemini_config import GeminiConfig
+from batcher.emulator.gemini.config import GeminiConfig
 from batcher.emulator.latency import Latency
 
 if TYPE_CHECKING:
-    from batcher.emulator.gemini_server import GeminiEmulator
-    from batcher.emulator.gemini_stats import GeminiStats
+    from batcher.emulator.gemini.server import GeminiEmulator
+    from batcher.emulator.gemini.stats import GeminiStats
     from batcher.emulator.server import BackgroundEmulator, Emulator
     from batcher.emulator.stats import RequestEvent, Stats
 
@@ -40,11 +40,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(stats, name)
     if name == "GeminiEmulator":
-        from batcher.emulator import gemini_server
+        from batcher.emulator.gemini import server as gemini_server
 
         return gemini_server.GeminiEmulator
     if name == "GeminiStats":
-        from batcher.emulator import gemini_stats
+        from batcher.emulator.gemini import stats as gemini_stats
 
         return gemini_stats.GeminiStats
     raise AttributeError(name)

@@ -19,7 +19,7 @@ from batcher.emulator.config import (
     EmulatorConfig,
 )
 from batcher.emulator.facts import DEFAULT_PRICES
-from batcher.emulator.gemini_command import GEMINI_OPTIONS, SHARED, gemini_config, gemini_options, serve_gemini
+from batcher.emulator.gemini.command import GEMINI_OPTIONS, SHARED, gemini_config, gemini_options, serve_gemini
 from batcher.emulator.latency import Latency
 from batcher.emulator.server import Emulator
 

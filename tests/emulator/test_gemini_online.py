@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from batcher.emulator.gemini_images import noisy_png
+from batcher.emulator.gemini.images import noisy_png
 
 from .emu_helpers import CLASSIC, FLASH, LITE, read_png
 from .gemini_helpers import MakeGemini, image_bytes, image_request

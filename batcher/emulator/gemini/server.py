@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from batcher.emulator.gemini_app import GeminiApp
-from batcher.emulator.gemini_clock import EmulatorClock
-from batcher.emulator.gemini_config import GeminiConfig
-from batcher.emulator.gemini_state import GeminiState
-from batcher.emulator.gemini_stats import GeminiStats
+from batcher.emulator.gemini.app import GeminiApp
+from batcher.emulator.gemini.clock import EmulatorClock
+from batcher.emulator.gemini.config import GeminiConfig
+from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.stats import GeminiStats
 
 SHUTDOWN_GRACE_S = 1.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from batcher.emulator.gemini_facts import CHARS_PER_TOKEN, IMAGE_TOKENS, INPUT_IMAGE_TOKENS
-from batcher.emulator.gemini_request import GenerateSpec
+from batcher.emulator.gemini.facts import CHARS_PER_TOKEN, IMAGE_TOKENS, INPUT_IMAGE_TOKENS
+from batcher.emulator.gemini.request import GenerateSpec
 
 IMAGE_MIME = "image/png"
 TEXT_REPLY = "Here is the image you asked for."  # sent when TEXT is among the modalities

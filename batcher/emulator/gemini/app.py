@@ -12,15 +12,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from batcher.emulator import gemini_batch_api as batches
-from batcher.emulator import gemini_uploads as files
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini_clock import EmulatorClock
-from batcher.emulator.gemini_errors import api_error, invalid_key, missing_key
-from batcher.emulator.gemini_online import generate_content
-from batcher.emulator.gemini_state import GeminiState
-from batcher.emulator.gemini_stats import NO_REPLY
-from batcher.emulator.gemini_wire import NoReply
+from batcher.emulator.gemini import batch_api as batches
+from batcher.emulator.gemini import uploads as files
+from batcher.emulator.gemini.clock import EmulatorClock
+from batcher.emulator.gemini.errors import api_error, invalid_key, missing_key
+from batcher.emulator.gemini.online import generate_content
+from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.stats import NO_REPLY
+from batcher.emulator.gemini.wire import NoReply
 
 ADMIN_PREFIX = "/_emulator"
 VERSION = "{version:v1beta|v1}"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batcher.emulator.gemini_facts import (
+from batcher.emulator.gemini.facts import (
     DEFAULT_RATIO,
     DEFAULT_TIER,
     INPUT_MIME_TYPES,

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from batcher.emulator.gemini_config import GeminiConfig
-from batcher.emulator.gemini_facts import BLOCK_REASONS, FINISH_REFUSALS
+from batcher.emulator.gemini.config import GeminiConfig
+from batcher.emulator.gemini.facts import BLOCK_REASONS, FINISH_REFUSALS
 from batcher.emulator.latency import Latency
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,7 +76,7 @@ def gemini_config(shared: dict[str, Any], own: dict[str, Any]) -> GeminiConfig:
 
 async def serve_gemini(config: GeminiConfig, ready_prefix: str) -> None:
     """Serve until SIGINT or SIGTERM; print the ready line a parent process waits for."""
-    from batcher.emulator.gemini_server import GeminiEmulator
+    from batcher.emulator.gemini.server import GeminiEmulator
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

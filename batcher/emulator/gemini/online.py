@@ -13,13 +13,13 @@ import math
 from aiohttp import web
 
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini_clock import EmulatorClock
-from batcher.emulator.gemini_errors import api_error, quota_exceeded
-from batcher.emulator.gemini_facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
-from batcher.emulator.gemini_reply import blocked_reply, image_reply, refused_reply
-from batcher.emulator.gemini_request import BadRequest, UnknownModel, check_model, model_id, parse_generate
-from batcher.emulator.gemini_state import GeminiState
-from batcher.emulator.gemini_wire import BodyError, close_connection, read_json
+from batcher.emulator.gemini.clock import EmulatorClock
+from batcher.emulator.gemini.errors import api_error, quota_exceeded
+from batcher.emulator.gemini.facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
+from batcher.emulator.gemini.reply import blocked_reply, image_reply, refused_reply
+from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, model_id, parse_generate
+from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.wire import BodyError, close_connection, read_json
 from batcher.emulator.limiter import retry_after_seconds
 
 INTERNAL_MESSAGE = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batcher.emulator.config import coerce_knob
-from batcher.emulator.gemini_facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
+from batcher.emulator.gemini.facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
 from batcher.emulator.latency import Latency
 
 DAY_S = 86_400.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini_clock import EmulatorClock
-from batcher.emulator.gemini_errors import api_error
-from batcher.emulator.gemini_files import FILES_PREFIX, StoredFile, UploadSession
-from batcher.emulator.gemini_request import field
-from batcher.emulator.gemini_state import GeminiState
-from batcher.emulator.gemini_wire import BodyError, read_json
+from batcher.emulator.gemini.clock import EmulatorClock
+from batcher.emulator.gemini.errors import api_error
+from batcher.emulator.gemini.files import FILES_PREFIX, StoredFile, UploadSession
+from batcher.emulator.gemini.request import field
+from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.wire import BodyError, read_json
 
 CHUNK_GRANULARITY = str(8 * 2**20)
 START_BODY_BYTES = 64 * 1024

@@ -14,7 +14,7 @@ import json
 from aiohttp import web
 
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini_batches import (
+from batcher.emulator.gemini.batches import (
     GRPC_INTERNAL,
     GRPC_INVALID_ARGUMENT,
     SUCCEEDED,
@@ -23,15 +23,15 @@ from batcher.emulator.gemini_batches import (
     operation,
     parse_lines,
 )
-from batcher.emulator.gemini_clock import EmulatorClock
-from batcher.emulator.gemini_errors import api_error
-from batcher.emulator.gemini_files import FILES_PREFIX
-from batcher.emulator.gemini_lifecycle import RESULTS_MIME, create_batch
-from batcher.emulator.gemini_reply import image_reply, refused_reply
-from batcher.emulator.gemini_request import BadRequest, UnknownModel, check_model, field, model_id
-from batcher.emulator.gemini_state import GeminiState
-from batcher.emulator.gemini_uploads import missing_file
-from batcher.emulator.gemini_wire import BodyError, read_json
+from batcher.emulator.gemini.clock import EmulatorClock
+from batcher.emulator.gemini.errors import api_error
+from batcher.emulator.gemini.files import FILES_PREFIX
+from batcher.emulator.gemini.lifecycle import RESULTS_MIME, create_batch
+from batcher.emulator.gemini.reply import image_reply, refused_reply
+from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, field, model_id
+from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.uploads import missing_file
+from batcher.emulator.gemini.wire import BodyError, read_json
 
 DEFAULT_PAGE_SIZE = 50  # our choice
 MAX_PAGE_SIZE = 1000

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini_facts import QUOTA_METRIC, SERVICE
+from batcher.emulator.gemini.facts import QUOTA_METRIC, SERVICE
 
 TYPE_PREFIX = "type.googleapis.com/google.rpc."
 RATE_LIMIT_DOCS = "https://ai.google.dev/gemini-api/docs/rate-limits"

@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from batcher.emulator.gemini_files import rfc3339
-from batcher.emulator.gemini_request import BadRequest, GenerateSpec, parse_generate
-from batcher.emulator.gemini_request import field as pick
+from batcher.emulator.gemini.files import rfc3339
+from batcher.emulator.gemini.request import BadRequest, GenerateSpec, parse_generate
+from batcher.emulator.gemini.request import field as pick
 
 LineFate = Literal["image", "refused", "failed"]
 PENDING = "BATCH_STATE_PENDING"

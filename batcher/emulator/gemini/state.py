@@ -8,11 +8,11 @@ import secrets
 import time
 from typing import Any
 
-from batcher.emulator.gemini_batches import Batch
-from batcher.emulator.gemini_config import STARTUP_ONLY, GeminiConfig
-from batcher.emulator.gemini_files import FileStore
-from batcher.emulator.gemini_images import GeminiImages
-from batcher.emulator.gemini_stats import GeminiStats
+from batcher.emulator.gemini.batches import Batch
+from batcher.emulator.gemini.config import STARTUP_ONLY, GeminiConfig
+from batcher.emulator.gemini.files import FileStore
+from batcher.emulator.gemini.images import GeminiImages
+from batcher.emulator.gemini.stats import GeminiStats
 from batcher.emulator.limiter import TokenBucket
 
 Refusal = tuple[str, bool]  # (reason, blocked: no candidate at all)
@@ -104,7 +104,7 @@ class GeminiState:
 
     def settle(self, now: float) -> GeminiStats:
         """End every batch whose time has come (billing a succeeded one's image lines once); the counters."""
-        from batcher.emulator.gemini_lifecycle import settle_batch
+        from batcher.emulator.gemini.lifecycle import settle_batch
 
         for batch in self.batches.values():
             if batch.ended is None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from batcher.emulator.gemini_batches import SUCCEEDED, TERMINAL, Batch, BatchLine
-from batcher.emulator.gemini_files import StoredFile
-from batcher.emulator.gemini_state import GeminiState
+from batcher.emulator.gemini.batches import SUCCEEDED, TERMINAL, Batch, BatchLine
+from batcher.emulator.gemini.files import StoredFile
+from batcher.emulator.gemini.state import GeminiState
 
 RESULTS_MIME = "application/jsonl"
 
