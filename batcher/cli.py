@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
 
-from batcher import report, views
+from batcher import views
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import BatcherError, ExitCode, ManifestError, OutputError
+from batcher.errors import BatcherError, ExitCode, ManifestError
 from batcher.models import RETRY_CHOICES, RETRY_DEFAULT, OnUnknown
 from batcher.store import Store
 
@@ -397,41 +397,14 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
     if fmt == "html" and not output:
         raise click.UsageError("--format html needs -o FILE: the page links its images relative to where it is")
 
-    async def go() -> None:
-        store = await Store.open(db, create=False)
-        try:
-            jobs = await store.jobs()
-            if job is None and len(jobs) != 1:
-                names = ", ".join(j.name for j in jobs) or "none"
-                raise BatcherError(f"name the job to report on (jobs in the store: {names})")
-            the_job = await store.job(job) if job is not None else jobs[0]
-            from batcher import gallery, session, thumbs
+    from batcher import session
 
-            head = await session.job_summary(store, the_job)
-            try:
-                out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-            except OSError as e:
-                raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
-            try:
-                if fmt == "json":
-                    await report.write_json(out, head, report.rows(store, the_job))
-                elif fmt == "csv":
-                    await report.write_csv(out, report.rows(store, the_job))
-                elif fmt == "html" and output:
-                    task_rows = [r async for r in report.rows(store, the_job)]
-                    made = await asyncio.to_thread(thumbs.make_all, (r["file"] for r in task_rows if r["file"]), output)
-                    out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs))
-                    views.stderr.print(f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} "
-                                       f"reused, {made.problems} images missing or unreadable", highlight=False)  # fmt: skip
-                else:
-                    views.report_table(head, [r async for r in report.rows(store, the_job)])
-            finally:
-                if output:
-                    out.close()
-        finally:
-            await store.close()
-
-    _run(go())
+    if fmt == "table":
+        views.report_table(*_run(session.report_table(db, job)))
+        return
+    line = _run(session.write_report(db, job, fmt, output))
+    if line:
+        views.stderr.print(line, highlight=False)
 
 
 @main.group()

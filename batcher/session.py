@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from batcher import report
 from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import BatcherError, ConfigError, ExitCode, StoreMissingError
+from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
@@ -446,3 +448,58 @@ async def retry(db: str, job_name: str, only: tuple[str, ...], *, recreate: bool
     finally:
         await store.close()
     return RetryOutcome(job.name, plan, cost, done)
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+
+async def write_report(db: str, job: str | None, fmt: str, output: str | None) -> str | None:
+    """`batcher report`: the job's summary and every task as JSON, CSV or the HTML gallery (with its thumbnails
+    beside the page); returns a line for the terminal, if any. Reads only: a missing store is not created."""
+    from batcher import gallery, thumbs
+
+    store = await Store.open(db, create=False)
+    try:
+        the_job = await _report_job(store, job)
+        head = await job_summary(store, the_job)
+        try:
+            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+        except OSError as e:
+            raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
+        try:
+            if fmt == "json":
+                await report.write_json(out, head, report.rows(store, the_job))
+            elif fmt == "csv":
+                await report.write_csv(out, report.rows(store, the_job))
+            elif fmt == "html" and output:
+                task_rows = [r async for r in report.rows(store, the_job)]
+                made = await asyncio.to_thread(thumbs.make_all, (r["file"] for r in task_rows if r["file"]), output)
+                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs))
+                return (f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} reused, "
+                        f"{made.problems} images missing or unreadable")  # fmt: skip
+            else:
+                raise ValueError(f"unknown report format {fmt!r}")
+        finally:
+            if output:
+                out.close()
+    finally:
+        await store.close()
+    return None
+
+
+async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
+    """The summary and rows `batcher report` shows as a table."""
+    store = await Store.open(db, create=False)
+    try:
+        the_job = await _report_job(store, job)
+        return await job_summary(store, the_job), [r async for r in report.rows(store, the_job)]
+    finally:
+        await store.close()
+
+
+async def _report_job(store: Store, job: str | None) -> Job:
+    jobs = await store.jobs()
+    if job is None and len(jobs) != 1:
+        names = ", ".join(j.name for j in jobs) or "none"
+        raise BatcherError(f"name the job to report on (jobs in the store: {names})")
+    return await store.job(job) if job is not None else jobs[0]
