@@ -14,6 +14,7 @@ from aiohttp import web
 
 from batcher.emulator.envelope import json_response
 from batcher.emulator.gemini import batch_api as batches
+from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini import uploads as files
 from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.errors import api_error, invalid_key, missing_key
@@ -128,7 +129,7 @@ class GeminiApp:
     # -- administration (no auth, not counted) -----------------------------------------------------------
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return json_response(self.state.settle(self.clock.now()).as_dict(self.state.config.prices))
+        return json_response(lifecycle.settle(self.state, self.clock.now()).as_dict(self.state.config.prices))
 
     async def reset(self, request: web.Request) -> web.Response:
         self.state.reset(self.clock.now())

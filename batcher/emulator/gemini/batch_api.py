@@ -14,6 +14,7 @@ import json
 from aiohttp import web
 
 from batcher.emulator.envelope import json_response
+from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini.batches import (
     GRPC_INTERNAL,
     GRPC_INVALID_ARGUMENT,
@@ -81,7 +82,7 @@ def _batch_fields(body: object) -> tuple[str, str]:
 
 
 def _find(state: GeminiState, batch_id: str, now: float) -> Batch | None:
-    state.settle(now)
+    lifecycle.settle(state, now)
     batch = state.batches.get(BATCH_PREFIX + batch_id)
     return None if batch is None or batch.deleted else batch
 
@@ -109,7 +110,7 @@ async def get(state: GeminiState, clock: EmulatorClock, request: web.Request, ba
 async def list_batches(state: GeminiState, clock: EmulatorClock, request: web.Request) -> web.Response:
     """``GET /{v}/batches?pageSize&pageToken``: newest first; the token is opaque to clients."""
     now = clock.now()
-    state.settle(now)
+    lifecycle.settle(state, now)
     try:
         size = int(request.query.get("pageSize", DEFAULT_PAGE_SIZE))
         token = request.query.get("pageToken", "")
@@ -133,7 +134,7 @@ async def cancel(state: GeminiState, clock: EmulatorClock, request: web.Request,
     if batch.state(now) in TERMINAL:
         return api_error(400, f"Batch {batch.name} has already ended.", status="FAILED_PRECONDITION")
     batch.cancelled_at = now
-    state.settle(now)
+    lifecycle.settle(state, now)
     return json_response({})
 
 
@@ -149,7 +150,7 @@ async def delete(state: GeminiState, clock: EmulatorClock, request: web.Request,
 async def download(state: GeminiState, clock: EmulatorClock, request: web.Request, file_id: str) -> web.StreamResponse:
     """``files/{id}:download?alt=media``: a generated file's bytes, streamed line by line."""
     now = clock.now()
-    state.settle(now)
+    lifecycle.settle(state, now)
     stored = state.files.get(FILES_PREFIX + file_id, now)
     if stored is None:
         return missing_file(file_id)

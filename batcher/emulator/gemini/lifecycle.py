@@ -5,6 +5,7 @@ from __future__ import annotations
 from batcher.emulator.gemini.batches import SUCCEEDED, TERMINAL, Batch, BatchLine
 from batcher.emulator.gemini.files import StoredFile
 from batcher.emulator.gemini.state import GeminiState
+from batcher.emulator.gemini.stats import GeminiStats
 
 RESULTS_MIME = "application/jsonl"
 
@@ -54,3 +55,11 @@ def settle_batch(state: GeminiState, batch: Batch, now: float) -> None:
     results.batch = batch.name
     state.files.add(results)
     batch.results_file = results.name
+
+
+def settle(state: GeminiState, now: float) -> GeminiStats:
+    """End every batch whose time has come (billing a succeeded one's image lines once); the counters."""
+    for batch in state.batches.values():
+        if batch.ended is None:
+            settle_batch(state, batch, now)
+    return state.stats

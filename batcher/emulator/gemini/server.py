@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini.app import GeminiApp
 from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.config import GeminiConfig
@@ -93,7 +94,7 @@ class GeminiEmulator:
     @property
     def stats(self) -> GeminiStats:
         """The live counters, with every batch that has ended by now settled (and billed)."""
-        return self.state.settle(self.clock.now())
+        return lifecycle.settle(self.state, self.clock.now())
 
     def configure(self, **knobs: Any) -> GeminiConfig:
         """Change knobs at run time (not host or port); returns the new config."""

@@ -101,12 +101,3 @@ class GeminiState:
     def file_exists(self, name: str) -> bool:
         """Whether the Files API holds `name` (files/...); Batch Mode fills the store."""
         return name in self.files
-
-    def settle(self, now: float) -> GeminiStats:
-        """End every batch whose time has come (billing a succeeded one's image lines once); the counters."""
-        from batcher.emulator.gemini.lifecycle import settle_batch
-
-        for batch in self.batches.values():
-            if batch.ended is None:
-                settle_batch(self, batch, now)
-        return self.stats
