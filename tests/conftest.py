@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 
 from batcher.emulator import Emulator, GeminiEmulator
+from batcher.emulator.serving import LoopbackServer
 from batcher.store import Store
 
 OpenStore = Callable[..., Awaitable[Store]]
@@ -34,36 +36,39 @@ async def open_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
         await store.close()
 
 
-@pytest.fixture
-async def start_emu() -> AsyncIterator[StartEmulator]:
-    """`await start_emu(fail_rate=0.5, ...)`: an emulator on a loopback port, closed after the test."""
-    started: list[Emulator] = []
+S = TypeVar("S", bound=LoopbackServer)
 
-    async def start(**knobs: Any) -> Emulator:
-        emu = Emulator(**knobs)
+
+@contextlib.asynccontextmanager
+async def _servers(kind: Callable[..., S]) -> AsyncIterator[Callable[..., Awaitable[S]]]:
+    """A factory of started emulators of one kind, each closed when the test ends."""
+    started: list[S] = []
+
+    async def start(**knobs: Any) -> S:
+        emu = kind(**knobs)
         await emu.start()
         started.append(emu)
         return emu
 
-    yield start
-    for emu in started:
-        await emu.close()
+    try:
+        yield start
+    finally:
+        for emu in started:
+            await emu.close()
+
+
+@pytest.fixture
+async def start_emu() -> AsyncIterator[StartEmulator]:
+    """`await start_emu(fail_rate=0.5, ...)`: an emulator on a loopback port, closed after the test."""
+    async with _servers(Emulator) as start:
+        yield start
 
 
 @pytest.fixture
 async def start_gemini() -> AsyncIterator[StartGemini]:
     """`await start_gemini(refusal_rate=1.0, ...)`: a Gemini API emulator on a loopback port, closed after the test."""
-    started: list[GeminiEmulator] = []
-
-    async def start(**knobs: Any) -> GeminiEmulator:
-        emu = GeminiEmulator(**knobs)
-        await emu.start()
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        await emu.close()
+    async with _servers(GeminiEmulator) as start:
+        yield start
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import MALFORMED_BODY, envelope, json_response
 from batcher.emulator.limiter import retry_after_seconds
+from batcher.emulator.serving import ADVANCE_USAGE, KNOBS_USAGE, advance_seconds, knobs_of
 from batcher.emulator.state import EmulatorState
 from batcher.emulator.stats import NO_REPLY
 from batcher.emulator.tasks import Task
@@ -34,7 +36,6 @@ HOSTILE_NOT_IMAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><b
 HUGE_CHUNK = bytes(256 * 1024)
 GATEWAY_PAGE = "<html><head><title>{status}</title></head><body><h1>{status} Gateway Error</h1></body></html>\n"  # one zero-filled chunk, sent again and again: a huge reply never sits in memory
 
-Clock = Callable[[], float]
 Inner = Callable[[web.Request, float], Awaitable[web.StreamResponse]]
 
 
@@ -55,11 +56,10 @@ def _close_connection(request: web.Request, *, flush: bool = False) -> _NoReply:
 class EmulatorApp:
     """Handlers over one EmulatorState. `origin` (scheme://host:port) is set once the socket is bound."""
 
-    def __init__(self, state: EmulatorState, clock: Clock) -> None:
+    def __init__(self, state: EmulatorState, clock: EmulatorClock) -> None:
         self.state = state
         self.clock = clock
         self.origin: str | None = None
-        self.on_advance: Callable[[float], None] | None = None  # moves `clock` forward (the admin endpoint)
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -80,7 +80,7 @@ class EmulatorApp:
     async def _counted(self, request: web.Request, kind: str, inner: Inner) -> web.StreamResponse:
         """Run a handler while counting concurrency, then record the request with its arrival time."""
         state = self.state
-        now, wall = self.clock(), time.time()
+        now, wall = self.clock.now(), time.time()
         state.in_flight += 1
         if state.in_flight > state.stats.peak_concurrent_requests:
             state.stats.peak_concurrent_requests = state.in_flight
@@ -172,7 +172,7 @@ class EmulatorApp:
             spec = parse_create(body, config.images_field, config.max_image_bytes)
         except InvalidRequest as exc:
             return self._error(400, str(exc))
-        task = state.create_task(spec, self.clock())
+        task = state.create_task(spec, self.clock.now())
         if state.roll(config.lost_create_rate):
             state.stats.lost_creates += 1
             return _close_connection(request)
@@ -200,7 +200,7 @@ class EmulatorApp:
         if not task_id:
             return self._error(400, "task_id is required")
         task = state.book.get(task_id)
-        now = self.clock()
+        now = self.clock.now()
         if task is not None and task.forgotten(now, state.config.task_ttl_s):
             state.stats.forgotten_answers += 1
             task = None
@@ -248,7 +248,7 @@ class EmulatorApp:
             return faulted
         task = state.book.get(request.match_info["task_id"])
         expiry = None if task is None else task.url_expiry.get(request.match_info["token"])
-        now = self.clock()
+        now = self.clock.now()
         if task is not None and expiry is not None and task.forgotten(now, state.config.task_ttl_s):
             state.stats.forgotten_answers += 1
             expiry = None
@@ -313,38 +313,30 @@ class EmulatorApp:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         include_events = request.query.get("events", "1").lower() not in ("0", "false", "no")
-        stats = self.state.settled_stats(self.clock())
+        stats = self.state.settled_stats(self.clock.now())
         return json_response(stats.as_dict(include_events))
 
     async def reset(self, request: web.Request) -> web.Response:
-        self.state.reset(self.clock())
+        self.state.reset(self.clock.now())
         return json_response({"reset": True})
 
     async def advance(self, request: web.Request) -> web.Response:
         """Move the emulator's clock forward by `?seconds=N`: hours pass for its tasks at once (a test's clock)."""
-        try:
-            seconds = float(request.query.get("seconds", ""))
-        except ValueError:
-            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
-        if not seconds >= 0:
-            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
-        if self.on_advance is None:
-            return json_response({"error": "this emulator's clock cannot be moved"}, 400)
-        self.on_advance(seconds)
+        seconds = advance_seconds(request)
+        if seconds is None:
+            return json_response(ADVANCE_USAGE, 400)
+        self.clock.advance(seconds)
         return json_response({"advanced_s": seconds})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return json_response(self.state.config.as_dict())
 
     async def set_config(self, request: web.Request) -> web.Response:
+        knobs = await knobs_of(request)
+        if knobs is None:
+            return json_response(KNOBS_USAGE, 400)
         try:
-            knobs = json.loads(await request.read())
-        except ValueError:
-            return json_response({"error": "the body must be a JSON object of knobs"}, 400)
-        if not isinstance(knobs, dict):
-            return json_response({"error": "the body must be a JSON object of knobs"}, 400)
-        try:
-            config = self.state.configure(self.clock(), **knobs)
+            config = self.state.configure(self.clock.now(), **knobs)
         except (TypeError, ValueError) as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response(config.as_dict())

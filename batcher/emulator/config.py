@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from batcher.emulator.facts import DEFAULT_PRICES
+from batcher.emulator.knobs import bucket_size, replaced
 from batcher.emulator.latency import Latency
 
 Variant = Literal["guide", "field"]
@@ -26,8 +27,6 @@ DEFAULT_MAX_IMAGE_BYTES = 10 * 2**20  # bytes, per decoded data: URI
 DEFAULT_MAX_EVENTS = 4_000_000  # request timestamps kept; ~100 bytes each
 DEFAULT_HOSTILE_HUGE_BYTES = 2**30  # bytes a "huge" download streams (lazily) unless the client hangs up
 
-# Knobs fixed when the server starts; configure() refuses to change them.
-STARTUP_ONLY = frozenset({"host", "port"})
 
 _RATES = (
     "fail_rate",
@@ -133,9 +132,7 @@ class EmulatorConfig:
     @property
     def bucket_size(self) -> float:
         """Tokens in a full bucket."""
-        if self.burst is not None:
-            return self.burst
-        return max(1.0, self.rate_limit or 1.0)
+        return bucket_size(self.burst, self.rate_limit)
 
     def price_for(self, model: str) -> str | None:
         """The price the create reply reports for a model, or None to leave it out."""
@@ -145,10 +142,8 @@ class EmulatorConfig:
 
     def replace(self, **knobs: Any) -> EmulatorConfig:
         """A copy with some knobs changed; values are coerced from JSON-ish forms (see `coerce_knob`)."""
-        unknown = set(knobs) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown knob(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **{k: coerce_knob(k, v) for k, v in knobs.items()})
+        new: EmulatorConfig = replaced(self, knobs, coerce_knob)
+        return new
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready knobs."""

@@ -7,69 +7,35 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from aiohttp import web
-
 from batcher.emulator.app import API_BASE, EmulatorApp
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.config import EmulatorConfig
+from batcher.emulator.serving import LoopbackServer
 from batcher.emulator.state import EmulatorState
 from batcher.emulator.stats import Stats
 
-SHUTDOWN_GRACE_S = 1.0  # seconds in-flight requests get to finish on close
 THREAD_START_TIMEOUT_S = 10.0
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-class Emulator:
+class Emulator(LoopbackServer):
     """The emulator as an aiohttp server in the running loop: ``async with Emulator(cfg) as emu``."""
 
     def __init__(self, config: EmulatorConfig | None = None, **knobs: Any) -> None:
         base = config or EmulatorConfig()
         self._initial = base.replace(**knobs) if knobs else base
-        self._runner: web.AppRunner | None = None
+        super().__init__(self._initial.host, self._initial.port)
         self._state: EmulatorState | None = None
-        self._app: EmulatorApp | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._port = 0
-        self._ahead_s = 0.0  # how far `advance` has moved the emulator's clock past the loop's
+        self._clock: EmulatorClock | None = None
 
     async def start(self) -> None:
         """Bind the socket and start serving."""
-        loop = self._loop = asyncio.get_running_loop()
-        self._state = EmulatorState(self._initial, loop.time())
-        self._app = EmulatorApp(self._state, self._now)
-        self._app.on_advance = self.advance
-        self._runner = web.AppRunner(
-            self._app.build(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._initial.host, self._initial.port)
-        try:
-            await site.start()
-        except BaseException:
-            await self.close()
-            raise
-        self._port = int(self._runner.addresses[0][1])
+        clock = self._clock = EmulatorClock(asyncio.get_running_loop())
+        self._state = EmulatorState(self._initial, clock.now())
+        app = EmulatorApp(self._state, clock)
+        await self._serve(app.build())
         if self._initial.host not in ("0.0.0.0", "::", ""):
             # File URLs name the address we listen on; a wildcard bind uses each request's Host instead.
-            self._app.origin = self.origin
-
-    async def close(self) -> None:
-        """Stop serving and close connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Emulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+            app.origin = self.origin
 
     @property
     def state(self) -> EmulatorState:
@@ -77,27 +43,17 @@ class Emulator:
             raise RuntimeError("the emulator has not been started")
         return self._state
 
-    def _now(self) -> float:
-        # The serving loop's clock, readable from outside the loop too (it is monotonic time).
-        if self._loop is None:
+    @property
+    def clock(self) -> EmulatorClock:
+        """The serving loop's clock (monotonic, readable from outside the loop too), moved on by `advance`."""
+        if self._clock is None:
             raise RuntimeError("the emulator has not been started")
-        return self._loop.time() + self._ahead_s
+        return self._clock
 
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock `seconds` forward: generations finish, URLs expire and tasks are forgotten
         as if that much time had passed (a test's clock, no sleeping)."""
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        self._ahead_s += seconds
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def origin(self) -> str:
-        """``http://host:port``, where the files are served."""
-        return f"http://{_url_host(self._initial.host)}:{self._port}"
+        self.clock.advance(seconds)
 
     @property
     def base_url(self) -> str:
@@ -115,15 +71,15 @@ class Emulator:
     @property
     def stats(self) -> Stats:
         """The live counters, with generations finished by now counted."""
-        return self.state.settled_stats(self._now())
+        return self.state.settled_stats(self.clock.now())
 
     def configure(self, **knobs: Any) -> EmulatorConfig:
         """Change knobs at run time (not host or port); returns the new config."""
-        return self.state.configure(self._now(), **knobs)
+        return self.state.configure(self.clock.now(), **knobs)
 
     def reset(self) -> None:
         """Forget all tasks and counters and re-seed."""
-        self.state.reset(self._now())
+        self.state.reset(self.clock.now())
 
 
 class BackgroundEmulator:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import random
 import secrets
-from typing import Any
 
-from batcher.emulator.config import STARTUP_ONLY, EmulatorConfig
+from batcher.emulator.config import EmulatorConfig
 from batcher.emulator.images import ImageCache
-from batcher.emulator.limiter import TokenBucket
+from batcher.emulator.knobs import SeededState
 from batcher.emulator.stats import Stats
 from batcher.emulator.tasks import NEVER, Outcome, Task, TaskBook
 from batcher.emulator.validate import CreateRequest
@@ -17,10 +15,8 @@ CANCEL_REASON = "cancelled by the service"
 FILE_TOKEN_BYTES = 6
 
 
-class EmulatorState:
+class EmulatorState(SeededState[EmulatorConfig]):
     """Config, tasks, counters, rate limiter and the one seeded random source every draw comes from."""
-
-    __slots__ = ("_bucket", "_ids", "_prefix", "book", "config", "images", "in_flight", "rng", "stats")
 
     def __init__(self, config: EmulatorConfig, now: float) -> None:
         self.config = config
@@ -30,40 +26,15 @@ class EmulatorState:
 
     def reset(self, now: float) -> None:
         """Forget tasks and counters, refill the bucket and re-seed, so a run after reset reproduces."""
-        self.rng = random.Random(self.config.seed)
+        self._reseed(now)
         self.book = TaskBook()
         self.stats = Stats(max_events=self.config.max_events)
-        self._bucket = self._new_bucket(now)
         # Ids are identifiers, not behaviour: a fresh prefix keeps ids of a previous run from matching.
         self._prefix = secrets.token_hex(4)
         self._ids = 0
 
-    def configure(self, now: float, **knobs: Any) -> EmulatorConfig:
-        """Change knobs at run time; raises ValueError for unknown, invalid or startup-only ones."""
-        fixed = STARTUP_ONLY & set(knobs)
-        if fixed:
-            raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the server runs")
-        old = self.config
-        self.config = old.replace(**knobs)
-        if (old.rate_limit, old.bucket_size) != (self.config.rate_limit, self.config.bucket_size):
-            self._bucket = self._new_bucket(now)
-        if old.seed != self.config.seed:
-            self.rng = random.Random(self.config.seed)
+    def _configured(self) -> None:
         self.stats.max_events = self.config.max_events
-        return self.config
-
-    def _new_bucket(self, now: float) -> TokenBucket | None:
-        if self.config.rate_limit is None:
-            return None
-        return TokenBucket(self.config.rate_limit, self.config.bucket_size, now)
-
-    def admit(self, now: float) -> float:
-        """Rate-limit one API request: 0.0 if admitted, else seconds until a token is due."""
-        return 0.0 if self._bucket is None else self._bucket.take(now)
-
-    def roll(self, rate: float) -> bool:
-        """True with probability `rate`. A zero rate draws nothing, so unused knobs leave sequences alone."""
-        return rate > 0.0 and self.rng.random() < rate
 
     def next_id(self) -> str:
         self._ids += 1

@@ -7,21 +7,21 @@ one HTTP 403 PERMISSION_DENIED.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
 from batcher.emulator.gemini import batch_api as batches
 from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini import uploads as files
-from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.errors import api_error, invalid_key, missing_key
 from batcher.emulator.gemini.online import generate_content
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.stats import NO_REPLY
 from batcher.emulator.gemini.wire import NoReply
+from batcher.emulator.serving import ADVANCE_USAGE, KNOBS_USAGE, advance_seconds, knobs_of
 
 ADMIN_PREFIX = "/_emulator"
 VERSION = "{version:v1beta|v1}"
@@ -137,12 +137,9 @@ class GeminiApp:
 
     async def advance(self, request: web.Request) -> web.Response:
         """Move the emulator's clock forward by ``?seconds=N``."""
-        try:
-            seconds = float(request.query.get("seconds", ""))
-        except ValueError:
-            seconds = -1.0
-        if not seconds >= 0:
-            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
+        seconds = advance_seconds(request)
+        if seconds is None:
+            return json_response(ADVANCE_USAGE, 400)
         self.clock.advance(seconds)
         return json_response({"advanced_s": seconds})
 
@@ -150,12 +147,9 @@ class GeminiApp:
         return json_response(self.state.config.as_dict())
 
     async def set_config(self, request: web.Request) -> web.Response:
-        try:
-            knobs = json.loads(await request.read())
-        except ValueError:
-            knobs = None
-        if not isinstance(knobs, dict):
-            return json_response({"error": "the body must be a JSON object of knobs"}, 400)
+        knobs = await knobs_of(request)
+        if knobs is None:
+            return json_response(KNOBS_USAGE, 400)
         try:
             config = self.state.configure(self.clock.now(), **knobs)
         except (TypeError, ValueError) as exc:

@@ -13,6 +13,7 @@ import json
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
 from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini.batches import (
@@ -24,7 +25,6 @@ from batcher.emulator.gemini.batches import (
     operation,
     parse_lines,
 )
-from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.errors import api_error
 from batcher.emulator.gemini.files import FILES_PREFIX
 from batcher.emulator.gemini.lifecycle import RESULTS_MIME, create_batch

@@ -10,6 +10,7 @@ from typing import Any
 
 from batcher.emulator.config import coerce_knob
 from batcher.emulator.gemini.facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
+from batcher.emulator.knobs import bucket_size, replaced
 from batcher.emulator.latency import Latency
 
 DAY_S = 86_400.0
@@ -19,7 +20,6 @@ DEFAULT_MAX_IMAGE_BYTES = 7 * 2**20  # our choice: per decoded input image
 DEFAULT_MAX_INPUT_IMAGES = 14
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 2**30  # a batch input file may be up to 2 GB
 
-STARTUP_ONLY = frozenset({"host", "port"})
 _RATES = (
     "refusal_rate",
     "block_rate",
@@ -116,16 +116,12 @@ class GeminiConfig:
 
     @property
     def bucket_size(self) -> float:
-        if self.burst is not None:
-            return self.burst
-        return max(1.0, self.rate_limit or 1.0)
+        return bucket_size(self.burst, self.rate_limit)
 
     def replace(self, **knobs: Any) -> GeminiConfig:
         """A copy with some knobs changed, coerced from JSON-ish values; errors are ValueError."""
-        unknown = set(knobs) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown knob(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in knobs.items()})
+        new: GeminiConfig = replaced(self, knobs, _coerce)
+        return new
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

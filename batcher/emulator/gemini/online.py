@@ -12,8 +12,8 @@ import math
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.errors import api_error, quota_exceeded
 from batcher.emulator.gemini.facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
 from batcher.emulator.gemini.reply import blocked_reply, image_reply, refused_reply

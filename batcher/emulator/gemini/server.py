@@ -3,63 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import Any
 
-from aiohttp import web
-
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.gemini import lifecycle
 from batcher.emulator.gemini.app import GeminiApp
-from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.config import GeminiConfig
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.stats import GeminiStats
+from batcher.emulator.serving import LoopbackServer
 
-SHUTDOWN_GRACE_S = 1.0
 
-
-class GeminiEmulator:
+class GeminiEmulator(LoopbackServer):
     """The Gemini API emulator as an aiohttp server; point a client's base URL at `origin`."""
 
     def __init__(self, config: GeminiConfig | None = None, **knobs: Any) -> None:
         base = config or GeminiConfig()
         self._initial = base.replace(**knobs) if knobs else base
-        self._runner: web.AppRunner | None = None
+        super().__init__(self._initial.host, self._initial.port)
         self._state: GeminiState | None = None
         self._clock: EmulatorClock | None = None
-        self._port = 0
 
     async def start(self) -> None:
         """Bind the socket and start serving."""
         self._clock = EmulatorClock(asyncio.get_running_loop())
         self._state = GeminiState(self._initial, self._clock.now())
-        app = GeminiApp(self._state, self._clock)
-        self._runner = web.AppRunner(
-            app.build(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._initial.host, self._initial.port)
-        try:
-            await site.start()
-        except BaseException:
-            await self.close()
-            raise
-        self._port = int(self._runner.addresses[0][1])
-
-    async def close(self) -> None:
-        """Stop serving and close connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> GeminiEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        await self._serve(GeminiApp(self._state, self._clock).build())
 
     @property
     def state(self) -> GeminiState:
@@ -72,16 +41,6 @@ class GeminiEmulator:
         if self._clock is None:
             raise RuntimeError("the emulator has not been started")
         return self._clock
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def origin(self) -> str:
-        """``http://host:port``: the base URL a client uses in place of generativelanguage.googleapis.com."""
-        host = self._initial.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self._port}"
 
     @property
     def api_key(self) -> str:

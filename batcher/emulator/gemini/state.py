@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import math
-import random
 import secrets
 import time
-from typing import Any
 
 from batcher.emulator.gemini.batches import Batch
-from batcher.emulator.gemini.config import STARTUP_ONLY, GeminiConfig
+from batcher.emulator.gemini.config import GeminiConfig
 from batcher.emulator.gemini.files import FileStore
 from batcher.emulator.gemini.images import GeminiImages
 from batcher.emulator.gemini.stats import GeminiStats
-from batcher.emulator.limiter import TokenBucket
+from batcher.emulator.knobs import SeededState
 
 Refusal = tuple[str, bool]  # (reason, blocked: no candidate at all)
 
 
-class GeminiState:
+class GeminiState(SeededState[GeminiConfig]):
     """Config, counters, quotas and the one seeded random source every draw comes from."""
 
     def __init__(self, config: GeminiConfig, now: float) -> None:
@@ -29,9 +27,8 @@ class GeminiState:
 
     def reset(self, now: float) -> None:
         """Forget counters, quotas and refusals, and re-seed, so a run after reset reproduces."""
-        self.rng = random.Random(self.config.seed)
+        self._reseed(now)
         self.stats = GeminiStats()
-        self._bucket = self._new_bucket(now)
         self._day_start = now
         self._day_count = 0
         self._refused: dict[str, Refusal] = {}
@@ -41,35 +38,9 @@ class GeminiState:
         self.batches: dict[str, Batch] = {}  # by name (batches/...), in creation order
         self.wall_offset_s = time.time() - now  # the emulator's clock plus this is its wall time
 
-    def configure(self, now: float, **knobs: Any) -> GeminiConfig:
-        """Change knobs at run time; raises ValueError for unknown, invalid or startup-only ones."""
-        fixed = STARTUP_ONLY & set(knobs)
-        if fixed:
-            raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the server runs")
-        old = self.config
-        self.config = old.replace(**knobs)
-        if (old.rate_limit, old.bucket_size) != (self.config.rate_limit, self.config.bucket_size):
-            self._bucket = self._new_bucket(now)
-        if old.seed != self.config.seed:
-            self.rng = random.Random(self.config.seed)
-        return self.config
-
-    def _new_bucket(self, now: float) -> TokenBucket | None:
-        if self.config.rate_limit is None:
-            return None
-        return TokenBucket(self.config.rate_limit, self.config.bucket_size, now)
-
-    def roll(self, rate: float) -> bool:
-        """True with probability `rate`; a zero rate draws nothing, so unused knobs leave sequences alone."""
-        return rate > 0.0 and self.rng.random() < rate
-
     def next_id(self) -> str:
         self._ids += 1
         return f"{self._prefix}{self._ids:06d}"
-
-    def admit(self, now: float) -> float:
-        """The token bucket: 0.0 if admitted, else seconds until a token is due."""
-        return 0.0 if self._bucket is None else self._bucket.take(now)
 
     def take_daily(self, now: float) -> float:
         """Count one request against the day's quota: 0.0 if admitted, else seconds until the day resets."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini.clock import EmulatorClock
 from batcher.emulator.gemini.errors import api_error
 from batcher.emulator.gemini.files import FILES_PREFIX, StoredFile, UploadSession
 from batcher.emulator.gemini.request import field

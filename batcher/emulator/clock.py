@@ -1,4 +1,4 @@
-"""The Gemini emulator's clock: the serving loop's time plus what `advance` added, with waits it can cut short."""
+"""The emulators' clock: the serving loop's time plus what `advance` added, with waits it can cut short."""
 
 from __future__ import annotations
 
