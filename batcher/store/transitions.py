@@ -49,11 +49,13 @@ class TransitionsPart(StoreBase):
         release: bool = False,
         release_micros: int = 0,
         budget: bool = False,
+        unset: str | None = None,
     ) -> tuple[Any, dict[str, Any]]:
+        """The statement and parameters of a transition; `unset`: only while that column is still NULL."""
         if release:
             values = {**values, "claim_token": None, "claimed_by": None, "lease_until": None}
         incr = incr or {}
-        stmt = _transition_stmt(frm, tuple(sorted(values)), tuple(sorted(incr)), release_micros > 0, budget)
+        stmt = _transition_stmt(frm, tuple(sorted(values)), tuple(sorted(incr)), release_micros > 0, budget, unset)
         params = {f"v_{k}": v for k, v in values.items()}
         params.update({f"inc_{k}": n for k, n in incr.items()})
         params.update(_id=task.id, _token=task.claim_token, _now=now)
@@ -203,7 +205,7 @@ class TransitionsPart(StoreBase):
         """A Success was seen: the call is billed from now on, whatever its download does. Posted with the next
         commit, ahead of the download's own outcome."""
         stmt, params = self._transition_change(task, (S.SUBMITTED,), {"billed_at": now, "cost_micros": cost_micros},
-                                               now, release_micros=release_micros)  # fmt: skip
+                                               now, release_micros=release_micros, unset="billed_at")  # fmt: skip
         self.writer.post(RowChange(stmt, params, fenced=True))
         task.billed_at = now
 
@@ -349,11 +351,17 @@ _RELEASE = (
 
 @functools.cache
 def _transition_stmt(
-    frm: tuple[TaskStatus, ...], keys: tuple[str, ...], incr: tuple[str, ...], free: bool, budget: bool
+    frm: tuple[TaskStatus, ...],
+    keys: tuple[str, ...],
+    incr: tuple[str, ...],
+    free: bool,
+    budget: bool,
+    unset: str | None,
 ) -> Any:
     """One prepared UPDATE per kind of transition, so SQLAlchemy compiles it once and the writer can batch it.
     `free`: lets go of `_free` of the reservation; `budget`: only if the job's spend plus every reservation plus
-    `_price` stays within `_budget` (the counters are kept by a trigger, migration 0005)."""
+    `_price` stays within `_budget` (the counters are kept by a trigger, migration 0005); `unset`: only while
+    that column is still NULL (a change made once, by whichever worker comes first)."""
     values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys}
     values.update({k: tasks.c[k] + bindparam(f"inc_{k}") for k in incr})
     if free:
@@ -363,8 +371,8 @@ def _transition_stmt(
         tasks.c.claim_token == bindparam("_token"),
         or_(*(tasks.c.status == literal(str(s)) for s in frm)),
     ]
-    if "billed_at" in keys:
-        where.append(tasks.c.billed_at.is_(None))  # billed once, whoever sees the Success first
+    if unset is not None:
+        where.append(tasks.c[unset].is_(None))
     if budget:
         committed = select(jobs.c.spent_micros + jobs.c.held_micros).where(jobs.c.id == bindparam("_job"))
         where.append(committed.scalar_subquery() + bindparam("_price") <= bindparam("_budget"))
