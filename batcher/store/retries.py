@@ -78,7 +78,7 @@ class RetriesPart(StoreBase):
                 select(tasks.c.id, tasks.c.remote_task_id, tasks.c.cost_micros).where(chosen, tasks.c.cost_micros > 0)
             )
             paid = [(int(m["id"]), m["remote_task_id"], int(m["cost_micros"])) for m in found.mappings()]
-            for task_id, remote_id, cost in paid:  # its first charge stays in the ledger
+            for task_id, remote_id, cost in paid:  # its first charge stays in the ledger (and the job's spend)
                 await conn.execute(
                     self._insert(strays).values(
                         job_id=job.id, task_id=task_id, remote_task_id=remote_id or f"task-{task_id}-{now:.0f}",
@@ -86,11 +86,6 @@ class RetriesPart(StoreBase):
                         detail="paid, not saved; created again by batcher retry",
                     ).on_conflict_do_nothing(index_elements=[strays.c.remote_task_id])
                 )  # fmt: skip
-            if paid:
-                total = sum(cost for _, _, cost in paid)
-                await conn.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(spent_micros=jobs.c.spent_micros + total)
-                )
             again = await conn.execute(
                 update(tasks).where(chosen).values(
                     status=S.PENDING, failure=None, last_error=None, finished_at=None, next_attempt_at=0.0,

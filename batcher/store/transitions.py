@@ -313,7 +313,7 @@ class TransitionsPart(StoreBase):
         detail: str | None = None,
     ) -> None:
         """A stray's end: billed (its image kept as a paid duplicate, or lost), or not (its generation failed).
-        Its task's reservation for it goes either way; a billed one turns into the job's spend."""
+        Its task's reservation for it goes either way; a billed one's cost becomes the job's spend."""
         cost = stray.price_micros if billed else 0
 
         async def op(conn: WriteConnection) -> None:
@@ -325,13 +325,9 @@ class TransitionsPart(StoreBase):
             )  # fmt: skip
             if changed.rowcount != 1:
                 return  # finished already by another worker
-            await conn.execute(
+            await conn.execute(  # its cost is the job's spend by the strays' trigger (migration 0005)
                 update(tasks).where(tasks.c.id == stray.task_id).values(reserved_micros=_freed(stray.price_micros))
             )
-            if cost:
-                await conn.execute(
-                    update(jobs).where(jobs.c.id == stray.job_id).values(spent_micros=jobs.c.spent_micros + cost)
-                )
 
         await self.writer.run(op)
 

@@ -28,6 +28,9 @@ _DELTA = (
     "held_micros = held_micros + NEW.reserved_micros - OLD.reserved_micros"
 )
 _CHANGED = "NEW.cost_micros <> OLD.cost_micros OR NEW.reserved_micros <> OLD.reserved_micros"
+# a stray's charge is the job's spend too: the same sums, kept by the same kind of trigger
+_STRAYS = "strays_money"
+_STRAY_DELTA = "UPDATE jobs SET spent_micros = spent_micros + NEW.cost_micros{old} WHERE id = NEW.job_id;"
 
 
 def upgrade() -> None:
@@ -68,6 +71,14 @@ def upgrade() -> None:
             f"CREATE TRIGGER {_TRIGGER} AFTER UPDATE OF cost_micros, reserved_micros ON tasks WHEN {_CHANGED} "
             f"BEGIN UPDATE jobs SET {_DELTA} WHERE id = NEW.job_id; END"
         )
+        op.execute(
+            f"CREATE TRIGGER {_STRAYS}_insert AFTER INSERT ON strays WHEN NEW.cost_micros <> 0 "
+            f"BEGIN {_STRAY_DELTA.format(old='')} END"
+        )
+        op.execute(
+            f"CREATE TRIGGER {_STRAYS}_update AFTER UPDATE OF cost_micros ON strays "
+            f"WHEN NEW.cost_micros <> OLD.cost_micros BEGIN {_STRAY_DELTA.format(old=' - OLD.cost_micros')} END"
+        )
     else:
         op.execute(
             f"CREATE FUNCTION {_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -77,12 +88,26 @@ def upgrade() -> None:
             f"CREATE TRIGGER {_TRIGGER} AFTER UPDATE OF cost_micros, reserved_micros ON tasks "
             f"FOR EACH ROW WHEN ({_CHANGED}) EXECUTE FUNCTION {_TRIGGER}()"
         )
+        op.execute(
+            f"CREATE FUNCTION {_STRAYS}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF TG_OP = 'INSERT' THEN {_STRAY_DELTA.format(old='')} "
+            f"ELSE {_STRAY_DELTA.format(old=' - OLD.cost_micros')} END IF; RETURN NULL; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {_STRAYS} AFTER INSERT OR UPDATE OF cost_micros ON strays "
+            f"FOR EACH ROW EXECUTE FUNCTION {_STRAYS}()"
+        )
 
 
 def downgrade() -> None:
-    op.execute(f"DROP TRIGGER IF EXISTS {_TRIGGER}" + ("" if op.get_context().dialect.name == "sqlite" else " ON tasks"))
-    if op.get_context().dialect.name != "sqlite":
+    if op.get_context().dialect.name == "sqlite":
+        for name in (_TRIGGER, f"{_STRAYS}_insert", f"{_STRAYS}_update"):
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    else:
+        op.execute(f"DROP TRIGGER IF EXISTS {_TRIGGER} ON tasks")
+        op.execute(f"DROP TRIGGER IF EXISTS {_STRAYS} ON strays")
         op.execute(f"DROP FUNCTION IF EXISTS {_TRIGGER}()")
+        op.execute(f"DROP FUNCTION IF EXISTS {_STRAYS}()")
     op.drop_index(op.f("ix_strays_job_id_status"), table_name="strays")
     op.drop_table("strays")
     with op.batch_alter_table("tasks", schema=None) as batch_op:

@@ -204,6 +204,8 @@ async def test_a_reply_after_a_takeover_is_kept_as_a_paid_duplicate(tmp_path: Pa
     assert head["succeeded"] == n
     assert head["known_duplicates"] == n, head
     assert head["billed_calls"] == billed_by_the_api(emu) == 2 * n  # the ledger holds every charge
+    with sqlite3.connect(db) as conn:  # what the next budget check reads holds both charges of every task
+        assert conn.execute("SELECT spent_micros FROM jobs").fetchone()[0] == 2 * n * 67_000
     duplicates = sorted((tmp_path / "out" / "stray").glob("*.dup-*.png"))
     assert len(duplicates) == n and all(p.stat().st_size > 0 for p in duplicates)
 

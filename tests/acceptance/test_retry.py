@@ -4,6 +4,7 @@ fetched again rather than created again, and a run with failures naming the comm
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,5 @@ async def test_a_result_the_api_forgot_is_created_again_only_with_recreate(
     head = json.loads(final.out)
     # the first charges stay in the ledger, as known second charges: it holds what the API billed
     assert head["billed_calls"] == emu.stats.successes == 4 and head["known_duplicates"] == 2
+    with sqlite3.connect(db) as conn:  # and the budget reads both charges
+        assert conn.execute("SELECT spent_micros FROM jobs").fetchone()[0] == 4 * 67_000
