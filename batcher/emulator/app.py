@@ -15,7 +15,7 @@ from aiohttp import web
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import MALFORMED_BODY, envelope, json_response
 from batcher.emulator.limiter import retry_after_seconds
-from batcher.emulator.serving import ADVANCE_USAGE, KNOBS_USAGE, advance_seconds, knobs_of
+from batcher.emulator.serving import AdminRoutes
 from batcher.emulator.state import EmulatorState
 from batcher.emulator.stats import NO_REPLY
 from batcher.emulator.tasks import Task
@@ -25,7 +25,6 @@ API_BASE = "/api/v1"
 CREATE_PATH = f"{API_BASE}/image-generation"
 QUERY_PATH = f"{API_BASE}/query/image-generation"
 FILES_PREFIX = "/files"
-ADMIN_PREFIX = "/_emulator"
 # Large enough for ten data: URIs at the default size cap; the cap itself is checked per image.
 MAX_BODY_BYTES = 160 * 2**20
 BEARER = "Bearer "
@@ -53,7 +52,7 @@ def _close_connection(request: web.Request, *, flush: bool = False) -> _NoReply:
     return _NoReply()
 
 
-class EmulatorApp:
+class EmulatorApp(AdminRoutes[EmulatorState]):
     """Handlers over one EmulatorState. `origin` (scheme://host:port) is set once the socket is bound."""
 
     def __init__(self, state: EmulatorState, clock: EmulatorClock) -> None:
@@ -68,11 +67,7 @@ class EmulatorApp:
         app.router.add_get(FILES_PREFIX + "/{task_id}/{token}.png", self.download)
         # a hostile "traversal" URL: the same file under a last segment that decodes to ../../..
         app.router.add_get(FILES_PREFIX + "/{task_id}/{token}/{name}", self.download)
-        app.router.add_get(ADMIN_PREFIX + "/stats", self.get_stats)
-        app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
-        app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
-        app.router.add_post(ADMIN_PREFIX + "/config", self.set_config)
-        app.router.add_post(ADMIN_PREFIX + "/advance", self.advance)
+        self.add_admin_routes(app)
         return app
 
     # -- request accounting ------------------------------------------------------------------------------
@@ -315,28 +310,3 @@ class EmulatorApp:
         include_events = request.query.get("events", "1").lower() not in ("0", "false", "no")
         stats = self.state.settled_stats(self.clock.now())
         return json_response(stats.as_dict(include_events))
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.state.reset(self.clock.now())
-        return json_response({"reset": True})
-
-    async def advance(self, request: web.Request) -> web.Response:
-        """Move the emulator's clock forward by `?seconds=N`: hours pass for its tasks at once (a test's clock)."""
-        seconds = advance_seconds(request)
-        if seconds is None:
-            return json_response(ADVANCE_USAGE, 400)
-        self.clock.advance(seconds)
-        return json_response({"advanced_s": seconds})
-
-    async def get_config(self, request: web.Request) -> web.Response:
-        return json_response(self.state.config.as_dict())
-
-    async def set_config(self, request: web.Request) -> web.Response:
-        knobs = await knobs_of(request)
-        if knobs is None:
-            return json_response(KNOBS_USAGE, 400)
-        try:
-            config = self.state.configure(self.clock.now(), **knobs)
-        except (TypeError, ValueError) as exc:
-            return json_response({"error": str(exc)}, 400)
-        return json_response(config.as_dict())

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from aiohttp import web
 
+from batcher.emulator.clock import EmulatorClock
+from batcher.emulator.envelope import json_response
+
 SHUTDOWN_GRACE_S = 1.0  # seconds in-flight requests get to finish on close
+ADMIN_PREFIX = "/_emulator"
 
 
 def url_host(host: str) -> str:
@@ -64,7 +68,62 @@ class LoopbackServer:
         return f"http://{url_host(self._host)}:{self._port}"
 
 
-def advance_seconds(request: web.Request) -> float | None:
+class AdminState(Protocol):
+    @property
+    def config(self) -> Any: ...
+
+    def reset(self, now: float) -> None: ...
+
+    def configure(self, now: float, **knobs: Any) -> Any: ...
+
+
+St = TypeVar("St", bound=AdminState)
+
+
+class AdminRoutes(Generic[St]):
+    """The administration routes both emulators serve (no auth, not counted): stats (each its own), reset,
+    config and advance under `/_emulator`."""
+
+    state: St
+    clock: EmulatorClock
+
+    def add_admin_routes(self, app: web.Application) -> None:
+        app.router.add_get(ADMIN_PREFIX + "/stats", self.get_stats)
+        app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
+        app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
+        app.router.add_post(ADMIN_PREFIX + "/config", self.set_config)
+        app.router.add_post(ADMIN_PREFIX + "/advance", self.advance)
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.state.reset(self.clock.now())
+        return json_response({"reset": True})
+
+    async def advance(self, request: web.Request) -> web.Response:
+        """Move the emulator's clock forward by `?seconds=N`: hours pass for its tasks at once (a test's clock)."""
+        seconds = _advance_seconds(request)
+        if seconds is None:
+            return json_response({"error": "give ?seconds=N, a number >= 0"}, 400)
+        self.clock.advance(seconds)
+        return json_response({"advanced_s": seconds})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return json_response(self.state.config.as_dict())
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        knobs = await _knobs_of(request)
+        if knobs is None:
+            return json_response({"error": "the body must be a JSON object of knobs"}, 400)
+        try:
+            config = self.state.configure(self.clock.now(), **knobs)
+        except (TypeError, ValueError) as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(config.as_dict())
+
+
+def _advance_seconds(request: web.Request) -> float | None:
     """`?seconds=N` of an advance request; None unless a number >= 0."""
     try:
         seconds = float(request.query.get("seconds", ""))
@@ -73,14 +132,10 @@ def advance_seconds(request: web.Request) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-async def knobs_of(request: web.Request) -> dict[str, Any] | None:
+async def _knobs_of(request: web.Request) -> dict[str, Any] | None:
     """The JSON object of knobs a config request carries; None if it is not one."""
     try:
         knobs = json.loads(await request.read())
     except ValueError:
         return None
     return knobs if isinstance(knobs, dict) else None
-
-
-ADVANCE_USAGE = {"error": "give ?seconds=N, a number >= 0"}
-KNOBS_USAGE = {"error": "the body must be a JSON object of knobs"}

@@ -21,9 +21,8 @@ from batcher.emulator.gemini.online import generate_content
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.stats import NO_REPLY
 from batcher.emulator.gemini.wire import NoReply
-from batcher.emulator.serving import ADVANCE_USAGE, KNOBS_USAGE, advance_seconds, knobs_of
+from batcher.emulator.serving import AdminRoutes
 
-ADMIN_PREFIX = "/_emulator"
 VERSION = "{version:v1beta|v1}"
 KEY_HEADER = "x-goog-api-key"
 # A request body may carry base64 images; the configured cap is checked per request, this is aiohttp's.
@@ -32,7 +31,7 @@ MAX_BODY_BYTES = 64 * 2**20
 Inner = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class GeminiApp:
+class GeminiApp(AdminRoutes[GeminiState]):
     """Handlers over one GeminiState and its clock."""
 
     def __init__(self, state: GeminiState, clock: EmulatorClock) -> None:
@@ -50,11 +49,7 @@ class GeminiApp:
         app.router.add_get(f"/{VERSION}/batches/{{call}}", self.batch_call)
         app.router.add_post(f"/{VERSION}/batches/{{call}}", self.batch_call)
         app.router.add_delete(f"/{VERSION}/batches/{{call}}", self.batch_call)
-        app.router.add_get(ADMIN_PREFIX + "/stats", self.get_stats)
-        app.router.add_post(ADMIN_PREFIX + "/reset", self.reset)
-        app.router.add_get(ADMIN_PREFIX + "/config", self.get_config)
-        app.router.add_post(ADMIN_PREFIX + "/config", self.set_config)
-        app.router.add_post(ADMIN_PREFIX + "/advance", self.advance)
+        self.add_admin_routes(app)
         return app
 
     async def counted(self, request: web.Request, kind: str, inner: Inner, *, auth: bool = True) -> web.StreamResponse:
@@ -130,31 +125,6 @@ class GeminiApp:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return json_response(lifecycle.settle(self.state, self.clock.now()).as_dict(self.state.config.prices))
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.state.reset(self.clock.now())
-        return json_response({"reset": True})
-
-    async def advance(self, request: web.Request) -> web.Response:
-        """Move the emulator's clock forward by ``?seconds=N``."""
-        seconds = advance_seconds(request)
-        if seconds is None:
-            return json_response(ADVANCE_USAGE, 400)
-        self.clock.advance(seconds)
-        return json_response({"advanced_s": seconds})
-
-    async def get_config(self, request: web.Request) -> web.Response:
-        return json_response(self.state.config.as_dict())
-
-    async def set_config(self, request: web.Request) -> web.Response:
-        knobs = await knobs_of(request)
-        if knobs is None:
-            return json_response(KNOBS_USAGE, 400)
-        try:
-            config = self.state.configure(self.clock.now(), **knobs)
-        except (TypeError, ValueError) as exc:
-            return json_response({"error": str(exc)}, 400)
-        return json_response(config.as_dict())
 
 
 async def _not_found(message: str) -> web.Response:
