@@ -197,7 +197,7 @@ class EmulatorApp(AdminRoutes[EmulatorState]):
         task = state.book.get(task_id)
         now = self.clock.now()
         if task is not None and task.forgotten(now, state.config.task_ttl_s):
-            state.stats.forgotten_answers += 1
+            state.stats.forgot(task.request.prompt)
             task = None
         if task is None:
             return self._error(404, f"unknown task_id {task_id!r}")
@@ -245,7 +245,7 @@ class EmulatorApp(AdminRoutes[EmulatorState]):
         expiry = None if task is None else task.url_expiry.get(request.match_info["token"])
         now = self.clock.now()
         if task is not None and expiry is not None and task.forgotten(now, state.config.task_ttl_s):
-            state.stats.forgotten_answers += 1
+            state.stats.forgot(task.request.prompt)
             expiry = None
         if task is None or expiry is None:
             return web.Response(status=404, text="no such file")

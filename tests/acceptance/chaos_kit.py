@@ -97,6 +97,7 @@ class Figures:
     exit_codes: dict[str, int] = field(default_factory=dict)  # of every run
     succeeded: int = 0
     paid_unusable: int = 0  # billed, failed: not an image, or the result lost before it was saved
+    lost_at_api: int = 0  # failed unbilled: the API forgot the task before the run saw its Success (possibly billed)
     known_duplicates: int = 0
     files_verified: int = 0
     prompts_created_twice: int = 0  # prompts the emulator accepted more than once
@@ -126,6 +127,7 @@ class Figures:
             ("tasks", str(self.tasks)),
             ("succeeded", str(self.succeeded)),
             ("paid but unusable (failed)", str(self.paid_unusable)),
+            ("lost at the API (failed)", str(self.lost_at_api)),
             ("known duplicates", str(self.known_duplicates)),
             ("files verified (PNG + sha256)", str(self.files_verified)),
             ("partial files left by SIGKILL", str(self.partial_files_left)),
@@ -384,12 +386,18 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
     # every task succeeded, but for those the faults made unusable after billing them
     f.succeeded = sum(r["status"] == "succeeded" for r in rows)
     f.paid_unusable = sum(r["status"] == "failed" and r["failure"] in BILLED_UNUSABLE for r in rows)
-    done = f.succeeded + f.paid_unusable
+    # A Success whose reply was cut (a dropped connection, a kill) and then forgotten by the API (forget_rate)
+    # can only end as lost at the API; allowed only where the emulator says it answered 404 for that very task.
+    forgotten: dict[str, int] = stats["forgotten_by_prompt"]
+    lost = [r for r in rows if r["status"] == "failed" and r["failure"] == "lost" and r["cost_micros"] == 0]
+    forgotten_keys = {r["key"] for r in lost if forgotten.get(r["prompt"], 0) > 0}
+    f.lost_at_api = len(forgotten_keys)
+    done = f.succeeded + f.paid_unusable + f.lost_at_api
     if len(rows) != driver.plan.tasks or done != len(rows) or head["succeeded"] != f.succeeded:
         problems.append(f"{f.succeeded} of {len(rows)} tasks succeeded and {f.paid_unusable} were paid but unusable "
                         f"(report: {head['succeeded']} succeeded), {driver.plan.tasks} expected")  # fmt: skip
     for r in rows:
-        if r["status"] == "failed" and r["cost_micros"] == 0:
+        if r["status"] == "failed" and r["cost_micros"] == 0 and r["key"] not in forgotten_keys:
             problems.append(f"task {r['key'][:12]} failed unbilled ({r['failure']}): not a fault of the plan")
 
     # every file whole, matching its record, and nothing else in the output directory
@@ -462,6 +470,9 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
                         f"unusable and {f.known_duplicates} known duplicates")  # fmt: skip
     if int(head["paid_unusable"]) + int(head["paid_result_lost"]) != f.paid_unusable:
         problems.append("the report's paid-but-unusable counts differ from the store's")
-    if not f.billed_calls <= f.emulator_successes <= f.billed_calls + f.unknown_submissions:
+    if int(head["lost_at_api"]) != len(lost):
+        problems.append(f"the report counts {head['lost_at_api']} tasks lost at the API; the store {len(lost)}")
+    possibly_billed = f.unknown_submissions + f.lost_at_api
+    if not f.billed_calls <= f.emulator_successes <= f.billed_calls + possibly_billed:
         problems.append(f"the emulator counted {f.emulator_successes} successes; the ledger billed {f.billed_calls} "
-                        f"with {f.unknown_submissions} unknown submissions")  # fmt: skip
+                        f"with {f.unknown_submissions} unknown submissions and {f.lost_at_api} lost at the API")  # fmt: skip
