@@ -124,3 +124,16 @@ async def test_seeded_mid_rate_is_near_the_rate_and_reproduces(make_api: MakeApi
     async with api.session.post(api.emu.origin + "/_emulator/reset") as resp:
         assert resp.status == 200
     assert await outcomes() == first  # reset re-seeds: the same requests meet the same fates
+
+
+async def test_forgotten_task_answers_404_after_its_success_and_is_counted_by_prompt(make_api: MakeApi) -> None:
+    api = await make_api(forget_rate=1.0)
+    data = await api.generate(prompt="forgotten one")  # the one Success a query reports
+    assert data["status"] == "Success"
+    again = await api.query(data["task_id"])
+    assert again.status == 404
+    status, _ = await api.download(data["file_url"])
+    assert status == 404
+    stats = await api.stats()  # as an outside driver (the chaos run) reads them
+    assert stats["forgotten_answers"] == 2 and stats["forgotten_by_prompt"] == {"forgotten one": 2}
+    assert stats["successes"] == 1
