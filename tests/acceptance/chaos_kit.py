@@ -138,7 +138,7 @@ class Figures:
             ("emulator creates accepted", str(self.emulator_creates)),
             ("emulator successes", str(self.emulator_successes)),
             ("ledger cost", f"${self.ledger_cost_usd} = {self.billed_calls} x ${price}"),
-            ("emulator successes x price", f"${self.successes_cost_usd} (difference {self.emulator_successes - self.billed_calls} <= unknown {self.unknown_submissions})"),
+            ("emulator successes x price", f"${self.successes_cost_usd} (difference {self.emulator_successes - self.billed_calls} <= unknown {self.unknown_submissions} + lost {self.lost_at_api})"),
             ("wall time", f"{self.wall_s:.1f} s"),
             ("checks", "all passed" if not self.problems else f"{len(self.problems)} FAILED"),
         ]  # fmt: skip
