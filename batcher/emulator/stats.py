@@ -33,8 +33,8 @@ class Stats:
     lost_creates: int = 0  # created, then the connection was aborted before the reply
     accepted_errors: int = 0  # created, then answered 502/504 by the gateway (accepted_error_rate)
     not_image_files: int = 0  # downloads answered with a page that is not an image (not_image_rate)
-    forgotten_answers: int = 0  # queries and downloads answered 404 for a task the API had forgotten
-    forgotten_by_prompt: dict[str, int] = field(default_factory=dict)  # those answers, by the task's prompt
+    # queries and downloads answered 404 for a task the API had forgotten, by the task's prompt
+    forgotten_by_prompt: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # connections closed without a reply and without doing anything
     malformed: int = 0  # HTTP 200 replies whose body was not JSON
     successes: int = 0  # tasks whose generation reached Success
@@ -57,9 +57,12 @@ class Stats:
     _kind: array[int] = field(default_factory=lambda: array("B"), repr=False)
     _status: array[int] = field(default_factory=lambda: array("H"), repr=False)
 
+    @property
+    def forgotten_answers(self) -> int:
+        return sum(self.forgotten_by_prompt.values())
+
     def forgot(self, prompt: str) -> None:
         """Count one 404 answered for a task the API had forgotten."""
-        self.forgotten_answers += 1
         self.forgotten_by_prompt[prompt] = self.forgotten_by_prompt.get(prompt, 0) + 1
 
     def record(self, kind: str, status: int, t: float, wall: float) -> None:

@@ -115,6 +115,11 @@ class Figures:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def unusable(self) -> int:
+        """Tasks the plan's faults left failed: paid but unusable, or lost at the API."""
+        return self.paid_unusable + self.lost_at_api
+
+    @property
     def successes_cost_usd(self) -> Decimal:
         return self.emulator_successes * self.unit_price_usd
 
@@ -392,7 +397,7 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
     lost = [r for r in rows if r["status"] == "failed" and r["failure"] == "lost" and r["cost_micros"] == 0]
     forgotten_keys = {r["key"] for r in lost if forgotten.get(r["prompt"], 0) > 0}
     f.lost_at_api = len(forgotten_keys)
-    done = f.succeeded + f.paid_unusable + f.lost_at_api
+    done = f.succeeded + f.unusable
     if len(rows) != driver.plan.tasks or done != len(rows) or head["succeeded"] != f.succeeded:
         problems.append(f"{f.succeeded} of {len(rows)} tasks succeeded and {f.paid_unusable} were paid but unusable "
                         f"(report: {head['succeeded']} succeeded), {driver.plan.tasks} expected")  # fmt: skip
