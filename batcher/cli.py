@@ -280,7 +280,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
     """Summaries on stdout (JSON) or stderr, one line on how it ended; exit with the most telling run's code."""
-    from batcher.worker import StopReason  # loaded already: the runs came from it
+    from batcher.runner import StopReason  # loaded already: the runs came from it
 
     if as_json:
         heads = [{**o.summary, "worker": o.result.worker_figures()} for o in outcomes]

@@ -74,6 +74,7 @@ class RunConfig:
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
     use_cache: bool = True  # reuse a finished output of the same spec (`--no-cache`: never)
+    max_connections: int | None = None  # the user's cap on open connections, for any provider
 
     def __post_init__(self) -> None:
         if self.requests_per_second is not None and self.requests_per_second <= 0:

@@ -6,6 +6,7 @@ holds the API key (messages are built from replies and specs, never from request
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # some task failed for good, or the run could not go on (store, output)
     USAGE = 2  # usage, manifest or key error
     BUDGET = 3  # the budget was reached
+    QUOTA = 4  # the API's daily quota is spent: run again after it resets (the message says when)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it)
 
 
@@ -109,14 +111,32 @@ class JobNotFoundError(StoreError):
 
 
 class AuthError(BatcherError):
-    """The API key was rejected (HTTP 401/403): check LINKMODEL_API_KEY. Nothing was lost; run again to resume."""
+    """The API key was rejected: check the provider's key variable. Nothing was lost; run again to resume."""
 
     exit_code = ExitCode.USAGE
 
     @classmethod
-    def rejected(cls, detail: str) -> AuthError:
+    def rejected(cls, detail: str, key_env: str = "LINKMODEL_API_KEY") -> AuthError:
+        return cls(f"the API rejected the key ({detail}): check {key_env}; nothing was lost, run again to resume")
+
+
+class QuotaError(BatcherError):
+    """The API's per-day quota is spent: nothing more is sent until it resets; everything done is kept."""
+
+    exit_code = ExitCode.QUOTA
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+    @classmethod
+    def spent(cls, provider: str, until: float, detail: str) -> QuotaError:
+        local = datetime.datetime.fromtimestamp(until).astimezone()
+        when = local.strftime("%Y-%m-%d %H:%M %Z").strip()
         return cls(
-            f"the API rejected the key ({detail}): check LINKMODEL_API_KEY; nothing was lost, run again to resume"
+            f"the {provider} API's daily quota is spent ({detail}); it resets at midnight Pacific time, "
+            f"{when} here: run again then to go on; nothing was lost",
+            until,
         )
 
 

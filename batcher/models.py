@@ -78,6 +78,7 @@ MODELS: dict[str, ModelFacts] = {
         ModelFacts("gemini-2.5-flash-image", "Nano Banana", ("1K",), RATIOS_25, PIXELS_1K_25, None),
     )
 }
+DEFAULT_PROVIDER = "linkmodel"
 DEFAULT_MODEL = "gemini-3.1-flash-lite-image"
 DEFAULT_QUALITY = "1K"
 DEFAULT_SIZE = "1x1"
@@ -260,6 +261,7 @@ class Failure(enum.StrEnum):
     REFUSED = "refused"  # the API refused the request as invalid (400)
     UNKNOWN = "unknown"  # the create's outcome is unknown and --on-unknown=skip would not risk a second charge
     INPUT = "input"  # its input image, or the task whose output it edits, failed
+    BLOCKED = "blocked"  # the model gave no image on purpose (IMAGE_SAFETY, a blocked prompt): not billed
 
 
 BILLED_FAILURES = frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST})
@@ -271,6 +273,7 @@ RETRY_CHOICES: dict[str, frozenset[Failure]] = {
     "download": frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST, Failure.INPUT}),
     "transient": frozenset({Failure.TRANSIENT, Failure.UNKNOWN, Failure.LOST, Failure.INPUT}),
     "refused": frozenset({Failure.REFUSED, Failure.INPUT}),
+    "blocked": frozenset({Failure.BLOCKED, Failure.INPUT}),
     "all": frozenset(Failure),
 }
 RETRY_DEFAULT = ("generation", "download", "transient")

@@ -16,6 +16,7 @@ class RetryPolicy:
     base_s: float = 1.0  # backoff base, seconds
     cap_s: float = 60.0  # longest backoff, seconds
     max_download_failures: int = 10  # broken downloads of one finished generation before failing the task
+    max_blocked_retries: int = 0  # a prompt the model declined (IMAGE_SAFETY...) is declined again: not retried
 
 
 def backoff_s(failures: int, policy: RetryPolicy, rnd: float) -> float:

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from batcher import report
-from batcher.client import ApiClient
-from batcher.config import ApiSettings, RunConfig, api_key, api_settings, lease_settings, unit_price
+from batcher import connect, report
+from batcher.config import ApiSettings, RunConfig, api_settings, lease_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
@@ -24,14 +23,13 @@ from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
 from batcher.models import RETRY_CHOICES, ImportRow, OnUnknown
 from batcher.money import micros_to_usd, usd_to_micros
-from batcher.ratelimit import AdaptiveRate, RateGate
+from batcher.providers.base import Provider
 from batcher.report import summary
 from batcher.retry import RetryPolicy
+from batcher.runner import Runner, RunResult, StopReason
 from batcher.store import ImportResult, Job, RetryPlan, Store
-from batcher.worker import RATE_LIMIT_KEY, Runner, RunResult, StopReason
 
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
-ACCOUNT_BUCKET = "account"  # the shared token bucket's name
 WORK_IDLE_S = 5.0  # `work --forever`: how often to look for new work, seconds
 
 
@@ -50,6 +48,7 @@ class RunOptions:
     use_cache: bool = True  # `--no-cache` sets False
     max_connections: int | None = None
     out: str | None = None  # `--out`: this process writes here, whatever the job's stored directory
+    provider: str | None = None  # `--provider`: over the manifest's
 
 
 @dataclass
@@ -142,6 +141,7 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
     rate = opts.rate if opts.rate is not None else s.get("requests_per_second")
     if (connections := opts.max_connections or s.get("max_connections")) is not None:
         api = replace(api, max_connections=int(connections))
+        connections = int(connections)
     lease, heartbeat = lease_settings()
     return RunConfig(
         lease_s=lease,
@@ -153,6 +153,7 @@ def run_config(opts: RunOptions, job: Job, api: ApiSettings) -> RunConfig:
         on_unknown=opts.on_unknown,
         budget_micros=budget,
         use_cache=opts.use_cache,
+        max_connections=connections,
     )
 
 
@@ -173,38 +174,9 @@ def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[st
     return {m: usd_to_micros(unit_price(m, override)) for m in models}
 
 
-class StoreBucket:
-    """The account's rate as a token bucket in the store, shared by every worker (PostgreSQL)."""
-
-    HOLD_CUT = 0.9  # a 429 cuts the shared rate by this factor
-
-    def __init__(self, store: Store, name: str) -> None:
-        self.store, self.name = store, name
-
-    async def take(self) -> float:
-        return await self.store.bucket_take(self.name)
-
-    async def hold(self, seconds: float) -> None:
-        with contextlib.suppress(BatcherError):
-            await self.store.bucket_hold(self.name, seconds, self.HOLD_CUT)
-
-
-async def rate_gate(store: Store, config: RunConfig) -> RateGate:
-    """The request rate: configured, or learned by an earlier run, or found from 429s. On PostgreSQL a known
-    rate is one token bucket in the database that every worker on any machine draws from."""
-    learned = (await store.learned()).get(RATE_LIMIT_KEY)
-    control = AdaptiveRate.start(config.requests_per_second, learned)
-    shared = None
-    known = config.requests_per_second or learned
-    if store.dialect == "postgresql" and known:
-        await store.bucket_setup(ACCOUNT_BUCKET, float(known), capacity=1.0)
-        shared = StoreBucket(store, ACCOUNT_BUCKET)
-    return RateGate(control, shared)
-
-
-async def drive(store: Store, client: ApiClient, job: Job, config: RunConfig, prices: dict[str, int],
+async def drive(store: Store, provider: Provider, job: Job, config: RunConfig, prices: dict[str, int],
                 show_progress: Any = None) -> RunResult:  # fmt: skip
-    runner = Runner(store, client, job, config, prices)
+    runner = Runner(store, provider, job, config, prices)
     with _signals(runner):
         if show_progress is None:
             return await runner.run()
@@ -213,15 +185,18 @@ async def drive(store: Store, client: ApiClient, job: Job, config: RunConfig, pr
 
 
 @contextlib.asynccontextmanager
-async def api_endpoint(opts: RunOptions) -> AsyncIterator[tuple[ApiSettings, str]]:
-    """The real API from the environment, or an in-process emulator on loopback with `--emulate`."""
-    if not opts.emulate:
-        yield api_settings(), api_key()
-        return
-    from batcher.emulator import Emulator  # the server, and aiohttp's web side with it: only for --emulate
-
-    async with Emulator(opts.emulator) as emu:
-        yield api_settings(base_url=emu.base_url), emu.api_key
+async def connected(store: Store, opts: RunOptions, job: Job) -> AsyncIterator[tuple[Provider, RunConfig]]:
+    """The job's provider (`--provider` over the manifest's), entered, with the run's settings and rate gate."""
+    name = connect.provider_name(opts.provider, job.settings)
+    async with connect.endpoint(name, emulate=opts.emulate, emulator=opts.emulator) as where:
+        api = api_settings(base_url=where.base_url) if name == "linkmodel" else ApiSettings()
+        config = run_config(opts, job, api)
+        gate = await connect.rate_gate(store, config, name)
+        try:
+            async with connect.open_provider(where, config, gate) as provider:
+                yield provider, config
+        finally:
+            await gate.close()
 
 
 async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
@@ -232,14 +207,8 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
         job = (await import_manifest(store, manifest, opts.price)).job
         job = replace(job, output_dir=output_dir(job, opts.out))
         prices = job_prices(await store.job_models(job), job, opts.price)
-        async with api_endpoint(opts) as (api, key):
-            config = run_config(opts, job, api)
-            gate = await rate_gate(store, config)
-            try:
-                async with ApiClient(api, key, gate) as client:
-                    result = await drive(store, client, job, config, prices, show_progress)
-            finally:
-                await gate.close()
+        async with connected(store, opts, job) as (provider, config):
+            result = await drive(store, provider, job, config, prices, show_progress)
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
@@ -249,45 +218,35 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
 async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = False,
                show_progress: Any = None) -> list[RunSummary]:  # fmt: skip
     """`batcher work`: drain the named jobs (or every job) with open tasks, one after another, alongside any
-    number of other workers on the same store. With `forever`, wait for new work instead of stopping."""
+    number of other workers on the same store. With `forever`, wait for new work instead of stopping. Each job
+    is driven through its own provider."""
     store = await Store.open(opts.db)
     try:
-        async with api_endpoint(opts) as (api, key):
-            config = run_config(opts, await _any_job(store, names), api)
-            gate = await rate_gate(store, config)
-            try:
-                async with ApiClient(api, key, gate) as client:
-                    return await _drain(store, client, opts, names, api, forever, show_progress)
-            finally:
-                await gate.close()
+        await _any_job(store, names)
+        done: list[RunSummary] = []
+        spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes
+        while True:
+            ran = False
+            for job in await _jobs(store, names):
+                if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
+                    continue
+                ran = True
+                job = replace(job, output_dir=output_dir(job, opts.out))
+                prices = job_prices(await store.job_models(job), job, opts.price)
+                async with connected(store, opts, job) as (provider, config):
+                    result = await drive(store, provider, job, config, prices, show_progress)
+                head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
+                done.append(RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name)))
+                if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
+                    return done
+                if result.reason == StopReason.BUDGET:
+                    spent.add(job.name)
+            if not ran and not forever:
+                return done
+            if not ran:
+                await asyncio.sleep(WORK_IDLE_S)
     finally:
         await store.close()
-
-
-async def _drain(store: Store, client: ApiClient, opts: RunOptions, names: tuple[str, ...], api: ApiSettings,
-                 forever: bool, show_progress: Any) -> list[RunSummary]:  # fmt: skip
-    done: list[RunSummary] = []
-    spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes a thing
-    while True:
-        ran = False
-        for job in await _jobs(store, names):
-            if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
-                continue
-            ran = True
-            job = replace(job, output_dir=output_dir(job, opts.out))
-            prices = job_prices(await store.job_models(job), job, opts.price)
-            config = run_config(opts, job, api)
-            result = await drive(store, client, job, config, prices, show_progress)
-            head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
-            done.append(RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name)))
-            if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
-                return done
-            if result.reason == StopReason.BUDGET:
-                spent.add(job.name)
-        if not ran and not forever:
-            return done
-        if not ran:
-            await asyncio.sleep(WORK_IDLE_S)
 
 
 async def _jobs(store: Store, names: tuple[str, ...]) -> list[Job]:

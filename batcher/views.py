@@ -18,8 +18,8 @@ from batcher.estimate import Estimate
 from batcher.money import fmt_usd
 
 if TYPE_CHECKING:
+    from batcher.runner import Progress as RunProgress
     from batcher.session import RetryOutcome
-    from batcher.worker import Progress as RunProgress
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
 PROMPT_CHARS = 48  # of a prompt in the report's table; JSON, CSV and the HTML page carry it whole

@@ -124,12 +124,13 @@ class Gone(Outcome):
 
 @dataclass(frozen=True)
 class Fetched:
-    """What became of a fetch: `ok`; else `expired` (check again for a fresh result) or refused for good."""
+    """What became of a fetch: `ok`; else `retryable` (check again for a fresh result, then fetch once more)
+    or refused for good. `call` is None when no request was made (the image came in the reply)."""
 
     ok: bool
     call: CallRecord | None
     message: str = ""
-    expired: bool = False
+    retryable: bool = False
 
 
 SubmitOutcome = Accepted | Done | Failed | Unknown | Transient | RateLimited | AuthRejected | QuotaExhausted
@@ -146,6 +147,7 @@ class Provider(Protocol):
     """One API. Entered as an async context (it owns its HTTP session); every request passes `gate` first."""
 
     name: str
+    key_env: str  # where the key comes from, for messages (never the key itself)
     gate: RateGate
 
     async def __aenter__(self) -> Provider: ...

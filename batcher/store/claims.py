@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
+from batcher.models import DEFAULT_PROVIDER
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
 from batcher.store.changes import WriteConnection
@@ -70,15 +71,24 @@ class ClaimsPart(StoreBase):
         return await self.writer.run(op)
 
     async def claim(
-        self, job: Job, worker_id: str, limit: int, now: float, lease_until: float, *, pending: int | None = None
+        self,
+        job: Job,
+        worker_id: str,
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        pending: int | None = None,
+        provider: str = DEFAULT_PROVIDER,
     ) -> list[Task]:
         """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first), then
-        at most `pending` (default: `limit`) still to be created, so that other workers get their share."""
+        at most `pending` (default: `limit`) still to be created, so that other workers get their share. Only
+        tasks never sent, or sent to `provider`, are taken: what one API may hold is driven through it alone."""
         to_create = limit if pending is None else min(pending, limit)
 
         async def op(conn: WriteConnection) -> list[Task]:
             params = {"c_job": job.id, "c_now": now, "c_token": uuid.uuid4().hex,
-                      "c_worker": worker_id, "c_lease": lease_until}  # fmt: skip
+                      "c_worker": worker_id, "c_lease": lease_until, "c_provider": provider}  # fmt: skip
             got: list[Task] = []
             creates = 0
             for stmt, to_be_created in _claim_statements():
@@ -95,12 +105,13 @@ class ClaimsPart(StoreBase):
 
         return await self.writer.run(op)
 
-    async def next_due(self, job: Job, now: float) -> tuple[int, float | None]:
-        """How many tasks of the job are not final, and when the earliest one not held by anyone is due."""
-        open_ = or_(
-            tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN]),
-            and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(job.id)),
-        )
+    async def next_due(self, job: Job, now: float, provider: str | None = None) -> tuple[int, float | None]:
+        """How many tasks of the job are not final, and when the earliest one not held by anyone is due.
+        `provider`: count only the tasks a run through it can drive (the rest wait on the API that holds them)."""
+        sent: Any = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
+        if provider is not None:
+            sent = and_(sent, _sent_to(provider))
+        open_ = or_(sent, and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(job.id)))
         due_at = case(
             (~inputs_settled(), None),  # waits for its input task, not for a time
             (or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now), tasks.c.next_attempt_at),
@@ -108,6 +119,11 @@ class ClaimsPart(StoreBase):
         )
         row = (await self._rows(select(func.count(), func.min(due_at)).where(tasks.c.job_id == job.id, open_)))[0]
         return int(row[0]), row[1]
+
+
+def _sent_to(provider: Any) -> Any:
+    """The task was last sent to `provider` (tasks from before providers were recorded went to LinkModel)."""
+    return func.coalesce(tasks.c.provider, DEFAULT_PROVIDER) == provider
 
 
 def _current_gen(job_id: Any) -> Any:
@@ -147,9 +163,10 @@ def _claim_statements() -> list[tuple[Any, bool]]:
     """The claim's UPDATEs, built once: submitted tasks (to poll), unknown and pending ones (to be created)."""
     now = bindparam("c_now", type_=Float)
     statements = []
+    ours = _sent_to(bindparam("c_provider"))
     for wanted, to_be_created in (
-        (tasks.c.status == S.SUBMITTED, False),
-        (tasks.c.status == S.UNKNOWN, True),
+        (and_(tasks.c.status == S.SUBMITTED, ours), False),
+        (and_(tasks.c.status == S.UNKNOWN, ours), True),
         (
             and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(bindparam("c_job")), inputs_settled()),
             True,

@@ -101,6 +101,10 @@ tasks = Table(
     Column("reserved_micros", BigInteger, nullable=False, server_default="0"),
     Column("billed_at", Float, nullable=True),  # when a Success was first seen: the call is billed from then on
     Column("failure", String(16), nullable=True),  # models.Failure: why a failed task failed
+    # --- providers (migration 0006)
+    # the API this task was last sent to: a task it may hold is only ever driven through it
+    Column("provider", String(32), nullable=True),
+    Column("submission_id", Id, nullable=True),  # the submission of many tasks it rides in (a batch shard)
     UniqueConstraint("job_id", "key"),
     Index(None, "job_id", "status", "seq"),  # claims scan one status in manifest order
     # partial: every task has an entry only while claimed, so an import never touches it
@@ -168,8 +172,33 @@ strays = Table(
     Column("detail", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    Column("provider", String(32), nullable=False, server_default="linkmodel"),  # the API that holds it
     UniqueConstraint("remote_task_id"),
     Index(None, "job_id", "status"),
+)
+
+# One request to the API that carries many tasks (a Gemini Batch Mode shard). Committed under its unique
+# display name before its file is uploaded or its batch created, so that a restart finds the batch again by
+# that name (listing the account's batches) instead of creating it twice.
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("route", String(16), nullable=False),  # batch
+    Column("display_name", String(128), nullable=False),
+    Column("remote_name", String(200), nullable=True),  # the API's name for it (batches/...), once known
+    Column("input_file", String(200), nullable=True),  # the uploaded requests file (files/...), once known
+    Column("state", String(16), nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("request_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("reserved_micros", BigInteger, nullable=False, server_default="0"),
+    Column("detail", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("display_name"),
+    Index(None, "job_id", "state"),
 )
 
 workers = Table(

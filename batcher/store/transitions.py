@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, literal, or_, select, update
 
-from batcher.models import CallRecord, Failure, TaskStatus
+from batcher.models import DEFAULT_PROVIDER, CallRecord, Failure, TaskStatus
 from batcher.store.base import BudgetRefused, ClaimLost, S, StoreBase, Stray, StrayReply, Task
 from batcher.store.changes import RowChange, WriteConnection
 from batcher.store.tables import api_calls, jobs, strays, tasks
@@ -64,12 +64,20 @@ class TransitionsPart(StoreBase):
         return stmt, params
 
     async def begin_create(
-        self, task: Task, now: float, *, price_micros: int = 0, budget_micros: int | None = None
+        self,
+        task: Task,
+        now: float,
+        *,
+        price_micros: int = 0,
+        budget_micros: int | None = None,
+        provider: str = DEFAULT_PROVIDER,
     ) -> None:
         """Commit the intent to create (before the request is sent): a crash from here on is `unknown`. The
         create's price is reserved in the same commit; with a budget, only if the job's spend plus every
-        reservation (of any worker) leaves room for it, else `BudgetRefused` and nothing changed."""
-        frm, values = (S.PENDING, S.UNKNOWN), {"status": S.SUBMITTING, "remote_task_id": None}
+        reservation (of any worker) leaves room for it, else `BudgetRefused` and nothing changed. `provider`:
+        the API it goes to, the only one that drives it from now on until it is final or pending again."""
+        frm = (S.PENDING, S.UNKNOWN)
+        values = {"status": S.SUBMITTING, "remote_task_id": None, "provider": provider}
         incr = {"attempts": 1, "reserved_micros": price_micros}
         if budget_micros is None:
             await self._transition(task, frm, values, None, now, incr=incr)
@@ -105,9 +113,13 @@ class TransitionsPart(StoreBase):
         *,
         reserved_micros: int = 0,
         stray_lease_until: float | None = None,
+        adopt: bool = True,
+        provider: str = DEFAULT_PROVIDER,
     ) -> None:
         """The API accepted the create: from now on the task is only ever polled. If the task was taken over
-        meanwhile, the remote id is kept all the same, as a stray this worker holds (`StrayReply`)."""
+        meanwhile, the remote id is kept all the same, as a stray this worker holds (`StrayReply`). `adopt`:
+        may a task taken over but not created again take the id as its own (not when the reply held the image
+        itself: nobody could fetch it again, so it is kept as a stray by the worker that holds it)."""
         try:
             await self._transition(
                 task,
@@ -123,11 +135,11 @@ class TransitionsPart(StoreBase):
                 patient=False,  # the window in which a crash leaves the create unknown ends with this commit
             )
         except ClaimLost:
-            if await self._adopt(task, remote_id, price_micros, now):
+            if adopt and await self._adopt(task, remote_id, price_micros, now):
                 raise ClaimLost(f"task {task.key}: its create was accepted after another worker took it over, "
                                 f"before it was created again: {remote_id} is the task's now") from None  # fmt: skip
             cost = price_micros if price_micros is not None else reserved_micros
-            stray = await self._record_stray(task, remote_id, cost, now, stray_lease_until or now + 60.0)
+            stray = await self._record_stray(task, remote_id, cost, now, stray_lease_until or now + 60.0, provider)
             raise StrayReply(f"task {task.key}: its create was accepted after another worker took it over; "
                              f"polling {remote_id} to keep its image as a paid duplicate", stray) from None  # fmt: skip
         task.remote_task_id, task.submitted_at = remote_id, now
@@ -149,11 +161,13 @@ class TransitionsPart(StoreBase):
 
         return await self.writer.run(op) == 1
 
-    async def _record_stray(self, task: Task, remote_id: str, price: int, now: float, lease_until: float) -> Stray:
+    async def _record_stray(
+        self, task: Task, remote_id: str, price: int, now: float, lease_until: float, provider: str
+    ) -> Stray:
         async def op(conn: WriteConnection) -> int:
             stmt = self._insert(strays).values(
                 job_id=task.job_id, task_id=task.id, remote_task_id=remote_id, status="submitted", price_micros=price,
-                claimed_by=self.worker_id, lease_until=lease_until, created_at=now,
+                claimed_by=self.worker_id, lease_until=lease_until, created_at=now, provider=provider,
             ).on_conflict_do_nothing(index_elements=[strays.c.remote_task_id])  # fmt: skip
             await conn.execute(stmt)
             row = await conn.execute(select(strays.c.id).where(strays.c.remote_task_id == remote_id))
@@ -274,11 +288,13 @@ class TransitionsPart(StoreBase):
 
     # --- stray replies --------------------------------------------------------------------------------
 
-    async def claim_strays(self, job_id: int, now: float, lease_until: float) -> list[Stray]:
-        """Take the job's strays nobody polls (their worker stopped, or its lease ran out)."""
+    async def claim_strays(
+        self, job_id: int, now: float, lease_until: float, provider: str = DEFAULT_PROVIDER
+    ) -> list[Stray]:
+        """Take the job's strays nobody polls (their worker stopped, or its lease ran out) that `provider` holds."""
 
         async def op(conn: WriteConnection) -> list[Stray]:
-            free = and_(strays.c.job_id == job_id, strays.c.status == "submitted",
+            free = and_(strays.c.job_id == job_id, strays.c.status == "submitted", strays.c.provider == provider,
                         or_(strays.c.lease_until.is_(None), strays.c.lease_until < now))  # fmt: skip
             stmt = (
                 update(strays)

@@ -7,15 +7,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from batcher.client import ApiClient
 from batcher.config import RunConfig
 from batcher.emulator import Emulator
 from batcher.models import JobSettings, TaskSpec, import_batches
 from batcher.polling import PollPolicy
+from batcher.providers.linkmodel import LinkModelProvider
 from batcher.ratelimit import RateGate
 from batcher.retry import RetryPolicy
+from batcher.runner import Runner, RunResult
 from batcher.store import Store
-from batcher.worker import Runner, RunResult
 
 MODEL = "gemini-3.1-flash-lite-image"
 PRICE = 67_000  # micro-dollars
@@ -41,8 +41,8 @@ async def drive(store: Store, emu: Emulator, config: RunConfig | None = None, *,
     api = replace(config.api, base_url=emu.base_url, read_timeout_s=2.0, total_timeout_s=5.0)
     config = replace(config, api=api)
     job = await store.job(name)
-    async with ApiClient(api, key or emu.api_key, RateGate(config.requests_per_second)) as client:
-        runner = Runner(store, client, job, config, {MODEL: PRICE})
+    async with LinkModelProvider(api, key or emu.api_key, RateGate(config.requests_per_second)) as provider:
+        runner = Runner(store, provider, job, config, {MODEL: PRICE})
         if runner_out is not None:
             runner_out.append(runner)
         return await runner.run()

@@ -15,9 +15,9 @@ from batcher import session
 from batcher.emulator import Latency
 from batcher.manifest import load_manifest
 from batcher.models import TaskSpec, from_ref
+from batcher.runner import Runner, StopReason
 from batcher.store import Store
 from batcher.store.tables import tasks
-from batcher.worker import Runner, StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import MODEL, PRICE, drive, fast_config, load, specs
 

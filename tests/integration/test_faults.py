@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from batcher.emulator import Emulator, Latency
+from batcher.runner import StopReason
 from batcher.store import Store
-from batcher.worker import StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import FAST_RETRY, PRICE, drive, fast_config, load, specs
 

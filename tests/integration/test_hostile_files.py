@@ -13,8 +13,8 @@ from batcher.config import ApiSettings
 from batcher.emulator import Emulator, Latency
 from batcher.emulator.app import HOSTILE_NAME
 from batcher.imageinfo import sniff
+from batcher.runner import StopReason
 from batcher.store import Store
-from batcher.worker import StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import PRICE, drive, fast_config, load, specs
 

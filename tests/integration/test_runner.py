@@ -8,7 +8,7 @@ from pathlib import Path
 from batcher.emulator import Latency
 from batcher.imageinfo import sniff
 from batcher.money import fmt_usd
-from batcher.worker import StopReason
+from batcher.runner import StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import PRICE, drive, fast_config, load, specs
 

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from batcher.emulator import Latency
-from batcher.worker import Runner, StopReason
+from batcher.runner import Runner, StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import drive, fast_config, load, specs
 
