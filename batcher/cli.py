@@ -203,6 +203,11 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @_with_db
     @click.option(
+        "--provider",
+        type=click.Choice(["linkmodel", "gemini"]),
+        help="the API to generate through, over the manifest's `provider` (default linkmodel)",
+    )
+    @click.option(
         "--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)"
     )
     @click.option(
@@ -242,6 +247,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(
         *args: Any,
         db: str,
+        provider: str | None,
         emulate: bool,
         emulate_latency: Latency | None,
         rate: float | None,
@@ -272,6 +278,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             use_cache=not no_cache,
             max_connections=max_connections,
             out=out,
+            provider=provider,
         )
         return f(*args, opts=opts, **kwargs)
 

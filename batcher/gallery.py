@@ -131,6 +131,7 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
         ("paid_result_lost", "paid, result lost", "billed, then the API forgot the task before it was saved"),
         ("known_duplicates", "known duplicates", "billed a second time for a task; images kept beside it"),
         ("lost_at_api", "lost at the API", "forgotten by the API before any Success was seen: possibly billed"),
+        ("blocked", "blocked", "the model gave no image on purpose (IMAGE_SAFETY and the like): not billed"),
     ):
         if head.get(key):
             stats.append(_stat(key.replace("_", "-"), head[key], label, "bad", tip))

@@ -46,6 +46,7 @@ def summary(
         "paid_result_lost": ledger.result_lost,
         "known_duplicates": ledger.known_duplicates,
         "lost_at_api": ledger.lost_at_api,
+        "blocked": ledger.blocked,  # the model gave no image on purpose: failed, not billed
         "cost_usd": str(micros_to_usd(ledger.cost_micros)),
         "held_usd": str(micros_to_usd(ledger.held_micros)),
         "unit_price_usd": {m: str(micros_to_usd(p)) for m, p in sorted(unit_micros.items())},

@@ -286,6 +286,8 @@ def _resume_hint(opts: RunOptions) -> str:
         parts += ["--db", opts.db]
     if opts.out is not None:
         parts += ["--out", opts.out]
+    if opts.provider is not None:
+        parts += ["--provider", opts.provider]
     if opts.emulate:
         parts.append("--emulate")
     if not opts.use_cache:

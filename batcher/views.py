@@ -134,6 +134,8 @@ def summary_lines(head: Mapping[str, Any]) -> None:
         lines.append("of the billed calls: " + ", ".join(f"{what} {n}" for n, what in billed_apart if n))
     if head.get("lost_at_api"):
         lines.append(f"lost at the API before any Success was seen (possibly billed) {head['lost_at_api']}")
+    if head.get("blocked"):
+        lines.append(f"blocked by the model (no image, not billed; `batcher retry --only blocked`) {head['blocked']}")
     if head.get("cached"):
         lines.append(f"from the cache (no API call, no cost) {head['cached']}")
     if head.get("price_mismatches"):

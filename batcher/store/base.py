@@ -79,6 +79,7 @@ class Ledger:
     paid_unusable: int = 0  # billed calls whose image could not be saved (a failed or refused download, not an image)
     result_lost: int = 0  # billed, then the API forgot the task before its image was saved
     lost_at_api: int = 0  # the API forgot the task before any Success was seen: possibly billed
+    blocked: int = 0  # the model gave no image on purpose (IMAGE_SAFETY and the like): failed, not billed
     known_duplicates: int = 0  # stray replies: billed a second time for a task, their images kept beside it
     strays_open: int = 0  # stray replies not polled to the end yet
     held_micros: int = 0  # reserved for creates in flight or of unknown outcome (possibly billed)

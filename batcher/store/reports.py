@@ -54,6 +54,7 @@ class ReportsPart(StoreBase):
                     func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.RESULT_LOST)),
                     func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.LOST)),
                     func.coalesce(func.sum(tasks.c.reserved_micros), 0),
+                    func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.BLOCKED)),
                 ).where(tasks.c.job_id == job.id)
             )
         )[0]
@@ -61,7 +62,7 @@ class ReportsPart(StoreBase):
         # billed: generations that reached Success, including any whose file then proved unusable
         ledger.price_mismatches, ledger.billed_calls = int(row[3]), int(row[4])
         ledger.paid_unusable, ledger.result_lost, ledger.lost_at_api = int(row[5]), int(row[6]), int(row[7])
-        ledger.held_micros = int(row[8])
+        ledger.held_micros, ledger.blocked = int(row[8]), int(row[9])
         stray = (
             await self._rows(
                 select(

@@ -349,3 +349,27 @@ async def test_a_posted_record_that_fails_twice_is_dropped_and_the_writer_goes_o
     store.log_call(t, call("query"))
     await store.writer.flush()
     assert [r["kind"] for r in await store.calls(job)] == ["query"]
+
+
+async def test_a_task_an_api_may_hold_is_claimed_only_by_a_run_through_that_api(open_store: OpenStore) -> None:
+    store = await open_store()
+    await imported(store, specs(4))
+    job = await store.job("job")
+    now = time.time()
+    sent, maybe, *_ = await store.claim(job, "a", 2, now, now + 30)
+    for t in (sent, maybe):
+        await store.begin_create(t, now, provider="linkmodel")
+    await store.created(sent, "r-1", None, call(), now)
+    await store.create_unknown(maybe, "reset", call(), now, retry_at=now)
+    await store.release(sent, now)
+    later = now + 1
+    # a run through Gemini takes only the two tasks never sent; LinkModel's two wait for a run through it
+    gemini = await store.claim(job, "b", 10, later, later + 30, provider="gemini")
+    assert {t.status for t in gemini} == {TaskStatus.PENDING} and len(gemini) == 2
+    for t in gemini:
+        await store.release(t, later)
+    assert (await store.next_due(job, later, "gemini"))[0] == 2
+    assert (await store.next_due(job, later))[0] == 4
+    linkmodel = await store.claim(job, "c", 10, later, later + 30, provider="linkmodel")
+    assert {t.remote_task_id for t in linkmodel if t.status is TaskStatus.SUBMITTED} == {"r-1"}
+    assert {t.status for t in linkmodel} == {TaskStatus.SUBMITTED, TaskStatus.UNKNOWN, TaskStatus.PENDING}

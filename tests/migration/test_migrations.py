@@ -95,3 +95,26 @@ async def test_upgrading_a_populated_store_counts_what_it_holds(tmp_path: Path) 
 async def _counts(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(select(task_counts.c.status, task_counts.c.n).where(task_counts.c.n > 0))
     return {status: n for status, n in rows}
+
+
+async def test_tasks_sent_before_providers_were_recorded_belong_to_linkmodel(tmp_path: Path) -> None:
+    engine = create_engine(database_url(str(tmp_path / "m.db")))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0005"))
+            await conn.exec_driver_sql(
+                "INSERT INTO jobs (id, name, manifest, output_dir, settings, import_gen, created_at, updated_at) "
+                "VALUES (1, 'j', 'm', 'out', '{}', 1, 0, 0)"
+            )
+            for i, (status, remote) in enumerate([("pending", "NULL"), ("submitted", "'r1'"), ("unknown", "NULL"),
+                                                  ("pending", "'r2'")]):  # fmt: skip
+                await conn.exec_driver_sql(
+                    "INSERT INTO tasks (job_id, key, seq, import_gen, source, model, prompt, quality, size, filename, "
+                    f"status, remote_task_id, updated_at) VALUES (1, 'k{i}', {i}, 1, 's', 'm', 'p', '1K', '1x1', 'f', "
+                    f"'{status}', {remote}, 0)"
+                )
+            await upgrade(conn)
+            got = (await conn.exec_driver_sql("SELECT key, provider FROM tasks ORDER BY seq")).all()
+        assert [tuple(r) for r in got] == [("k0", None), ("k1", "linkmodel"), ("k2", "linkmodel"), ("k3", "linkmodel")]
+    finally:
+        await engine.dispose()
