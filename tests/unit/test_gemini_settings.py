@@ -12,8 +12,8 @@ from batcher.providers.gemini import aspect_ratio, image_tokens, next_quota_day,
 from batcher.providers.gemini_settings import DEFAULT_BASE_URL, GeminiSettings, gemini_api_key, gemini_settings
 
 
-def utc(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+def utc(year: int, month: int, day: int, hour: int, minute: int) -> float:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp()
 
 
 def test_the_key_comes_from_gemini_then_google() -> None:
