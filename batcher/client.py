@@ -14,13 +14,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from batcher.config import ApiSettings
 from batcher.models import CallRecord
 from batcher.money import parse_usd, usd_to_micros
+from batcher.providers.download import describe as _describe
+from batcher.providers.download import download
+from batcher.providers.download import origin as _origin
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -174,51 +176,11 @@ class ApiClient:
 
     async def download(self, url: str, sink: Sink) -> Reply:
         """Stream `url` into `sink`, refusing non-HTTP schemes and anything larger than an image can be."""
-        start, at = time.monotonic(), time.time()
-
-        def done(outcome: Outcome, status: int | None, message: str = "") -> Reply:
-            call = CallRecord(
-                "download",
-                outcome,
-                status,
-                (time.monotonic() - start) * 1000,
-                at,
-                detail=message[:DETAIL_CHARS] or None,
-            )
-            return Reply(outcome, call, message)
-
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in ("http", "https"):
-            return done(Outcome.PERMANENT, None, f"refused a file URL with scheme {scheme or '(none)'!r}")
-        cap = self.settings.max_image_bytes
         # the key is for the API only: a file host (a CDN in the field) never sees it
         headers = self._auth if _origin(url) == self._origin else {}
-        try:
-            async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
-                if resp.status in (403, 404, 410):
-                    # a file URL lives a short while: a failed download makes the worker query for a fresh one
-                    return done(Outcome.TRANSIENT, resp.status, f"file URL expired (HTTP {resp.status})")
-                if resp.status == 429 or resp.status >= 500:
-                    return done(Outcome.TRANSIENT, resp.status, f"file host answered HTTP {resp.status}")
-                if resp.status != 200:
-                    return done(Outcome.PERMANENT, resp.status, f"file host answered HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > cap:
-                    return done(
-                        Outcome.PERMANENT,
-                        resp.status,
-                        f"file is {resp.content_length} bytes, more than an image can be ({cap})",
-                    )
-                got = 0
-                async for chunk in resp.content.iter_chunked(256 * 1024):
-                    got += len(chunk)
-                    if got > cap:
-                        return done(Outcome.PERMANENT, resp.status, f"file exceeds {cap} bytes: not an image")
-                    sink.write(chunk)
-                if resp.content_length is not None and got != resp.content_length:
-                    return done(Outcome.TRANSIENT, resp.status, f"download cut short at {got} bytes")
-                return done(Outcome.OK, resp.status)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            return done(Outcome.TRANSIENT, None, f"download failed: {_describe(e)}")
+        got = await download(self.session, url, sink, max_bytes=self.settings.max_image_bytes, headers=headers)
+        outcome = Outcome(got.outcome)
+        return Reply(outcome, _with(got.call, outcome=outcome), got.message)
 
     # --- the envelope -------------------------------------------------------------------------------
 
@@ -361,15 +323,5 @@ def _micros(price: Any) -> int | None:
     return usd_to_micros(value) if value >= 0 else None
 
 
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
 def _with(call: CallRecord, **changes: Any) -> CallRecord:
     return replace(call, **changes)
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    return f"{type(e).__name__}: {text}"[:DETAIL_CHARS] if text != type(e).__name__ else text

@@ -4,6 +4,7 @@ emulator of that provider on loopback (`--emulate`); and the request rate every 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -44,10 +45,10 @@ def provider_name(option: str | None, settings: dict[str, object]) -> str:
 async def endpoint(provider: str, *, emulate: bool, emulator: EmulatorConfig) -> AsyncIterator[Endpoint]:
     """The real API from the environment, or an in-process emulator on loopback with `--emulate`."""
     if provider == "gemini":
-        from batcher.providers.gemini import gemini_key
+        from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
 
         if not emulate:
-            yield Endpoint(provider, None, gemini_key())
+            yield Endpoint(provider, gemini_settings(os.environ).base_url, gemini_api_key(os.environ))
             return
         from batcher.emulator.gemini.config import GeminiConfig  # the server: only for --emulate
         from batcher.emulator.gemini.server import GeminiEmulator
@@ -67,9 +68,10 @@ async def endpoint(provider: str, *, emulate: bool, emulator: EmulatorConfig) ->
 def open_provider(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
     """The provider for `where`, to be entered (`async with`): it owns its HTTP session."""
     if where.provider == "gemini":
-        from batcher.providers.gemini import GeminiProvider, gemini_settings
+        from batcher.providers.gemini import GeminiProvider
+        from batcher.providers.gemini_settings import gemini_settings
 
-        settings = gemini_settings(base_url=where.base_url)
+        settings = gemini_settings(os.environ, base_url=where.base_url)
         if config.max_connections is not None:
             settings = replace(settings, max_connections=config.max_connections)
         return GeminiProvider(settings, where.key, gate)

@@ -215,11 +215,14 @@ class JobSettings:
     max_attempts: int | None = None
 
 
+NOT_SENT = "not_sent"  # a call record's kind for a request refused before it left: no API call at all
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One HTTP call to the API, for the append-only ledger."""
 
-    kind: str  # create | query | download
+    kind: str  # create | query | download | not_sent
     outcome: str
     http_status: int | None
     latency_ms: float

@@ -123,7 +123,10 @@ class LifecyclePart(RunnerBase):
             await self.store.release(task, self._now())
             return False
 
+        sent = False
+
         async def commit_intent() -> None:
+            nonlocal sent
             if self._stopping or self._fatal is not None:
                 raise _Abort
             try:  # the intent and the submit's reservation, in one commit; refused when the budget is full
@@ -132,6 +135,7 @@ class LifecyclePart(RunnerBase):
                                               provider=self.provider.name)  # fmt: skip
             except BudgetRefused as e:
                 raise _OverBudget from e
+            sent = True
             self._create_sent(task)
 
         images = self._inline.pop(task.id, task.images)  # inputs inlined as data: URIs
@@ -145,8 +149,13 @@ class LifecyclePart(RunnerBase):
         except _Abort:
             await self.store.release(task, self._now())
             return False
-        self.progress.requests += 1
         now = self._now()
+        if not sent:  # refused before anything left (a request the provider cannot put on the wire)
+            assert isinstance(outcome, Failed), outcome
+            await self.store.failed(task, outcome.reason, outcome.call, now, failure=Failure.REFUSED)
+            self.progress.failed += 1
+            return False
+        self.progress.requests += 1
         lease_until = now + self.config.lease_s
         if isinstance(outcome, Accepted):
             await self.store.created(task, outcome.handle, outcome.price_micros, outcome.call, now,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import RowMapping
 
-from batcher.models import Failure
+from batcher.models import NOT_SENT, Failure
 from batcher.store.base import Job, Ledger, S, StoreBase
 from batcher.store.database import translated
 from batcher.store.tables import api_calls, jobs, strays, task_counts, tasks
@@ -80,7 +80,7 @@ class ReportsPart(StoreBase):
             select(
                 api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)
             )
-            .where(api_calls.c.job_id == job.id)
+            .where(api_calls.c.job_id == job.id, api_calls.c.kind != NOT_SENT)  # the API never saw those
             .group_by(api_calls.c.kind, api_calls.c.outcome)
         ):
             ledger.calls[r[0]] = ledger.calls.get(r[0], 0) + int(r[2])

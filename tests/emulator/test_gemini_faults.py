@@ -73,6 +73,16 @@ async def test_a_lost_reply_was_billed(make_gemini: MakeGemini) -> None:
     assert api.emu.stats.billed_by_prompt == {"lost one": 2}  # a retry is billed again
 
 
+async def test_a_gateway_502_is_html_and_was_billed(make_gemini: MakeGemini) -> None:
+    api = await make_gemini(gateway_502_rate=1.0)
+    url = f"{api.emu.origin}/v1beta/models/gemini-3.1-flash-lite-image:generateContent"
+    async with api.session.post(url, json=image_request("behind the gateway"), headers=api.headers) as resp:
+        assert resp.status == 502 and resp.content_type == "text/html"
+        assert "That's an error" in await resp.text()
+    stats = api.emu.stats
+    assert stats.gateway_errors == 1 and stats.images_billed == 1 and stats.requests == {"generate": {502: 1}}
+
+
 async def test_a_refusal_has_no_image_and_sticks_to_its_prompt(make_gemini: MakeGemini) -> None:
     api = await make_gemini(refusal_rate=1.0, refusal_reason="IMAGE_PROHIBITED_CONTENT")
     reply = await api.generate(image_request("refused"))

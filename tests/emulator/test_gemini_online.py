@@ -76,6 +76,7 @@ async def test_input_images_are_decoded_and_counted_as_prompt_tokens(make_gemini
     edited = await api.generate(image_request("edit this", images=(b"\x89PNG\r\n\x1a\n" + bytes(100),) * 2))
     assert edited.status == 200, edited.body
     assert edited.body["usageMetadata"]["promptTokenCount"] == plain.body["usageMetadata"]["promptTokenCount"] + 516
+    assert api.emu.stats.input_images == 2  # counted for the billed generation that carried them
 
 
 async def test_realistic_image_bytes_give_valid_pngs_of_about_that_size(make_gemini: MakeGemini) -> None:

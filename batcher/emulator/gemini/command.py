@@ -46,6 +46,7 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "day_s": (click.FloatRange(min=0.0, min_open=True), "length of the quota day, seconds [86400]"),
     "error_504_rate": (_RATE, "probability of a 504 DEADLINE_EXCEEDED after the generation's wait"),
     "lost_reply_rate": (_RATE, "probability an image is generated and billed, then the connection closes"),
+    "gateway_502_rate": (_RATE, "probability an image is generated and billed, then answered by an HTML 502"),
     "batch_latency": (str, "a batch's time from create to done: fixed:S | uniform:LO:HI | ... [fixed:60]"),
     "batch_expiry_s": (_SECONDS, "a batch not done by then ends EXPIRED [172800]"),
     "batch_fail_rate": (_RATE, "probability a batch ends FAILED (no results, nothing billed)"),

@@ -29,6 +29,7 @@ _RATES = (
     "error_504_rate",
     "drop_rate",
     "lost_reply_rate",
+    "gateway_502_rate",
     "slow_rate",
     "batch_line_fail_rate",
     "batch_line_refusal_rate",
@@ -77,6 +78,8 @@ class GeminiConfig:
     error_504_rate: float = 0.0  # after the generation's wait, nothing billed
     drop_rate: float = 0.0  # the connection closes before anything is done
     lost_reply_rate: float = 0.0  # generated and billed, then the connection closes
+    # generated and billed, then the front end answers 502 with an HTML page: the reply is not the API's
+    gateway_502_rate: float = 0.0
     slow_rate: float = 0.0
     slow_s: float = 5.0
     prices: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRICES))

@@ -3,7 +3,8 @@
 Order: a dropped connection (nothing done); the model and the body (404, 400); the account token bucket and
 the per-minute 429 (QuotaFailure quotaId ...PerMinute...); the per-day quota (...PerDay...); a slow start;
 500 and 503; then the generation's wait; 504 after it (nothing billed); a refusal or blocked prompt (not
-billed); else the image is billed, and its reply may still be lost (the connection closes after billing).
+billed); else the image is billed, and its reply may still be lost (the connection closes after billing) or
+replaced by the front end's HTML 502 (a body that is not the API's JSON).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from batcher.emulator.limiter import retry_after_seconds
 INTERNAL_MESSAGE = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
 OVERLOADED_MESSAGE = "The model is overloaded. Please try again later."
 DEADLINE_MESSAGE = "Deadline expired before operation could complete."
+# What Google's front end sends when it lost the backend's reply: HTML, not the API's JSON error.
+GATEWAY_PAGE = (
+    "<!DOCTYPE html><html lang=en><title>Error 502 (Server Error)!!1</title>"
+    "<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error. <ins>That's all we know.</ins>\n"
+)
 
 
 async def generate_content(
@@ -77,9 +83,12 @@ async def generate_content(
         stats.refuse(reason, blocked)
         reply = blocked_reply if blocked else refused_reply
         return json_response(reply(spec, reason, response_id))
-    stats.bill_image(spec.model, spec.prompt)
+    stats.bill_image(spec.model, spec.prompt, spec.input_images)
     if state.roll(config.lost_reply_rate):
         stats.lost_replies += 1
         return close_connection(request)
+    if state.roll(config.gateway_502_rate):
+        stats.gateway_errors += 1
+        return web.Response(status=502, text=GATEWAY_PAGE, content_type="text/html")
     _, b64 = state.images.image(spec.prompt, spec.width, spec.height, config.image_bytes)
     return json_response(image_reply(spec, b64, response_id))

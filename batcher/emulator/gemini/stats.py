@@ -26,6 +26,8 @@ class GeminiStats:
     billed_by_prompt: dict[str, int] = field(default_factory=dict)
     billed_by_model: dict[str, int] = field(default_factory=dict)
     lost_replies: int = 0  # generated and billed, then the connection closed
+    gateway_errors: int = 0  # generated and billed, then answered by the front end's HTML 502
+    input_images: int = 0  # input images (inlineData or fileData parts) of the generations that were billed
     refusals: int = 0  # a candidate without an image (finishReason), not billed
     blocked: int = 0  # promptFeedback.blockReason and no candidate, not billed
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
@@ -57,8 +59,9 @@ class GeminiStats:
         by_status = self.requests.get(kind, {})
         return sum(by_status.values()) if status is None else by_status.get(status, 0)
 
-    def bill_image(self, model: str, prompt: str) -> None:
+    def bill_image(self, model: str, prompt: str, input_images: int = 0) -> None:
         self.images_billed += 1
+        self.input_images += input_images
         _bump(self.billed_by_prompt, prompt)
         _bump(self.billed_by_model, model)
 

@@ -1,0 +1,453 @@
+"""Gemini online (``models.generateContent``) as a Provider: REST over aiohttp, every reply one typed outcome.
+
+Why not the google-genai SDK: the worker commits its intent in `before_send`, after the rate gate lets a
+request go and just before its bytes leave, and the SDK has no hook between the two. And the SDK retries on
+its own: generateContent has no idempotency key, so a retry after a lost reply is a second generation, billed
+again. Here each submit is exactly one POST, and the worker decides what is tried again.
+
+One call lasts the whole generation, and the image comes back in the reply (base64 in the JSON), so the window
+in which an error leaves a submission unknown is the whole call. What each reply proves:
+
+| reply                                                                 | outcome                 | billed   |
+| --------------------------------------------------------------------- | ----------------------- | -------- |
+| 200 with an inlineData image part                                     | Done                    | yes      |
+| 200, a candidate with no image (finishReason IMAGE_SAFETY, ..., STOP) | Failed BLOCKED          | no       |
+| 200, no candidate and promptFeedback.blockReason                      | Failed BLOCKED          | no       |
+| 200, no image and another finishReason (MAX_TOKENS, ...)              | Failed GENERATION       | no       |
+| 200 that is not a GenerateContentResponse (not JSON, over the cap,    | Unknown                 | maybe    |
+|   an image that is not base64)                                        |                         |          |
+| 400 with ErrorInfo API_KEY_INVALID; any 401 or 403                    | AuthRejected            | no       |
+| 408                                                                   | Transient               | no       |
+| any other 4xx but 429 (400 INVALID_ARGUMENT, FAILED_PRECONDITION,     | Failed INVALID          | no       |
+|   404 NOT_FOUND)                                                      |                         |          |
+| 429 whose QuotaFailure names a per-day quota (quotaId ...PerDay...)   | QuotaExhausted          | no       |
+| any other 429                                                         | RateLimited             | no       |
+| 500, 503, 504 carrying Google's JSON error body                       | Transient               | no       |
+| any other 5xx, or a 500/503/504 whose body is not Google's (a         | Unknown                 | maybe    |
+|   gateway's HTML page), any other status                              |                         |          |
+| a refused connection (aiohttp.ClientConnectorError: never reached it) | Transient               | no       |
+| a timeout, a reset or any error once the request may have left        | Unknown                 | maybe    |
+
+Google documents 500/503/504 as transient errors of the service, and an error reply holds no image: with the
+API's own error body they prove nothing was made. A body that is not the API's came from something in front
+of it, which may have lost a reply the API sent.
+
+The rate gate hears of every reply: `rate_limited(wait)` on a per-minute 429, `answered()` on everything else
+but a per-day 429 (which stops creates until the quota day ends, Pacific midnight: pausing the whole pool or
+cutting the rate would be wrong for it) and a refused connection (no reply at all).
+
+Input images: `data:` URIs go as inlineData parts after the prompt, their base64 passed through unchanged.
+http(s) URLs are refused before anything is sent (the request would need the Files API or a download first):
+resolve them to `data:` URIs upstream. Such a refusal's call has kind `not_sent`, so the ledger never counts
+it as a submission (nor is `check`'s, which sends nothing either).
+
+The API key goes only in the ``x-goog-api-key`` header to the API's own origin: never into an outcome, a
+record or a message (the API's own messages are scrubbed of it, in case one ever echoes it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import aiohttp
+
+from batcher.models import NOT_SENT, CallRecord
+from batcher.providers.base import (
+    AuthRejected,
+    Done,
+    Failed,
+    FailureKind,
+    Fetched,
+    Gone,
+    Image,
+    QuotaExhausted,
+    RateLimited,
+    Request,
+    Sink,
+    SubmitOutcome,
+    Transient,
+    Unknown,
+)
+from batcher.providers.download import DownloadOutcome, describe, download, origin
+from batcher.providers.gemini_settings import KEY_ENVS, GeminiSettings
+from batcher.ratelimit import RateGate
+from batcher.retry import RETRY_AFTER_CAP_S, parse_retry_after
+
+KEY_HEADER = "x-goog-api-key"
+KEY_HINT = "check GEMINI_API_KEY (or GOOGLE_API_KEY)"
+DETAIL_CHARS = 300  # of a message kept in the ledger
+QUOTA_TZ = ZoneInfo("America/Los_Angeles")  # Gemini's per-day quotas reset at midnight Pacific
+RPC = "type.googleapis.com/google.rpc."
+GONE_MESSAGE = "a Gemini online reply holds its image; once lost it cannot be fetched again"
+
+# A candidate that ended without an image on purpose: the model refused, trying again gives the same.
+REFUSALS = frozenset(
+    {
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "PROHIBITED_CONTENT",
+        "SAFETY",
+        "RECITATION",
+        "IMAGE_RECITATION",
+        "NO_IMAGE",
+        "IMAGE_OTHER",
+        "OTHER",
+        "BLOCKLIST",
+        "SPII",
+        "STOP",  # a clean stop with no image is no image all the same
+    }
+)
+_TRANSIENT_5XX = (500, 503, 504)
+_RATIO = re.compile(r"^(\d{1,2})[x:](\d{1,2})$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")  # a protobuf Duration in JSON: "47s", "0.5s"
+
+
+class _Unsendable(ValueError):
+    """A request that cannot be put on the wire as asked; the message says why."""
+
+
+class GeminiProvider:
+    """One aiohttp session to the Gemini API; every request first passes the shared rate gate.
+
+    `now` is the wall clock (epoch seconds): it times the ledger's records and finds the next quota day.
+    """
+
+    name = "gemini"
+    key_env = " or ".join(KEY_ENVS)
+
+    def __init__(
+        self, settings: GeminiSettings, api_key: str, gate: RateGate, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.gate = gate
+        self._now = now
+        self._key = api_key
+        self._auth = {KEY_HEADER: api_key}
+        self._origin = origin(settings.base_url)
+        self._base = f"{settings.base_url.rstrip('/')}/{settings.api_version}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"GeminiProvider({self._base!r})"
+
+    async def __aenter__(self) -> GeminiProvider:
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(
+                total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
+            ),
+            headers={"User-Agent": "batcher/0.1"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies; skipping the jar saves CPU per call
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use `async with GeminiProvider(...)`"
+        return self._session
+
+    # --- submit -------------------------------------------------------------------------------------
+
+    async def submit(self, request: Request, *, before_send: Callable[[], Awaitable[None]]) -> SubmitOutcome:
+        """One generateContent call. The body is built before the gate, so the gate's slot and the intent
+        committed in `before_send` are followed at once by the bytes leaving."""
+        try:
+            payload = json.dumps(request_body(request), separators=(",", ":")).encode()
+        except _Unsendable as e:
+            call = CallRecord(NOT_SENT, "invalid", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
+            return Failed(call, reason=str(e), kind=FailureKind.INVALID)
+        url = f"{self._base}/models/{quote(request.model, safe='')}:generateContent"
+        await self.gate.acquire(priority=False)
+        await before_send()  # may raise: nothing has been sent
+        return await self._generate(url, payload)
+
+    async def _generate(self, url: str, payload: bytes) -> SubmitOutcome:
+        start, at = time.monotonic(), self._now()
+        status: int | None = None
+
+        def call(outcome: str, detail: str = "", remote_id: str | None = None) -> CallRecord:
+            latency = (time.monotonic() - start) * 1000
+            return CallRecord("create", outcome, status, latency, at, remote_id, detail=detail[:DETAIL_CHARS] or None)
+
+        headers = {**self._auth, "Content-Type": "application/json"}
+        try:
+            async with self.session.post(url, data=payload, headers=headers) as resp:
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._now())
+                raw = await _read_capped(resp, self.settings.max_reply_bytes)
+        except aiohttp.ClientConnectorError as e:  # never reached the server: nothing was sent
+            msg = f"cannot connect to the Gemini API: {self._scrub(describe(e))}"
+            return Transient(call("transient", msg), msg)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            self.gate.answered()
+            msg = f"no reply from the Gemini API: {self._scrub(describe(e))}; the image may have been made and billed"
+            return Unknown(call("ambiguous", msg), msg)
+        if raw is None:
+            self.gate.answered()
+            msg = f"HTTP {status} reply larger than {self.settings.max_reply_bytes} bytes: not the API's reply"
+            return Unknown(call("ambiguous", msg), msg)
+        doc = _json(raw)
+        del raw  # the base64 text lives on in `doc` until decoded; the raw body need not
+        if status == 429:
+            return self._rate_limited(doc, retry_after, call)
+        self.gate.answered()
+        if status == 200:
+            if doc is None:
+                msg = "HTTP 200 with a body that is not JSON: the image may have been made and billed"
+                return Unknown(call("ambiguous", msg), msg)
+            return self._generated(doc, call)
+        return self._refused(status, _error(doc), call)
+
+    def _generated(self, doc: dict[str, Any], call: Callable[..., CallRecord]) -> SubmitOutcome:
+        response_id = doc.get("responseId") if isinstance(doc.get("responseId"), str) else None
+        usage = doc.get("usageMetadata")
+        usage = usage if isinstance(usage, dict) else {}
+        candidates = doc.get("candidates")
+        if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
+            feedback = doc.get("promptFeedback")
+            block = feedback.get("blockReason") if isinstance(feedback, dict) else None
+            if isinstance(block, str) and block:
+                reason = f"blocked by the model: {block} (promptFeedback.blockReason: the prompt got no candidate)"
+                return Failed(call("blocked", reason, response_id), reason=reason, kind=FailureKind.BLOCKED)
+            msg = "HTTP 200 with neither a candidate nor a blockReason: the image may have been made and billed"
+            return Unknown(call("ambiguous", msg, response_id), msg)
+        candidate = candidates[0]
+        finish = str(candidate.get("finishReason") or "FINISH_REASON_UNSPECIFIED")
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        parts = parts if isinstance(parts, list) else []
+        for part in parts:
+            inline = part.get("inlineData") if isinstance(part, dict) else None
+            if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
+                continue
+            mime = str(inline.get("mimeType") or "image/png")
+            if not mime.startswith("image/"):
+                continue
+            data = _b64decode(inline["data"])
+            if not data:
+                msg = "HTTP 200 whose image is not valid base64: the image was made and billed, but is lost"
+                return Unknown(call("ambiguous", msg, response_id), msg)
+            image = Image(data=data, mime_type=mime)
+            tokens = image_tokens(usage)
+            detail = f"{tokens} image tokens" if tokens is not None else ""
+            return Done(call("ok", detail, response_id), image=image, handle=response_id, usage=usage)
+        text = " ".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+        said = f"; the model said: {text.strip()[:150]}" if text.strip() else ""
+        if finish in REFUSALS:
+            reason = f"blocked by the model: {finish} (finishReason, no image in the reply){said}"
+            return Failed(call("blocked", reason, response_id), reason=reason, kind=FailureKind.BLOCKED)
+        reason = f"the generation ended without an image: finishReason {finish}{said}"
+        return Failed(call("generation_failed", reason, response_id), reason=reason, kind=FailureKind.GENERATION)
+
+    def _rate_limited(
+        self, doc: dict[str, Any] | None, retry_after: float | None, call: Callable[..., CallRecord]
+    ) -> SubmitOutcome:
+        error = _error(doc)
+        quotas = [q for q in _quota_ids(error) if q]
+        message = self._scrub(str(error.get("message") or "")) if error else ""
+        first_line = message.splitlines()[0] if message else "HTTP 429"
+        if any("PerDay" in q for q in quotas):
+            until = next_quota_day(self._now())
+            when = dt.datetime.fromtimestamp(until, QUOTA_TZ).isoformat()
+            msg = f"the Gemini per-day quota is used up ({', '.join(quotas)}): no creates until {when}"
+            return QuotaExhausted(call("quota_exhausted", msg), msg, until=until)
+        wait = _retry_delay(error)
+        wait = wait if wait is not None else retry_after
+        self.gate.rate_limited(wait)
+        named = f" ({', '.join(quotas)})" if quotas else ""
+        msg = f"rate limited{named}: {first_line}"
+        return RateLimited(call("rate_limited", msg), msg, wait_s=wait)
+
+    def _refused(
+        self, status: int | None, error: dict[str, Any] | None, call: Callable[..., CallRecord]
+    ) -> SubmitOutcome:
+        code = status or 0
+        api_status = str(error.get("status") or "") if error else ""
+        message = self._scrub(str(error.get("message") or "")) if error else ""
+        what = f"HTTP {code}" + (f" {api_status}" if api_status else "") + (f": {message}" if message else "")
+        if code in (401, 403) or (code == 400 and "API_KEY_INVALID" in _reasons(error)):
+            msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
+            return AuthRejected(call("auth", msg), msg)
+        if code == 408:
+            return Transient(call("transient", what), what)
+        if 400 <= code < 500:
+            return Failed(call("invalid", what), reason=what, kind=FailureKind.INVALID)
+        if code in _TRANSIENT_5XX and error is not None:
+            msg = f"{what} (the API's own error: nothing was made)"
+            return Transient(call("transient", msg), msg)
+        shape = "the API's error body" if error is not None else "a body that is not the API's"
+        msg = f"HTTP {code} with {shape}: the image may have been made and billed"
+        return Unknown(call("ambiguous", msg), msg)
+
+    # --- check and fetch ----------------------------------------------------------------------------
+
+    async def check(self, handle: str) -> Gone:
+        """Online there is no remote task to poll: the reply held the image, or it is gone."""
+        call = CallRecord(NOT_SENT, "gone", None, 0.0, self._now(), handle, detail=GONE_MESSAGE)
+        return Gone(call, GONE_MESSAGE)
+
+    async def fetch(self, image: Image, sink: Sink) -> Fetched:
+        """Bytes the reply held go straight to the sink; a URL is streamed (the key only to the API's origin).
+
+        A download that failed for a while (an expired URL, a 5xx, a reset) is `retryable`: checking again is
+        the only way the vocabulary has to try again. One refused for good (not an image) is not."""
+        if image.data is not None:
+            sink.write(image.data)
+            return Fetched(ok=True, call=None)
+        if image.url is None:
+            return Fetched(ok=False, call=None, message="the image has neither bytes nor a URL")
+        headers = self._auth if origin(image.url) == self._origin else {}
+        got = await download(self.session, image.url, sink, max_bytes=self.settings.max_image_bytes, headers=headers)
+        if got.outcome is DownloadOutcome.OK:
+            return Fetched(ok=True, call=got.call)
+        expired = got.outcome is DownloadOutcome.TRANSIENT
+        return Fetched(ok=False, call=got.call, message=got.message, retryable=expired)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "[key]") if self._key else text
+
+
+# --- the request ------------------------------------------------------------------------------------
+
+
+def request_body(request: Request) -> dict[str, Any]:
+    """The GenerateContentRequest of a task: the prompt, then each input image as an inlineData part."""
+    parts: list[dict[str, Any]] = [{"text": request.prompt}]
+    parts += [_image_part(i, uri) for i, uri in enumerate(request.images)]
+    image_config: dict[str, Any] = {"aspectRatio": aspect_ratio(request.size)}
+    if request.quality:
+        image_config["imageSize"] = request.quality
+    return {
+        "contents": [{"role": "user", "parts": parts}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": image_config},
+    }
+
+
+def aspect_ratio(size: str) -> str:
+    """The catalog's `16x9` as Gemini's `16:9` (a colon already there is kept)."""
+    m = _RATIO.match(size.strip())
+    if m is None:
+        raise _Unsendable(f"size {size!r} is not an aspect ratio like 16x9")
+    return f"{int(m[1])}:{int(m[2])}"
+
+
+def _image_part(index: int, uri: str) -> dict[str, Any]:
+    lowered = uri[:8].lower()
+    if lowered.startswith(("http://", "https://")):
+        raise _Unsendable(f"input image {index + 1} is a URL: the Gemini provider sends images inline, as data: URIs")
+    if not lowered.startswith("data:"):
+        raise _Unsendable(f"input image {index + 1} is neither a data: URI nor a URL")
+    header, comma, data = uri[5:].partition(",")
+    fields = [f.strip().lower() for f in header.split(";")]
+    mime = fields[0]
+    if not comma or "base64" not in fields[1:] or not mime.startswith("image/") or not data:
+        raise _Unsendable(f"input image {index + 1} must be a base64 data: URI of an image (data:image/...;base64,)")
+    return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+# --- the reply --------------------------------------------------------------------------------------
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, or None past `cap` bytes. Chunks joined once: a 3 MB reply is copied once, not grown."""
+    chunks: list[bytes] = []
+    got = 0
+    async for chunk in resp.content.iter_any():
+        got += len(chunk)
+        if got > cap:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _b64decode(text: str) -> bytes:
+    """Decoded bytes, or b"" when `text` is not base64. binascii takes the ASCII str as it is (no encoded copy,
+    unlike base64.b64decode); proto JSON also allows the URL-safe alphabet, tried second."""
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _error(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `error` of Google's error body ``{"error": {code, message, status, details}}``, if that is the body."""
+    error = doc.get("error") if doc is not None else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        return None
+    return error
+
+
+def _details(error: dict[str, Any] | None, kind: str) -> list[dict[str, Any]]:
+    details = error.get("details") if error is not None else None
+    if not isinstance(details, list):
+        return []
+    return [d for d in details if isinstance(d, dict) and d.get("@type") == RPC + kind]
+
+
+def _quota_ids(error: dict[str, Any] | None) -> list[str]:
+    out: list[str] = []
+    for failure in _details(error, "QuotaFailure"):
+        violations = failure.get("violations")
+        for v in violations if isinstance(violations, list) else []:
+            if isinstance(v, dict) and isinstance(v.get("quotaId"), str):
+                out.append(v["quotaId"])
+    return out
+
+
+def _reasons(error: dict[str, Any] | None) -> set[str]:
+    return {str(d.get("reason")) for d in _details(error, "ErrorInfo")}
+
+
+def _retry_delay(error: dict[str, Any] | None) -> float | None:
+    """RetryInfo.retryDelay in seconds ("47s"), capped like a Retry-After."""
+    for info in _details(error, "RetryInfo"):
+        delay = info.get("retryDelay")
+        m = _DURATION.match(delay) if isinstance(delay, str) else None
+        if m is not None:
+            return min(float(m[1]), RETRY_AFTER_CAP_S)
+    return None
+
+
+def image_tokens(usage: dict[str, Any]) -> int | None:
+    """The IMAGE modality's count in usageMetadata.candidatesTokensDetails: what an image is billed by."""
+    details = usage.get("candidatesTokensDetails")
+    for d in details if isinstance(details, list) else []:
+        if isinstance(d, dict) and d.get("modality") == "IMAGE" and isinstance(d.get("tokenCount"), int):
+            count: int = d["tokenCount"]
+            return count
+    return None
+
+
+def next_quota_day(now: float) -> float:
+    """Epoch seconds of the next midnight in America/Los_Angeles after `now`, when per-day quotas reset."""
+    today = dt.datetime.fromtimestamp(now, QUOTA_TZ).date()
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0), tzinfo=QUOTA_TZ)
+    return midnight.timestamp()
