@@ -301,6 +301,11 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
         elif result.reason == StopReason.INTERRUPTED:
             click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}",
                        err=True)  # fmt: skip
+        elif result.elsewhere:
+            held = ", ".join(f"{n} by {name}" for name, n in sorted(result.elsewhere.items()))
+            click.echo(f"batcher: {sum(result.elsewhere.values())} tasks were sent through another provider and are "
+                       f"held there ({held}): collect them with `--provider NAME`; they are never sent twice",
+                       err=True)  # fmt: skip
         elif result.reason == StopReason.BUDGET:
             click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
                        f"{result.left} tasks left to do", err=True)  # fmt: skip

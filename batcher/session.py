@@ -67,7 +67,8 @@ class RunSummary:
             return ExitCode.INTERRUPTED
         if r.reason == StopReason.BUDGET:
             return ExitCode.BUDGET
-        return ExitCode.FAILED if self.summary["failed"] else ExitCode.OK
+        # exit 0 only when every task succeeded: not while another provider still holds some
+        return ExitCode.FAILED if self.summary["failed"] or r.elsewhere else ExitCode.OK
 
 
 def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None) -> Iterator[list[ImportRow]]:

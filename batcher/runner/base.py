@@ -59,6 +59,7 @@ class RunResult:
     error: BatcherError | None = None
     left: int = 0  # tasks not final when the run stopped
     progress: Progress | None = None  # this worker's own share of the work
+    elsewhere: dict[str, int] = field(default_factory=dict)  # open tasks another provider holds, by provider
 
     def worker_figures(self) -> dict[str, Any]:
         p = self.progress

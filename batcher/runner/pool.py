@@ -57,7 +57,8 @@ class Runner(LeasesPart, LifecyclePart):
                 await self._remember(self._now())
             await self.store.stop_worker(self.worker_id, self._now())
         left, _ = await self.store.next_due(self.job, self._now())
-        return RunResult(reason, self._fatal, left, self.progress)
+        elsewhere = await self.store.held_elsewhere(self.job, self.provider.name)
+        return RunResult(reason, self._fatal, left, self.progress, elsewhere)
 
     async def _loop(self) -> str:
         while True:

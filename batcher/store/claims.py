@@ -105,6 +105,11 @@ class ClaimsPart(StoreBase):
 
         return await self.writer.run(op)
 
+    async def held_elsewhere(self, job: Job, provider: str) -> dict[str, int]:
+        """Open tasks of the job that another provider's API may hold, by provider: a run through `provider`
+        leaves them to a run through theirs."""
+        return {str(name): int(n) for name, n in await self._rows(_held_elsewhere_stmt(job.id, provider))}
+
     async def next_due(self, job: Job, now: float, provider: str | None = None) -> tuple[int, float | None]:
         """How many tasks of the job are not final, and when the earliest one not held by anyone is due.
         `provider`: count only the tasks a run through it can drive (the rest wait on the API that holds them)."""
@@ -119,6 +124,16 @@ class ClaimsPart(StoreBase):
         )
         row = (await self._rows(select(func.count(), func.min(due_at)).where(tasks.c.job_id == job.id, open_)))[0]
         return int(row[0]), row[1]
+
+
+def _held_elsewhere_stmt(job_id: int, provider: str) -> Any:
+    sent = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
+    name = func.coalesce(tasks.c.provider, DEFAULT_PROVIDER)
+    return (
+        select(name, func.count())
+        .where(tasks.c.job_id == job_id, sent, name != provider)
+        .group_by(name)
+    )
 
 
 def _sent_to(provider: Any) -> Any:
