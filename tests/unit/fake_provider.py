@@ -161,7 +161,7 @@ class FakeProvider:
         self._started: dict[str, float] = {}  # handle → when it was accepted (clock)
         self._files: dict[str, bytes] = {}  # URL → bytes
         self._ids = itertools.count(1)
-        self.entered = False
+        self.users = 0  # runs inside `async with` now
 
     # --- the test's side ----------------------------------------------------------------------------------
 
@@ -181,11 +181,13 @@ class FakeProvider:
     # --- the Protocol -----------------------------------------------------------------------------------
 
     async def __aenter__(self) -> FakeProvider:
-        self.entered = True
+        self.users += 1
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.gate.close()
+        self.users -= 1
+        if not self.users:  # two runners of one test share the fake: the first to end must not stop the other's gate
+            await self.gate.close()
 
     async def submit(self, request: Request, *, before_send: Callable[[], Awaitable[None]]) -> SubmitOutcome:
         await self.gate.acquire(priority=False)
