@@ -1,9 +1,9 @@
 """The runner's rules on an in-memory provider (`fake_provider`) and a real SQLite store, in virtual time.
 
 The runner's wall clock is the loop's (`clock`): leases, backoffs, polls, a 429's wait and the unknown window
-all pass in virtual time, so a test of a 30 s lease takes milliseconds and asserts exact instants. The store's
-thread takes no virtual time (`virtual_time.run_threaded`). Money is checked against the fake's own
-accounting of what it accepted and billed, never the ledger against itself.
+all pass in virtual time, so a test of a 30 s lease takes milliseconds, and its instants are the clock's, not
+a loaded machine's. The store's thread takes no virtual time (`virtual_time.run_threaded`). Money is checked
+against the fake's own accounting of what it accepted and billed, never the ledger against itself.
 """
 
 from __future__ import annotations
@@ -238,6 +238,21 @@ async def test_a_late_accept_for_a_taken_over_task_not_yet_sent_again_is_adopted
         ledger = await assert_money_matches(b, fake)
         assert ledger.billed_calls == 1
         assert ledger.unknown_submissions == 0  # the adopted reply proves what the unknown create did
+
+
+@virtual
+async def test_a_live_workers_heartbeat_renews_its_lease_so_its_slow_submit_is_not_taken_over(home: Path) -> None:
+    async with bench(home) as b:
+        fake = fake_provider()
+        fake.script(P0, submit=[late(1.5 * CONFIG.lease_s)])  # slow, but its worker is alive and beating
+        run_a = asyncio.create_task(b.run(fake, worker="a"))
+        await asyncio.sleep(CONFIG.lease_s + 5.0)
+        result_b = await b.run(fake, worker="b", store=await b.open())
+        assert (await run_a).reason == result_b.reason == StopReason.DONE
+        assert fake.submits(P0) == 1
+        assert await b.store.strays_of(await b.job()) == []
+        ledger = await assert_money_matches(b, fake)
+        assert ledger.billed_calls == 1 and ledger.unknown_submissions == 0
 
 
 # --- the budget ---------------------------------------------------------------------------------------------
@@ -536,7 +551,7 @@ async def test_a_provider_error_after_before_send_stops_the_run_and_leaves_the_t
     async with bench(home, 2) as b:
         fake = fake_provider()
         fake.script(P0, submit=[broken])
-        result = await b.run(fake, limit_s=120.0)  # the bug: it runs on past any limit
+        result = await b.run(fake, limit_s=60.0)  # the bug: it runs on past any limit
         assert result.reason == StopReason.FATAL and result.error is not None
         row = (await b.rows())[P0]
         assert row["status"] in ("submitting", "unknown") and row["claimed_by"] is None
