@@ -87,6 +87,9 @@ class LifecyclePart(RunnerBase):
             self._fail_run(e)
         except asyncio.CancelledError:
             pass
+        except Exception as e:  # a bug: stop the run (a submit it cut is found `unknown` by the next one)
+            log.debug("task %s", task.key, exc_info=True)
+            self._fail_run(BatcherError(f"internal error on task {task.key}: {type(e).__name__}: {e}"))
         finally:
             self._create_sent(task)
             self._polling.discard(task.id)

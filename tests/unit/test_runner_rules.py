@@ -532,7 +532,7 @@ async def test_tasks_sent_through_one_provider_are_left_to_it_by_a_run_through_a
         await assert_money_matches(b, a, fake_b)
 
 
-# --- known bugs of the runner (strict xfail: the mark goes when the fix comes) -------------------------------
+# --- a provider's own bug -------------------------------------------------------------------------------------
 
 
 async def broken(_: Request) -> SubmitOutcome:
@@ -540,18 +540,12 @@ async def broken(_: Request) -> SubmitOutcome:
     raise KeyError("candidates")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RUNNER BUG: an exception other than BatcherError/ClaimLost/CancelledError from provider.submit kills "
-    "the task's _drive; the task stays `submitting`, held under this worker's lease, which its heartbeat renews, "
-    "so the run never ends and reports nothing (asyncio logs 'Task exception was never retrieved')",
-)
 @virtual
 async def test_a_provider_error_after_before_send_stops_the_run_and_leaves_the_task_to_recovery(home: Path) -> None:
     async with bench(home, 2) as b:
         fake = fake_provider()
         fake.script(P0, submit=[broken])
-        result = await b.run(fake, limit_s=60.0)  # the bug: it runs on past any limit
+        result = await b.run(fake, limit_s=60.0)
         assert result.reason == StopReason.FATAL and result.error is not None
         row = (await b.rows())[P0]
         assert row["status"] in ("submitting", "unknown") and row["claimed_by"] is None
