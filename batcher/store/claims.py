@@ -129,11 +129,7 @@ class ClaimsPart(StoreBase):
 def _held_elsewhere_stmt(job_id: int, provider: str) -> Any:
     sent = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
     name = func.coalesce(tasks.c.provider, DEFAULT_PROVIDER)
-    return (
-        select(name, func.count())
-        .where(tasks.c.job_id == job_id, sent, name != provider)
-        .group_by(name)
-    )
+    return select(name, func.count()).where(tasks.c.job_id == job_id, sent, name != provider).group_by(name)
 
 
 def _sent_to(provider: Any) -> Any:
