@@ -54,7 +54,8 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("lite_model_default_quality.yaml", None, 8, 12, "quality 4K is not available for gemini-3.1-flash-lite-image"),
     ("size_number.yaml", None, 4, 11, "size '5' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of 1x1"),
     ("unknown_size.yaml", None, 5, 11, "size '7x5' is not an aspect ratio"),
-    ("size_colon.yaml", None, 2, 7, "size '16:9': use NxN notation, e.g. 16x9"),
+    # either notation names a ratio (16:9 is 16x9); one no model has is refused as written
+    ("size_colon.yaml", None, 2, 7, "size '16:10' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of"),
     # tasks and prompts
     ("tasks_not_list.yaml", None, 3, 3, "tasks must be a list"),
     ("missing_prompt.yaml", None, 4, 5, "the task has no prompt"),
@@ -87,7 +88,7 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     # rows: and CSV manifests
     ("rows_missing.yaml", None, 3, 9, "rows file 'nowhere.csv' not found"),
     ("rows_undefined_column.yaml", None, 4, 11, "undefined variable 'colour' in prompt template"),
-    ("rows_bad_cell.yaml", "rows_bad_size.csv", 3, None, "size '16:9': use NxN notation, e.g. 16x9"),
+    ("rows_bad_cell.yaml", "rows_bad_size.csv", 3, None, "size '16:10' is not an aspect ratio"),
     ("csv_no_prompt.csv", None, 1, None, "the header has no 'prompt' column (its columns: sku, name, color)"),
     ("csv_extra_fields.csv", None, 3, None, "the row has 3 fields but the header has 2 columns"),
     ("csv_unclosed_quote.csv", None, 2, None, "a quoted field starting on this line is never closed"),
@@ -176,7 +177,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "colour: red\n"
         "tasks:\n"
         "  - prompt: Studio shot of a {color} mug\n"
-        "    size: 16:9\n"
+        "    size: 16:10\n"
         "  - prompt: Studio shot of a blue mug\n"
         "    model: gemini-9\n",
         encoding="utf-8",
@@ -186,7 +187,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         (2, 13, "budget_usd must be greater than 0, not '-1'"),
         (3, 1, "unknown key 'colour'"),
         (5, 13, "undefined variable 'color' in prompt template 'Studio shot of a {color} mug'"),
-        (6, 11, "size '16:9': use NxN notation, e.g. 16x9"),
+        (6, 11, "size '16:10' is not an aspect ratio of gemini-3.1-flash-lite-image"),
         (8, 12, "unknown model 'gemini-9'"),
     ]
 
