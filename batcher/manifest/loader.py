@@ -311,8 +311,9 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
 def _provider(root: YMap, settings: _Settings, file: str, problems: Problems) -> str | None:
     """The job's provider (the default when not given), or None after reporting an unknown one where it is."""
     name = settings.provider
-    if name is None:
-        return None if "provider" in root.items else DEFAULT_PROVIDER  # present but refused by _settings
+    if name is None:  # not given (or `provider:` left empty), or refused by _settings, which said why
+        refused = "provider" in root.items and to_plain(root.items["provider"]) is not None
+        return None if refused else DEFAULT_PROVIDER
     if name in PROVIDERS:
         return name
     where = locate(root, ("provider",))

@@ -336,6 +336,7 @@ def test_a_gemini_manifest_in_colon_notation_loads_with_canonical_sizes(tmp_path
 
 def test_linkmodel_is_the_default_provider(tmp_path: Path) -> None:
     assert load_manifest(write(tmp_path, "tasks: [a red mug]\n")).settings.provider == "linkmodel"
+    assert load_manifest(write(tmp_path, "provider:\ntasks: [a red mug]\n")).settings.provider == "linkmodel"
     csv = write(tmp_path, "prompt,size\na red mug,16:9\n", "rows.csv")
     manifest = load_manifest(csv)  # a CSV manifest has no job-level settings: always the default provider
     assert manifest.settings.provider == "linkmodel"
