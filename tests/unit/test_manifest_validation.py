@@ -48,6 +48,7 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("rate_not_positive.yaml", None, 3, 24, "rate_limit.requests_per_second must be greater than 0"),
     ("max_in_flight_fraction.yaml", None, 2, 53, "rate_limit.max_in_flight must be a whole number, not '2.5'"),
     ("max_connections_zero.yaml", None, 2, 55, "rate_limit.max_connections must be at least 1, not '0'"),
+    ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini"),
     # model, quality, size
     ("unknown_model.yaml", None, 4, 12, "unknown model 'gemini-3.1-flash-lite' (did you mean"),
     ("lite_2k.yaml", None, 3, 10, "quality 2K is not available for gemini-3.1-flash-lite-image, which only accepts 1K"),
