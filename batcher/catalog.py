@@ -134,7 +134,7 @@ class ProviderFacts:
 
     def to_wire(self, canonical: str) -> str:
         """A canonical size in the provider's own notation: what its API is sent, and what messages show."""
-        return canonical.replace("x", self.separator) if self.separator != "x" else canonical
+        return canonical.replace("x", self.separator)
 
 
 def _table(*models: ModelFacts) -> Mapping[str, ModelFacts]:
