@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 import click
 
 from batcher import views
+from batcher.catalog import PROVIDERS
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ExitCode, ManifestError
@@ -204,7 +205,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @_with_db
     @click.option(
         "--provider",
-        type=click.Choice(["linkmodel", "gemini"]),
+        type=click.Choice(list(PROVIDERS)),
         help="the API to generate through, over the manifest's `provider` (default linkmodel)",
     )
     @click.option(

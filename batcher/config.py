@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from batcher.catalog import DEFAULT_PROVIDER, provider_facts
 from batcher.errors import ConfigError, UnknownPriceError
-from batcher.models import MODELS, OnUnknown
+from batcher.models import OnUnknown
 from batcher.polling import PollPolicy
 from batcher.retry import RetryPolicy
 
@@ -39,11 +40,11 @@ def db_from(option: str | None, env: Mapping[str, str] = os.environ) -> str:
     return option or env.get("BATCHER_DB") or DEFAULT_DB
 
 
-def unit_price(model: str, override: Decimal | None) -> Decimal:
-    """The price of one successful call: an explicit override, else the model's published price."""
+def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
+    """The price of one successful call: an explicit override, else the model's price in the provider's table."""
     if override is not None:
         return override
-    facts = MODELS.get(model)
+    facts = provider_facts(provider).model(model)
     if facts is None or facts.price_usd is None:
         raise UnknownPriceError(
             f"no price is known for model {model!r}: set price_usd in the manifest or --price on the command line"

@@ -8,16 +8,15 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
+from batcher.catalog import DEFAULT_PROVIDER, provider_facts
 from batcher.config import RunConfig, api_key, api_settings
 from batcher.emulator import EmulatorConfig
-from batcher.errors import BatcherError, ConfigError
-from batcher.models import DEFAULT_PROVIDER
+from batcher.errors import BatcherError
 from batcher.providers.base import Provider
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.runner import rate_limit_key
 from batcher.store import Store
 
-PROVIDERS = ("linkmodel", "gemini")
 ACCOUNT_BUCKET = "account"  # the shared token bucket's name (for LinkModel; others add their name)
 
 
@@ -35,10 +34,7 @@ class Endpoint:
 
 def provider_name(option: str | None, settings: dict[str, object]) -> str:
     """The command line's `--provider`, else the job's manifest, else LinkModel."""
-    name = option or str(settings.get("provider") or DEFAULT_PROVIDER)
-    if name not in PROVIDERS:
-        raise ConfigError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
-    return name
+    return provider_facts(option or str(settings.get("provider") or DEFAULT_PROVIDER)).name
 
 
 @contextlib.asynccontextmanager

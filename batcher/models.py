@@ -1,4 +1,4 @@
-"""Plain values shared by every layer: the model facts, task specs and task states. No I/O."""
+"""Plain values shared by every layer: task specs and task states. No I/O. (What the models offer: catalog.py.)"""
 
 from __future__ import annotations
 
@@ -12,78 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring
 
-# --- the models the LinkModel API serves ----------------------------------------------------------------
-
-RATIOS_31 = ("1x1", "2x3", "3x2", "3x4", "4x3", "4x5", "5x4", "9x16", "16x9", "21x9", "1x4", "4x1", "1x8", "8x1")
-RATIOS_25 = RATIOS_31[:10]
-
-# Pixel sizes at 1K; 0.5K is half, 2K twice, 4K four times these.
-PIXELS_1K_31: dict[str, tuple[int, int]] = {
-    "1x1": (1024, 1024),
-    "2x3": (848, 1264),
-    "3x2": (1264, 848),
-    "3x4": (896, 1200),
-    "4x3": (1200, 896),
-    "4x5": (928, 1152),
-    "5x4": (1152, 928),
-    "9x16": (768, 1376),
-    "16x9": (1376, 768),
-    "21x9": (1584, 672),
-    "1x4": (512, 2048),
-    "4x1": (2048, 512),
-    "1x8": (384, 3072),
-    "8x1": (3072, 384),
-}
-PIXELS_1K_25: dict[str, tuple[int, int]] = {
-    "1x1": (1024, 1024),
-    "2x3": (832, 1248),
-    "3x2": (1248, 832),
-    "3x4": (864, 1184),
-    "4x3": (1184, 864),
-    "4x5": (896, 1152),
-    "5x4": (1152, 896),
-    "9x16": (768, 1344),
-    "16x9": (1344, 768),
-    "21x9": (1536, 672),
-}
-TIER_SCALE = {"0.5K": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the provider documents about one model."""
-
-    id: str
-    nickname: str
-    qualities: tuple[str, ...]
-    sizes: tuple[str, ...]
-    pixels_1k: dict[str, tuple[int, int]]
-    price_usd: Decimal | None  # per successful call; None where the provider publishes none
-
-    def pixels(self, quality: str, size: str) -> tuple[int, int]:
-        w, h = self.pixels_1k[size]
-        scale = TIER_SCALE[quality]
-        return int(w * scale), int(h * scale)
-
-
-MODELS: dict[str, ModelFacts] = {
-    m.id: m
-    for m in (
-        ModelFacts(
-            "gemini-3.1-flash-lite-image", "Nano Banana Lite", ("1K",), RATIOS_31, PIXELS_1K_31, Decimal("0.067")
-        ),
-        ModelFacts(
-            "gemini-3.1-flash-image", "Nano Banana 2", ("0.5K", "1K", "2K", "4K"), RATIOS_31, PIXELS_1K_31, None
-        ),
-        ModelFacts("gemini-2.5-flash-image", "Nano Banana", ("1K",), RATIOS_25, PIXELS_1K_25, None),
-    )
-}
-DEFAULT_PROVIDER = "linkmodel"
-DEFAULT_MODEL = "gemini-3.1-flash-lite-image"
-DEFAULT_QUALITY = "1K"
-DEFAULT_SIZE = "1x1"
-MAX_INPUT_IMAGES = 10
-
+from batcher.catalog import DEFAULT_PROVIDER
 
 # --- task specs -----------------------------------------------------------------------------------------
 
@@ -213,6 +142,7 @@ class JobSettings:
     max_in_flight: int | None = None
     max_connections: int | None = None
     max_attempts: int | None = None
+    provider: str = DEFAULT_PROVIDER  # a key of catalog.PROVIDERS: whose table the tasks were checked against
 
 
 NOT_SENT = "not_sent"  # a call record's kind for a request refused before it left: no API call at all

@@ -71,12 +71,12 @@ class RunSummary:
         return ExitCode.FAILED if self.summary["failed"] or r.elsewhere else ExitCode.OK
 
 
-def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None) -> Iterator[list[ImportRow]]:
+def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None, provider: str) -> Iterator[list[ImportRow]]:
     """Refuse, before anything is committed, a model nobody has priced."""
     known: set[str] = set()
     for batch in batches:
         for model in {row[4] for row in batch} - known:
-            unit_price(model, override)
+            unit_price(model, override, provider)
             known.add(model)
         yield batch
 
@@ -96,7 +96,8 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
                 cached = cache_forecast(await store.outputs_by_key(None if job is None else job.id))
         finally:
             await store.close()
-    return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override),
+    provider = manifest.settings.provider
+    return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override, provider),
                     manifest.settings.budget_usd, cached)  # fmt: skip
 
 
@@ -116,9 +117,10 @@ async def _store_to_read(db: str | None, *, required: bool = False) -> Store | N
 async def import_manifest(store: Store, manifest: Manifest, price: Decimal | None) -> ImportResult:
     s = manifest.settings
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
-             "max_connections": s.max_connections, "max_attempts": s.max_attempts}  # fmt: skip
+             "max_connections": s.max_connections, "max_attempts": s.max_attempts,
+             "provider": s.provider}  # fmt: skip
     override = price if price is not None else s.price_usd
-    rows = _priced(import_rows(manifest), override)
+    rows = _priced(import_rows(manifest), override, s.provider)
     return await store.import_manifest(s, str(manifest.path.absolute()), rows, extra=extra, now=time.time())
 
 
@@ -168,11 +170,13 @@ def output_dir(job: Job, out: str | None) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
 
-def job_prices(models: list[str], job: Job, override: Decimal | None) -> dict[str, int]:
-    """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table."""
+def job_prices(models: list[str], job: Job, override: Decimal | None, provider: str | None = None) -> dict[str, int]:
+    """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table of
+    the provider (`provider`, else the job's)."""
     if override is None and job.price_micros is not None:
         override = micros_to_usd(job.price_micros)
-    return {m: usd_to_micros(unit_price(m, override)) for m in models}
+    route = connect.provider_name(provider, job.settings)
+    return {m: usd_to_micros(unit_price(m, override, route)) for m in models}
 
 
 async def drive(store: Store, provider: Provider, job: Job, config: RunConfig, prices: dict[str, int],
@@ -207,7 +211,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
         job = replace(job, output_dir=output_dir(job, opts.out))
-        prices = job_prices(await store.job_models(job), job, opts.price)
+        prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
         async with connected(store, opts, job) as (provider, config):
             result = await drive(store, provider, job, config, prices, show_progress)
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
@@ -233,7 +237,7 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                     continue
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
-                prices = job_prices(await store.job_models(job), job, opts.price)
+                prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
                 async with connected(store, opts, job) as (provider, config):
                     result = await drive(store, provider, job, config, prices, show_progress)
                 head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
@@ -270,7 +274,7 @@ async def job_summary(
         prices = {}
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
-                prices[m] = usd_to_micros(unit_price(m, override))
+                prices[m] = usd_to_micros(unit_price(m, override, connect.provider_name(None, job.settings)))
     head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head

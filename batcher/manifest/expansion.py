@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batcher.catalog import DEFAULT_PROVIDER
 from batcher.manifest.chains import ChainBook, Waiting
 from batcher.manifest.csvsource import iter_records
 from batcher.manifest.inputs import InputProblem, LocalImages, is_local
@@ -24,6 +25,7 @@ from batcher.manifest.taskfields import (
     TEMPLATE_BUILTINS,
     Problems,
     choice_errors,
+    image_count_problem,
     images_problem,
     name_problem,
     normalise_quality,
@@ -99,6 +101,7 @@ class RowsPlan:
     constants: dict[str, str] = field(default_factory=dict)  # variables given in the manifest, for every row
     header_line: int = 1
     parent: Template | None = None  # `from:` for every row (a `from` column overrides it)
+    provider: str = DEFAULT_PROVIDER  # whose table a row's model, quality, size and images are checked against
 
 
 Plan = TaskPlan | RowsPlan
@@ -402,7 +405,7 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
     cols = plan.columns
     c_prompt, c_model, c_quality, c_size = (cols.get(k) for k in ("prompt", "model", "quality", "size"))
     c_filename, c_seed, c_images, c_from = (cols.get(k) for k in ("filename", "seed", "images", "from"))
-    problems, file = run.problems, plan.file
+    problems, file, provider = run.problems, plan.file, plan.provider
     filenames = Filenames(plan.filename, frozenset(n for n, _ in plan.variables) | frozenset(plan.constants))
     for line, cells in records:
         if len(cells) != width:
@@ -433,8 +436,8 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
             model = (cells[c_model].strip() if c_model is not None else "") or model
             quality = normalise_quality(cells[c_quality]) if c_quality is not None else ""
             quality = quality or plan.quality
-            size = (normalise_size(cells[c_size]) if c_size is not None else "") or size
-            errors = choice_errors(model, quality, size)
+            size = (normalise_size(cells[c_size], provider) if c_size is not None else "") or size
+            errors = choice_errors(model, quality, size, provider)
             if errors:
                 run.index += 1
                 for error in errors:
@@ -452,11 +455,11 @@ def _row_tasks(plan: RowsPlan, records: Iterator[tuple[int, list[str]]], run: _R
             why = why or seed_problem(seed)
         if c_images is not None and cells[c_images].strip():
             images = tuple(cells[c_images].split())
-            why = why or images_problem(images, chained=parent is not None)
+            why = why or images_problem(images, chained=parent is not None, model=model, provider=provider)
             if not why:
                 images, why = local_refs(images, plan.path.parent, run.local)
-        elif images and parent is not None:
-            why = why or images_problem(images, chained=True)
+        elif images:  # the manifest's images, checked at load but not against this row's model and parent
+            why = why or image_count_problem(len(images), chained=parent is not None, model=model, provider=provider)
         filename: Filenames | str = filenames
         if c_filename is not None and cells[c_filename].strip():
             filename = cells[c_filename].strip()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batcher.catalog import DEFAULT_MODEL, DEFAULT_PROVIDER, DEFAULT_QUALITY, DEFAULT_SIZE, PROVIDERS, unknown_provider
 from batcher.errors import ManifestError, Problem
 from batcher.manifest.expansion import Plan, RowsPlan, TaskPlan, generate
 from batcher.manifest.rowplans import csv_columns, read_header
@@ -29,13 +30,12 @@ from batcher.manifest.taskfields import (
     choice_errors,
     did_you_mean,
     job_name_problem,
-    normalise_quality,
-    normalise_size,
+    normalise_choice,
 )
 from batcher.manifest.taskplans import Defaults, Given, PlanBuilder
 from batcher.manifest.templates import Template, TemplateError, check_filename_template, compile_template
 from batcher.manifest.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
-from batcher.models import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SIZE, JobSettings, TaskSpec
+from batcher.models import JobSettings, TaskSpec
 
 EAGER_CHECK_TASKS = 100_000  # in-document tasks (tasks:, matrix:) fully checked at load when no more than this
 _SOURCES = ("tasks", "matrix", "rows")
@@ -155,6 +155,7 @@ class _Settings(_Strict):
 
     job: str | None = None
     description: str | None = None
+    provider: str | None = None  # a key of catalog.PROVIDERS; checked in _provider, to name the file and line
     model: str | None = None
     quality: str | None = None
     size: str | None = None
@@ -259,7 +260,10 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         at = root.items["job"].loc if "job" in root.items else None
         hint = "" if at else "; set job: in the manifest"
         problems.add(file, at.line if at else None, at.column if at else None, why + hint)
-    defaults = _defaults(root, settings, file, problems)
+    provider = _provider(root, settings, file, problems)
+    if provider is None:
+        return None  # tasks checked against no provider's table would only add noise
+    defaults = _defaults(root, settings, provider, file, problems)
     if defaults is None:
         return None
     builder = PlanBuilder(file, problems, defaults, p.parent)
@@ -299,24 +303,37 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         max_in_flight=rate.max_in_flight,
         max_connections=rate.max_connections,
         max_attempts=retries.max_attempts,
+        provider=provider,
     )
     return Manifest(p, job_settings, tuple(plans))
 
 
-def _defaults(root: YMap, settings: _Settings, file: str, problems: Problems) -> Defaults | None:
+def _provider(root: YMap, settings: _Settings, file: str, problems: Problems) -> str | None:
+    """The job's provider (the default when not given), or None after reporting an unknown one where it is."""
+    name = settings.provider
+    if name is None:  # not given (or `provider:` left empty), or refused by _settings, which said why
+        refused = "provider" in root.items and to_plain(root.items["provider"]) is not None
+        return None if refused else DEFAULT_PROVIDER
+    if name in PROVIDERS:
+        return name
+    where = locate(root, ("provider",))
+    problems.add(file, where.line, where.column, unknown_provider(name, did_you_mean(name, PROVIDERS)))
+    return None
+
+
+def _defaults(root: YMap, settings: _Settings, provider: str, file: str, problems: Problems) -> Defaults | None:
     """The job-wide model, quality, size, prompt and filename templates, each checked where it is written."""
 
     def given(key: str, text: str | None, builtin: str) -> Given:
         if text is None:
             return Given(builtin, None, 0)
-        norm = normalise_quality(text) if key == "quality" else normalise_size(text) if key == "size" else text
-        return Given(norm.strip(), locate(root, (key,)), 1)
+        return Given(normalise_choice(key, text, provider), locate(root, (key,)), 1)
 
     before = len(problems.kept)
     model = given("model", settings.model, DEFAULT_MODEL)
     quality = given("quality", settings.quality, DEFAULT_QUALITY)
     size = given("size", settings.size, DEFAULT_SIZE)
-    for error in choice_errors(model.text, quality.text, size.text):
+    for error in choice_errors(model.text, quality.text, size.text, provider):
         at = {"model": model, "quality": quality, "size": size}[error.field].loc
         problems.add(file, at.line if at else None, at.column if at else None, error.message)
     prompt = _template(root, ("prompt",), settings.prompt, "prompt", file, problems)
@@ -327,7 +344,7 @@ def _defaults(root: YMap, settings: _Settings, file: str, problems: Problems) ->
         problems.add(file, where.line, where.column, f"filename template '{filename.text}' {why}")
     if len(problems.kept) != before:
         return None  # tasks checked against a broken default would only repeat its problem
-    return Defaults(model, quality, size, prompt, filename or compile_template(DEFAULT_FILENAME))
+    return Defaults(model, quality, size, prompt, filename or compile_template(DEFAULT_FILENAME), provider)
 
 
 def _template(

@@ -13,9 +13,9 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from batcher.catalog import DEFAULT_PROVIDER, TIER_SCALE, provider_facts
 from batcher.errors import ManifestError, Problem
 from batcher.manifest.inputs import is_local
-from batcher.models import MAX_INPUT_IMAGES, MODELS, TIER_SCALE
 
 FIELD_KEYS = ("prompt", "model", "quality", "size", "filename", "images", "seed", "variant", "name", "from")
 # What name and filename templates may use besides the task's variables. A filename may also use the task's
@@ -29,7 +29,6 @@ MAX_SEED_CHARS = 200
 MAX_PROBLEMS = 200  # reported in full; past this only counted, a broken million-row file stays readable
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_RATIO_WITH_COLON = re.compile(r"(\d+)\s*:\s*(\d+)")
 _DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -58,9 +57,20 @@ def normalise_quality(quality: str) -> str:
     return q[:-1] + "K" if q.endswith("k") else q
 
 
-def normalise_size(size: str) -> str:
-    """'16X9' → '16x9'."""
-    return size.strip().lower()
+@lru_cache(maxsize=4096)  # a CSV size column holds a handful of values, normalised once each
+def normalise_size(size: str, provider: str = DEFAULT_PROVIDER) -> str:
+    """'16X9' or '16:9' → '16x9' (canonical) for a ratio the provider serves; anything else trimmed and lower-cased,
+    for choice_errors to refuse as written."""
+    return provider_facts(provider).to_canonical(size) or size.strip().lower()
+
+
+def normalise_choice(key: str, text: str, provider: str = DEFAULT_PROVIDER) -> str:
+    """A model, quality or size (`key`) as written → as checked and stored."""
+    if key == "quality":
+        return normalise_quality(text)
+    if key == "size":
+        return normalise_size(text, provider)
+    return text.strip()
 
 
 class ChoiceError(NamedTuple):
@@ -69,12 +79,16 @@ class ChoiceError(NamedTuple):
 
 
 @lru_cache(maxsize=4096)  # CSV rows repeat a handful of combinations; this keeps per-row cost at a lookup
-def choice_errors(model: str, quality: str, size: str) -> tuple[ChoiceError, ...]:
-    """What is wrong with asking `model` for `quality` and `size` (normalised values); () when all is well."""
-    facts = MODELS.get(model)
+def choice_errors(model: str, quality: str, size: str, provider: str = DEFAULT_PROVIDER) -> tuple[ChoiceError, ...]:
+    """What is wrong with asking `provider` (a known one) for `model` at `quality` and `size` (normalised values);
+    () when all is well. The one place that says which models, qualities and sizes a provider takes."""
+    table = provider_facts(provider)
+    facts = table.model(model)
     if facts is None:
-        known = ", ".join(MODELS)
-        return (ChoiceError("model", f"unknown model '{model}'{did_you_mean(model, MODELS)}; known models: {known}"),)
+        known = ", ".join(table.models)
+        return (
+            ChoiceError("model", f"unknown model '{model}'{did_you_mean(model, table.models)}; known models: {known}"),
+        )
     errors: list[ChoiceError] = []
     if quality not in TIER_SCALE:
         tiers = ", ".join(TIER_SCALE)
@@ -92,13 +106,10 @@ def choice_errors(model: str, quality: str, size: str) -> tuple[ChoiceError, ...
             )
         )
     if size not in facts.sizes:
-        colon = _RATIO_WITH_COLON.fullmatch(size)
-        if colon:
-            example = f"{colon[1]}x{colon[2]}" if f"{colon[1]}x{colon[2]}" in facts.sizes else "16x9"
-            message = f"size '{size}': use NxN notation, e.g. {example}"
-        else:
-            message = f"size '{size}' is not an aspect ratio of {model}; use one of {', '.join(facts.sizes)}"
-        errors.append(ChoiceError("size", message))
+        # Shown as the provider writes it (a size the provider knows is canonical here; any other as written).
+        shown = table.to_wire(size) if size in table.sizes else size
+        ratios = ", ".join(table.to_wire(s) for s in facts.sizes)
+        errors.append(ChoiceError("size", f"size '{shown}' is not an aspect ratio of {model}; use one of {ratios}"))
     return tuple(errors)
 
 
@@ -111,13 +122,37 @@ def _accepts(qualities: tuple[str, ...], *, verb: bool = False) -> str:
 # --- images, seeds, names ------------------------------------------------------------------------------
 
 
-def images_problem(images: tuple[str, ...], *, chained: bool = False) -> str | None:
+def image_count_problem(
+    count: int, *, chained: bool = False, model: str | None = None, provider: str = DEFAULT_PROVIDER
+) -> str | None:
+    """Why `count` input images are too few or too many; None when they fit. Without `model` (not known yet),
+    against the most any model of the provider takes; with it, against that model's own limit. `chained`: the
+    task's parent output (`from:`) is one more input."""
+    table = provider_facts(provider)
+    most = table.max_input_images
+    if not 1 <= count <= most:
+        return f"images must list 1 to {most} input images (got {count}), or be left out"
+    if chained and count >= most:
+        return f"images may list at most {most - 1} input images besides the one from: gives"
+    facts = table.model(model) if model is not None else None
+    if facts is None:  # an unknown model is reported by choice_errors
+        return None
+    limit = facts.max_input_images
+    if count > limit:
+        return f"{model} takes at most {limit} input images (got {count})"
+    if chained and count >= limit:
+        return f"{model} takes at most {limit} input images: images may list {limit - 1} besides the one from: gives"
+    return None
+
+
+def images_problem(
+    images: tuple[str, ...], *, chained: bool = False, model: str | None = None, provider: str = DEFAULT_PROVIDER
+) -> str | None:
     """Why a task's input images are not valid; None when they are. Local file names pass here (they are read
-    later); `chained`: the task's parent output (`from:`) is one more input."""
-    if not 1 <= len(images) <= MAX_INPUT_IMAGES:
-        return f"images must list 1 to {MAX_INPUT_IMAGES} input images (got {len(images)}), or be left out"
-    if chained and len(images) >= MAX_INPUT_IMAGES:
-        return f"images may list at most {MAX_INPUT_IMAGES - 1} input images besides the one from: gives"
+    later); `chained`, `model`, `provider`: as for image_count_problem."""
+    why = image_count_problem(len(images), chained=chained, model=model, provider=provider)
+    if why:
+        return why
     for i, image in enumerate(images, start=1):
         if is_local(image):
             if not image.strip() or _CONTROL.search(image):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from batcher.catalog import DEFAULT_PROVIDER
 from batcher.manifest.expansion import Axis, RowsPlan, TaskPlan, local_refs
 from batcher.manifest.inputs import LocalImages
 from batcher.manifest.rowplans import csv_columns, read_header
@@ -21,15 +22,14 @@ from batcher.manifest.taskfields import (
     Problems,
     choice_errors,
     did_you_mean,
+    image_count_problem,
     images_problem,
     name_problem,
-    normalise_quality,
-    normalise_size,
+    normalise_choice,
     seed_problem,
 )
 from batcher.manifest.templates import Template, TemplateError, check_filename_template, compile_template
 from batcher.manifest.yamlsource import Loc, YMap, YNode, YScalar, YSeq, kind
-from batcher.models import MAX_INPUT_IMAGES
 
 MAX_MATRIX_TASKS = 1_000_000  # one matrix; past this a typo (a long list pasted twice) is the likelier cause
 _CHOICES = ("model", "quality", "size")
@@ -58,6 +58,7 @@ class Defaults:
     size: Given
     prompt: Template | None
     filename: Template
+    provider: str = DEFAULT_PROVIDER  # whose table every model, quality, size and image count is checked against
 
 
 class PlanBuilder:
@@ -69,6 +70,7 @@ class PlanBuilder:
         self.d = defaults
         self.base_dir = base_dir  # `rows:` paths and local input images are relative to the manifest's folder
         self.local = LocalImages()
+        self.provider = defaults.provider
 
     def _at(self, loc: Loc | None, message: str) -> None:
         self.problems.add(self.file, loc.line if loc else None, loc.column if loc else None, message)
@@ -108,7 +110,7 @@ class PlanBuilder:
         if any(t is None for t in texts):
             return None
         images = tuple(t for t in texts if t is not None)
-        why = images_problem(images)
+        why = images_problem(images, provider=self.provider)  # each model's own limit: _check_image_counts
         if not why:
             images, why = local_refs(images, self.base_dir, self.local)
         if why:
@@ -245,8 +247,9 @@ class PlanBuilder:
                 used |= template.names
                 self._check_defined(template, role, names, templates_loc.get(role), m.loc)
         self._check_typos(m, set(variables) - used)
-        if parent is not None:
-            self._check_chained_images(m, images, axes)
+        if "images" in m.items:
+            image_lists = [images] + [v for a in axes if a.key == "images" for v in a.values if isinstance(v, tuple)]
+            self._check_image_counts(m.items["images"].loc, image_lists, choices["model"], parent is not None)
         if len(self.problems.kept) != before or prompt is None:
             return None
         at = templates_loc.get("from")
@@ -269,12 +272,13 @@ class PlanBuilder:
             return None
         return parent
 
-    def _check_chained_images(self, m: YMap, images: tuple[str, ...], axes: list[Axis]) -> None:
-        """With `from:`, the parent's output is one more input: at most MAX_INPUT_IMAGES - 1 may be listed."""
-        lists = [images] + [v for a in axes if a.key == "images" for v in a.values if isinstance(v, tuple)]
-        if any(len(x) >= MAX_INPUT_IMAGES for x in lists):
-            why = f"images may list at most {MAX_INPUT_IMAGES - 1} input images besides the one from: gives"
-            self._at(m.items["images"].loc, why)
+    def _check_image_counts(self, at: Loc, lists: list[tuple[str, ...]], models: list[Given], chained: bool) -> None:
+        """Each list of input images against the limit of each model it may go to (`chained`: with `from:`, the
+        parent's output is one more input)."""
+        for images, model in itertools.product(lists, models):
+            if images and (why := image_count_problem(len(images), chained=chained, model=model.text,
+                                                      provider=self.provider)):  # fmt: skip
+                self._at(at, why)
 
     def _choice_values(self, key: str, node: YNode, as_axis: bool) -> list[Given]:
         items = node.items if as_axis and isinstance(node, YSeq) else [node]
@@ -282,13 +286,12 @@ class PlanBuilder:
         for item in items:
             text = self.text(item, key)
             if text is not None:
-                norm = normalise_quality(text) if key == "quality" else normalise_size(text) if key == "size" else text
-                out.append(Given(norm.strip(), item.loc, 2))
+                out.append(Given(normalise_choice(key, text, self.provider), item.loc, 2))
         return out if len(out) == len(items) else []
 
     def _check_choices(self, choices: dict[str, list[Given]], fallback: Loc) -> None:
         for model, quality, size in itertools.product(choices["model"], choices["quality"], choices["size"]):
-            for error in choice_errors(model.text, quality.text, size.text):
+            for error in choice_errors(model.text, quality.text, size.text, self.provider):
                 given = {"model": model, "quality": quality, "size": size}[error.field]
                 if error.field != "model" and model.level > given.level:
                     given = model  # the task chose the model; the default quality/size does not fit it
@@ -391,7 +394,7 @@ class PlanBuilder:
                 f"{csv_file} has no 'prompt' column and no prompt template is given "
                 '(rows: {file: ..., prompt: "... {column} ..."})',
             )
-        self._check_choices({k: [v] for k, v in given.items()}, m.loc)
+        self._check_choices({k: [v] for k, v in given.items()}, m.loc)  # images: per row, as a row may change the model
         names = {n for n, _ in variables} | set(constants)
         for role, template in (("prompt", prompt), ("filename", filename), ("name", task_name), ("from", parent)):
             if template is not None:
@@ -402,7 +405,7 @@ class PlanBuilder:
             file=csv_file, path=self.base_dir / name, delimiter=sep.replace("\\t", "\t") if sep else None,
             header=tuple(cells), columns=columns, variables=tuple(variables), prompt=prompt, filename=filename,
             name=task_name, model=given["model"].text, quality=given["quality"].text, size=given["size"].text,
-            images=images, seed=seed, constants=constants, header_line=line, parent=parent,
+            images=images, seed=seed, constants=constants, header_line=line, parent=parent, provider=self.provider,
         )  # fmt: skip
         return plan, has_rows
 

@@ -60,6 +60,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
+from batcher.catalog import GEMINI
 from batcher.models import NOT_SENT, CallRecord
 from batcher.providers.base import (
     AuthRejected,
@@ -107,7 +108,6 @@ REFUSALS = frozenset(
     }
 )
 _TRANSIENT_5XX = (500, 503, 504)
-_RATIO = re.compile(r"^(\d{1,2})[x:](\d{1,2})$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")  # a protobuf Duration in JSON: "47s", "0.5s"
 
 
@@ -340,11 +340,11 @@ def request_body(request: Request) -> dict[str, Any]:
 
 
 def aspect_ratio(size: str) -> str:
-    """The catalog's `16x9` as Gemini's `16:9` (a colon already there is kept)."""
-    m = _RATIO.match(size.strip())
-    if m is None:
-        raise _Unsendable(f"size {size!r} is not an aspect ratio like 16x9")
-    return f"{int(m[1])}:{int(m[2])}"
+    """The catalog's `16x9` as Gemini's `16:9`."""
+    canonical = GEMINI.to_canonical(size)
+    if canonical is None:
+        raise _Unsendable(f"size {size!r} is not an aspect ratio the Gemini API serves")
+    return GEMINI.to_wire(canonical)
 
 
 def _image_part(index: int, uri: str) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import socket
 import time
 from typing import Any
 
+from batcher.catalog import DEFAULT_PROVIDER
 from batcher.errors import BatcherError
-from batcher.models import DEFAULT_PROVIDER, TaskStatus
+from batcher.models import TaskStatus
 from batcher.polling import FirstPollTracker
 from batcher.runner.base import RunnerBase, log
 from batcher.store import Task

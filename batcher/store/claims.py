@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
-from batcher.models import DEFAULT_PROVIDER
+from batcher.catalog import DEFAULT_PROVIDER
 from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.cache import inputs_settled
 from batcher.store.changes import WriteConnection

@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, literal, or_, select, update
 
-from batcher.models import DEFAULT_PROVIDER, CallRecord, Failure, TaskStatus
+from batcher.catalog import DEFAULT_PROVIDER
+from batcher.models import CallRecord, Failure, TaskStatus
 from batcher.store.base import BudgetRefused, ClaimLost, S, StoreBase, Stray, StrayReply, Task
 from batcher.store.changes import RowChange, WriteConnection
 from batcher.store.tables import api_calls, jobs, strays, tasks

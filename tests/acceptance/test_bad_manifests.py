@@ -21,6 +21,7 @@ CASES = {
     "filename_dotdot.yaml": "filename_dotdot.yaml:3",
     "python_object_tag.yaml": "python_object_tag.yaml:3",
     "rows_bad_cell.yaml": "rows_bad_size.csv:3",
+    "unknown_provider.yaml": "unknown_provider.yaml:2",
 }
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from batcher.catalog import DEFAULT_MODEL
 from batcher.manifest import load_manifest
-from batcher.models import DEFAULT_MODEL, JobSettings, TaskSpec
+from batcher.models import JobSettings, TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = REPO / "tests" / "manifests" / "good"

@@ -48,13 +48,15 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("rate_not_positive.yaml", None, 3, 24, "rate_limit.requests_per_second must be greater than 0"),
     ("max_in_flight_fraction.yaml", None, 2, 53, "rate_limit.max_in_flight must be a whole number, not '2.5'"),
     ("max_connections_zero.yaml", None, 2, 55, "rate_limit.max_connections must be at least 1, not '0'"),
+    ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini"),
     # model, quality, size
     ("unknown_model.yaml", None, 4, 12, "unknown model 'gemini-3.1-flash-lite' (did you mean"),
     ("lite_2k.yaml", None, 3, 10, "quality 2K is not available for gemini-3.1-flash-lite-image, which only accepts 1K"),
     ("lite_model_default_quality.yaml", None, 8, 12, "quality 4K is not available for gemini-3.1-flash-lite-image"),
     ("size_number.yaml", None, 4, 11, "size '5' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of 1x1"),
     ("unknown_size.yaml", None, 5, 11, "size '7x5' is not an aspect ratio"),
-    ("size_colon.yaml", None, 2, 7, "size '16:9': use NxN notation, e.g. 16x9"),
+    # either notation names a ratio (16:9 is 16x9); one no model has is refused as written
+    ("size_colon.yaml", None, 2, 7, "size '16:10' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of"),
     # tasks and prompts
     ("tasks_not_list.yaml", None, 3, 3, "tasks must be a list"),
     ("missing_prompt.yaml", None, 4, 5, "the task has no prompt"),
@@ -87,7 +89,7 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     # rows: and CSV manifests
     ("rows_missing.yaml", None, 3, 9, "rows file 'nowhere.csv' not found"),
     ("rows_undefined_column.yaml", None, 4, 11, "undefined variable 'colour' in prompt template"),
-    ("rows_bad_cell.yaml", "rows_bad_size.csv", 3, None, "size '16:9': use NxN notation, e.g. 16x9"),
+    ("rows_bad_cell.yaml", "rows_bad_size.csv", 3, None, "size '16:10' is not an aspect ratio"),
     ("csv_no_prompt.csv", None, 1, None, "the header has no 'prompt' column (its columns: sku, name, color)"),
     ("csv_extra_fields.csv", None, 3, None, "the row has 3 fields but the header has 2 columns"),
     ("csv_unclosed_quote.csv", None, 2, None, "a quoted field starting on this line is never closed"),
@@ -176,7 +178,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "colour: red\n"
         "tasks:\n"
         "  - prompt: Studio shot of a {color} mug\n"
-        "    size: 16:9\n"
+        "    size: 16:10\n"
         "  - prompt: Studio shot of a blue mug\n"
         "    model: gemini-9\n",
         encoding="utf-8",
@@ -186,7 +188,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         (2, 13, "budget_usd must be greater than 0, not '-1'"),
         (3, 1, "unknown key 'colour'"),
         (5, 13, "undefined variable 'color' in prompt template 'Studio shot of a {color} mug'"),
-        (6, 11, "size '16:9': use NxN notation, e.g. 16x9"),
+        (6, 11, "size '16:10' is not an aspect ratio of gemini-3.1-flash-lite-image"),
         (8, 12, "unknown model 'gemini-9'"),
     ]
 
@@ -275,3 +277,160 @@ def test_job_name_from_an_unfit_file_name_asks_for_job(tmp_path: Path) -> None:
     assert problem.line is None
     assert problem.message.startswith("job name 'my job' is not valid")
     assert problem.message.endswith("; set job: in the manifest")
+
+
+# --- the job's provider ------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def keys_of(path: Path) -> list[str]:
+    return [spec.key for spec in load_manifest(path).specs()]
+
+
+SIZES_JOB = """\
+job: sizes
+{provider}size: {default}
+tasks:
+  - a red mug
+  - {{prompt: a blue mug, size: {wide}}}
+matrix: {{prompt: a green mug, size: [{tall}, 1x1]}}
+rows: {{file: sizes.csv}}
+"""
+
+
+@pytest.mark.parametrize("provider", ["", "provider: linkmodel\n", "provider: gemini\n"])
+def test_the_same_manifest_in_either_notation_gives_the_same_task_keys(tmp_path: Path, provider: str) -> None:
+    keys = []
+    for sep in ("x", ":"):
+        folder = tmp_path / (sep.replace(":", "colon") or "x")
+        folder.mkdir()
+        (folder / "sizes.csv").write_text(f"prompt,size\na lamp,9{sep}16\na tote,21{sep}9\n", encoding="utf-8")
+        text = SIZES_JOB.format(provider=provider, default=f"4{sep}3", wide=f"16{sep}9", tall=f"1{sep}4")
+        path = write(folder, text)
+        keys.append(keys_of(path))
+        assert [s.size for s in load_manifest(path).specs()] == ["4x3", "16x9", "1x4", "1x1", "9x16", "21x9"]
+    assert keys[0] == keys[1]
+
+
+def test_the_provider_does_not_change_a_tasks_key(tmp_path: Path) -> None:
+    linkmodel = write(tmp_path, "tasks: [{prompt: a red mug, size: 16x9}]\n", "a.yaml")
+    gemini = write(tmp_path, "provider: gemini\ntasks: [{prompt: a red mug, size: '16:9'}]\n", "b.yaml")
+    assert keys_of(linkmodel) == keys_of(gemini)
+
+
+def test_a_gemini_manifest_in_colon_notation_loads_with_canonical_sizes(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "job: gem\nprovider: gemini\nsize: 16:9\noutput: {filename: '{size}-{index}.png'}\n"
+        "tasks:\n  - a red mug\n  - {prompt: a tall mug, size: 8:1}\n",
+    )
+    manifest = load_manifest(path)
+    assert manifest.settings.provider == "gemini"
+    specs = list(manifest.specs())
+    assert [(s.size, s.filename) for s in specs] == [("16x9", "16x9-1.png"), ("8x1", "8x1-2.png")]
+
+
+def test_linkmodel_is_the_default_provider(tmp_path: Path) -> None:
+    assert load_manifest(write(tmp_path, "tasks: [a red mug]\n")).settings.provider == "linkmodel"
+    assert load_manifest(write(tmp_path, "provider:\ntasks: [a red mug]\n")).settings.provider == "linkmodel"
+    csv = write(tmp_path, "prompt,size\na red mug,16:9\n", "rows.csv")
+    manifest = load_manifest(csv)  # a CSV manifest has no job-level settings: always the default provider
+    assert manifest.settings.provider == "linkmodel"
+    assert [s.size for s in manifest.specs()] == ["16x9"]
+
+
+def test_an_unknown_provider_is_named_with_its_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "job: p\nprovider: nope\ntasks: [a red mug]\n")
+    (problem,) = problems_of(path)
+    assert str(problem) == f"{path}:2:11: unknown provider 'nope'; known providers: linkmodel, gemini"
+    path = write(tmp_path, "provider: gemni\nbudget_usd: -1\ntasks: [a red mug]\n")
+    assert [p.message.split(",")[0] for p in problems_of(path)] == [
+        "unknown provider 'gemni' (did you mean 'gemini'?); known providers: linkmodel",
+        "budget_usd must be greater than 0",  # the other settings are still checked
+    ]
+    (problem,) = problems_of(write(tmp_path, "provider: [gemini]\ntasks: [a red mug]\n"))
+    assert (problem.line, problem.column, problem.message) == (1, 11, "provider must be text, not a list")
+
+
+def test_a_bad_size_lists_the_providers_ratios_in_its_notation(tmp_path: Path) -> None:
+    text = (
+        "provider: gemini\ntasks:\n  - {prompt: a, size: 7x5}\n"
+        "  - {prompt: b, model: gemini-2.5-flash-image, size: 1x4}\n"
+    )
+    first, second = problems_of(write(tmp_path, text))
+    assert (first.line, first.column) == (3, 23)
+    assert first.message == (
+        "size '7x5' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, "
+        "5:4, 9:16, 16:9, 21:9, 1:4, 4:1, 1:8, 8:1"
+    )
+    assert second.message.startswith("size '1:4' is not an aspect ratio of gemini-2.5-flash-image; use one of 1:1")
+    assert second.message.endswith("16:9, 21:9")
+    csv = "prompt,size\na,16:10\n"
+    (tmp_path / "bad.csv").write_text(csv, encoding="utf-8")
+    (problem,) = problems_of(write(tmp_path, "provider: gemini\nrows: bad.csv\n"))
+    assert (problem.file, problem.line) == (str(tmp_path / "bad.csv"), 2)
+    assert problem.message.startswith(
+        "size '16:10' is not an aspect ratio of gemini-3.1-flash-lite-image; use one of 1:1"
+    )
+
+
+def test_an_unknown_model_lists_the_providers_models(tmp_path: Path) -> None:
+    (problem,) = problems_of(write(tmp_path, "provider: gemini\nmodel: imagen-4\ntasks: [a red mug]\n"))
+    assert (problem.line, problem.column) == (2, 8)
+    assert problem.message == (
+        "unknown model 'imagen-4'; known models: gemini-3.1-flash-lite-image, gemini-3.1-flash-image, "
+        "gemini-2.5-flash-image"
+    )
+
+
+def urls(n: int) -> str:
+    return "[" + ", ".join(f"https://e.com/{i}.png" for i in range(n)) + "]"
+
+
+def test_the_input_image_limit_is_the_models(tmp_path: Path) -> None:
+    ok = (
+        f"provider: gemini\ntasks:\n  - {{prompt: a, images: {urls(14)}}}\n"
+        f"  - {{prompt: b, model: gemini-2.5-flash-image, images: {urls(3)}}}\n"
+    )
+    assert len(list(load_manifest(write(tmp_path, ok, "ok.yaml")).specs())) == 2
+    bad = (
+        f"provider: gemini\ntasks:\n  - {{prompt: a, images: {urls(15)}}}\n"
+        f"  - {{prompt: b, model: gemini-2.5-flash-image, images: {urls(4)}}}\n"
+        f"  - {{name: c, prompt: c}}\n"
+        f"  - {{from: c, prompt: d, model: gemini-2.5-flash-image, images: {urls(3)}}}\n"
+    )
+    assert [(p.line, p.message) for p in problems_of(write(tmp_path, bad, "bad.yaml"))] == [
+        (3, "images must list 1 to 14 input images (got 15), or be left out"),
+        (4, "gemini-2.5-flash-image takes at most 3 input images (got 4)"),
+        (6, "gemini-2.5-flash-image takes at most 3 input images: images may list 2 besides the one from: gives"),
+    ]
+    # LinkModel takes 10 on every model: its message is as before
+    (problem,) = problems_of(write(tmp_path, f"tasks: [{{prompt: a, images: {urls(11)}}}]\n", "link.yaml"))
+    assert problem.message == "images must list 1 to 10 input images (got 11), or be left out"
+
+
+def test_a_matrix_checks_its_images_against_each_model_of_its_axis(tmp_path: Path) -> None:
+    text = (
+        "provider: gemini\nmatrix:\n  prompt: a mug\n  model: [gemini-3.1-flash-image, gemini-2.5-flash-image]\n"
+        f"  images: {urls(5)}\n"
+    )
+    (problem,) = problems_of(write(tmp_path, text))
+    assert (problem.line, problem.message) == (5, "gemini-2.5-flash-image takes at most 3 input images (got 5)")
+
+
+def test_a_csv_row_is_checked_against_its_own_models_image_limit(tmp_path: Path) -> None:
+    four = " ".join(f"https://e.com/{i}.png" for i in range(4))
+    csv = f"prompt,model,images\na,gemini-3.1-flash-image,{four}\nb,gemini-2.5-flash-image,{four}\n"
+    (tmp_path / "rows.csv").write_text(csv, encoding="utf-8")
+    (problem,) = problems_of(write(tmp_path, "provider: gemini\nrows: rows.csv\n"))
+    assert (problem.file, problem.line) == (str(tmp_path / "rows.csv"), 3)
+    assert problem.message == "gemini-2.5-flash-image takes at most 3 input images (got 4)"
+    # images given in the manifest for every row meet each row's model too
+    (tmp_path / "models.csv").write_text("prompt,model\na,gemini-3.1-flash-image\nb,gemini-2.5-flash-image\n")
+    (problem,) = problems_of(write(tmp_path, f"provider: gemini\nrows: {{file: models.csv, images: {urls(4)}}}\n"))
+    assert (problem.file, problem.line) == (str(tmp_path / "models.csv"), 3)
