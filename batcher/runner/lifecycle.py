@@ -5,17 +5,14 @@ submissions whose task another worker held by then, driven to their end and kept
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import uuid
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from batcher import cache
 from batcher.errors import AuthError, BatcherError, QuotaError
 from batcher.imageinfo import ImageInfo
-from batcher.models import CallRecord, Failure, OnUnknown, TaskStatus
+from batcher.models import Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, RunningClock, next_poll_in
 from batcher.providers.base import (
@@ -168,7 +165,7 @@ class LifecyclePart(RunnerBase):
         if isinstance(outcome, Done):  # the reply held the image: nothing to check, nothing to fetch again
             handle = outcome.handle or f"{self.provider.name}-{uuid.uuid4().hex}"
             try:
-                await self.store.created(task, handle, outcome.price_micros, _with_usage(outcome), now,
+                await self.store.created(task, handle, outcome.price_micros, outcome.call, now,
                                          reserved_micros=self._unit(task), stray_lease_until=lease_until,
                                          adopt=False, provider=self.provider.name)  # fmt: skip
             except StrayReply as e:
@@ -301,7 +298,7 @@ class LifecyclePart(RunnerBase):
                 retry_in = r.hint_s
                 continue
             if isinstance(r, Done):
-                self.store.log_call(task, _with_usage(r))
+                self.store.log_call(task, r.call)
                 if task.billed_at is None:  # billed from now on, whatever the fetch does
                     self.store.billed(task, self._cost(task), self._unit(task), now)
                 if await self._save(task, r.image, last_try=False):
@@ -456,18 +453,6 @@ class LifecyclePart(RunnerBase):
                                         detail=f"paid duplicate, image not saved: {result.message or 'not an image'}")  # fmt: skip
             return True
         return False
-
-
-def _with_usage(done: Done) -> CallRecord:
-    """The call of a reply, with what the API counted (image tokens) kept in its ledger line."""
-    if not done.usage or done.call.detail:
-        return done.call
-    return replace(done.call, detail=json.dumps(_usage(done.usage), separators=(",", ":"))[:300])
-
-
-def _usage(usage: dict[str, Any]) -> dict[str, Any]:
-    keep = ("promptTokenCount", "candidatesTokenCount", "totalTokenCount", "candidatesTokensDetails")
-    return {"usage": {k: usage[k] for k in keep if k in usage}}
 
 
 def _safe(handle: str) -> str:
