@@ -15,19 +15,33 @@ import psutil
 
 
 class EmulatorProcess:
-    """`python -m batcher.emulator` on a free loopback port, so its CPU is not the client's."""
+    """`python -m batcher.emulator` on a free loopback port, so its CPU is not the client's.
 
-    def __init__(self, *knobs: str) -> None:
+    `provider` picks the API it emulates: "linkmodel" (creates, polls and downloads) or "gemini" (one
+    synchronous generateContent per image); `knobs` are that emulator's own options."""
+
+    def __init__(self, *knobs: str, provider: str = "linkmodel") -> None:
+        if provider not in ("linkmodel", "gemini"):
+            raise ValueError(f"unknown provider {provider!r}")
+        self.provider = provider
+        # --max-events is LinkModel's (its event log); the Gemini emulator keeps counters only.
+        own = ["--provider", "gemini"] if provider == "gemini" else ["--max-events", "0"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batcher.emulator", "--port", "0", "--max-events", "0", *knobs],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "batcher.emulator", "--port", "0", *own, *knobs], stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
-        fields = dict(part.split("=", 1) for part in self.proc.stdout.readline().split()[2:])
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"the emulator did not start (exit {self.proc.returncode})")
+        fields = dict(part.split("=", 1) for part in line.split()[2:])
         self.base_url, self.key = fields["base_url"], fields["api_key"]
         self.origin = self.base_url.split("/api/")[0]
 
     def env(self) -> dict[str, str]:
+        """What `batcher run --provider ...` reads to reach this emulator."""
+        if self.provider == "gemini":
+            return {"GEMINI_BASE_URL": self.base_url, "GEMINI_API_KEY": self.key}
         return {"LINKMODEL_BASE_URL": self.base_url, "LINKMODEL_API_KEY": self.key}
 
     def stats(self) -> dict[str, object]:
@@ -38,10 +52,12 @@ class EmulatorProcess:
         urllib.request.urlopen(urllib.request.Request(f"{self.origin}/_emulator/reset", method="POST")).read()
 
     def api_calls(self) -> int:
-        """Creates and polls so far: the requests an account's rate limit counts."""
+        """The requests an account's rate limit counts so far: creates and polls (LinkModel), generateContent
+        calls (Gemini)."""
         requests = self.stats()["requests"]
         assert isinstance(requests, dict)
-        return sum(sum(by.values()) for kind, by in requests.items() if kind in ("create", "query"))
+        counted = ("generate",) if self.provider == "gemini" else ("create", "query")
+        return sum(sum(by.values()) for kind, by in requests.items() if kind in counted)
 
     def close(self) -> None:
         self.proc.terminate()

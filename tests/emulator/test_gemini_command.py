@@ -44,6 +44,14 @@ async def test_serves_the_gemini_api_until_signalled() -> None:
                 assert (await resp.json())["candidates"][0]["finishReason"] == "IMAGE_SAFETY"  # --refusal-rate 1
             async with session.post(url, json=image_request()) as resp:
                 assert resp.status == 429  # --daily-limit 1
+            # the administration routes the benchmarks read, as the LinkModel emulator's command serves them
+            async with session.get(f"{origin}/_emulator/stats") as resp:
+                stats = await resp.json()
+                assert stats["requests"] == {"generate": {"200": 1, "429": 1}} and stats["daily_refusals"] == 1
+            async with session.post(f"{origin}/_emulator/reset") as resp:
+                assert resp.status == 200
+            async with session.get(f"{origin}/_emulator/stats") as resp:
+                assert (await resp.json())["requests"] == {}
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S) == 0
     finally:
