@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from batcher.imageinfo import ImageInfo
+from batcher.imageinfo import ImageInfo, sniff
 from batcher.manifest.inputs import InputProblem, ParentOutput, resolve
 from batcher.models import FROM_REF, LOCAL_REF, Failure, TaskStatus, parent_of
 from batcher.outputs import AtomicFile, target_path, with_real_extension
@@ -115,6 +116,41 @@ def copy_verified(source: Path, sha256: str, target: Path) -> Copied | None:
     final = with_real_extension(target, info)
     sink.finish(final)
     return Copied(str(final), sink.sha256, sink.size, info)
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: str
+    sha256: str
+    size: int
+    info: ImageInfo
+
+
+def saved_image(target: Path) -> Saved | None:
+    """An image already in place under `target`'s name (any image extension). Only a whole, verified image is
+    ever renamed to a final name, so one found there was written by the task of that name. Blocking."""
+    for path in dict.fromkeys([target, *(target.with_suffix(ext) for ext in (".png", ".jpg", ".jpeg", ".webp"))]):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        info = sniff(data)
+        if info is not None:
+            return Saved(str(path), hashlib.sha256(data).hexdigest(), len(data), info)
+    return None
+
+
+async def adopt_saved(store: Store, task: Task, output_dir: Path, cost_micros: int, now: float) -> bool:
+    """A run killed between renaming a paid task's image into place and committing it left the image under the
+    task's name: a resume takes it as the task's output (read back and verified) instead of fetching it again,
+    unless another task records that file as its own. True when the task succeeded so."""
+    saved = await asyncio.to_thread(saved_image, target_path(output_dir, task.filename))
+    if saved is None or await store.output_taken(saved.path, task.id):
+        return False
+    await store.succeeded(task, output_path=saved.path, sha256=saved.sha256, size=saved.size, width=saved.info.width,
+                          height=saved.info.height, fmt=saved.info.format, cost_micros=cost_micros, call=None,
+                          now=now)  # fmt: skip
+    return True
 
 
 def _label(name: str | None, key: str) -> str:

@@ -260,6 +260,7 @@ class LifecyclePart(RunnerBase):
         run (its first check then teaches the run when to check). The give-up limit counts only time its
         checks found it still running: time while no runner checked it never counts."""
         assert task.remote_task_id is not None
+        billed_before = task.billed_at is not None  # a Success seen by an earlier run: its image may be in place
         tracker = self._first_poll(task.model)
         polls = fetch_failures = 0
         submitted_at = task.submitted_at or self._now()
@@ -301,6 +302,12 @@ class LifecyclePart(RunnerBase):
                 self.store.log_call(task, r.call)
                 if task.billed_at is None:  # billed from now on, whatever the fetch does
                     self.store.billed(task, self._cost(task), self._unit(task), now)
+                elif billed_before and await cache.adopt_saved(
+                    self.store, task, self.output_dir, self._cost(task), now
+                ):
+                    self.progress.succeeded += 1
+                    self.progress.spent_micros += self._cost(task)
+                    return
                 if await self._save(task, r.image, last_try=False):
                     return
                 fetch_failures += 1

@@ -113,6 +113,11 @@ class CachePart(TransitionsPart):
         )
         return {int(r[0]): f"{r[1]}:{r[2]}" for r in rows}
 
+    async def output_taken(self, path: str, exclude_id: int) -> bool:
+        """Does a task other than `exclude_id` record `path` as its output?"""
+        stmt = select(func.count()).where(tasks.c.output_path == path, tasks.c.id != exclude_id)
+        return int((await self._rows(stmt))[0][0]) > 0
+
     async def cached_count(self, job: Job) -> int:
         rows = await self._rows(select(func.count()).where(tasks.c.job_id == job.id, tasks.c.cached_from.is_not(None)))
         return int(rows[0][0])

@@ -24,12 +24,14 @@ import pytest
 from sqlalchemy.engine import RowMapping
 
 from batcher.config import RunConfig
+from batcher.emulator.images import encode_png
 from batcher.errors import AuthError, ExitCode, QuotaError
-from batcher.models import JobSettings, OnUnknown, import_batches
+from batcher.models import CallRecord, JobSettings, OnUnknown, import_batches
 from batcher.providers.base import FailureKind, Request, SubmitOutcome
 from batcher.retry import RetryPolicy, backoff_s
 from batcher.runner import Runner, RunResult, StopReason
 from batcher.store import Job, Ledger, Store
+from batcher.store.tables import tasks
 from tests import virtual_time
 from tests.integration.runner_kit import MODEL, specs
 from tests.unit.fake_provider import (
@@ -549,3 +551,56 @@ async def test_a_provider_error_after_before_send_stops_the_run_and_leaves_the_t
         assert result.reason == StopReason.FATAL and result.error is not None
         row = (await b.rows())[P0]
         assert row["status"] in ("submitting", "unknown") and row["claimed_by"] is None
+
+
+# --- an image renamed into place by a run killed before it could record it -----------------------------------
+
+
+async def paid_and_cut(b: Bench, fake: FakeProvider, handle: str) -> None:
+    """What a run killed between renaming P0's image into place and committing it leaves: the task submitted
+    and billed (its Success was seen), the API still knowing the generation."""
+    job = await b.job()
+    (task,) = await b.store.claim(job, "w0", 1, EPOCH, EPOCH + 30)
+    await b.store.begin_create(task, EPOCH, price_micros=PRICE, provider=fake.name)
+    await b.store.created(task, handle, None, CallRecord("create", "ok", 200, 1.0, EPOCH), EPOCH, provider=fake.name)
+    b.store.billed(task, PRICE, PRICE, EPOCH)
+    await b.store.release(task, EPOCH)
+    fake.accepted[handle] = P0
+    fake.billed[handle] = PRICE
+    fake._started[handle] = EPOCH - 3600.0
+
+
+@virtual
+async def test_an_image_left_in_place_by_a_killed_run_is_taken_without_fetching_it_again(home: Path) -> None:
+    async with bench(home) as b:
+        fake = fake_provider()
+        await paid_and_cut(b, fake, "fake-cut")
+        left = encode_png("what the killed run saved", 16, 16)
+        b.out.mkdir(parents=True)
+        (b.out / "prompt-0.png").write_bytes(left)
+        fake.script(P0, check=[done(b"not an image: the host serves an error page now")])
+        result = await b.run(fake)
+        assert result.reason == StopReason.DONE
+        row = (await b.rows())[P0]
+        assert row["status"] == "succeeded" and row["sha256"] == hashlib.sha256(left).hexdigest()
+        assert fake.fetches == 0 and fake.submits() == 0
+        await assert_money_matches(b, fake)
+
+
+@virtual
+async def test_a_file_another_task_records_as_its_own_is_never_taken(home: Path) -> None:
+    async with bench(home, 2) as b:
+        fake = fake_provider()
+        await paid_and_cut(b, fake, "fake-cut")
+        theirs = encode_png("another task's image", 16, 16)
+        b.out.mkdir(parents=True)
+        (b.out / "prompt-0.png").write_bytes(theirs)
+        async with b.store.engine.begin() as conn:  # P1 records that file as its output (a renamed task, say)
+            await conn.execute(
+                tasks.update().where(tasks.c.prompt == P1).values(output_path=str(b.out / "prompt-0.png"))
+            )
+        result = await b.run(fake)
+        assert result.reason == StopReason.DONE
+        row = (await b.rows())[P0]
+        assert row["status"] == "succeeded" and row["sha256"] != hashlib.sha256(theirs).hexdigest()
+        assert fake.fetches >= 1
