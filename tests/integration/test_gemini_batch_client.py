@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from batcher.emulator import GeminiEmulator
-from batcher.providers.base import AuthRejected, FailureKind, Gone, Request, Transient
+from batcher.providers.base import AuthRejected, FailureKind, Gone, RateLimited, Request, Transient
 from batcher.providers.gemini import request_body
 from batcher.providers.gemini_batch import (
     Absent,
@@ -30,6 +31,7 @@ from batcher.providers.gemini_batch import (
     Ok,
     Refused,
     ResultLine,
+    ResultsCut,
     ResultStream,
     Uploaded,
     write_shard,
@@ -344,3 +346,90 @@ async def test_a_big_results_file_streams_in_bounded_memory(start_gemini: StartG
             tracemalloc.stop()
     assert count == 100 and total > 140_000_000  # ~200 MB of base64 went by
     assert peak < 30 * 2**20, f"peak {peak / 2**20:.1f} MB"
+
+
+# --- replies the emulator does not send ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def fake_api(routes: list[web.RouteDef]) -> AsyncIterator[str]:
+    """A one-off server on loopback for replies the emulator has no knob for; its origin."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_stream_that_breaks_off_raises_results_cut() -> None:
+    line = json.dumps({"key": "only", "error": {"code": 13, "message": "x"}}).encode() + b"\n"
+
+    async def half(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(line + b'{"key": "cut", "resp')
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async with fake_api([web.get("/download/v1beta/files/{id}", half)]) as url:
+        gate = RecordingGate()
+        async with GeminiBatchClient(GeminiSettings(base_url=url), "k", gate) as c:
+            async with c.results("files/abc") as stream:
+                assert isinstance(stream, ResultStream)
+                seen: list[str | None] = []
+                with pytest.raises(ResultsCut, match="after 1 lines"):
+                    async for got in stream.lines():
+                        seen.append(got.key)
+    assert seen == ["only"] and stream.call.outcome == "transient"
+
+
+async def test_429_and_other_shapes_of_reply() -> None:
+    quota = {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "31s"}],
+        }
+    }
+    bare = {  # a batch resource without its Operation, states spelled JOB_STATE_, output under metadata
+        "name": "batches/b1",
+        "displayName": "old",
+        "state": "JOB_STATE_SUCCEEDED",
+        "batchStats": {"requestCount": "2", "successfulRequestCount": "2"},
+        "output": {"responsesFile": "files/r1"},
+    }
+
+    async def limited(request: web.Request) -> web.Response:
+        return web.json_response(quota, status=429)
+
+    async def batch(request: web.Request) -> web.Response:
+        return web.json_response(bare)
+
+    async def gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>502</html>", content_type="text/html")
+
+    routes = [
+        web.post("/v1beta/models/{call}", limited),
+        web.get("/v1beta/batches/{id}", batch),
+        web.post("/v1beta/batches/{call}", gateway),
+    ]
+    async with fake_api(routes) as url:
+        gate = RecordingGate()
+        async with GeminiBatchClient(GeminiSettings(base_url=url), "k", gate) as c:
+            limited_create = await c.create(LITE, "files/x", "n", before_send=Sent(gate))
+            got = await c.get("batches/b1")
+            cancelled = await c.cancel("batches/b1")
+    assert isinstance(limited_create, RateLimited) and limited_create.wait_s == 31.0
+    assert gate.waits == [31.0]
+    assert isinstance(got, Got) and got.batch.state is BatchState.SUCCEEDED
+    assert got.batch.responses_file == "files/r1" and got.batch.stats.requests == 2 and got.batch.stats.pending == 0
+    assert isinstance(cancelled, Transient) and cancelled.call.http_status == 502
