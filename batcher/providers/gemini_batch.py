@@ -382,9 +382,8 @@ class GeminiBatchClient:
         if _is_auth(status, error):
             msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
             return AuthRejected(record("auth", msg, status=status), msg)
-        if status == 408 or 400 <= status < 500:
-            retry = status == 408
-            return NotCreated(record("not_created", what, status=status), what, retryable=retry)
+        if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
+            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408)
         msg = f"{what}; a batch may have been created: list to find out"
         return CreateUnknown(record("ambiguous", msg, status=status), msg)
 
@@ -462,11 +461,8 @@ class GeminiBatchClient:
                 msg = f"no reply from the Gemini API: {self._scrub(describe(e))}"
                 yield Transient(record("transient", msg, file_name), msg)
                 return
-            if resp.status == 429:
-                answer = _Answer(resp.status, parse_json(raw) if raw else None, None, {})
-                yield self._problem(answer, record, remote=file_name, file_route=True)
-                return
-            self.gate.answered()
+            if resp.status != 429:  # a 429 tells the gate itself
+                self.gate.answered()
             if resp.status != 200:
                 answer = _Answer(resp.status, parse_json(raw) if raw else None, None, {})
                 yield self._problem(answer, record, remote=file_name, file_route=True)

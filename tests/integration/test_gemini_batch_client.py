@@ -433,3 +433,33 @@ async def test_429_and_other_shapes_of_reply() -> None:
     assert isinstance(got, Got) and got.batch.state is BatchState.SUCCEEDED
     assert got.batch.responses_file == "files/r1" and got.batch.stats.requests == 2 and got.batch.stats.pending == 0
     assert isinstance(cancelled, Transient) and cancelled.call.http_status == 502
+
+
+async def test_an_upload_streams_from_disk(tmp_path: Path) -> None:
+    received = 0
+
+    async def start(request: web.Request) -> web.Response:
+        if "upload_id" not in request.query:
+            assert request.headers["X-Goog-Upload-Header-Content-Length"] == str(size)
+            return web.Response(headers={"X-Goog-Upload-URL": f"{url}/upload/v1beta/files?upload_id=u1"})
+        nonlocal received
+        assert "x-goog-api-key" not in request.headers  # the upload URL is its own credential
+        async for chunk in request.content.iter_chunked(1 << 16):  # counted, never kept
+            received += len(chunk)
+        return web.json_response({"file": {"name": "files/f1", "sizeBytes": str(received)}})
+
+    path = tmp_path / "big.jsonl"
+    size = 64 * 2**20
+    with path.open("wb") as out:
+        for _ in range(64):
+            out.write(b"x" * 2**20)
+    async with fake_api([web.post("/upload/v1beta/files", start)]) as url:
+        async with GeminiBatchClient(GeminiSettings(base_url=url), "k", RecordingGate()) as c:
+            tracemalloc.start()
+            try:
+                got = await c.upload(path, "big")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    assert isinstance(got, Uploaded) and got.file_name == "files/f1" and received == size
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MB"
