@@ -271,10 +271,8 @@ class GeminiBatchClient:
         self._now = now
         self._key = api_key
         self._auth = {KEY_HEADER: api_key}
-        self._origin = origin(settings.base_url)
-        root = settings.base_url.rstrip("/")
-        self._root = root
-        self._base = f"{root}/{settings.api_version}"
+        self._root = settings.base_url.rstrip("/")
+        self._base = f"{self._root}/{settings.api_version}"
         self._session: aiohttp.ClientSession | None = None
         # Uploads and downloads run as long as their bytes take: only the idle read and the connect are timed.
         self._stream_timeout = aiohttp.ClientTimeout(
@@ -311,7 +309,7 @@ class GeminiBatchClient:
 
     async def upload(self, path: Path, display_name: str) -> UploadOutcome:
         """A resumable upload in one chunk, streamed from `path`. Not billed: a lost reply leaves at worst a
-        stray file, deleted by the API after 48 hours, so every failure is Transient."""
+        stray file, deleted by the API after 48 hours, so a lost reply is only Transient."""
         size = os.path.getsize(path)
         record = self._recorder("upload")
         headers = {
@@ -370,7 +368,7 @@ class GeminiBatchClient:
             return CreateUnknown(record("ambiguous", msg), msg)
         status = got.status
         if status == 200:
-            info = _batch_info(got.doc)
+            info = batch_info(got.doc)
             if info is not None:
                 return Created(record("ok", info.state, info.name, status=status), info)
             msg = "HTTP 200 that names no batch; a batch may have been created: list to find out"
@@ -396,7 +394,7 @@ class GeminiBatchClient:
         got = await self._gated("GET", f"{self._base}/{_path(name)}")
         if not isinstance(got, _Answer) or got.status != 200:
             return self._problem(got, record, remote=name)
-        info = _batch_info(got.doc)
+        info = batch_info(got.doc)
         if info is None:
             msg = "HTTP 200 that is not a batch"
             return Transient(record("transient", msg, name, status=got.status), msg)
@@ -412,7 +410,7 @@ class GeminiBatchClient:
         if got.doc is None or not isinstance(operations, list | None):
             msg = "HTTP 200 that is not a list of batches"
             return Transient(record("transient", msg, status=got.status), msg)
-        found = tuple(info for op in operations or [] if (info := _batch_info(op)) is not None)
+        found = tuple(info for op in operations or [] if (info := batch_info(op)) is not None)
         token = got.doc.get("nextPageToken")
         next_token = token if isinstance(token, str) and token else None
         return Page(record("ok", f"{len(found)} batches", status=got.status), found, next_token)
@@ -739,7 +737,7 @@ def _state(raw: object, doc: dict[str, Any]) -> BatchState:
     return BatchState.UNSPECIFIED
 
 
-def _batch_info(doc: object) -> BatchInfo | None:
+def batch_info(doc: object) -> BatchInfo | None:
     """A batch from its Operation ({name, metadata, done, response | error}), or from the bare batch."""
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"].startswith("batches/"):
         return None
