@@ -47,11 +47,8 @@ record or a message (the API's own messages are scrubbed of it, in case one ever
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -80,38 +77,32 @@ from batcher.providers.base import (
 )
 from batcher.providers.download import DownloadOutcome, describe, download, origin
 from batcher.providers.gemini_settings import KEY_ENVS, GeminiSettings
+from batcher.providers.gemini_wire import (
+    DETAIL_CHARS,
+    KEY_HEADER,
+    KEY_HINT,
+    TRANSIENT_5XX,
+    Garbled,
+    ImageReply,
+    api_error,
+    image_tokens,
+    parse_json,
+    quota_ids,
+    read_capped,
+    read_response,
+    reasons,
+    retry_delay,
+)
 from batcher.ratelimit import RateGate
-from batcher.retry import RETRY_AFTER_CAP_S, parse_retry_after
+from batcher.retry import parse_retry_after
 
-KEY_HEADER = "x-goog-api-key"
-KEY_HINT = "check GEMINI_API_KEY (or GOOGLE_API_KEY)"
-DETAIL_CHARS = 300  # of a message kept in the ledger
+__all__ = ["GeminiProvider", "aspect_ratio", "image_tokens", "next_quota_day", "request_body"]
+
 QUOTA_TZ = ZoneInfo("America/Los_Angeles")  # Gemini's per-day quotas reset at midnight Pacific
-RPC = "type.googleapis.com/google.rpc."
 GONE_MESSAGE = "a Gemini online reply holds its image; once lost it cannot be fetched again"
 
-# A candidate that ended without an image on purpose: the model refused, trying again gives the same.
-REFUSALS = frozenset(
-    {
-        "IMAGE_SAFETY",
-        "IMAGE_PROHIBITED_CONTENT",
-        "PROHIBITED_CONTENT",
-        "SAFETY",
-        "RECITATION",
-        "IMAGE_RECITATION",
-        "NO_IMAGE",
-        "IMAGE_OTHER",
-        "OTHER",
-        "BLOCKLIST",
-        "SPII",
-        "STOP",  # a clean stop with no image is no image all the same
-    }
-)
-_TRANSIENT_5XX = (500, 503, 504)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")  # a protobuf Duration in JSON: "47s", "0.5s"
 
-
-class _Unsendable(ValueError):
+class Unsendable(ValueError):
     """A request that cannot be put on the wire as asked; the message says why."""
 
 
@@ -169,7 +160,7 @@ class GeminiProvider:
         committed in `before_send` are followed at once by the bytes leaving."""
         try:
             payload = json.dumps(request_body(request), separators=(",", ":")).encode()
-        except _Unsendable as e:
+        except Unsendable as e:
             call = CallRecord(NOT_SENT, "invalid", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
             return Failed(call, reason=str(e), kind=FailureKind.INVALID)
         url = f"{self._base}/models/{quote(request.model, safe='')}:generateContent"
@@ -190,7 +181,7 @@ class GeminiProvider:
             async with self.session.post(url, data=payload, headers=headers) as resp:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._now())
-                raw = await _read_capped(resp, self.settings.max_reply_bytes)
+                raw = await read_capped(resp, self.settings.max_reply_bytes)
         except aiohttp.ClientConnectorError as e:  # never reached the server: nothing was sent
             msg = f"cannot connect to the Gemini API: {self._scrub(describe(e))}"
             return Transient(call("transient", msg), msg)
@@ -202,7 +193,7 @@ class GeminiProvider:
             self.gate.answered()
             msg = f"HTTP {status} reply larger than {self.settings.max_reply_bytes} bytes: not the API's reply"
             return Unknown(call("ambiguous", msg), msg)
-        doc = _json(raw)
+        doc = parse_json(raw)
         del raw  # the base64 text lives on in `doc` until decoded; the raw body need not
         if status == 429:
             return self._rate_limited(doc, retry_after, call)
@@ -212,54 +203,26 @@ class GeminiProvider:
                 msg = "HTTP 200 with a body that is not JSON: the image may have been made and billed"
                 return Unknown(call("ambiguous", msg), msg)
             return self._generated(doc, call)
-        return self._refused(status, _error(doc), call)
+        return self._refused(status, api_error(doc), call)
 
     def _generated(self, doc: dict[str, Any], call: Callable[..., CallRecord]) -> SubmitOutcome:
-        response_id = doc.get("responseId") if isinstance(doc.get("responseId"), str) else None
-        usage = doc.get("usageMetadata")
-        usage = usage if isinstance(usage, dict) else {}
-        candidates = doc.get("candidates")
-        if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
-            feedback = doc.get("promptFeedback")
-            block = feedback.get("blockReason") if isinstance(feedback, dict) else None
-            if isinstance(block, str) and block:
-                reason = f"blocked by the model: {block} (promptFeedback.blockReason: the prompt got no candidate)"
-                return Failed(call("blocked", reason, response_id), reason=reason, kind=FailureKind.BLOCKED)
-            msg = "HTTP 200 with neither a candidate nor a blockReason: the image may have been made and billed"
-            return Unknown(call("ambiguous", msg, response_id), msg)
-        candidate = candidates[0]
-        finish = str(candidate.get("finishReason") or "FINISH_REASON_UNSPECIFIED")
-        content = candidate.get("content")
-        parts = content.get("parts") if isinstance(content, dict) else None
-        parts = parts if isinstance(parts, list) else []
-        for part in parts:
-            inline = part.get("inlineData") if isinstance(part, dict) else None
-            if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
-                continue
-            mime = str(inline.get("mimeType") or "image/png")
-            if not mime.startswith("image/"):
-                continue
-            data = _b64decode(inline["data"])
-            if not data:
-                msg = "HTTP 200 whose image is not valid base64: the image was made and billed, but is lost"
-                return Unknown(call("ambiguous", msg, response_id), msg)
-            image = Image(data=data, mime_type=mime)
-            tokens = image_tokens(usage)
+        judged = read_response(doc)
+        if isinstance(judged, ImageReply):
+            tokens = image_tokens(judged.usage)
             detail = f"{tokens} image tokens" if tokens is not None else ""
-            return Done(call("ok", detail, response_id), image=image, handle=response_id, usage=usage)
-        text = " ".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
-        said = f"; the model said: {text.strip()[:150]}" if text.strip() else ""
-        if finish in REFUSALS:
-            reason = f"blocked by the model: {finish} (finishReason, no image in the reply){said}"
-            return Failed(call("blocked", reason, response_id), reason=reason, kind=FailureKind.BLOCKED)
-        reason = f"the generation ended without an image: finishReason {finish}{said}"
-        return Failed(call("generation_failed", reason, response_id), reason=reason, kind=FailureKind.GENERATION)
+            record = call("ok", detail, judged.response_id)
+            return Done(record, image=judged.image, handle=judged.response_id, usage=judged.usage)
+        if isinstance(judged, Garbled):
+            msg = f"HTTP 200 with {judged.message}"
+            return Unknown(call("ambiguous", msg, judged.response_id), msg)
+        record = call(judged.outcome, judged.reason, judged.response_id)
+        return Failed(record, reason=judged.reason, kind=judged.kind)
 
     def _rate_limited(
         self, doc: dict[str, Any] | None, retry_after: float | None, call: Callable[..., CallRecord]
     ) -> SubmitOutcome:
-        error = _error(doc)
-        quotas = [q for q in _quota_ids(error) if q]
+        error = api_error(doc)
+        quotas = [q for q in quota_ids(error) if q]
         message = self._scrub(str(error.get("message") or "")) if error else ""
         first_line = message.splitlines()[0] if message else "HTTP 429"
         if any("PerDay" in q for q in quotas):
@@ -267,7 +230,7 @@ class GeminiProvider:
             when = dt.datetime.fromtimestamp(until, QUOTA_TZ).isoformat()
             msg = f"the Gemini per-day quota is used up ({', '.join(quotas)}): no creates until {when}"
             return QuotaExhausted(call("quota_exhausted", msg), msg, until=until)
-        wait = _retry_delay(error)
+        wait = retry_delay(error)
         wait = wait if wait is not None else retry_after
         self.gate.rate_limited(wait)
         named = f" ({', '.join(quotas)})" if quotas else ""
@@ -281,14 +244,14 @@ class GeminiProvider:
         api_status = str(error.get("status") or "") if error else ""
         message = self._scrub(str(error.get("message") or "")) if error else ""
         what = f"HTTP {code}" + (f" {api_status}" if api_status else "") + (f": {message}" if message else "")
-        if code in (401, 403) or (code == 400 and "API_KEY_INVALID" in _reasons(error)):
+        if code in (401, 403) or (code == 400 and "API_KEY_INVALID" in reasons(error)):
             msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
             return AuthRejected(call("auth", msg), msg)
         if code == 408:
             return Transient(call("transient", what), what)
         if 400 <= code < 500:
             return Failed(call("invalid", what), reason=what, kind=FailureKind.INVALID)
-        if code in _TRANSIENT_5XX and error is not None:
+        if code in TRANSIENT_5XX and error is not None:
             msg = f"{what} (the API's own error: nothing was made)"
             return Transient(call("transient", msg), msg)
         shape = "the API's error body" if error is not None else "a body that is not the API's"
@@ -343,107 +306,25 @@ def aspect_ratio(size: str) -> str:
     """The catalog's `16x9` as Gemini's `16:9`."""
     canonical = GEMINI.to_canonical(size)
     if canonical is None:
-        raise _Unsendable(f"size {size!r} is not an aspect ratio the Gemini API serves")
+        raise Unsendable(f"size {size!r} is not an aspect ratio the Gemini API serves")
     return GEMINI.to_wire(canonical)
 
 
 def _image_part(index: int, uri: str) -> dict[str, Any]:
     lowered = uri[:8].lower()
     if lowered.startswith(("http://", "https://")):
-        raise _Unsendable(f"input image {index + 1} is a URL: the Gemini provider sends images inline, as data: URIs")
+        raise Unsendable(f"input image {index + 1} is a URL: the Gemini provider sends images inline, as data: URIs")
     if not lowered.startswith("data:"):
-        raise _Unsendable(f"input image {index + 1} is neither a data: URI nor a URL")
+        raise Unsendable(f"input image {index + 1} is neither a data: URI nor a URL")
     header, comma, data = uri[5:].partition(",")
     fields = [f.strip().lower() for f in header.split(";")]
     mime = fields[0]
     if not comma or "base64" not in fields[1:] or not mime.startswith("image/") or not data:
-        raise _Unsendable(f"input image {index + 1} must be a base64 data: URI of an image (data:image/...;base64,)")
+        raise Unsendable(f"input image {index + 1} must be a base64 data: URI of an image (data:image/...;base64,)")
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 
-# --- the reply --------------------------------------------------------------------------------------
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The whole body, or None past `cap` bytes. Chunks joined once: a 3 MB reply is copied once, not grown."""
-    chunks: list[bytes] = []
-    got = 0
-    async for chunk in resp.content.iter_any():
-        got += len(chunk)
-        if got > cap:
-            return None
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _json(raw: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _b64decode(text: str) -> bytes:
-    """Decoded bytes, or b"" when `text` is not base64. binascii takes the ASCII str as it is (no encoded copy,
-    unlike base64.b64decode); proto JSON also allows the URL-safe alphabet, tried second."""
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except (binascii.Error, ValueError):
-        pass
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return b""
-
-
-def _error(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The `error` of Google's error body ``{"error": {code, message, status, details}}``, if that is the body."""
-    error = doc.get("error") if doc is not None else None
-    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-        return None
-    return error
-
-
-def _details(error: dict[str, Any] | None, kind: str) -> list[dict[str, Any]]:
-    details = error.get("details") if error is not None else None
-    if not isinstance(details, list):
-        return []
-    return [d for d in details if isinstance(d, dict) and d.get("@type") == RPC + kind]
-
-
-def _quota_ids(error: dict[str, Any] | None) -> list[str]:
-    out: list[str] = []
-    for failure in _details(error, "QuotaFailure"):
-        violations = failure.get("violations")
-        for v in violations if isinstance(violations, list) else []:
-            if isinstance(v, dict) and isinstance(v.get("quotaId"), str):
-                out.append(v["quotaId"])
-    return out
-
-
-def _reasons(error: dict[str, Any] | None) -> set[str]:
-    return {str(d.get("reason")) for d in _details(error, "ErrorInfo")}
-
-
-def _retry_delay(error: dict[str, Any] | None) -> float | None:
-    """RetryInfo.retryDelay in seconds ("47s"), capped like a Retry-After."""
-    for info in _details(error, "RetryInfo"):
-        delay = info.get("retryDelay")
-        m = _DURATION.match(delay) if isinstance(delay, str) else None
-        if m is not None:
-            return min(float(m[1]), RETRY_AFTER_CAP_S)
-    return None
-
-
-def image_tokens(usage: dict[str, Any]) -> int | None:
-    """The IMAGE modality's count in usageMetadata.candidatesTokensDetails: what an image is billed by."""
-    details = usage.get("candidatesTokensDetails")
-    for d in details if isinstance(details, list) else []:
-        if isinstance(d, dict) and d.get("modality") == "IMAGE" and isinstance(d.get("tokenCount"), int):
-            count: int = d["tokenCount"]
-            return count
-    return None
+# --- the quota day --------------------------------------------------------------------------------
 
 
 def next_quota_day(now: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from decimal import Decimal
 
+import aiohttp
 import pytest
 
 from .emu_helpers import read_png
@@ -208,3 +209,37 @@ async def test_files_are_deleted_after_their_time_to_live(make_gemini: MakeGemin
     api.api.emu.advance(1)
     assert (await api.get(file_name)).status == 403
     assert (await api.create(file_name)).status == 400
+
+
+async def test_a_create_answered_503_makes_no_batch(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, batch_create_503_rate=1.0)
+    reply = await api.create(await api.upload(jsonl("maybe")), "flaky")
+    assert reply.status == 503 and reply.body["error"]["status"] == "UNAVAILABLE"
+    assert api.api.emu.stats.batches_created == 0
+
+
+async def test_a_create_whose_reply_is_lost_made_the_batch(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, batch_create_lost_rate=1.0)
+    file_name = await api.upload(jsonl("lost"))
+    with pytest.raises(aiohttp.ClientError):
+        await api.create(file_name, "lost")
+    stats = api.api.emu.stats
+    assert stats.batches_by_display_name == {"lost": 1}
+    listed = (await api.call("GET", f"{api.base}/batches")).body["operations"]
+    assert [op["metadata"]["displayName"] for op in listed] == ["lost"]
+
+
+async def test_one_page_of_the_list_can_answer_503(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, batch_list_unavailable_page=2)
+    file_name = await api.upload(jsonl("x"))
+    for i in range(3):
+        await api.create(file_name, f"b{i}")
+    first = await api.call("GET", f"{api.base}/batches", params={"pageSize": "2"})
+    assert first.status == 200 and len(first.body["operations"]) == 2
+    params = {"pageSize": "2", "pageToken": first.body["nextPageToken"]}
+    second = await api.call("GET", f"{api.base}/batches", params=params)
+    assert second.status == 503 and second.body["error"]["status"] == "UNAVAILABLE"
+    api.api.emu.configure(batch_list_unavailable_page=0)
+    assert (await api.call("GET", f"{api.base}/batches", params=params)).status == 200
+    with pytest.raises(ValueError, match="batch_list_unavailable_page"):
+        api.api.emu.configure(batch_list_unavailable_page=-1)

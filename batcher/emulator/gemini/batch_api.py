@@ -3,6 +3,8 @@
 A succeeded batch's results are a JSONL file, one ``{"key", "response"}`` or ``{"key", "error"}`` a line,
 made while it streams so that a gigabyte of images never sits in memory. For `batch_unavailable_s` after a
 batch succeeds, batches.get and its download answer 503, as the field has seen for large result files.
+Creation can answer 503 having made nothing (`batch_create_503_rate`) or lose its reply after making the
+batch (`batch_create_lost_rate`); one page of the listing can answer 503 (`batch_list_unavailable_page`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from batcher.emulator.gemini.reply import image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, field, model_id
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.uploads import missing_file
-from batcher.emulator.gemini.wire import BodyError, read_json
+from batcher.emulator.gemini.wire import BodyError, close_connection, read_json
 
 DEFAULT_PAGE_SIZE = 50  # our choice
 MAX_PAGE_SIZE = 1000
@@ -41,7 +43,7 @@ UNAVAILABLE_MESSAGE = "The service is currently unavailable."
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-async def create(state: GeminiState, clock: EmulatorClock, request: web.Request, raw_model: str) -> web.Response:
+async def create(state: GeminiState, clock: EmulatorClock, request: web.Request, raw_model: str) -> web.StreamResponse:
     """``models/{model}:batchGenerateContent`` from an uploaded JSONL file: an Operation, state PENDING."""
     model = model_id(raw_model)
     version = request.match_info["version"]
@@ -61,7 +63,11 @@ async def create(state: GeminiState, clock: EmulatorClock, request: web.Request,
     lines = parse_lines(stored.data, model, config.max_image_bytes, config.max_input_images)
     if not lines:
         return api_error(400, f"The input file {file_name} holds no requests.")
+    if state.roll(config.batch_create_503_rate):
+        return api_error(503, UNAVAILABLE_MESSAGE)
     batch = create_batch(state, display_name, model, file_name, lines, now)
+    if state.roll(config.batch_create_lost_rate):
+        return close_connection(request)
     return json_response(operation(batch, now, state.wall_offset_s))
 
 
@@ -118,6 +124,9 @@ async def list_batches(state: GeminiState, clock: EmulatorClock, request: web.Re
     except (ValueError, binascii.Error):
         return api_error(400, "pageSize must be a number and pageToken one this API gave out.")
     size = DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
+    if state.config.batch_list_unavailable_page == start // size + 1:
+        state.stats.unavailable_answers += 1
+        return api_error(503, UNAVAILABLE_MESSAGE)
     visible = [b for b in reversed(state.batches.values()) if not b.deleted]
     page = visible[start : start + size]
     out: dict[str, object] = {"operations": [operation(b, now, state.wall_offset_s) for b in page]}

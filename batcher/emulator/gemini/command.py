@@ -53,6 +53,9 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_line_fail_rate": (_RATE, "probability a batch line is an error Status"),
     "batch_line_refusal_rate": (_RATE, "probability a batch line's response carries no image"),
     "batch_unavailable_s": (_SECONDS, "batches.get and the download answer 503 this long after success"),
+    "batch_create_503_rate": (_RATE, "probability batchGenerateContent answers 503, creating nothing"),
+    "batch_create_lost_rate": (_RATE, "probability a batch is created, then the connection closes"),
+    "batch_list_unavailable_page": (click.IntRange(min=0), "this page of batches.list answers 503 [0: none]"),
 }
 
 

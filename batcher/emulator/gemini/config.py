@@ -34,10 +34,20 @@ _RATES = (
     "batch_line_fail_rate",
     "batch_line_refusal_rate",
     "batch_fail_rate",
+    "batch_create_503_rate",
+    "batch_create_lost_rate",
 )
 _SECONDS = ("slow_s", "retry_delay_s", "day_s", "batch_expiry_s", "batch_unavailable_s", "file_ttl_s")
 _OPTIONAL_NUMBERS = ("rate_limit", "burst")
-_INTS = ("port", "seed", "max_request_bytes", "max_image_bytes", "max_input_images", "max_upload_bytes")
+_INTS = (
+    "port",
+    "seed",
+    "max_request_bytes",
+    "max_image_bytes",
+    "max_input_images",
+    "max_upload_bytes",
+    "batch_list_unavailable_page",
+)
 _OPTIONAL_INTS = ("image_bytes", "daily_limit", "minute_limit")
 _LATENCIES = ("latency", "batch_latency")
 
@@ -91,6 +101,10 @@ class GeminiConfig:
     batch_line_refusal_rate: float = 0.0  # a line whose response carries no image
     batch_unavailable_s: float = 0.0  # batches.get and the download answer 503 this long after success
     file_ttl_s: float = HOURS_48_S  # files are deleted this long after upload
+    # Faults of batch creation and listing, to prove a client reconciles instead of creating twice.
+    batch_create_503_rate: float = 0.0  # batchGenerateContent answers 503 and creates nothing
+    batch_create_lost_rate: float = 0.0  # the batch is created (and will bill), then the connection closes
+    batch_list_unavailable_page: int = 0  # this page of batches.list (1 = the first) answers 503; 0: none
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
     def __post_init__(self) -> None:
@@ -106,6 +120,8 @@ class GeminiConfig:
             raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
         if self.burst is not None and self.burst < 1:
             raise ValueError("burst must be at least 1 token")
+        if self.batch_list_unavailable_page < 0:
+            raise ValueError("batch_list_unavailable_page must be >= 0 (0 turns it off)")
         if self.day_s <= 0:
             raise ValueError("day_s must be > 0")
         for name in (*_OPTIONAL_INTS, "max_request_bytes", "max_image_bytes", "max_upload_bytes"):

@@ -47,7 +47,7 @@ class GeminiStats:
     batch_lines_by_model: dict[str, int] = field(default_factory=dict)
     batch_lines_failed: int = 0
     batch_lines_refused: int = 0
-    unavailable_answers: int = 0  # batches.get / downloads answered 503 after success (batch_unavailable_s)
+    unavailable_answers: int = 0  # 503s of batches.get / downloads after success, and of a failing list page
 
     def record(self, kind: str, status: int, version: str) -> None:
         """Count one finished request of a kind (generate, upload, file, batch, download)."""
