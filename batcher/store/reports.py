@@ -78,7 +78,12 @@ class ReportsPart(StoreBase):
         ledger.cost_micros += int(stray[1])
         for r in await self._rows(
             select(
-                api_calls.c.kind, api_calls.c.outcome, func.count(), func.min(api_calls.c.at), func.max(api_calls.c.at)
+                api_calls.c.kind,
+                api_calls.c.outcome,
+                func.count(),
+                func.min(api_calls.c.at),
+                # when the last reply came: a Gemini call lasts the whole generation
+                func.max(api_calls.c.at + api_calls.c.latency_ms / 1000.0),
             )
             .where(api_calls.c.job_id == job.id, api_calls.c.kind != NOT_SENT)  # the API never saw those
             .group_by(api_calls.c.kind, api_calls.c.outcome)
