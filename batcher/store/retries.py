@@ -90,7 +90,7 @@ class RetriesPart(StoreBase):
                 update(tasks).where(chosen).values(
                     status=S.PENDING, failure=None, last_error=None, finished_at=None, next_attempt_at=0.0,
                     attempts=0, gen_failures=0, remote_task_id=None, submitted_at=None, billed_at=None,
-                    cost_micros=0, claim_token=None, claimed_by=None, lease_until=None, updated_at=now,
+                    cost_micros=0, submission_id=None, claim_token=None, claimed_by=None, lease_until=None, updated_at=now,
                 )
             )  # fmt: skip
             return int(fetch.rowcount) + int(again.rowcount)
@@ -112,7 +112,10 @@ def _of(causes: Collection[Failure]) -> ColumnElement[bool]:
 
 
 def _refetchable(recreate: bool) -> ColumnElement[bool]:
-    """Paid for, not saved, and the API still has it: query it for a fresh URL instead of creating it again."""
+    """Paid for, not saved, and the API still has it: query it for a fresh URL instead of creating it again. Not
+    a line of a Batch Mode shard: its remote id names the whole batch, which is never polled task by task."""
     if recreate:
         return false()  # nothing: every chosen task is created again
-    return and_(tasks.c.failure == Failure.DOWNLOAD, tasks.c.remote_task_id.is_not(None))
+    return and_(
+        tasks.c.failure == Failure.DOWNLOAD, tasks.c.remote_task_id.is_not(None), tasks.c.submission_id.is_(None)
+    )
