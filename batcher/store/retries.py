@@ -7,6 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, update
+from sqlalchemy.engine import RowMapping
 
 from batcher.models import Failure
 from batcher.store.base import Job, S, StoreBase
@@ -75,9 +76,11 @@ class RetriesPart(StoreBase):
                 )
             )  # fmt: skip
             found = await conn.execute(
-                select(tasks.c.id, tasks.c.remote_task_id, tasks.c.cost_micros).where(chosen, tasks.c.cost_micros > 0)
+                select(tasks.c.id, tasks.c.remote_task_id, tasks.c.cost_micros, tasks.c.submission_id).where(
+                    chosen, tasks.c.cost_micros > 0
+                )
             )
-            paid = [(int(m["id"]), m["remote_task_id"], int(m["cost_micros"])) for m in found.mappings()]
+            paid = [(int(m["id"]), _charge_name(m), int(m["cost_micros"])) for m in found.mappings()]
             for task_id, remote_id, cost in paid:  # its first charge stays in the ledger (and the job's spend)
                 await conn.execute(
                     self._insert(strays).values(
@@ -96,6 +99,14 @@ class RetriesPart(StoreBase):
             return int(fetch.rowcount) + int(again.rowcount)
 
         return await self.writer.run(op)
+
+
+def _charge_name(row: RowMapping) -> str | None:
+    """The name a first charge is kept under: a shard's lines share their batch's name, so each gets its own."""
+    remote_id = row["remote_task_id"]
+    if remote_id is not None and row["submission_id"] is not None:
+        return f"{remote_id}/task-{row['id']}"
+    return str(remote_id) if remote_id is not None else None
 
 
 def _listed_failed(job: Job) -> ColumnElement[bool]:

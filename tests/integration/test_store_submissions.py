@@ -232,3 +232,20 @@ async def test_a_shards_tasks_are_left_to_it_by_claims_and_recovery(open_store: 
 
 def test_display_names_fit_the_column() -> None:
     assert len(display_name("x" * 500, 2**40, 10**6, "n" * 40)) <= submissions.c.display_name.type.length  # type: ignore[attr-defined]
+
+
+async def test_a_failed_line_retried_leaves_its_shard_and_is_never_polled_by_the_batch_name(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    sub, claimed = await planned(store, 2)
+    await created(store, sub)
+    for t in claimed:  # billed, its image not saved: online it would be fetched again by its remote id
+        await store.shard_line_failed(sub, t, Failure.DOWNLOAD, "not an image", billed=True, now=time.time())
+    job = await store.job("j")
+    assert await store.retry_failed(job, {Failure.DOWNLOAD}, recreate=False, now=time.time()) == 0  # paid: asked
+    assert await store.retry_failed(job, {Failure.DOWNLOAD}, recreate=True, now=time.time()) == 2
+    assert await rows_of(store) == [("pending", None, 0, "gemini")] * 2
+    ledger = await store.ledger(job)
+    # the first charges stay in the books (as known duplicates), no longer as lines of a shard
+    assert (ledger.cost_micros, ledger.batch_billed, ledger.known_duplicates) == (2 * PRICE, 0, 2)
