@@ -12,9 +12,10 @@ from batcher.store.jobs import JobsPart
 from batcher.store.reports import ReportsPart
 from batcher.store.retries import RetriesPart, RetryPlan
 from batcher.store.shared import SharedPart
+from batcher.store.submissions import DuplicateShard, ShardMoved, Submission, SubmissionsPart
 
 
-class Store(JobsPart, ClaimsPart, CachePart, SharedPart, ReportsPart, RetriesPart):
+class Store(JobsPart, ClaimsPart, CachePart, SubmissionsPart, SharedPart, ReportsPart, RetriesPart):
     """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
 
 
@@ -22,12 +23,15 @@ __all__ = [
     "BudgetRefused",
     "CachedOutput",
     "ClaimLost",
+    "DuplicateShard",
     "ImportResult",
     "Job",
     "Ledger",
     "RetryPlan",
+    "ShardMoved",
     "Store",
     "Stray",
     "StrayReply",
+    "Submission",
     "Task",
 ]

@@ -86,6 +86,9 @@ class Ledger:
     price_mismatches: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # by kind
     rate_limited: int = 0
+    batch_spent_micros: int = 0  # of cost_micros: what lines billed through Batch Mode shards cost
+    batch_billed: int = 0  # billed lines of shards (the rest of billed_calls went the online route)
+    shards_open: int = 0  # shards not collected nor closed
     first_call_at: float | None = None
     last_call_at: float | None = None
 

@@ -146,7 +146,8 @@ def _current_gen(job_id: Any) -> Any:
 async def _mark_stale_submissions_unknown(
     conn: WriteConnection, now: float, worker_id: str | None, job_id: int | None = None
 ) -> int:
-    cond = [tasks.c.status == S.SUBMITTING]
+    # a shard's tasks are left to the shard: a restart finds its batch by display name, never task by task
+    cond = [tasks.c.status == S.SUBMITTING, tasks.c.submission_id.is_(None)]
     if worker_id is not None:
         cond.append(tasks.c.claimed_by == worker_id)
     else:
@@ -174,7 +175,8 @@ def _claim_statements() -> list[tuple[Any, bool]]:
     """The claim's UPDATEs, built once: submitted tasks (to poll), unknown and pending ones (to be created)."""
     now = bindparam("c_now", type_=Float)
     statements = []
-    ours = _sent_to(bindparam("c_provider"))
+    # a shard's lines are driven through their shard (claim_shard), not one by one
+    ours = and_(_sent_to(bindparam("c_provider")), tasks.c.submission_id.is_(None))
     for wanted, to_be_created in (
         (and_(tasks.c.status == S.SUBMITTED, ours), False),
         (and_(tasks.c.status == S.UNKNOWN, ours), True),

@@ -10,7 +10,8 @@ from sqlalchemy.engine import RowMapping
 from batcher.models import NOT_SENT, Failure
 from batcher.store.base import Job, Ledger, S, StoreBase
 from batcher.store.database import translated
-from batcher.store.tables import api_calls, jobs, strays, task_counts, tasks
+from batcher.store.submissions import CLOSED
+from batcher.store.tables import api_calls, jobs, strays, submissions, task_counts, tasks
 
 
 class ReportsPart(StoreBase):
@@ -39,6 +40,8 @@ class ReportsPart(StoreBase):
     async def ledger(self, job: Job) -> Ledger:
         counts = (await self.status_counts()).get(job.name, {})
         ledger = Ledger(counts={k: v for k, v in counts.items() if k != "retired"}, retired=counts.get("retired", 0))
+        # a billed line keeps the shard it rode in (a line sent back to pending leaves it): the batch route
+        in_shard = tasks.c.submission_id.is_not(None)
         mismatch = and_(
             tasks.c.price_reported_micros.is_not(None), tasks.c.price_reported_micros != tasks.c.cost_micros
         )
@@ -55,6 +58,8 @@ class ReportsPart(StoreBase):
                     func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.LOST)),
                     func.coalesce(func.sum(tasks.c.reserved_micros), 0),
                     func.count().filter(and_(tasks.c.status == S.FAILED, tasks.c.failure == Failure.BLOCKED)),
+                    func.coalesce(func.sum(tasks.c.cost_micros).filter(in_shard), 0),
+                    func.count().filter(and_(tasks.c.cost_micros > 0, in_shard)),
                 ).where(tasks.c.job_id == job.id)
             )
         )[0]
@@ -63,6 +68,11 @@ class ReportsPart(StoreBase):
         ledger.price_mismatches, ledger.billed_calls = int(row[3]), int(row[4])
         ledger.paid_unusable, ledger.result_lost, ledger.lost_at_api = int(row[5]), int(row[6]), int(row[7])
         ledger.held_micros, ledger.blocked = int(row[8]), int(row[9])
+        ledger.batch_spent_micros, ledger.batch_billed = int(row[10]), int(row[11])
+        open_shards = select(func.count()).where(
+            submissions.c.job_id == job.id, submissions.c.state.not_in(sorted(CLOSED))
+        )
+        ledger.shards_open = int((await self._rows(open_shards))[0][0])
         stray = (
             await self._rows(
                 select(

@@ -7,6 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, update
+from sqlalchemy.engine import RowMapping
 
 from batcher.models import Failure
 from batcher.store.base import Job, S, StoreBase
@@ -75,9 +76,11 @@ class RetriesPart(StoreBase):
                 )
             )  # fmt: skip
             found = await conn.execute(
-                select(tasks.c.id, tasks.c.remote_task_id, tasks.c.cost_micros).where(chosen, tasks.c.cost_micros > 0)
+                select(tasks.c.id, tasks.c.remote_task_id, tasks.c.cost_micros, tasks.c.submission_id).where(
+                    chosen, tasks.c.cost_micros > 0
+                )
             )
-            paid = [(int(m["id"]), m["remote_task_id"], int(m["cost_micros"])) for m in found.mappings()]
+            paid = [(int(m["id"]), _charge_name(m), int(m["cost_micros"])) for m in found.mappings()]
             for task_id, remote_id, cost in paid:  # its first charge stays in the ledger (and the job's spend)
                 await conn.execute(
                     self._insert(strays).values(
@@ -90,12 +93,20 @@ class RetriesPart(StoreBase):
                 update(tasks).where(chosen).values(
                     status=S.PENDING, failure=None, last_error=None, finished_at=None, next_attempt_at=0.0,
                     attempts=0, gen_failures=0, remote_task_id=None, submitted_at=None, billed_at=None,
-                    cost_micros=0, claim_token=None, claimed_by=None, lease_until=None, updated_at=now,
+                    cost_micros=0, submission_id=None, claim_token=None, claimed_by=None, lease_until=None, updated_at=now,
                 )
             )  # fmt: skip
             return int(fetch.rowcount) + int(again.rowcount)
 
         return await self.writer.run(op)
+
+
+def _charge_name(row: RowMapping) -> str | None:
+    """The name a first charge is kept under: a shard's lines share their batch's name, so each gets its own."""
+    remote_id = row["remote_task_id"]
+    if remote_id is not None and row["submission_id"] is not None:
+        return f"{remote_id}/task-{row['id']}"
+    return str(remote_id) if remote_id is not None else None
 
 
 def _listed_failed(job: Job) -> ColumnElement[bool]:
@@ -112,7 +123,10 @@ def _of(causes: Collection[Failure]) -> ColumnElement[bool]:
 
 
 def _refetchable(recreate: bool) -> ColumnElement[bool]:
-    """Paid for, not saved, and the API still has it: query it for a fresh URL instead of creating it again."""
+    """Paid for, not saved, and the API still has it: query it for a fresh URL instead of creating it again. Not
+    a line of a Batch Mode shard: its remote id names the whole batch, which is never polled task by task."""
     if recreate:
         return false()  # nothing: every chosen task is created again
-    return and_(tasks.c.failure == Failure.DOWNLOAD, tasks.c.remote_task_id.is_not(None))
+    return and_(
+        tasks.c.failure == Failure.DOWNLOAD, tasks.c.remote_task_id.is_not(None), tasks.c.submission_id.is_(None)
+    )
