@@ -46,6 +46,22 @@ def _usd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Dec
     return amount
 
 
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """`90s`, `30m`, `8h`, `1d` or plain seconds, as seconds."""
+    if value is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale is not None else text) * (scale or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 30m, 8h or 1d") from None
+    if not 0 < seconds <= 30 * 86400:
+        raise click.BadParameter("must be more than 0 and at most 30 days")
+    return seconds
+
+
 def _latency(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Latency | None:
     if value is None:
         return None
@@ -209,6 +225,16 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="the API to generate through, over the manifest's `provider` (default linkmodel)",
     )
     @click.option(
+        "--route",
+        type=click.Choice(["online", "batch"]),
+        help="online (one call per image) or batch (Gemini Batch Mode: half price, within 24 h), over the manifest's",
+    )
+    @click.option(
+        "--no-wait", is_flag=True, help="batch: exit once every shard is created (exit 5); run again to collect"
+    )
+    @click.option("--finish-online-after", "finish_online_after", callback=_duration, metavar="DURATION",
+                  help="batch: cancel the batches not done after DURATION (e.g. 8h) and finish their tasks online")  # fmt: skip
+    @click.option(
         "--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)"
     )
     @click.option(
@@ -249,6 +275,9 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         *args: Any,
         db: str,
         provider: str | None,
+        route: str | None,
+        no_wait: bool,
+        finish_online_after: float | None,
         emulate: bool,
         emulate_latency: Latency | None,
         rate: float | None,
@@ -280,6 +309,9 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             max_connections=max_connections,
             out=out,
             provider=provider,
+            route=route,
+            wait=not no_wait,
+            finish_online_after_s=finish_online_after,
         )
         return f(*args, opts=opts, **kwargs)
 
@@ -302,6 +334,9 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
         elif result.reason == StopReason.INTERRUPTED:
             click.echo(f"batcher: interrupted with {result.left} tasks left; resume with: {outcome.resume_hint}",
                        err=True)  # fmt: skip
+        elif result.reason == StopReason.SUBMITTED:
+            click.echo(f"batcher: every batch is created and runs at Google (usually within hours, at most 24 h); "
+                       f"collect the images with: {outcome.resume_hint}", err=True)  # fmt: skip
         elif result.elsewhere:
             held = ", ".join(f"{n} by {name}" for name, n in sorted(result.elsewhere.items()))
             click.echo(f"batcher: {sum(result.elsewhere.values())} tasks were sent through another provider and are "

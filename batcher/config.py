@@ -52,6 +52,16 @@ def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PRO
     return facts.price_usd
 
 
+def batch_unit_price(model: str, override: Decimal | None, provider: str = "gemini") -> Decimal:
+    """The price of one image line of a batch: an explicit override, else the provider's batch price."""
+    if override is not None:
+        return override
+    facts = provider_facts(provider).model(model)
+    if facts is None or facts.batch_price_usd is None:
+        raise UnknownPriceError(f"no batch price is known for model {model!r}: set batch.price_usd in the manifest")
+    return facts.batch_price_usd
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     base_url: str = DEFAULT_BASE_URL

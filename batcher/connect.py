@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 
 from batcher.catalog import DEFAULT_PROVIDER, provider_facts
 from batcher.config import RunConfig, api_key, api_settings
-from batcher.emulator import EmulatorConfig
+from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError
 from batcher.providers.base import Provider
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.runner import rate_limit_key
 from batcher.store import Store
 
+REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
 ACCOUNT_BUCKET = "account"  # the shared token bucket's name (for LinkModel; others add their name)
 
 
@@ -38,7 +39,9 @@ def provider_name(option: str | None, settings: dict[str, object]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def endpoint(provider: str, *, emulate: bool, emulator: EmulatorConfig) -> AsyncIterator[Endpoint]:
+async def endpoint(
+    provider: str, *, emulate: bool, emulator: EmulatorConfig, batch: bool = False
+) -> AsyncIterator[Endpoint]:
     """The real API from the environment, or an in-process emulator on loopback with `--emulate`."""
     if provider == "gemini":
         from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
@@ -49,7 +52,10 @@ async def endpoint(provider: str, *, emulate: bool, emulator: EmulatorConfig) ->
         from batcher.emulator.gemini.config import GeminiConfig  # the server: only for --emulate
         from batcher.emulator.gemini.server import GeminiEmulator
 
-        async with GeminiEmulator(GeminiConfig(latency=emulator.latency)) as gemini:
+        config = GeminiConfig(latency=emulator.latency)
+        if batch:  # a rehearsal's batches end within seconds, not the real service's minutes to hours
+            config = config.replace(batch_latency=REHEARSAL_BATCH_LATENCY)
+        async with GeminiEmulator(config) as gemini:
             yield Endpoint(provider, gemini.origin, gemini.api_key)
         return
     if not emulate:

@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage, manifest or key error
     BUDGET = 3  # the budget was reached
     QUOTA = 4  # the API's daily quota is spent: run again after it resets (the message says when)
+    SUBMITTED = 5  # `--no-wait`: the batches are created and run at the API; run again to collect
     INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it)
 
 

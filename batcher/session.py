@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -11,10 +12,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from batcher import connect, report
-from batcher.config import ApiSettings, RunConfig, api_settings, lease_settings, unit_price
+from batcher.config import ApiSettings, RunConfig, api_settings, batch_unit_price, lease_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
@@ -29,8 +30,13 @@ from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
 from batcher.store import ImportResult, Job, RetryPlan, Store
 
+log = logging.getLogger("batcher")
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
 WORK_IDLE_S = 5.0  # `work --forever`: how often to look for new work, seconds
+
+
+class Stoppable(Protocol):
+    def request_stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class RunOptions:
     max_connections: int | None = None
     out: str | None = None  # `--out`: this process writes here, whatever the job's stored directory
     provider: str | None = None  # `--provider`: over the manifest's
+    route: str | None = None  # `--route`: online or batch, over the manifest's
+    wait: bool = True  # `--no-wait`: a batch run exits once its shards are created
+    finish_online_after_s: float | None = None  # `--finish-online-after`: cancel batches not done by then
 
 
 @dataclass
@@ -67,6 +76,8 @@ class RunSummary:
             return ExitCode.INTERRUPTED
         if r.reason == StopReason.BUDGET:
             return ExitCode.BUDGET
+        if r.reason == StopReason.SUBMITTED:  # the batch route's `--no-wait`
+            return ExitCode.SUBMITTED
         # exit 0 only when every task succeeded: not while another provider still holds some
         return ExitCode.FAILED if self.summary["failed"] or r.elsewhere else ExitCode.OK
 
@@ -212,12 +223,65 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
         job = (await import_manifest(store, manifest, opts.price)).job
         job = replace(job, output_dir=output_dir(job, opts.out))
         prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
-        async with connected(store, opts, job) as (provider, config):
-            result = await drive(store, provider, job, config, prices, show_progress)
+        if route_of(opts, job) == "batch":
+            result, config = await run_batch(store, opts, job, show_progress)
+        else:
+            async with connected(store, opts, job) as (provider, config):
+                result = await drive(store, provider, job, config, prices, show_progress)
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
     return RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name))
+
+
+def route_of(opts: RunOptions, job: Job) -> str:
+    """`--route` over the manifest's `route`; Batch Mode is Gemini's."""
+    route = opts.route or str(job.settings.get("route") or "online")
+    if route == "batch" and connect.provider_name(opts.provider, job.settings) != "gemini":
+        raise ConfigError(
+            "route batch needs provider gemini: add `provider: gemini` to the manifest or --provider gemini"
+        )
+    return route
+
+
+async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any) -> tuple[RunResult, RunConfig]:
+    """`run` by Batch Mode: plan, create and collect the job's shards; past `--finish-online-after`, cancel what
+    is not done and finish those tasks online, through the same endpoint."""
+    from batcher.providers.gemini_batch import GeminiBatchClient
+    from batcher.providers.gemini_settings import gemini_settings
+    from batcher.runner.batch import BatchRunner, BatchSettings
+
+    s = job.settings
+    override = opts.price if opts.price is not None else _decimal(s.get("batch_price_usd"))
+    prices = {m: usd_to_micros(batch_unit_price(m, override, "gemini")) for m in await store.job_models(job)}
+    deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
+    batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
+                          max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
+                          wait=opts.wait, deadline_at=deadline)  # fmt: skip
+    async with connect.endpoint("gemini", emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
+        config = run_config(opts, job, ApiSettings())
+        gate = await connect.rate_gate(store, config, "gemini")
+        try:
+            async with GeminiBatchClient(gemini_settings(os.environ, base_url=where.base_url), where.key, gate) as c:
+                runner = BatchRunner(store, c, job, config, batch, prices)
+                with _signals(runner):
+                    if show_progress is None:
+                        result = await runner.run()
+                    else:
+                        async with show_progress(runner.progress):
+                            result = await runner.run()
+            if result.reason == StopReason.DEADLINE:
+                log.warning("the deadline passed: the tasks not done by batch now run online")
+                online_prices = job_prices(await store.job_models(job), job, opts.price, "gemini")
+                async with connect.open_provider(where, config, gate) as provider:
+                    result = await drive(store, provider, job, config, online_prices, show_progress)
+        finally:
+            await gate.close()
+    return result, config
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value in (None, "") else Decimal(str(value))
 
 
 async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = False,
@@ -293,6 +357,8 @@ def _resume_hint(opts: RunOptions) -> str:
         parts += ["--out", opts.out]
     if opts.provider is not None:
         parts += ["--provider", opts.provider]
+    if opts.route is not None:
+        parts += ["--route", opts.route]
     if opts.emulate:
         parts.append("--emulate")
     if not opts.use_cache:
@@ -301,7 +367,7 @@ def _resume_hint(opts: RunOptions) -> str:
 
 
 @contextlib.contextmanager
-def _signals(runner: Runner) -> Iterator[None]:
+def _signals(runner: Stoppable) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: stop gracefully. A second Ctrl-C: leave at once (the store stays consistent:
     every change is one committed transaction, and an interrupted create is found `unknown` on resume)."""
     loop = asyncio.get_running_loop()

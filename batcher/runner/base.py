@@ -33,6 +33,8 @@ class StopReason:
     BUDGET = "budget"
     INTERRUPTED = "interrupted"
     FATAL = "fatal"
+    SUBMITTED = "submitted"  # batch `--no-wait`: every shard created; the batches run on at the API
+    DEADLINE = "deadline"  # batch `--finish-online-after`: shards not done were cancelled, their tasks pending
 
 
 @dataclass

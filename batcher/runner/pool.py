@@ -82,7 +82,7 @@ class Runner(LeasesPart, LifecyclePart):
                 continue
             if not self._active:
                 # what another provider holds is not this run's to wait for (it is left to a run through it)
-                left, due = await self.store.next_due(self.job, now, self.provider.name)
+                left, due = await self.store.next_due(self.job, now, self.provider.name, shards=False)
                 if left == 0 and not self._strays:
                     return StopReason.DONE
                 if now - self._last_takeover >= TAKEOVER_EVERY_S:  # idle while others hold work: are they alive?

@@ -110,12 +110,17 @@ class ClaimsPart(StoreBase):
         leaves them to a run through theirs."""
         return {str(name): int(n) for name, n in await self._rows(_held_elsewhere_stmt(job.id, provider))}
 
-    async def next_due(self, job: Job, now: float, provider: str | None = None) -> tuple[int, float | None]:
+    async def next_due(
+        self, job: Job, now: float, provider: str | None = None, *, shards: bool = True
+    ) -> tuple[int, float | None]:
         """How many tasks of the job are not final, and when the earliest one not held by anyone is due.
-        `provider`: count only the tasks a run through it can drive (the rest wait on the API that holds them)."""
+        `provider`: count only the tasks a run through it can drive (the rest wait on the API that holds them);
+        `shards` False: nor those riding in a batch shard (an online run leaves them to the batch route)."""
         sent: Any = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
         if provider is not None:
             sent = and_(sent, _sent_to(provider))
+        if not shards:
+            sent = and_(sent, tasks.c.submission_id.is_(None))
         open_ = or_(sent, and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(job.id)))
         due_at = case(
             (~inputs_settled(), None),  # waits for its input task, not for a time
@@ -126,9 +131,15 @@ class ClaimsPart(StoreBase):
         return int(row[0]), row[1]
 
 
+BATCH_HOLDER = "gemini batch"  # what `held_elsewhere` calls the batch route
+
+
 def _held_elsewhere_stmt(job_id: int, provider: str) -> Any:
     sent = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
-    name = func.coalesce(tasks.c.provider, DEFAULT_PROVIDER)
+    # a task riding in a batch shard is held by the batch route, whatever runs online
+    name = case(
+        (tasks.c.submission_id.is_not(None), BATCH_HOLDER), else_=func.coalesce(tasks.c.provider, DEFAULT_PROVIDER)
+    )
     return select(name, func.count()).where(tasks.c.job_id == job_id, sent, name != provider).group_by(name)
 
 
