@@ -419,18 +419,33 @@ def import_(manifest: str, db: str, price: Decimal | None) -> None:
 def status(db: str, as_json: bool) -> None:
     """Jobs in the store with their tasks per status, and the workers at work."""
 
-    async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+    async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], list[dict[str, Any]]]:
         store = await Store.open(db, create=False)  # reading: an absent store is not created
         try:
-            return await store.status_counts(), [dict(w) for w in await store.live_workers()]
+            shards = [{"job": job, "display_name": s.display_name, "state": s.state, "requests": s.requests,
+                       "remote_name": s.remote_name, "detail": s.detail or ""}
+                      for job, s in await store.recent_shards()]  # fmt: skip
+            return await store.status_counts(), [dict(w) for w in await store.live_workers()], shards
         finally:
             await store.close()
 
-    counts, workers = _run(go())
+    counts, workers, shards = _run(go())
     if as_json:
-        click.echo(json.dumps({"jobs": counts, "workers": workers}, indent=2))
+        click.echo(json.dumps({"jobs": counts, "workers": workers, "shards": shards}, indent=2))
     else:
-        views.status_table(counts, workers)
+        views.status_table(counts, workers, shards)
+
+
+@main.command("cancel")
+@click.argument("job")
+@_with_db
+def cancel(job: str, db: str) -> None:
+    """Cancel JOB's Gemini batches not collected yet: their unfinished tasks go back to pending, unbilled."""
+    from batcher import session
+
+    count = _run(session.cancel_batches(db, job))
+    click.echo(f"cancelled {count} batch shard{'s' if count != 1 else ''} of job {job}; a later run sends their "
+               "tasks again", err=True)  # fmt: skip
 
 
 @main.command("report")

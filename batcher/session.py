@@ -280,6 +280,26 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     return result, config
 
 
+async def cancel_batches(db: str, job_name: str) -> int:
+    """`batcher cancel JOB`: cancel the job's batches not collected; their unfinished tasks back to pending."""
+    from batcher.providers.gemini_batch import GeminiBatchClient
+    from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
+    from batcher.ratelimit import RateGate
+    from batcher.runner.batch import cancel_shards
+
+    store = await Store.open(db, create=False)
+    try:
+        job = await store.job(job_name)
+        gate = RateGate(None)
+        try:
+            async with GeminiBatchClient(gemini_settings(os.environ), gemini_api_key(os.environ), gate) as client:
+                return await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
+        finally:
+            await gate.close()
+    finally:
+        await store.close()
+
+
 def _decimal(value: Any) -> Decimal | None:
     return None if value in (None, "") else Decimal(str(value))
 

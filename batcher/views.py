@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -56,7 +57,11 @@ def estimate_table(est: Estimate) -> None:
     stdout.print("\n".join(lines), highlight=False)
 
 
-def status_table(counts: Mapping[str, Mapping[str, int]], workers: Sequence[Mapping[str, Any]]) -> None:
+def status_table(
+    counts: Mapping[str, Mapping[str, int]],
+    workers: Sequence[Mapping[str, Any]],
+    shards: Sequence[Mapping[str, Any]] = (),
+) -> None:
     statuses = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")
     table = Table(title="Jobs", title_justify="left")
     table.add_column("job")
@@ -74,6 +79,15 @@ def status_table(counts: Mapping[str, Mapping[str, int]], workers: Sequence[Mapp
             wt.add_row(w["id"], w["host"], str(w["pid"]), w["jobs"], f"{now - w['heartbeat_at']:.0f} s ago",
                        str(w.get("holds", 0)))  # fmt: skip
         stdout.print(wt)
+    if shards:
+        st = Table(title="Batch shards", title_justify="left")
+        for col in ("job", "shard", "state", "requests", "batch", "done of requests"):
+            st.add_column(col)
+        for sh in shards:
+            stats = json.loads(sh["detail"]) if sh.get("detail", "").startswith("{") else {}
+            done = f"{stats.get('succeeded', 0) + stats.get('failed', 0)} of {stats['requests']}" if stats else ""
+            st.add_row(sh["job"], sh["display_name"], sh["state"], str(sh["requests"]), sh["remote_name"] or "", done)
+        stdout.print(st)
 
 
 def short(prompt: str, limit: int = PROMPT_CHARS) -> str:

@@ -356,6 +356,16 @@ class SubmissionsPart(TransitionsPart):
         )
         return [_submission(r) for r in rows]
 
+    async def recent_shards(self, limit: int = 200) -> list[tuple[str, Submission]]:
+        """Shards of every job, open ones first then the newest: what `batcher status` shows."""
+        rows = await self._read(
+            select(submissions, jobs.c.name.label("job_name"))
+            .select_from(submissions.join(jobs, jobs.c.id == submissions.c.job_id))
+            .order_by(submissions.c.state.in_(list(CLOSED)), submissions.c.id.desc())
+            .limit(limit)
+        )
+        return [(str(r["job_name"]), _submission(r)) for r in rows]
+
     async def claim_shard(self, sub: Submission, worker_id: str, now: float, lease_until: float) -> list[Task]:
         """Take the shard's unsettled tasks that nobody holds (their worker stopped, or its lease ran out), under
         one new claim token, in manifest order: a restart or another worker carries the shard on."""
