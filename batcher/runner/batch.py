@@ -26,7 +26,7 @@ from pathlib import Path
 from batcher import cache
 from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
-from batcher.models import CallRecord, Failure, TaskStatus
+from batcher.models import CallRecord, Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, Finisher, target_path, with_real_extension
 from batcher.providers.base import AuthRejected, RateLimited, Request, Transient
 from batcher.providers.gemini_batch import (
@@ -166,7 +166,7 @@ class BatchRunner:
             if not self.shards:
                 await self._carry_on_open_shards()  # shards another worker left (it stopped, or its lease ran out)
             if not self.shards:
-                left, due = await self.store.next_due(self.job, self._now(), GEMINI)
+                left, due = await self.store.next_due(self.job, self._now(), GEMINI, online=False)
                 if left == 0:
                     return StopReason.DONE
                 if self._budget_blocked:
@@ -229,6 +229,11 @@ class BatchRunner:
         for task in claimed:
             if task.status not in (TaskStatus.PENDING, TaskStatus.UNKNOWN):
                 await self.store.release(task, now)  # submitted online by an earlier run: not this route's
+                continue
+            if task.status is TaskStatus.UNKNOWN and self.config.on_unknown is OnUnknown.SKIP:
+                await self.store.failed(task, "an online create's outcome is unknown; skipped (--on-unknown=skip) "
+                                        "to avoid a second charge", None, now, failure=Failure.UNKNOWN)  # fmt: skip
+                self.progress.failed += 1
                 continue
             prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=self.config.use_cache)
             if prepared.outcome is cache.Outcome.CACHED:

@@ -111,16 +111,19 @@ class ClaimsPart(StoreBase):
         return {str(name): int(n) for name, n in await self._rows(_held_elsewhere_stmt(job.id, provider))}
 
     async def next_due(
-        self, job: Job, now: float, provider: str | None = None, *, shards: bool = True
+        self, job: Job, now: float, provider: str | None = None, *, shards: bool = True, online: bool = True
     ) -> tuple[int, float | None]:
         """How many tasks of the job are not final, and when the earliest one not held by anyone is due.
         `provider`: count only the tasks a run through it can drive (the rest wait on the API that holds them);
-        `shards` False: nor those riding in a batch shard (an online run leaves them to the batch route)."""
+        `shards` False: nor those riding in a batch shard (an online run leaves them to the batch route);
+        `online` False: nor those sent online (the batch route leaves them to an online run)."""
         sent: Any = tasks.c.status.in_([S.SUBMITTING, S.SUBMITTED, S.UNKNOWN])
         if provider is not None:
             sent = and_(sent, _sent_to(provider))
         if not shards:
             sent = and_(sent, tasks.c.submission_id.is_(None))
+        if not online:
+            sent = and_(sent, tasks.c.submission_id.is_not(None))
         open_ = or_(sent, and_(tasks.c.status == S.PENDING, tasks.c.import_gen == _current_gen(job.id)))
         due_at = case(
             (~inputs_settled(), None),  # waits for its input task, not for a time
