@@ -118,7 +118,9 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     s = manifest.settings
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
-             "provider": s.provider}  # fmt: skip
+             "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
+             "batch_max_bytes": s.batch_max_bytes,
+             "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
     return await store.import_manifest(s, str(manifest.path.absolute()), rows, extra=extra, now=time.time())
