@@ -52,6 +52,20 @@ def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PRO
     return facts.price_usd
 
 
+def batch_unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
+    """The price of one image by the provider's batch mode: the manifest's `batch: price_usd`, else the model's
+    batch price in the provider's table. (The online override, price_usd, is not halved into one: a user who
+    negotiated an online price has not told us what a batch costs.)"""
+    if override is not None:
+        return override
+    table = provider_facts(provider)
+    facts = table.model(model)
+    if facts is None or facts.batch_price_usd is None:
+        why = "has no batch mode" if not table.batch_mode else f"publishes no batch price for model {model!r}"
+        raise UnknownPriceError(f"no batch price is known: {table.label} {why}; set batch.price_usd in the manifest")
+    return facts.batch_price_usd
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     base_url: str = DEFAULT_BASE_URL
