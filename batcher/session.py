@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher import connect, report
-from batcher.config import ApiSettings, RunConfig, api_settings, lease_settings, unit_price
+from batcher.config import ApiSettings, RunConfig, api_settings, batch_prices, lease_settings, unit_price
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
@@ -98,7 +98,8 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
             await store.close()
     provider = manifest.settings.provider
     return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override, provider),
-                    manifest.settings.budget_usd, cached)  # fmt: skip
+                    manifest.settings.budget_usd, cached, batch_price_of=batch_prices(manifest.settings),
+                    route=manifest.settings.route)  # fmt: skip
 
 
 async def _store_to_read(db: str | None, *, required: bool = False) -> Store | None:

@@ -50,9 +50,16 @@ def estimate_table(est: Estimate) -> None:
         f"unit price            {prices or '-'} per call",
         f"estimated cost        ${est.cost_usd:.3f}",
     ]
+    batch, saving = est.cost_batch_usd, est.batch_saving_usd
+    if batch is None or saving is None:
+        lines.append(f"by batch              {est.batch_note}")
+    else:
+        lines.append(f"by batch              ${batch:.3f} (saves ${saving:.3f}; route: {est.route})")
     if est.budget_usd is not None:
-        verdict = "within" if est.cost_usd <= est.budget_usd else "OVER"
-        lines.append(f"budget                ${est.budget_usd} ({verdict} budget)")
+        cost = est.route_cost_usd
+        verdict = "within" if cost <= est.budget_usd else "OVER"
+        by = " by batch" if est.route == "batch" and batch is not None else ""
+        lines.append(f"budget                ${est.budget_usd} ({verdict} budget{by})")
     stdout.print("\n".join(lines), highlight=False)
 
 
