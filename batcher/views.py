@@ -139,6 +139,11 @@ def summary_lines(head: Mapping[str, Any]) -> None:
     ]
     if any(n for n, _ in billed_apart):
         lines.append("of the billed calls: " + ", ".join(f"{what} {n}" for n, what in billed_apart if n))
+    if head.get("batch_billed"):
+        saved = head.get("batch_saved_usd")
+        lines.append(f"of the cost: online ${head['online_cost_usd']}, by batch ${head['batch_cost_usd']} "
+                     f"({head['batch_billed']} images; "
+                     + (f"saved ${saved} against the online price)" if saved is not None else "saving not known)"))  # fmt: skip
     if head.get("lost_at_api"):
         lines.append(f"lost at the API before any Success was seen (possibly billed) {head['lost_at_api']}")
     if head.get("blocked"):

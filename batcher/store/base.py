@@ -88,6 +88,9 @@ class Ledger:
     rate_limited: int = 0
     first_call_at: float | None = None
     last_call_at: float | None = None
+    # the part of billed_calls and cost_micros the batch route billed (the totals above include them)
+    batch_billed: int = 0
+    batch_spent_micros: int = 0
 
 
 class ClaimLost(Exception):
