@@ -120,6 +120,11 @@ class ProviderFacts:
         return self.models.get(model_id)
 
     @property
+    def batch_mode(self) -> bool:
+        """Whether the provider has a batch mode: some model of its table has a batch price."""
+        return any(m.batch_price_usd is not None for m in self.models.values())
+
+    @property
     def max_input_images(self) -> int:
         """The most input images any of its models takes."""
         return max(m.max_input_images for m in self.models.values())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from batcher.catalog import DEFAULT_PROVIDER, provider_facts
 from batcher.errors import ConfigError, UnknownPriceError
-from batcher.models import OnUnknown
+from batcher.models import JobSettings, OnUnknown
 from batcher.polling import PollPolicy
 from batcher.retry import RetryPolicy
 
@@ -52,14 +52,26 @@ def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PRO
     return facts.price_usd
 
 
-def batch_unit_price(model: str, override: Decimal | None, provider: str = "gemini") -> Decimal:
-    """The price of one image line of a batch: an explicit override, else the provider's batch price."""
+def batch_unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
+    """The price of one image by the provider's batch mode: the manifest's `batch: price_usd`, else the model's
+    batch price in the provider's table. (The online override, price_usd, is not halved into one: a user who
+    negotiated an online price has not told us what a batch costs.)"""
     if override is not None:
         return override
-    facts = provider_facts(provider).model(model)
+    table = provider_facts(provider)
+    facts = table.model(model)
     if facts is None or facts.batch_price_usd is None:
-        raise UnknownPriceError(f"no batch price is known for model {model!r}: set batch.price_usd in the manifest")
+        why = "has no batch mode" if not table.batch_mode else f"publishes no batch price for model {model!r}"
+        raise UnknownPriceError(f"no batch price is known: {table.label} {why}; set batch.price_usd in the manifest")
     return facts.batch_price_usd
+
+
+def batch_prices(settings: JobSettings) -> Callable[[str], Decimal] | None:
+    """A model's batch price for the job (see batch_unit_price), or None: its provider has no batch mode."""
+    if not provider_facts(settings.provider).batch_mode:
+        return None
+    override, provider = settings.batch_price_usd, settings.provider
+    return lambda model: batch_unit_price(model, override, provider)
 
 
 @dataclass(frozen=True)

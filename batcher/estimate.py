@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from batcher.errors import UnknownPriceError
 from batcher.models import TaskSpec
+
+NO_BATCH_MODE = "no batch mode"
 
 
 @dataclass
@@ -23,6 +26,9 @@ class Estimate:
     to_run_by_model: Counter[str] = field(default_factory=Counter)
     unit_price: dict[str, Decimal] = field(default_factory=dict)  # per model, USD per call
     budget_usd: Decimal | None = None
+    route: str = "online"  # the job's: which of the two costs below the budget is held against
+    batch_mode: bool = False  # the provider has a batch mode (LinkModel has none)
+    batch_unit_price: dict[str, Decimal | None] = field(default_factory=dict)  # per model; None: not known
 
     @property
     def to_run(self) -> int:
@@ -33,8 +39,43 @@ class Estimate:
     def cost_usd(self) -> Decimal:
         return sum((self.unit_price[m] * n for m, n in self.to_run_by_model.items()), Decimal(0))
 
+    @property
+    def cost_batch_usd(self) -> Decimal | None:
+        """What the new tasks cost by batch; None when the provider has no batch mode, or some model to run has
+        no known batch price (a partial sum would understate it)."""
+        if not self.batch_mode:
+            return None
+        total = Decimal(0)
+        for m, n in self.to_run_by_model.items():
+            price = self.batch_unit_price.get(m)
+            if price is None:
+                return None
+            total += price * n
+        return total
+
+    @property
+    def batch_saving_usd(self) -> Decimal | None:
+        batch = self.cost_batch_usd
+        return None if batch is None else self.cost_usd - batch
+
+    @property
+    def batch_note(self) -> str | None:
+        """Why there is no batch cost, for people; None when there is one."""
+        if not self.batch_mode:
+            return NO_BATCH_MODE
+        unpriced = sorted(m for m in self.to_run_by_model if self.batch_unit_price.get(m) is None)
+        return f"no batch price known for {', '.join(unpriced)}: set batch.price_usd" if unpriced else None
+
+    @property
+    def route_cost_usd(self) -> Decimal:
+        """The cost by the job's route: what its budget is held against."""
+        batch = self.cost_batch_usd
+        return batch if self.route == "batch" and batch is not None else self.cost_usd
+
     def as_json(self) -> dict[str, Any]:
         prices = {m: str(p) for m, p in sorted(self.unit_price.items())}
+        batch_prices = {m: None if p is None else str(p) for m, p in sorted(self.batch_unit_price.items())}
+        batch, saving = self.cost_batch_usd, self.batch_saving_usd
         return {
             "job": self.job,
             "rows": self.rows,
@@ -48,6 +89,11 @@ class Estimate:
             "unit_price_usd": next(iter(prices.values())) if len(prices) == 1 else prices,
             "estimated_cost_usd": str(self.cost_usd),
             "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
+            "route": self.route,
+            "batch_unit_price_usd": next(iter(batch_prices.values())) if len(batch_prices) == 1 else batch_prices,
+            "cost_batch_usd": None if batch is None else str(batch),
+            "batch_saving_usd": None if saving is None else str(saving),
+            "batch_note": self.batch_note,
         }
 
 
@@ -58,10 +104,14 @@ def estimate(
     price_of: Callable[[str], Decimal],
     budget_usd: Decimal | None = None,
     cached: Callable[[str], bool] | None = None,
+    *,
+    batch_price_of: Callable[[str], Decimal] | None = None,
+    route: str = "online",
 ) -> Estimate:
     """Count `specs` (streamed; only a hash per distinct task is kept) against the keys already done, and those
-    `cached` says a finished output elsewhere will satisfy (None: no cache). Only new tasks are priced."""
-    est = Estimate(job, budget_usd=budget_usd)
+    `cached` says a finished output elsewhere will satisfy (None: no cache). Only new tasks are priced.
+    `batch_price_of`: a model's batch price (UnknownPriceError where none is known); None: no batch mode."""
+    est = Estimate(job, budget_usd=budget_usd, route=route, batch_mode=batch_price_of is not None)
     seen: set[int] = set()  # hash(key): 1M distinct tasks cost ~60 MB here, not ~150 MB of strings
     for spec in specs:
         est.rows += 1
@@ -75,6 +125,11 @@ def estimate(
         est.by_model_size[(spec.model, spec.size)] += 1
         if spec.model not in est.unit_price:
             est.unit_price[spec.model] = price_of(spec.model)
+            if batch_price_of is not None:
+                try:
+                    est.batch_unit_price[spec.model] = batch_price_of(spec.model)
+                except UnknownPriceError:  # the online estimate stands; the batch one says what is missing
+                    est.batch_unit_price[spec.model] = None
         if key in done_keys:
             est.done += 1
         elif cached is not None and cached(key):

@@ -108,6 +108,13 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
     if head["retired"]:
         stats.append(_stat("status-retired", head["retired"], "retired", "", "no longer listed in the manifest"))
     stats.append(_stat("cost", _money(head["cost_usd"]), "spent", "", f"{head['billed_calls']} billed calls"))
+    if head.get("batch_billed"):
+        stats.append(_stat("online-cost", _money(head["online_cost_usd"]), "spent online"))
+        stats.append(_stat("batch-cost", _money(head["batch_cost_usd"]), "spent by batch", "",
+                           f"{head['batch_billed']} images by batch"))  # fmt: skip
+        saved = head.get("batch_saved_usd")
+        stats.append(_stat("batch-saved", _money(saved) if saved is not None else "?", "saved by batch", "",
+                           "against the online price; at least this much when the job has several models"))  # fmt: skip
     if head["budget_usd"] is None:
         stats.append(_stat("budget-left", "-", "no budget", "", "set budget_usd in the manifest or --max-cost"))
     else:

@@ -123,6 +123,13 @@ def parent_of(images: tuple[str, ...]) -> str | None:
     return images[0][len(FROM_REF) :] if images and images[0].startswith(FROM_REF) else None
 
 
+ROUTES = ("online", "batch")  # a manifest's `route:`: one request per image, or the provider's batch mode
+BATCH_MAX_REQUESTS = 100  # requests per batch when the manifest's `batch: max_requests` is not given
+BATCH_MAX_BYTES = 100_000_000  # bytes of one batch's request file when `batch: max_bytes` is not given
+BATCH_MAX_BYTES_LIMIT = 2_000_000_000  # the Gemini Files API's limit on one uploaded file
+BATCH_MAX_REQUESTS_LIMIT = 100_000
+
+
 class OnUnknown(enum.StrEnum):
     """What to do with a task whose create may or may not have reached the API."""
 
@@ -143,6 +150,12 @@ class JobSettings:
     max_connections: int | None = None
     max_attempts: int | None = None
     provider: str = DEFAULT_PROVIDER  # a key of catalog.PROVIDERS: whose table the tasks were checked against
+    route: str = "online"  # one of ROUTES; "batch" only with a provider that has a batch mode
+    # the manifest's `batch:` mapping; None where not written (BATCH_MAX_REQUESTS, BATCH_MAX_BYTES and the
+    # catalog's batch price then apply), as the other settings leave their defaults to the run's config
+    batch_max_requests: int | None = None
+    batch_max_bytes: int | None = None
+    batch_price_usd: Decimal | None = None  # per image by batch, overriding the catalog's batch_price_usd
 
 
 NOT_SENT = "not_sent"  # a call record's kind for a request refused before it left: no API call at all

@@ -19,10 +19,29 @@ ROW_FIELDS = (
 )  # fmt: skip
 
 
+def batch_saved_micros(billed: int, unit_micros: Mapping[str, int], batch_unit_micros: Mapping[str, int]) -> int | None:
+    """What `billed` images by batch saved against the online price, or None when that is not known.
+
+    The ledger counts batch lines, not their models. With one model priced both ways the figure is exact;
+    with several it is the least it can have been (every line taken as the model whose batch price saves
+    least), so the report never claims a saving that may not have happened. A model priced only one way has
+    no saving to compare and is left out; with none priced both ways the saving is unknown."""
+    if billed == 0:
+        return 0
+    per_image = [unit_micros[m] - batch_unit_micros[m] for m in unit_micros if m in batch_unit_micros]
+    return billed * min(per_image) if per_image else None
+
+
 def summary(
-    job: Job, ledger: Ledger, unit_micros: Mapping[str, int], *, budget_micros: int | None = None
+    job: Job,
+    ledger: Ledger,
+    unit_micros: Mapping[str, int],
+    *,
+    budget_micros: int | None = None,
+    batch_unit_micros: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The job's counts and money. `budget_micros`: the budget a run held to (`--max-cost`), else the job's."""
+    """The job's counts and money. `budget_micros`: the budget a run held to (`--max-cost`), else the job's.
+    `unit_micros`, `batch_unit_micros`: each model's online and batch price (None: no batch prices known)."""
     c = ledger.counts
     tasks = sum(c.values())
     wall = None
@@ -32,6 +51,8 @@ def summary(
     limit = budget_micros if budget_micros is not None else job.budget_micros
     budget = None if limit is None else str(micros_to_usd(limit))
     left = None if limit is None else str(micros_to_usd(max(limit - ledger.cost_micros - ledger.held_micros, 0)))
+    batch_prices = batch_unit_micros or {}
+    saved = batch_saved_micros(ledger.batch_billed, unit_micros, batch_prices)
     return {
         "job": job.name,
         "tasks": tasks,
@@ -49,7 +70,13 @@ def summary(
         "blocked": ledger.blocked,  # the model gave no image on purpose: failed, not billed
         "cost_usd": str(micros_to_usd(ledger.cost_micros)),
         "held_usd": str(micros_to_usd(ledger.held_micros)),
+        # cost_usd apart by route, and what the batch route saved against the online price
+        "online_cost_usd": str(micros_to_usd(max(ledger.cost_micros - ledger.batch_spent_micros, 0))),
+        "batch_cost_usd": str(micros_to_usd(ledger.batch_spent_micros)),
+        "batch_billed": ledger.batch_billed,
+        "batch_saved_usd": None if saved is None else str(micros_to_usd(saved)),
         "unit_price_usd": {m: str(micros_to_usd(p)) for m, p in sorted(unit_micros.items())},
+        "batch_unit_price_usd": {m: str(micros_to_usd(p)) for m, p in sorted(batch_prices.items())},
         "budget_usd": budget,
         "budget_left_usd": left,
         "price_mismatches": ledger.price_mismatches,

@@ -15,7 +15,15 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from batcher import connect, report
-from batcher.config import ApiSettings, RunConfig, api_settings, batch_unit_price, lease_settings, unit_price
+from batcher.config import (
+    ApiSettings,
+    RunConfig,
+    api_settings,
+    batch_prices,
+    batch_unit_price,
+    lease_settings,
+    unit_price,
+)
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
@@ -109,7 +117,8 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
             await store.close()
     provider = manifest.settings.provider
     return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override, provider),
-                    manifest.settings.budget_usd, cached)  # fmt: skip
+                    manifest.settings.budget_usd, cached, batch_price_of=batch_prices(manifest.settings),
+                    route=manifest.settings.route)  # fmt: skip
 
 
 async def _store_to_read(db: str | None, *, required: bool = False) -> Store | None:
@@ -129,7 +138,9 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     s = manifest.settings
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
-             "provider": s.provider}  # fmt: skip
+             "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
+             "batch_max_bytes": s.batch_max_bytes,
+             "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
     return await store.import_manifest(s, str(manifest.path.absolute()), rows, extra=extra, now=time.time())
@@ -252,8 +263,7 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     from batcher.runner.batch import BatchRunner, BatchSettings
 
     s = job.settings
-    override = opts.price if opts.price is not None else _decimal(s.get("batch_price_usd"))
-    prices = {m: usd_to_micros(batch_unit_price(m, override, "gemini")) for m in await store.job_models(job)}
+    prices = batch_micros(await store.job_models(job), job, opts.price)
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
     batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
@@ -359,9 +369,26 @@ async def job_summary(
         for m in await store.job_models(job):
             with contextlib.suppress(BatcherError):
                 prices[m] = usd_to_micros(unit_price(m, override, connect.provider_name(None, job.settings)))
-    head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros)
+    batch = batch_micros(await store.job_models(job), job, None, strict=False)
+    head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros, batch_unit_micros=batch)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
+
+
+def batch_micros(models: list[str], job: Job, override: Decimal | None, *, strict: bool = True) -> dict[str, int]:
+    """Micro-dollars per image line by Batch Mode for each model: the command line, else the manifest's
+    `batch: price_usd`, else the provider's table. `strict` False: a model with no batch price is left out."""
+    if override is None:
+        override = _decimal(job.settings.get("batch_price_usd"))
+    provider = connect.provider_name(None, job.settings)
+    out: dict[str, int] = {}
+    for m in models:
+        try:
+            out[m] = usd_to_micros(batch_unit_price(m, override, "gemini" if strict else provider))
+        except BatcherError:
+            if strict:
+                raise
+    return out
 
 
 def retry_hint(opts: RunOptions, job: str) -> str:

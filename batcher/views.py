@@ -51,9 +51,16 @@ def estimate_table(est: Estimate) -> None:
         f"unit price            {prices or '-'} per call",
         f"estimated cost        ${est.cost_usd:.3f}",
     ]
+    batch, saving = est.cost_batch_usd, est.batch_saving_usd
+    if batch is None or saving is None:
+        lines.append(f"by batch              {est.batch_note}")
+    else:
+        lines.append(f"by batch              ${batch:.3f} (saves ${saving:.3f}; route: {est.route})")
     if est.budget_usd is not None:
-        verdict = "within" if est.cost_usd <= est.budget_usd else "OVER"
-        lines.append(f"budget                ${est.budget_usd} ({verdict} budget)")
+        cost = est.route_cost_usd
+        verdict = "within" if cost <= est.budget_usd else "OVER"
+        by = " by batch" if est.route == "batch" and batch is not None else ""
+        lines.append(f"budget                ${est.budget_usd} ({verdict} budget{by})")
     stdout.print("\n".join(lines), highlight=False)
 
 
@@ -146,6 +153,11 @@ def summary_lines(head: Mapping[str, Any]) -> None:
     ]
     if any(n for n, _ in billed_apart):
         lines.append("of the billed calls: " + ", ".join(f"{what} {n}" for n, what in billed_apart if n))
+    if head.get("batch_billed"):
+        saved = head.get("batch_saved_usd")
+        lines.append(f"of the cost: online ${head['online_cost_usd']}, by batch ${head['batch_cost_usd']} "
+                     f"({head['batch_billed']} images; "
+                     + (f"saved ${saved} against the online price)" if saved is not None else "saving not known)"))  # fmt: skip
     if head.get("lost_at_api"):
         lines.append(f"lost at the API before any Success was seen (possibly billed) {head['lost_at_api']}")
     if head.get("blocked"):

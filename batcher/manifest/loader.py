@@ -35,7 +35,7 @@ from batcher.manifest.taskfields import (
 from batcher.manifest.taskplans import Defaults, Given, PlanBuilder
 from batcher.manifest.templates import Template, TemplateError, check_filename_template, compile_template
 from batcher.manifest.yamlsource import Loc, YMap, YNode, locate, parse_yaml, to_plain
-from batcher.models import JobSettings, TaskSpec
+from batcher.models import BATCH_MAX_BYTES_LIMIT, BATCH_MAX_REQUESTS_LIMIT, ROUTES, JobSettings, TaskSpec
 
 EAGER_CHECK_TASKS = 100_000  # in-document tasks (tasks:, matrix:) fully checked at load when no more than this
 _SOURCES = ("tasks", "matrix", "rows")
@@ -149,6 +149,14 @@ class _Retries(_Strict):
     max_attempts: int | None = Field(default=None, ge=1)
 
 
+class _Batch(_Strict):
+    """How a `route: batch` job splits its requests into batches, and what one image costs by batch."""
+
+    max_requests: int | None = Field(default=None, ge=1, le=BATCH_MAX_REQUESTS_LIMIT)
+    max_bytes: int | None = Field(default=None, ge=1, le=BATCH_MAX_BYTES_LIMIT)  # the Files API's limit
+    price_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)  # overrides the catalog's
+
+
 class _Settings(_Strict):
     """The job-wide part of a YAML manifest. Values arrive as the text written, so pydantic parses the
     numbers (exactly: `0.05` is Decimal('0.05'))."""
@@ -165,6 +173,8 @@ class _Settings(_Strict):
     budget_usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
     rate_limit: _RateLimit | None = None
     retries: _Retries | None = None
+    route: str | None = None  # one of models.ROUTES; checked in _route, to name the file and line
+    batch: _Batch | None = None
 
 
 TOP_KEYS = (*_Settings.model_fields, *_SOURCES)
@@ -172,6 +182,7 @@ _KEYS_OF: dict[str, tuple[str, ...]] = {
     "output": tuple(_Output.model_fields),
     "rate_limit": tuple(_RateLimit.model_fields),
     "retries": tuple(_Retries.model_fields),
+    "batch": tuple(_Batch.model_fields),
 }
 _PYDANTIC_MESSAGES = {
     "string_type": "must be text",
@@ -222,6 +233,8 @@ def _settings(root: YMap, file: str, problems: Problems) -> _Settings:
                     what = f"must be at least {ctx.get('ge'):g}"
                 elif e["type"] == "greater_than":
                     what = f"must be greater than {ctx.get('gt'):g}"
+                elif e["type"] == "less_than_equal":
+                    what = f"must be at most {ctx.get('le'):,}"  # 2,000,000,000, not 2e+09
                 else:
                     what = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
                 message = f"{key} {what}, not {_shown(e.get('input'))}"
@@ -263,6 +276,7 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
     provider = _provider(root, settings, file, problems)
     if provider is None:
         return None  # tasks checked against no provider's table would only add noise
+    route = _route(root, settings, provider, file, problems)
     defaults = _defaults(root, settings, provider, file, problems)
     if defaults is None:
         return None
@@ -290,6 +304,7 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
             pass
     output = settings.output or _Output()
     rate, retries = settings.rate_limit or _RateLimit(), settings.retries or _Retries()
+    batch = settings.batch or _Batch()
     out_dir = output.dir if output.dir is not None else f"out/{job}"
     if not out_dir.strip() or any(ord(c) < 32 for c in out_dir):
         where = locate(root, ("output", "dir"))
@@ -304,6 +319,10 @@ def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
         max_connections=rate.max_connections,
         max_attempts=retries.max_attempts,
         provider=provider,
+        route=route,
+        batch_max_requests=batch.max_requests,
+        batch_max_bytes=batch.max_bytes,
+        batch_price_usd=batch.price_usd,
     )
     return Manifest(p, job_settings, tuple(plans))
 
@@ -319,6 +338,27 @@ def _provider(root: YMap, settings: _Settings, file: str, problems: Problems) ->
     where = locate(root, ("provider",))
     problems.add(file, where.line, where.column, unknown_provider(name, did_you_mean(name, PROVIDERS)))
     return None
+
+
+def _route(root: YMap, settings: _Settings, provider: str, file: str, problems: Problems) -> str:
+    """The job's route ("online" when not given); a bad one is reported where it is written (and the job
+    checked on as online, so its tasks are still checked)."""
+    name = settings.route
+    if name is None:
+        return "online"
+    where = locate(root, ("route",))
+    if name not in ROUTES:
+        problems.add(file, where.line, where.column,
+                     f"unknown route '{name}'{did_you_mean(name, ROUTES)}; the routes are: {', '.join(ROUTES)}")  # fmt: skip
+        return "online"
+    if name == "batch" and not PROVIDERS[provider].batch_mode:
+        # LinkModel (the default provider) has no batch mode: name the one provider line that fixes it
+        batch_providers = [p.name for p in PROVIDERS.values() if p.batch_mode]
+        fix = " or ".join(f"provider: {p}" for p in batch_providers)
+        problems.add(file, where.line, where.column,
+                     f"route: batch needs {fix}; {PROVIDERS[provider].label} has no batch mode")  # fmt: skip
+        return "online"
+    return name
 
 
 def _defaults(root: YMap, settings: _Settings, provider: str, file: str, problems: Problems) -> Defaults | None:

@@ -22,6 +22,7 @@ CASES = {
     "python_object_tag.yaml": "python_object_tag.yaml:3",
     "rows_bad_cell.yaml": "rows_bad_size.csv:3",
     "unknown_provider.yaml": "unknown_provider.yaml:2",
+    "batch_without_gemini.yaml": "batch_without_gemini.yaml:3",
 }
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from batcher.catalog import DEFAULT_PROVIDER, PROVIDERS, UnknownProviderError, provider_facts
-from batcher.config import unit_price
+from batcher.config import batch_unit_price, unit_price
 from batcher.errors import ConfigError, UnknownPriceError
 from batcher.manifest.taskfields import choice_errors
 from batcher.models import JobSettings, spec_key
@@ -81,6 +81,22 @@ def test_the_unit_price_comes_from_the_providers_table() -> None:
         unit_price(FLASH, None, "gemini")
     with pytest.raises(UnknownPriceError):
         unit_price("dall-e", None)
+
+
+def test_the_batch_price_comes_from_the_manifest_else_the_providers_table() -> None:
+    assert batch_unit_price(LITE, None, "gemini") == Decimal("0.0335")
+    assert batch_unit_price(LITE, Decimal("0.03"), "gemini") == Decimal("0.03")  # batch.price_usd wins
+    assert batch_unit_price(FLASH, Decimal("0.02"), "gemini") == Decimal("0.02")
+    with pytest.raises(UnknownPriceError) as caught:
+        batch_unit_price(FLASH, None, "gemini")
+    assert caught.value.message == (
+        "no batch price is known: Gemini API publishes no batch price for model 'gemini-3.1-flash-image'; "
+        "set batch.price_usd in the manifest"
+    )
+    with pytest.raises(UnknownPriceError) as caught:
+        batch_unit_price(LITE, None, "linkmodel")
+    assert "LinkModel has no batch mode; set batch.price_usd" in caught.value.message
+    assert (provider_facts("gemini").batch_mode, provider_facts("linkmodel").batch_mode) == (True, False)
 
 
 def test_one_function_answers_for_every_provider_in_its_notation() -> None:

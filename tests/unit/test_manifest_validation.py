@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("max_in_flight_fraction.yaml", None, 2, 53, "rate_limit.max_in_flight must be a whole number, not '2.5'"),
     ("max_connections_zero.yaml", None, 2, 55, "rate_limit.max_connections must be at least 1, not '0'"),
     ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini"),
+    ("batch_without_gemini.yaml", None, 3, 8, "route: batch needs provider: gemini; LinkModel has no batch mode"),
+    ("batch_max_bytes_too_big.yaml", None, 5, 14, "batch.max_bytes must be at most 2,000,000,000, not '3000000000'"),
     # model, quality, size
     ("unknown_model.yaml", None, 4, 12, "unknown model 'gemini-3.1-flash-lite' (did you mean"),
     ("lite_2k.yaml", None, 3, 10, "quality 2K is not available for gemini-3.1-flash-lite-image, which only accepts 1K"),
@@ -434,3 +437,60 @@ def test_a_csv_row_is_checked_against_its_own_models_image_limit(tmp_path: Path)
     (tmp_path / "models.csv").write_text("prompt,model\na,gemini-3.1-flash-image\nb,gemini-2.5-flash-image\n")
     (problem,) = problems_of(write(tmp_path, f"provider: gemini\nrows: {{file: models.csv, images: {urls(4)}}}\n"))
     assert (problem.file, problem.line) == (str(tmp_path / "models.csv"), 3)
+
+
+# --- the job's route: online, or the provider's batch mode ---------------------------------------------
+
+
+def test_the_route_is_online_unless_batch_is_asked_for(tmp_path: Path) -> None:
+    s = load_manifest(write(tmp_path, "provider: gemini\ntasks: [a red mug]\n")).settings
+    assert (s.route, s.batch_max_requests, s.batch_max_bytes, s.batch_price_usd) == ("online", None, None, None)
+    assert load_manifest(write(tmp_path, "route: online\ntasks: [a red mug]\n")).settings.route == "online"
+    assert load_manifest(write(tmp_path, "prompt,size\na red mug,1x1\n", "rows.csv")).settings.route == "online"
+
+
+def test_a_gemini_batch_job_keeps_its_batch_settings(tmp_path: Path) -> None:
+    text = (
+        "provider: gemini\nroute: batch\n"
+        "batch: {max_requests: 100000, max_bytes: 2000000000, price_usd: 0.0300}\ntasks: [a red mug]\n"
+    )
+    s = load_manifest(write(tmp_path, text)).settings
+    assert (s.route, s.batch_max_requests, s.batch_max_bytes) == ("batch", 100_000, 2_000_000_000)
+    assert s.batch_price_usd == Decimal("0.0300")  # exactly as written
+    bare = load_manifest(write(tmp_path, "provider: gemini\nroute: batch\ntasks: [a red mug]\n")).settings
+    assert (bare.route, bare.batch_max_requests, bare.batch_max_bytes, bare.batch_price_usd) == (
+        "batch",
+        None,
+        None,
+        None,
+    )
+
+
+def test_batch_needs_a_provider_with_a_batch_mode(tmp_path: Path) -> None:
+    path = write(tmp_path, "job: b\nroute: batch\ntasks: [a red mug]\n")  # the default provider: LinkModel
+    (problem,) = problems_of(path)
+    assert str(problem) == f"{path}:2:8: route: batch needs provider: gemini; LinkModel has no batch mode"
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        ("route: bacth", 8, "unknown route 'bacth' (did you mean 'batch'?); the routes are: online, batch"),
+        ("route: [batch]", 8, "route must be text, not a list"),
+        ("batch: {max_requests: 0}", 23, "batch.max_requests must be at least 1, not '0'"),
+        ("batch: {max_requests: 100001}", 23, "batch.max_requests must be at most 100,000, not '100001'"),
+        ("batch: {max_requests: 2.5}", 23, "batch.max_requests must be a whole number, not '2.5'"),
+        ("batch: {max_bytes: 0}", 20, "batch.max_bytes must be at least 1, not '0'"),
+        ("batch: {price_usd: -0.01}", 20, "batch.price_usd must be at least 0, not '-0.01'"),
+        ("batch: {price_usd: cheap}", 20, "batch.price_usd must be a number, not 'cheap'"),
+        ("batch: {max_request: 5}", 9, "unknown key 'max_request' in batch (did you mean 'max_requests'?)"),
+        ("batch: 100", 8, "batch must be a mapping"),
+    ],
+)
+def test_a_bad_route_or_batch_setting_is_named_where_it_is(
+    tmp_path: Path, text: str, column: int, message: str
+) -> None:
+    path = write(tmp_path, f"provider: gemini\n{text}\ntasks: [a red mug]\n")
+    (problem,) = problems_of(path)
+    assert (problem.line, problem.column) == (2, column)
+    assert message in problem.message
