@@ -377,14 +377,14 @@ async def job_summary(
 
 def batch_micros(models: list[str], job: Job, override: Decimal | None, *, strict: bool = True) -> dict[str, int]:
     """Micro-dollars per image line by Batch Mode for each model: the command line, else the manifest's
-    `batch: price_usd`, else the provider's table. `strict` False: a model with no batch price is left out."""
+    `batch: price_usd`, else Gemini's table (the one provider with a batch mode). `strict` False: a model with
+    no batch price is left out."""
     if override is None:
         override = _decimal(job.settings.get("batch_price_usd"))
-    provider = connect.provider_name(None, job.settings)
     out: dict[str, int] = {}
     for m in models:
         try:
-            out[m] = usd_to_micros(batch_unit_price(m, override, "gemini" if strict else provider))
+            out[m] = usd_to_micros(batch_unit_price(m, override, "gemini"))
         except BatcherError:
             if strict:
                 raise
