@@ -402,3 +402,38 @@ async def test_past_the_deadline_the_batches_are_cancelled_and_finished_online(
     assert head["succeeded"] == n
     assert emu.stats.billed_by_prompt == {f"Catalog photo number {i}": 1 for i in range(n)}
     ledger_is_the_api(head, emu)
+
+
+async def test_a_batch_done_between_checks_at_the_deadline_is_collected_not_paid_again_online(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """Checks at 10 s and 20 s find it running; it is done at 22 s; the deadline at 30 s comes before the
+    check at 40 s. Its cancel is refused (already ended): its lines are billed, so they are collected, never
+    run online again."""
+    n = 5
+    emu = await start_gemini(batch_latency=Latency("fixed", 22.0), latency=FAST)
+    m = batch_manifest(tmp_path / "between.yaml", n)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, "--finish-online-after", "30s")
+    assert emu.stats.batches_by_state == {SUCCEEDED: shards_for(n)}
+    assert emu.stats.batch_lines_billed == n
+    assert emu.stats.images_billed == 0, f"{emu.stats.images_billed} images paid again online"
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert head["succeeded"] == n
+    billed_once_each(emu, keys_of(db))
+    ledger_is_the_api(head, emu)
+
+
+async def test_no_wait_creates_a_shard_for_every_pending_task(start_gemini: StartGemini, tmp_path: Path) -> None:
+    """More tasks than one planning pass claims (four shards' worth): --no-wait still sends them all."""
+    shard = SHARD if SHARDED else 100
+    n = 4 * shard + 2
+    emu = await start_gemini(batch_latency=QUICK)
+    m = batch_manifest(tmp_path / "many.yaml", n)
+    db = tmp_path / "b.db"
+    submitted = await run(m, db, emu, tmp_path, "--no-wait")
+    assert submitted.code == 5, submitted.err
+    statuses = [r["status"] for r in rows(db)]
+    assert statuses.count("pending") == 0, f"{statuses.count('pending')} of {n} tasks were never sent"
+    assert sum(len(keys) for keys in batch_keys(emu)) == n
