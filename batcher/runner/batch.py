@@ -246,11 +246,14 @@ class BatchRunner:
         if not fresh:
             return
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
-        sizes = [(i, _line_bytes(t.key, r)) for i, (t, r) in enumerate(fresh)]
-        plans = plan_shards(sizes, max_requests=self.batch.max_requests, max_bytes=self.batch.max_bytes)
-        for plan in plans:
-            group = [fresh[i] for i in plan.task_ids]
-            await self._plan_one(group, now)
+        by_model: dict[str, list[tuple[Task, Request]]] = {}
+        for item in fresh:  # a batch runs on the one model its create names: one model a shard
+            by_model.setdefault(item[0].model, []).append(item)
+        for same in by_model.values():
+            sizes = [(i, _line_bytes(t.key, r)) for i, (t, r) in enumerate(same)]
+            plans = plan_shards(sizes, max_requests=self.batch.max_requests, max_bytes=self.batch.max_bytes)
+            for plan in plans:
+                await self._plan_one([same[i] for i in plan.task_ids], now)
 
     async def _plan_one(self, group: list[tuple[Task, Request]], now: float) -> None:
         name = display_name(self.job.name, self.job.id, int(now * 1000) % 10**10, uuid.uuid4().hex[:8])

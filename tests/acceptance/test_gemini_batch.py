@@ -437,3 +437,20 @@ async def test_no_wait_creates_a_shard_for_every_pending_task(start_gemini: Star
     statuses = [r["status"] for r in rows(db)]
     assert statuses.count("pending") == 0, f"{statuses.count('pending')} of {n} tasks were never sent"
     assert sum(len(keys) for keys in batch_keys(emu)) == n
+
+
+async def test_each_model_gets_its_own_batch(start_gemini: StartGemini, tmp_path: Path) -> None:
+    """A batch runs on the one model its create names: tasks of two models never share a shard."""
+    emu = await start_gemini(batch_latency=QUICK)
+    lite, flash = "gemini-3.1-flash-lite-image", "gemini-3.1-flash-image"
+    m = tmp_path / "models.yaml"
+    tasks = [{"prompt": f"Catalog photo number {i}", "i": str(i), "model": lite if i % 2 else flash} for i in range(6)]
+    m.write_text(json.dumps({"job": "models", "output": {"dir": str(tmp_path / "out" / "models"),
+                                                         "filename": "{i}.png"}, "tasks": tasks}),
+                 encoding="utf-8")  # fmt: skip
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, "--price", "0.03")
+    assert done.code == 0, done.err
+    assert emu.stats.batch_lines_by_model == {lite: 3, flash: 3}, emu.stats.batch_lines_by_model
+    assert emu.stats.batches_created == 2
+    billed_once_each(emu, keys_of(db))
