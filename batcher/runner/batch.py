@@ -421,7 +421,10 @@ class BatchRunner:
                 shard.responses = info.responses_file
                 await self._collect(shard)
             elif info.state in (BatchState.FAILED, BatchState.CANCELLED, BatchState.EXPIRED):
-                await self._abandon(shard, info.state.value.lower(), info.error or f"its batch ended {info.state}")
+                reason = info.error or f"its batch ended {info.state}"
+                if info.state is not BatchState.CANCELLED:
+                    await self._fail_spent(shard, reason)
+                await self._abandon(shard, info.state.value.lower(), reason)
             else:
                 self._later(shard, next_check_in(self._now() - sub.created_at, shard.checks))
         elif isinstance(got, AuthRejected):
@@ -522,6 +525,17 @@ class BatchRunner:
         await self.store.shard_line_back_to_pending(sub, task, line.reason, generation_failed=True, now=now)
 
     # --- ending shards --------------------------------------------------------------------------------
+
+    async def _fail_spent(self, shard: Shard, reason: str) -> None:
+        """A batch FAILED or EXPIRED: its tasks sent as often as --max-attempts allows fail for good, unbilled,
+        instead of riding in batch after batch forever; the others go to a later shard."""
+        now = self._now()
+        for task in list(shard.tasks.values()):
+            if task.attempts >= self.config.retry.max_attempts:
+                await self.store.shard_line_failed(shard.sub, task, Failure.GENERATION, reason, billed=False,
+                                                   now=now, generation_failed=True)  # fmt: skip
+                shard.tasks.pop(task.key, None)
+                self.progress.failed += 1
 
     async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
         back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason)

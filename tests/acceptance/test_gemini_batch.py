@@ -454,3 +454,23 @@ async def test_each_model_gets_its_own_batch(start_gemini: StartGemini, tmp_path
     assert emu.stats.batch_lines_by_model == {lite: 3, flash: 3}, emu.stats.batch_lines_by_model
     assert emu.stats.batches_created == 2
     billed_once_each(emu, keys_of(db))
+
+
+async def test_a_batch_that_always_fails_stops_after_max_attempts(start_gemini: StartGemini, tmp_path: Path) -> None:
+    """A FAILED batch sends its tasks again, but not forever: after --max-attempts batches they fail, unbilled."""
+    n = 3
+    emu = await start_gemini(batch_latency=QUICK, batch_fail_rate=1.0)
+    m = batch_manifest(tmp_path / "alwaysfails.yaml", n)
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db, "--max-attempts", "2"), env=gemini_env(emu), cwd=tmp_path)
+    try:
+        done = await finish(proc, 40.0)
+    except TimeoutError:
+        proc.kill()
+        await finish(proc)
+        raise AssertionError(f"still running after 40 s, {emu.stats.batches_created} FAILED batches created") from None
+    assert done.code == 1, done.err
+    head = json.loads(done.out)
+    assert head["failed"] == n and head["billed_calls"] == 0 and emu.stats.batch_lines_billed == 0
+    assert emu.stats.batches_created == 2 * shards_for(n)
+    assert all(r["failure"] == "generation" and r["cost_micros"] == 0 for r in rows(db))
