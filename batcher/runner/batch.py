@@ -39,6 +39,7 @@ from batcher.providers.gemini_batch import (
     Got,
     LineKind,
     NotCreated,
+    Ok,
     ResultLine,
     ResultsCut,
     ResultStream,
@@ -118,6 +119,7 @@ class BatchRunner:
         self._fatal: BatcherError | None = None
         self._finisher = Finisher()
         self._budget_blocked = False
+        self._more_to_plan = False  # the last planning pass claimed all it could: plan again before sleeping
 
     def _now(self) -> float:
         return self.clock() + self.store.clock_offset
@@ -173,10 +175,11 @@ class BatchRunner:
                     return StopReason.BUDGET
                 wait = IDLE_S if due is None else min(IDLE_S, max(due - self._now(), 0.05))
             else:
-                if not self.batch.wait and all(s.sub.state not in (PLANNED, UPLOADED, CREATING)
-                                               for s in self.shards.values()):  # fmt: skip
+                more = self._more_to_plan and not self._budget_blocked
+                if not self.batch.wait and not more and all(s.sub.state not in (PLANNED, UPLOADED, CREATING)
+                                                            for s in self.shards.values()):  # fmt: skip
                     return StopReason.SUBMITTED
-                wait = max(0.05, min(s.due for s in self.shards.values()) - self._now())
+                wait = 0.05 if more else max(0.05, min(s.due for s in self.shards.values()) - self._now())
                 if self.batch.deadline_at is not None:
                     wait = min(wait, max(0.05, self.batch.deadline_at - self._now()))
             self._wake.clear()
@@ -225,6 +228,7 @@ class BatchRunner:
         limit = self.batch.max_requests * 4
         claimed = await self.store.claim(self.job, self.worker_id, limit, now, now + self.config.lease_s,
                                          pending=limit, provider=GEMINI)  # fmt: skip
+        self._more_to_plan = len(claimed) >= limit  # a full claim: more tasks may wait for the next pass
         fresh: list[tuple[Task, Request]] = []
         for task in claimed:
             if task.status not in (TaskStatus.PENDING, TaskStatus.UNKNOWN):
@@ -247,11 +251,14 @@ class BatchRunner:
         if not fresh:
             return
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
-        sizes = [(i, _line_bytes(t.key, r)) for i, (t, r) in enumerate(fresh)]
-        plans = plan_shards(sizes, max_requests=self.batch.max_requests, max_bytes=self.batch.max_bytes)
-        for plan in plans:
-            group = [fresh[i] for i in plan.task_ids]
-            await self._plan_one(group, now)
+        by_model: dict[str, list[tuple[Task, Request]]] = {}
+        for item in fresh:  # a batch runs on the one model its create names: one model a shard
+            by_model.setdefault(item[0].model, []).append(item)
+        for same in by_model.values():
+            sizes = [(i, _line_bytes(t.key, r)) for i, (t, r) in enumerate(same)]
+            plans = plan_shards(sizes, max_requests=self.batch.max_requests, max_bytes=self.batch.max_bytes)
+            for plan in plans:
+                await self._plan_one([same[i] for i in plan.task_ids], now)
 
     async def _plan_one(self, group: list[tuple[Task, Request]], now: float) -> None:
         name = display_name(self.job.name, self.job.id, int(now * 1000) % 10**10, uuid.uuid4().hex[:8])
@@ -419,7 +426,10 @@ class BatchRunner:
                 shard.responses = info.responses_file
                 await self._collect(shard)
             elif info.state in (BatchState.FAILED, BatchState.CANCELLED, BatchState.EXPIRED):
-                await self._abandon(shard, info.state.value.lower(), info.error or f"its batch ended {info.state}")
+                reason = info.error or f"its batch ended {info.state}"
+                if info.state is not BatchState.CANCELLED:
+                    await self._fail_spent(shard, reason)
+                await self._abandon(shard, info.state.value.lower(), reason)
             else:
                 self._later(shard, next_check_in(self._now() - sub.created_at, shard.checks))
         elif isinstance(got, AuthRejected):
@@ -521,6 +531,17 @@ class BatchRunner:
 
     # --- ending shards --------------------------------------------------------------------------------
 
+    async def _fail_spent(self, shard: Shard, reason: str) -> None:
+        """A batch FAILED or EXPIRED: its tasks sent as often as --max-attempts allows fail for good, unbilled,
+        instead of riding in batch after batch forever; the others go to a later shard."""
+        now = self._now()
+        for task in list(shard.tasks.values()):
+            if task.attempts >= self.config.retry.max_attempts:
+                await self.store.shard_line_failed(shard.sub, task, Failure.GENERATION, reason, billed=False,
+                                                   now=now, generation_failed=True)  # fmt: skip
+                shard.tasks.pop(task.key, None)
+                self.progress.failed += 1
+
     async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
         back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason)
         log.warning("shard %s ended %s (%s): %d tasks go to a later shard", shard.sub.display_name, state,
@@ -538,6 +559,11 @@ class BatchRunner:
             if shard.sub.state == BatchState.SUCCEEDED:
                 await self._advance(shard)
         await cancel_shards(self.store, self.client, self.job, why, self._now())
+        succeeded = {s.id for s in await self.store.shards_open(self.job) if s.state == BatchState.SUCCEEDED}
+        for shard in list(self.shards.values()):  # done since their last check: their cancel was refused
+            if shard.sub.id in succeeded:
+                shard.sub.state = BatchState.SUCCEEDED.value
+                await self._advance(shard)
         self.shards.clear()
 
     def _log_shard_call(self, shard: Shard, call: CallRecord) -> None:
@@ -565,9 +591,27 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
             got = await client.cancel(name)
             if isinstance(got, AuthRejected):
                 raise AuthError.rejected(got.message, "GEMINI_API_KEY or GOOGLE_API_KEY")
+            if not isinstance(got, Ok) and await _ended_billed(store, client, sub, name, got.message, now):
+                continue  # it succeeded since it was last looked at: billed, so collected, never sent again
         await store.shard_abandoned(sub, "cancelled", now, why)
         count += 1
     return count
+
+
+async def _ended_billed(store: Store, client: GeminiBatchClient, sub: Submission, name: str, why: str,
+                        now: float) -> bool:  # fmt: skip
+    """A cancel was not accepted (the batch has ended, or a fault): whether the batch SUCCEEDED (recorded, to be
+    collected). Only a batch seen to have ended without results may be abandoned; one still running, or one
+    that cannot be looked at, would go on and bill while its tasks ran again elsewhere."""
+    got = await client.get(name)
+    if isinstance(got, Got) and got.batch.state is BatchState.SUCCEEDED:
+        if sub.state != BatchState.SUCCEEDED and sub.remote_name is not None:
+            await store.shard_state(sub, BatchState.SUCCEEDED.value, None, now)
+        return True
+    if isinstance(got, Got) and got.batch.state in (BatchState.FAILED, BatchState.CANCELLED, BatchState.EXPIRED):
+        return False
+    raise BatcherError(f"could not cancel batch {name} of shard {sub.display_name} ({why}): nothing was abandoned "
+                       "for it; try again")  # fmt: skip
 
 
 def _line_bytes(key: str, request: Request) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from decimal import Decimal
 
@@ -243,3 +244,33 @@ async def test_one_page_of_the_list_can_answer_503(make_gemini: MakeGemini) -> N
     assert (await api.call("GET", f"{api.base}/batches", params=params)).status == 200
     with pytest.raises(ValueError, match="batch_list_unavailable_page"):
         api.api.emu.configure(batch_list_unavailable_page=-1)
+
+
+async def test_a_delayed_create_makes_the_batch_before_its_reply_leaves(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, batch_create_delay_s=30.0)
+    stats = api.api.emu.stats
+    name_file = await api.upload(jsonl("slow"))
+    reply = asyncio.create_task(api.create(name_file, "slow-create"))
+    for _ in range(200):
+        if stats.batches_created:
+            break
+        await asyncio.sleep(0.01)
+    assert stats.batches_by_display_name == {"slow-create": 1} and not reply.done()
+    api.api.emu.advance(30)  # the wait ends: the reply leaves
+    created = await asyncio.wait_for(reply, 5)
+    assert created.status == 200 and created.body["metadata"]["displayName"] == "slow-create"
+    assert stats.batches_created == 1
+
+
+async def test_a_delayed_finalize_stores_the_file_only_after_its_wait(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, upload_finalize_delay_s=30.0)
+    stats = api.api.emu.stats
+    data = jsonl("a", "b")
+    url = await api.start_upload(len(data))
+    sent = asyncio.create_task(api.send_chunk(url, data, 0, "upload, finalize"))
+    await asyncio.sleep(0.2)
+    assert not sent.done() and stats.files_uploaded == 0
+    api.api.emu.advance(30)
+    status, upload_status, body = await asyncio.wait_for(sent, 5)
+    assert (status, upload_status) == (200, "final") and body["file"]["name"].startswith("files/")
+    assert stats.files_uploaded == 1

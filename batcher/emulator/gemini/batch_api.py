@@ -66,6 +66,8 @@ async def create(state: GeminiState, clock: EmulatorClock, request: web.Request,
     if state.roll(config.batch_create_503_rate):
         return api_error(503, UNAVAILABLE_MESSAGE)
     batch = create_batch(state, display_name, model, file_name, lines, now)
+    if config.batch_create_delay_s:  # made (and to be billed); the reply waits
+        await clock.sleep_until(now + config.batch_create_delay_s)
     if state.roll(config.batch_create_lost_rate):
         return close_connection(request)
     return json_response(operation(batch, now, state.wall_offset_s))

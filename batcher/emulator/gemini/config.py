@@ -37,7 +37,16 @@ _RATES = (
     "batch_create_503_rate",
     "batch_create_lost_rate",
 )
-_SECONDS = ("slow_s", "retry_delay_s", "day_s", "batch_expiry_s", "batch_unavailable_s", "file_ttl_s")
+_SECONDS = (
+    "slow_s",
+    "retry_delay_s",
+    "day_s",
+    "batch_expiry_s",
+    "batch_unavailable_s",
+    "file_ttl_s",
+    "batch_create_delay_s",
+    "upload_finalize_delay_s",
+)
 _OPTIONAL_NUMBERS = ("rate_limit", "burst")
 _INTS = (
     "port",
@@ -105,6 +114,10 @@ class GeminiConfig:
     batch_create_503_rate: float = 0.0  # batchGenerateContent answers 503 and creates nothing
     batch_create_lost_rate: float = 0.0  # the batch is created (and will bill), then the connection closes
     batch_list_unavailable_page: int = 0  # this page of batches.list (1 = the first) answers 503; 0: none
+    # Slow replies, to let a test kill a client mid-step: the create waits this long after making the batch
+    # (it exists and will bill) before answering; an upload's finalize waits this long before storing the file.
+    batch_create_delay_s: float = 0.0
+    upload_finalize_delay_s: float = 0.0
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
     def __post_init__(self) -> None:

@@ -81,6 +81,8 @@ async def _chunk(state: GeminiState, clock: EmulatorClock, request: web.Request,
     if session.declared_bytes is not None and session.declared_bytes != len(session.received):
         return api_error(400, f"Received {len(session.received)} bytes, {session.declared_bytes} were declared.")
     del state.files.uploads[upload_id]
+    if state.config.upload_finalize_delay_s:  # every byte is in; the file is stored only after this wait
+        await clock.sleep_until(clock.now() + state.config.upload_finalize_delay_s)
     now = clock.now()
     data = bytes(session.received)
     expires = now + state.config.file_ttl_s
