@@ -134,6 +134,7 @@ class NotCreated(Outcome):
 
     message: str
     retryable: bool = False
+    input_missing: bool = False  # the API no longer has the uploaded requests file: upload it again
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,10 @@ class GeminiBatchClient:
             msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
             return AuthRejected(record("auth", msg, status=status), msg)
         if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
-            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408)
+            # files live 48 hours: a refusal naming the input file says it is gone, not that the request is bad
+            missing = status in (400, 404) and file_name in what
+            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408,
+                              input_missing=missing)  # fmt: skip
         msg = f"{what}; a batch may have been created: list to find out"
         return CreateUnknown(record("ambiguous", msg, status=status), msg)
 

@@ -361,6 +361,10 @@ class BatchRunner:
         elif isinstance(got, CreateUnknown):
             log.warning("shard %s: %s", sub.display_name, got.message)
             self._later(shard, 5.0)  # reconciled by listing, never created blind
+        elif isinstance(got, NotCreated) and got.input_missing:
+            log.warning("shard %s: %s; uploading its requests again", sub.display_name, got.message)
+            await self.store.shard_upload_again(sub, self._now())
+            self._later(shard, 0.0)
         elif isinstance(got, NotCreated) and not got.retryable:
             for task in list(shard.tasks.values()):
                 await self.store.failed(task, f"the batch was refused: {got.message}", None, self._now(),

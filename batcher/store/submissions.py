@@ -183,6 +183,12 @@ class SubmissionsPart(TransitionsPart):
         frm = submissions.c.state.in_([PLANNED, UPLOADED])
         await self._move_shard(sub, frm, "planned", {"state": UPLOADED, "input_file": input_file}, now)
 
+    async def shard_upload_again(self, sub: Submission, now: float) -> None:
+        """The API answered a create (proving no batch was made) that its input file is gone: back to
+        `planned`, to be uploaded again from the shard's requests file."""
+        frm = submissions.c.state.in_([UPLOADED, CREATING])
+        await self._move_shard(sub, frm, "uploaded", {"state": PLANNED, "input_file": None}, now)
+
     async def shard_create_sending(self, sub: Submission, now: float) -> None:
         """Committed before the create request leaves: a restart from here lists the account's batches by the
         display name before it sends again. From `creating` too: a complete listing proved it never created."""

@@ -476,11 +476,6 @@ async def test_a_batch_that_always_fails_stops_after_max_attempts(start_gemini: 
     assert all(r["failure"] == "generation" and r["cost_micros"] == 0 for r in rows(db))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a create refused for a missing input file fails every task as "
-    "refused; the fix needs the store to let a shard go back from creating to uploaded",
-)
 async def test_an_input_file_gone_before_the_create_is_uploaded_again(
     start_gemini: StartGemini, tmp_path: Path
 ) -> None:
