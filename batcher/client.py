@@ -23,6 +23,7 @@ from batcher.money import parse_usd, usd_to_micros
 from batcher.providers.download import describe as _describe
 from batcher.providers.download import download
 from batcher.providers.download import origin as _origin
+from batcher.providers.http import SessionOwner
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -74,7 +75,7 @@ class Sink(Protocol):
     def write(self, chunk: bytes) -> None: ...
 
 
-class ApiClient:
+class ApiClient(SessionOwner[ApiSettings]):
     """One aiohttp session with a bounded pool; every API request first passes the shared rate gate."""
 
     def __init__(self, settings: ApiSettings, api_key: str, gate: RateGate) -> None:
@@ -83,30 +84,6 @@ class ApiClient:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._origin = _origin(settings.base_url)
         self._base = settings.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> ApiClient:
-        s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(
-                total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
-            ),
-            headers={"User-Agent": "batcher/0.1"},
-            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies; skipping the jar saves CPU per call
-            raise_for_status=False,
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use `async with ApiClient(...)`"
-        return self._session
 
     # --- create -------------------------------------------------------------------------------------
 

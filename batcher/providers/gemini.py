@@ -93,6 +93,7 @@ from batcher.providers.gemini_wire import (
     reasons,
     retry_delay,
 )
+from batcher.providers.http import SessionOwner
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -106,7 +107,7 @@ class Unsendable(ValueError):
     """A request that cannot be put on the wire as asked; the message says why."""
 
 
-class GeminiProvider:
+class GeminiProvider(SessionOwner[GeminiSettings]):
     """One aiohttp session to the Gemini API; every request first passes the shared rate gate.
 
     `now` is the wall clock (epoch seconds): it times the ledger's records and finds the next quota day.
@@ -125,33 +126,9 @@ class GeminiProvider:
         self._auth = {KEY_HEADER: api_key}
         self._origin = origin(settings.base_url)
         self._base = f"{settings.base_url.rstrip('/')}/{settings.api_version}"
-        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never the key
         return f"GeminiProvider({self._base!r})"
-
-    async def __aenter__(self) -> GeminiProvider:
-        s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(
-                total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
-            ),
-            headers={"User-Agent": "batcher/0.1"},
-            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies; skipping the jar saves CPU per call
-            raise_for_status=False,
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use `async with GeminiProvider(...)`"
-        return self._session
 
     # --- submit -------------------------------------------------------------------------------------
 

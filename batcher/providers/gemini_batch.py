@@ -72,6 +72,7 @@ from batcher.providers.gemini_wire import (
     reasons,
     retry_delay,
 )
+from batcher.providers.http import SessionOwner
 from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
@@ -258,7 +259,7 @@ class _NoAnswer:
     connected: bool  # False: the connection was refused, nothing was sent
 
 
-class GeminiBatchClient:
+class GeminiBatchClient(SessionOwner[GeminiSettings]):
     """One aiohttp session to the Gemini API's Batch Mode; every request first passes the shared rate gate.
 
     Polls, listings and downloads pass the gate with priority (they make nothing); uploads and creates do not.
@@ -274,7 +275,6 @@ class GeminiBatchClient:
         self._auth = {KEY_HEADER: api_key}
         self._root = settings.base_url.rstrip("/")
         self._base = f"{self._root}/{settings.api_version}"
-        self._session: aiohttp.ClientSession | None = None
         # Uploads and downloads run as long as their bytes take: only the idle read and the connect are timed.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
@@ -282,29 +282,6 @@ class GeminiBatchClient:
 
     def __repr__(self) -> str:  # never the key
         return f"GeminiBatchClient({self._base!r})"
-
-    async def __aenter__(self) -> GeminiBatchClient:
-        s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(
-                total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
-            ),
-            headers={"User-Agent": "batcher/0.1"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            raise_for_status=False,
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use `async with GeminiBatchClient(...)`"
-        return self._session
 
     # --- upload -------------------------------------------------------------------------------------
 
