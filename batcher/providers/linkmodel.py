@@ -1,11 +1,10 @@
 """LinkModel behind the provider boundary: create → `Accepted(task_id)`, query → `Running`/`Done(file_url)`,
-download → the file. The HTTP and every reply's classification stay in `batcher.client`, unchanged."""
+download → the file. The HTTP and every reply's classification stay in `linkmodel_api.py`, unchanged."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from batcher.client import ApiClient, Generation, Outcome, Reply
 from batcher.config import API_KEY_ENV, ApiSettings
 from batcher.providers.base import (
     Accepted,
@@ -25,6 +24,7 @@ from batcher.providers.base import (
     Transient,
     Unknown,
 )
+from batcher.providers.linkmodel_api import ApiClient, Generation, Outcome, Reply
 from batcher.ratelimit import RateGate
 
 

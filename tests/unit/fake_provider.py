@@ -2,7 +2,7 @@
 
 Each prompt has a script of what its submits and its checks answer, in order; past the script a submit is
 accepted and a check finds the image done (after `generation_s` of the test's clock). Script steps are outcomes
-built by the helpers below (their call record is stamped by the fake when it answers, as `client.py` builds
+built by the helpers below (their call record is stamped by the fake when it answers, as `linkmodel_api.py` builds
 one per HTTP call), or callables of the request for what an outcome cannot say (hang, raise). The fake passes
 the rate gate and calls `before_send` exactly as a real provider does, and keeps its own accounting of what it
 accepted and billed: the tests hold the store's ledger to that, never the ledger to itself.
@@ -249,7 +249,7 @@ class FakeProvider:
             await asyncio.sleep(self.latency_s)
 
     def _stamped(self, outcome: OutcomeT, kind: str, at: float, handle: str | None = None) -> OutcomeT:
-        """The outcome with the call record of its request, and the gate told of the reply (as client.py does)."""
+        """The outcome with the call record of its request, and the gate told of the reply (as linkmodel_api.py does)."""
         if isinstance(outcome, RateLimited):
             self.gate.rate_limited(outcome.wait_s)
         elif not isinstance(outcome, Unknown | Transient):

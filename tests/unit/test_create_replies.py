@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from batcher.client import Outcome, classify_create
 from batcher.polling import PollPolicy, RunningClock, next_poll_in
+from batcher.providers.linkmodel_api import Outcome, classify_create
 
 CASES = [
     # (HTTP status, envelope code or None for a body that is not an envelope, outcome)

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from batcher.client import _micros as reported_price
 from batcher.money import Amount, fmt_usd, micros_to_usd, parse_usd, usd_to_micros
+from batcher.providers.linkmodel_api import _micros as reported_price
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from batcher.client import ApiClient
 from batcher.config import ApiSettings, RunConfig
+from batcher.providers.linkmodel_api import ApiClient
 from batcher.ratelimit import RateGate
 from batcher.session import RunOptions, run_config
 from batcher.store.base import Job
