@@ -81,9 +81,15 @@ class Sampled:
     peak_mb: float  # resident set size of the process and its children together, sampled every 20 ms
 
 
-def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Sampled:
+def sample(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeline: list[tuple[float, float]] | None = None,
+) -> Sampled:
     """Run `cmd`, sampling its memory and CPU time while it runs (a child process it starts counts too: a large
-    manifest is expanded in one)."""
+    manifest is expanded in one). `timeline`, if given, gets (epoch seconds, CPU seconds so far) at each sample,
+    so a phase of the run can be told apart afterwards."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, cpu, system = 0, 0.0, 0.0
@@ -99,6 +105,8 @@ def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None =
             t = proc.cpu_times()
             cpu = t.user + t.system + t.children_user + t.children_system
             system = t.system + t.children_system
+            if timeline is not None:
+                timeline.append((time.time(), cpu))
         except psutil.NoSuchProcess:
             break
         time.sleep(0.02)
