@@ -70,6 +70,9 @@ class EmulatorProcess:
         self.close()
 
 
+CHILDREN_EVERY = 25  # samples between looks for new child processes (0.5 s)
+
+
 @dataclass
 class Sampled:
     code: int
@@ -81,16 +84,27 @@ class Sampled:
     peak_mb: float  # resident set size of the process and its children together, sampled every 20 ms
 
 
-def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Sampled:
+def sample(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeline: list[tuple[float, float]] | None = None,
+) -> Sampled:
     """Run `cmd`, sampling its memory and CPU time while it runs (a child process it starts counts too: a large
-    manifest is expanded in one)."""
+    manifest is expanded in one). `timeline`, if given, gets (epoch seconds, CPU seconds so far) at each sample,
+    so a phase of the run can be told apart afterwards."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, cpu, system = 0, 0.0, 0.0
+    children: list[psutil.Process] = []
+    ticks = 0
     while proc.poll() is None:
         try:
             rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):
+            if ticks % CHILDREN_EVERY == 0:  # finding children reads every process's /proc entry: not every 20 ms
+                children = proc.children(recursive=True)
+            ticks += 1
+            for child in children:
                 try:
                     rss += child.memory_info().rss
                 except psutil.NoSuchProcess:
@@ -99,6 +113,8 @@ def sample(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None =
             t = proc.cpu_times()
             cpu = t.user + t.system + t.children_user + t.children_system
             system = t.system + t.children_system
+            if timeline is not None:
+                timeline.append((time.time(), cpu))
         except psutil.NoSuchProcess:
             break
         time.sleep(0.02)
