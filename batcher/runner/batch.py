@@ -54,6 +54,8 @@ from batcher.store.submissions import CREATING, PLANNED, UPLOADED, DuplicateShar
 
 GEMINI = "gemini"
 SHARDS_DIR = ".batcher-shards"  # under the output directory: each shard's requests file until its batch exists
+PLAN_AHEAD = 16  # shards planned but not yet created, at most
+_UNSENT = (PLANNED, UPLOADED, CREATING)
 IDLE_S = 10.0  # the longest sleep while batches run, between looks at the store and the clock, seconds
 PROVIDER_FAULT_S = 10.0  # after a transient fault (503 on get or download, a failed listing), at least this
 
@@ -157,9 +159,9 @@ class BatchRunner:
             if self.batch.deadline_at is not None and now >= self.batch.deadline_at:
                 await self._cancel_all("the --finish-online-after deadline passed")
                 return StopReason.DEADLINE
-            if not self._budget_blocked:
-                await self._plan_new_shards(now)
-            for shard in list(self.shards.values()):
+            await self._plan_ahead(now)
+            # shards to upload and create go first: a batch queues at the API while older ones are collected
+            for shard in sorted(self.shards.values(), key=lambda sh: (sh.sub.state not in _UNSENT, sh.due)):
                 if self._stopping:
                     break
                 if shard.due <= self._now():
@@ -185,6 +187,18 @@ class BatchRunner:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _plan_ahead(self, now: float) -> None:
+        """Plan shards while tasks are due, keeping at most PLAN_AHEAD of them not yet created (each holds a
+        requests file on disk and its tasks' claims)."""
+        while not self._budget_blocked and not self._stopping:
+            unsent = sum(1 for sh in self.shards.values() if sh.sub.state in _UNSENT)
+            if unsent >= PLAN_AHEAD:
+                return
+            await self._plan_new_shards(now)
+            if not self._more_to_plan:
+                return
+            now = self._now()
 
     async def _heartbeat(self) -> None:
         while True:
