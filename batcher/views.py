@@ -190,7 +190,7 @@ def _figures(p: RunProgress) -> tuple[int, str]:
     text = (
         f"in flight {p.in_flight}, failed {p.failed}, {p.requests / elapsed:.1f} req/s, spent {fmt_usd(p.spent_micros)}"
     )
-    return done, text
+    return done, f"{text}; {p.detail}" if p.detail else text
 
 
 async def _bar(p: RunProgress) -> None:

@@ -53,6 +53,7 @@ class Progress:
     claimed: int = 0
     claim_s: float = 0.0
     cached: int = 0  # of `succeeded`: satisfied from the cache, no API call
+    detail: str = ""  # what else the display shows (the batch route: its shards and their states)
 
 
 @dataclass

@@ -77,6 +77,7 @@ class Shard:
     faults: int = 0
     stats: str = ""
     responses: str | None = None  # the results file, once the batch has SUCCEEDED
+    done_at_api: int = 0  # its requests the API reports done (batchStats: succeeded + failed)
     anchor: Task | None = None  # the task its calls are logged under (the ledger's rows name a task)
 
     def __post_init__(self) -> None:
@@ -223,6 +224,11 @@ class BatchRunner:
             states[s.sub.state] = states.get(s.sub.state, 0) + 1
         p.shard_states = states
         p.in_flight = sum(len(s.tasks) for s in self.shards.values())
+        at_api = sum(s.done_at_api for s in self.shards.values())
+        lines = sum(s.sub.requests for s in self.shards.values())
+        shown = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+        p.detail = (f"shards: {p.shards_open} open ({shown or 'none'}), {p.shards_done} collected; "
+                    f"requests done at the API {at_api} of {lines}")  # fmt: skip
 
     # --- planning -----------------------------------------------------------------------------------
 
@@ -434,6 +440,7 @@ class BatchRunner:
             info = got.batch
             stats = json.dumps({"requests": info.stats.requests, "succeeded": info.stats.succeeded,
                                 "failed": info.stats.failed, "pending": info.stats.pending})  # fmt: skip
+            shard.done_at_api = info.stats.succeeded + info.stats.failed
             if info.state.value != sub.state or stats != shard.stats:
                 await self.store.shard_state(sub, info.state.value, stats, self._now())
                 shard.stats = stats

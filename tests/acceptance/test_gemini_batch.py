@@ -496,3 +496,55 @@ async def test_an_input_file_gone_before_the_create_is_uploaded_again(
     one_batch_per_shard(emu, shards_for(n))
     billed_once_each(emu, keys_of(db))
     ledger_is_the_api(head, emu)
+
+
+# --- chains and cancelling ---------------------------------------------------------------------------------
+
+
+async def test_a_chain_goes_one_generation_per_shard(start_gemini: StartGemini, tmp_path: Path) -> None:
+    emu = await start_gemini(batch_latency=QUICK)
+    m = tmp_path / "chain.yaml"
+    m.write_text(
+        "job: chain\noutput:\n  dir: out\n"
+        "tasks:\n  - name: base\n    prompt: a red mug\n    filename: base.png\n"
+        "  - name: blue\n    from: base\n    prompt: the same mug, in blue\n    filename: blue.png\n"
+        "  - from: blue\n    prompt: the blue mug on a shelf\n    filename: shelf.png\n",
+        encoding="utf-8",
+    )
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path)
+    assert done.code == 0, done.err
+    by_prompt = {r["prompt"]: r for r in rows(db)}
+    # each generation of the chain rode in its own batch, after its parent's image was collected
+    assert [[by_prompt_key(by_prompt, k) for k in keys] for keys in batch_keys(emu)] == [
+        ["a red mug"],
+        ["the same mug, in blue"],
+        ["the blue mug on a shelf"],
+    ]
+    # the two edits carried their parent's image inline
+    specs = [line.spec for b in emu.state.batches.values() for line in b.lines]
+    assert [s.input_images if s is not None else None for s in specs] == [0, 1, 1]
+    billed_once_each(emu, keys_of(db))
+    ledger_is_the_api(json.loads(done.out), emu)
+
+
+def by_prompt_key(by_prompt: dict[str, dict[str, Any]], key: str) -> str:
+    return next(p for p, r in by_prompt.items() if r["key"] == key)
+
+
+async def test_cancel_stops_the_jobs_batches_and_sends_its_tasks_back(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 6
+    emu = await start_gemini(batch_latency=Latency("fixed", 600.0))
+    m = batch_manifest(tmp_path / "cancel.yaml", n)
+    db = tmp_path / "b.db"
+    submitted = await run(m, db, emu, tmp_path, "--no-wait")
+    assert submitted.code == 5, submitted.err
+    cancelled = await batcher("cancel", "cancel", "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    assert f"cancelled {shards_for(n)} batch shard" in cancelled.err, cancelled.err
+    assert emu.stats.batches_by_state.get(CANCELLED) == shards_for(n), emu.stats.batches_by_state
+    got = rows(db)
+    assert {r["status"] for r in got} == {"pending"} and all(r["reserved_micros"] == 0 for r in got)
+    assert emu.stats.batch_lines_billed == 0
