@@ -332,8 +332,11 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
                 prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
-                async with connected(store, opts, job) as (provider, config):
-                    result = await drive(store, provider, job, config, prices, show_progress)
+                if route_of(opts, job) == "batch":  # a batch job is never run online by surprise
+                    result, config = await run_batch(store, opts, job, show_progress)
+                else:
+                    async with connected(store, opts, job) as (provider, config):
+                        result = await drive(store, provider, job, config, prices, show_progress)
                 head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
                 done.append(RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name)))
                 if result.reason in (StopReason.INTERRUPTED, StopReason.FATAL):
