@@ -548,3 +548,16 @@ async def test_cancel_stops_the_jobs_batches_and_sends_its_tasks_back(
     got = rows(db)
     assert {r["status"] for r in got} == {"pending"} and all(r["reserved_micros"] == 0 for r in got)
     assert emu.stats.batch_lines_billed == 0
+
+
+async def test_work_drives_a_batch_job_by_batch_never_online(start_gemini: StartGemini, tmp_path: Path) -> None:
+    n = 4
+    emu = await start_gemini(batch_latency=QUICK, latency=FAST)
+    m = batch_manifest(tmp_path / "worked.yaml", n, provider="gemini", route="batch")
+    db = tmp_path / "b.db"
+    imported = await batcher("import", str(m), "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
+    assert imported.code == 0, imported.err
+    done = await batcher("work", "--db", str(db), "-q", "--json", env=gemini_env(emu), cwd=tmp_path, timeout=90.0)
+    assert done.code == 0, done.err
+    assert emu.stats.images_billed == 0 and emu.stats.batch_lines_billed == n
+    billed_once_each(emu, keys_of(db))
