@@ -268,7 +268,8 @@ class BatchRunner:
             elif prepared.outcome is cache.Outcome.READY:
                 images = prepared.images if prepared.images is not None else task.images
                 fresh.append((task, Request(task.model, task.prompt, task.quality, task.size, images)))
-        if not fresh:
+        if not fresh:  # a full claim of tasks this route leaves alone is no reason to plan again at once
+            self._more_to_plan = False
             return
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         by_model: dict[str, list[tuple[Task, Request]]] = {}
