@@ -102,6 +102,34 @@ class AtomicFile:
             self._tmp.unlink()
 
 
+class MemorySink:
+    """A download bound for object storage: held in memory (an image is a few MB) and hashed as it arrives, then
+    written in one conditional PUT, so that no partial object can ever stand under a task's name."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._sha = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self._buf += chunk
+        self._sha.update(chunk)
+
+    def image(self) -> ImageInfo | None:
+        return sniff(bytes(self._buf[:SNIFF_BYTES]))
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._buf)
+
+
 def fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from batcher import connect, report
+from batcher import connect, report, storage
 from batcher.config import (
     ApiSettings,
     RunConfig,
@@ -36,6 +36,7 @@ from batcher.providers.base import Provider
 from batcher.report import summary
 from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
+from batcher.storage import objects, reading
 from batcher.store import ImportResult, Job, RetryPlan, Store
 
 log = logging.getLogger("batcher")
@@ -187,7 +188,9 @@ def output_dir(job: Job, out: str | None) -> str:
     directory. Imports store it absolute; a store from before that may hold a relative one, which is taken
     relative to the job's manifest, as an import would resolve it now."""
     if out is not None:
-        return os.path.abspath(os.path.expanduser(out))
+        return out.rstrip("/") if storage.is_remote(out) else os.path.abspath(os.path.expanduser(out))
+    if storage.is_remote(job.output_dir):
+        return job.output_dir
     stored = os.path.expanduser(job.output_dir)
     return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
@@ -233,6 +236,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
         job = replace(job, output_dir=output_dir(job, opts.out))
+        await objects.probe(job.output_dir)  # before any paid call: the bucket exists and takes writes
         prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
         if route_of(opts, job) == "batch":
             result, config = await run_batch(store, opts, job, show_progress)
@@ -331,6 +335,7 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                     continue
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
+                await objects.probe(job.output_dir)
                 prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
                 if route_of(opts, job) == "batch":  # a batch job is never run online by surprise
                     result, config = await run_batch(store, opts, job, show_progress)
@@ -532,6 +537,8 @@ async def retry(db: str, job_name: str, only: tuple[str, ...], *, recreate: bool
     return RetryOutcome(job.name, plan, cost, done)
 
 
+LINK_EXPIRY_S = 7 * 24 * 3600  # signed links to a bucket's originals on the HTML report: a week (S3's longest)
+
 # --- the report ---------------------------------------------------------------------------------------------
 
 
@@ -555,8 +562,13 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
                 await report.write_csv(out, report.rows(store, the_job))
             elif fmt == "html" and output:
                 task_rows = [r async for r in report.rows(store, the_job)]
-                made = await asyncio.to_thread(thumbs.make_all, (r["file"] for r in task_rows if r["file"]), output)
-                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs))
+                files = [r["file"] for r in task_rows if r["file"]]
+                fetch = reading.fetcher(asyncio.get_running_loop())
+                made = await asyncio.to_thread(thumbs.make_all, files, output, fetch=fetch)
+                links = await reading.signed_links(files, LINK_EXPIRY_S)
+                expire = reading.expires_label(LINK_EXPIRY_S)
+                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs,
+                                              links, expire))  # fmt: skip
                 return (f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} reused, "
                         f"{made.problems} images missing or unreadable")  # fmt: skip
             else:
@@ -567,6 +579,18 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
     finally:
         await store.close()
     return None
+
+
+async def pull(db: str, job_name: str, folder: str) -> reading.Pulled:
+    """`batcher pull`: copy JOB's outputs (from a bucket or a folder) into `folder`, each checked against the
+    sha256 the store recorded; returns what was copied, already there, and refused."""
+    store = await Store.open(db, create=False)
+    try:
+        job = await store.job(job_name)
+        rows = [(r["output_path"], r["sha256"]) async for r in store.task_rows(job) if r["output_path"]]
+    finally:
+        await store.close()
+    return await reading.pull(rows, job.output_dir, os.path.abspath(folder))
 
 
 async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:

@@ -98,7 +98,10 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def output_dir(manifest: Path, folder: str) -> str:
     """The job's output directory, absolute: a relative one is relative to the manifest's folder (as `images:`
-    and `rows:` paths are), so the job writes to one place whatever folder it is run from."""
+    and `rows:` paths are), so the job writes to one place whatever folder it is run from. A bucket URI
+    (`s3://BUCKET/PREFIX`, `gs://...`) is kept as it is."""
+    if folder.startswith(("s3://", "gs://")):
+        return folder.rstrip("/")
     return os.path.abspath(os.path.join(manifest.parent, os.path.expanduser(folder)))
 
 

@@ -42,7 +42,8 @@ class Runner(LeasesPart, LifecyclePart):
         await self._init_progress()
         self._warm_start(await self.store.learned())
         self._twins = await self.store.cached_twins(self.job) if self.config.use_cache else set()
-        swept = await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S, time.time())
+        swept = 0 if self.remote else await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S,
+                                                                 time.time())  # fmt: skip
         if swept:
             log.info("removed %d half-written downloads left by a killed run", swept)
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")

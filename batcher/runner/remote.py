@@ -1,0 +1,87 @@
+"""Saving images to object storage (`s3://`, `gs://`): fetched into memory, then one conditional create under the
+task's own key (prefix + the file name it would get locally). An object there that this task did not write is
+never replaced; a failed upload leaves the task "paid, not saved" for `retry --only download`."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from batcher.errors import OutputError
+from batcher.imageinfo import ImageInfo
+from batcher.models import Failure
+from batcher.outputs import MemorySink, with_real_extension
+from batcher.providers.base import Fetched, Image
+from batcher.runner.base import RunnerBase, log
+from batcher.storage import join
+from batcher.storage.objects import write_once
+from batcher.store import Stray, Task
+
+
+class RemotePart(RunnerBase):
+    def _key(self, filename: str, info: ImageInfo) -> str:
+        """The object's location: the output root plus the file name the task would get on a local disk."""
+        name = with_real_extension(PurePosixPath(filename), info)  # type: ignore[arg-type]
+        return join(self.output_root, str(name))
+
+    async def _fetch_to_memory(self, image: Image) -> tuple[Fetched, MemorySink, ImageInfo | None]:
+        sink = MemorySink()
+        result = await self.provider.fetch(image, sink)
+        return result, sink, sink.image() if result.ok else None
+
+    async def _save_remote(self, task: Task, image: Image, *, last_try: bool) -> bool:
+        """`_save` for a bucket: True when the task is final (stored, or its image unusable or not storable)."""
+        result, sink, info = await self._fetch_to_memory(image)
+        now = self._now()
+        if not result.ok:
+            if not result.retryable or last_try:
+                await self.store.failed(task, f"paid, but the download was refused: {result.message}", result.call,
+                                        now, failure=Failure.DOWNLOAD)  # fmt: skip
+                self.progress.failed += 1
+                return True
+            if result.call is not None:
+                self.store.log_call(task, result.call)
+            return False
+        if info is None:
+            what = "the file URL did not serve an image" if image.url else "the reply's bytes are not an image"
+            await self.store.failed(task, f"paid, but {what}; nothing was written", result.call, now,
+                                    failure=Failure.DOWNLOAD)  # fmt: skip
+            self.progress.failed += 1
+            return True
+        try:
+            written = await write_once(self._key(task.filename, info), sink.data)
+        except OutputError as e:  # retried with backoff already: paid, not saved; `retry --only download` ends it
+            await self.store.failed(task, f"paid, but the image could not be stored: {e.message}", result.call,
+                                    self._now(), failure=Failure.DOWNLOAD)  # fmt: skip
+            self.progress.failed += 1
+            log.warning("task %s: %s", task.key, e.message)
+            return True
+        if written.note:
+            log.warning("task %s: %s", task.key, written.note)
+        cost = self._cost(task)
+        await self.store.succeeded(task, output_path=written.location, sha256=sink.sha256, size=sink.size,
+                                   width=info.width, height=info.height, fmt=info.format, cost_micros=cost,
+                                   call=result.call, now=self._now(), note=written.note)  # fmt: skip
+        self.progress.succeeded += 1
+        self.progress.spent_micros += cost
+        return True
+
+    async def _keep_duplicate_remote(self, stray: Stray, name: str, image: Image, *, last_try: bool) -> bool:
+        """A stray's paid image, kept in the bucket under `name` (`NAME.dup-HANDLE.png`)."""
+        result, sink, info = await self._fetch_to_memory(image)
+        if result.call is not None:
+            self.store.log_call(stray, result.call)
+        if info is not None:
+            try:
+                written = await write_once(self._key(name, info), sink.data)
+            except OutputError as e:
+                await self.store.stray_done(stray, "failed", self._now(), billed=True,
+                                            detail=f"paid duplicate, image not stored: {e.message}")  # fmt: skip
+                return True
+            await self.store.stray_done(stray, "succeeded", self._now(), billed=True,
+                                        output_path=written.location, sha256=sink.sha256)  # fmt: skip
+            return True
+        if result.ok or not result.retryable or last_try:
+            await self.store.stray_done(stray, "failed", self._now(), billed=True,
+                                        detail=f"paid duplicate, image not saved: {result.message or 'not an image'}")  # fmt: skip
+            return True
+        return False
