@@ -127,7 +127,6 @@ async def _s3() -> Any:
         endpoint_url=endpoint,
         client_kwargs={"region_name": region} if region else {},
         config_kwargs=config,
-        retries=2,  # s3fs's own retries of throttling; ours above cover the rest
     )
     await fs.set_session()
     return fs
@@ -139,5 +138,5 @@ async def _gcs() -> Any:
 
     token = "anon" if emulator_host() else "google_default"
     fs = GCSFileSystem(asynchronous=True, skip_instance_cache=True, token=token)
-    await fs.set_session()
+    await fs._set_session()
     return fs
