@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -107,7 +108,7 @@ class GcsServer:
         return {o["name"]: int(o["size"]) for o in json.loads(body).get("items", [])}
 
     def get(self, bucket: str, key: str) -> bytes:
-        quoted = urllib.request.quote(key, safe="")
+        quoted = urllib.parse.quote(key, safe="")
         status, body = http("GET", f"{self.url}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media")
         assert status == 200, (key, status)
         return body

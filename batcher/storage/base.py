@@ -65,7 +65,7 @@ class Storage(abc.ABC):
         """Remove the object; nothing happens when there is none."""
 
     @abc.abstractmethod
-    def browser_url(self, location: str, expires_s: int) -> str:
+    async def browser_url(self, location: str, expires_s: int) -> str:
         """A URL a browser can open: a time-limited signed HTTPS URL for a bucket's object."""
 
     async def close(self) -> None:  # noqa: B027  (a backend with nothing to release keeps this)

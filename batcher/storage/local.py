@@ -38,7 +38,7 @@ class LocalStorage(Storage):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(location)
 
-    def browser_url(self, location: str, expires_s: int) -> str:
+    async def browser_url(self, location: str, expires_s: int) -> str:
         return Path(os.path.abspath(location)).as_uri()
 
 

@@ -54,6 +54,8 @@ async def probe(root: str) -> None:
         await store.delete(probe_at)
     except ObjectExists:
         await store.delete(probe_at)
+    except DestinationError:
+        raise
     except Exception as e:
         raise DestinationError(failure(root, e).message) from None
 

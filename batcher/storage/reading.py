@@ -21,8 +21,11 @@ PULL_CONCURRENCY = 8  # objects fetched at once by `pull`
 def fetcher(loop: asyncio.AbstractEventLoop) -> Callable[[str], bytes]:
     """A blocking read of a bucket's object, for threads while `loop` runs (the clients belong to the loop)."""
 
+    async def read(location: str) -> bytes:
+        return await backend(location).read(location)  # the backend of `loop`: looked up there
+
     def fetch(location: str) -> bytes:
-        return asyncio.run_coroutine_threadsafe(backend(location).read(location), loop).result()
+        return asyncio.run_coroutine_threadsafe(read(location), loop).result()
 
     return fetch
 
@@ -32,9 +35,7 @@ async def signed_links(files: Iterable[str], expires_s: int) -> dict[str, str]:
     links: dict[str, str] = {}
     for location in files:
         if is_remote(location):
-            store = backend(location)
-            await store.size(location)  # opens the client the signature is made with (and finds it is there)
-            links[location] = store.browser_url(location, expires_s)
+            links[location] = await backend(location).browser_url(location, expires_s)
     return links
 
 

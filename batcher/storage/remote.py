@@ -13,6 +13,7 @@ import os
 import urllib.parse
 from typing import Any
 
+from batcher.errors import DestinationError
 from batcher.storage.base import Listed, ObjectExists, Storage, split
 
 UPLOAD_TRIES = 4  # a failed write is tried this many times in all, with backoff, before the task is left unsaved
@@ -90,13 +91,16 @@ class FsspecStorage(Storage):
         except FileNotFoundError:
             pass
 
-    def browser_url(self, location: str, expires_s: int) -> str:
-        assert self._fs is not None, "read or list something first"
-        if self.scheme == "gs" and emulator_host():  # an emulator takes no signature: link its download URL
+    async def browser_url(self, location: str, expires_s: int) -> str:
+        fs = await self._filesystem()
+        if self.scheme == "s3":
+            signed: str = await fs._url(self._path(location), expires=expires_s)
+            return signed
+        if emulator_host():  # an emulator takes no signature: link its download URL
             _, bucket, key = split(location)
             quoted = urllib.parse.quote(key, safe="")
             return f"{emulator_host()}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media"
-        url: str = self._fs.sign(self._path(location), expiration=expires_s)
+        url: str = await asyncio.to_thread(fs.sign, self._path(location), expiration=expires_s)  # local signing
         return url
 
     async def close(self) -> None:
@@ -113,12 +117,20 @@ class FsspecStorage(Storage):
                 await session.close()
 
 
+def _missing(scheme: str, extra: str) -> DestinationError:
+    return DestinationError(f"{scheme}:// outputs need the {extra} extra: pip install 'batcher-images[{extra}]'")
+
+
 async def _s3() -> Any:
-    import s3fs
+    try:
+        import s3fs
+    except ImportError:
+        raise _missing("s3", "s3") from None
 
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    config: dict[str, Any] = {"signature_version": "s3v4"}
+    # botocore's own retries kept short: `put_new` backs off and tries again itself, then gives the task up
+    config: dict[str, Any] = {"signature_version": "s3v4", "retries": {"max_attempts": 2, "mode": "standard"}}
     if endpoint:  # MinIO, R2, a test server: no bucket-named host names there
         config["s3"] = {"addressing_style": "path"}
     fs = s3fs.S3FileSystem(
@@ -134,7 +146,10 @@ async def _s3() -> Any:
 
 async def _gcs() -> Any:
     # the plain filesystem: gcsfs's default one first asks a gRPC service what kind of bucket it is
-    from gcsfs.core import GCSFileSystem
+    try:
+        from gcsfs.core import GCSFileSystem
+    except ImportError:
+        raise _missing("gs", "gcs") from None
 
     token = "anon" if emulator_host() else "google_default"
     fs = GCSFileSystem(asynchronous=True, skip_instance_cache=True, token=token)
