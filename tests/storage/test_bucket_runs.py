@@ -18,7 +18,7 @@ __all__ = ["gcs", "s3"]  # the session's servers, as fixtures of this module
 FAST = Latency("uniform", 0.05, 0.2)
 
 
-async def report(db: Path, cwd: Path, env: dict[str, str], job: str | None = None) -> dict[str, Any]:
+async def report(db: Path | str, cwd: Path, env: dict[str, str], job: str | None = None) -> dict[str, Any]:
     done = await batcher("report", *([job] if job else []), "--db", str(db), "--format", "json", env=env, cwd=cwd)
     assert done.code == 0, done.err
     return dict(json.loads(done.out))
