@@ -13,7 +13,7 @@ from batcher import cache
 from batcher.errors import AuthError, BatcherError, QuotaError
 from batcher.imageinfo import ImageInfo
 from batcher.models import Failure, OnUnknown, TaskStatus
-from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.outputs import AtomicFile, MemorySink, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, RunningClock, next_poll_in
 from batcher.providers.base import (
     Accepted,
@@ -366,10 +366,8 @@ class LifecyclePart(RemotePart):
     async def _save(self, task: Task, image: Image, *, last_try: bool = True) -> bool:
         """Fetch the image into place; True when the task is final (succeeded, or its file was unusable).
         `last_try`: a fetch that could work later fails the task all the same (nothing can fetch it again)."""
-        if self.remote:
-            return await self._save_remote(task, image, last_try=last_try)
-        target = target_path(self.output_dir, task.filename)
-        result, sink, info = await self._fetch(image, target)
+        target = None if self.remote else target_path(self.output_dir, task.filename)
+        result, sink, info = await (self._fetch_to_memory(image) if target is None else self._fetch(image, target))
         now = self._now()
         if result.ok:
             if info is None:
@@ -378,6 +376,10 @@ class LifecyclePart(RemotePart):
                                         failure=Failure.DOWNLOAD)  # fmt: skip
                 self.progress.failed += 1
                 return True
+            if isinstance(sink, MemorySink):  # a bucket: one conditional create
+                await self._store_remote(task, sink, info, result.call)
+                return True
+            assert target is not None
             final = with_real_extension(target, info)
             await self._finisher.finish(sink, final)  # a stop now leaves no .part behind: it is finished anyway
             cost = self._cost(task)

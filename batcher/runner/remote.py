@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 from batcher.errors import OutputError
 from batcher.imageinfo import ImageInfo
-from batcher.models import Failure
+from batcher.models import CallRecord, Failure
 from batcher.outputs import MemorySink, with_real_extension
 from batcher.providers.base import Fetched, Image
 from batcher.runner.base import RunnerBase, log
@@ -28,42 +28,24 @@ class RemotePart(RunnerBase):
         result = await self.provider.fetch(image, sink)
         return result, sink, sink.image() if result.ok else None
 
-    async def _save_remote(self, task: Task, image: Image, *, last_try: bool) -> bool:
-        """`_save` for a bucket: True when the task is final (stored, or its image unusable or not storable)."""
-        result, sink, info = await self._fetch_to_memory(image)
-        now = self._now()
-        if not result.ok:
-            if not result.retryable or last_try:
-                await self.store.failed(task, f"paid, but the download was refused: {result.message}", result.call,
-                                        now, failure=Failure.DOWNLOAD)  # fmt: skip
-                self.progress.failed += 1
-                return True
-            if result.call is not None:
-                self.store.log_call(task, result.call)
-            return False
-        if info is None:
-            what = "the file URL did not serve an image" if image.url else "the reply's bytes are not an image"
-            await self.store.failed(task, f"paid, but {what}; nothing was written", result.call, now,
-                                    failure=Failure.DOWNLOAD)  # fmt: skip
-            self.progress.failed += 1
-            return True
+    async def _store_remote(self, task: Task, sink: MemorySink, info: ImageInfo, call: CallRecord | None) -> None:
+        """Write a fetched image to the bucket and settle the task: succeeded, or paid but not stored."""
         try:
             written = await write_once(self._key(task.filename, info), sink.data)
         except OutputError as e:  # retried with backoff already: paid, not saved; `retry --only download` ends it
-            await self.store.failed(task, f"paid, but the image could not be stored: {e.message}", result.call,
+            await self.store.failed(task, f"paid, but the image could not be stored: {e.message}", call,
                                     self._now(), failure=Failure.DOWNLOAD)  # fmt: skip
             self.progress.failed += 1
             log.warning("task %s: %s", task.key, e.message)
-            return True
+            return
         if written.note:
             log.warning("task %s: %s", task.key, written.note)
         cost = self._cost(task)
         await self.store.succeeded(task, output_path=written.location, sha256=sink.sha256, size=sink.size,
                                    width=info.width, height=info.height, fmt=info.format, cost_micros=cost,
-                                   call=result.call, now=self._now(), note=written.note)  # fmt: skip
+                                   call=call, now=self._now(), note=written.note)  # fmt: skip
         self.progress.succeeded += 1
         self.progress.spent_micros += cost
-        return True
 
     async def _keep_duplicate_remote(self, stray: Stray, name: str, image: Image, *, last_try: bool) -> bool:
         """A stray's paid image, kept in the bucket under `name` (`NAME.dup-HANDLE.png`)."""
