@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sqlalchemy import RowMapping
+
 from batcher.imageinfo import SNIFF_BYTES, ImageInfo, sniff
 from batcher.manifest.inputs import InputProblem, ParentOutput, resolve
 from batcher.models import FROM_REF, LOCAL_REF, Failure, TaskStatus, parent_of
@@ -76,23 +78,39 @@ async def prepare(store: Store, task: Task, output_dir: Path | str, *, use_cache
         return Prepared(Outcome.CACHED)
     if not any(ref.startswith((FROM_REF, LOCAL_REF)) for ref in task.images):
         return Prepared(Outcome.READY)
-    given = None
-    if parent is not None:
-        data = None
-        if is_remote(parent["output_path"]):  # a parent another machine stored: read from the bucket
-            try:
-                data = await backend(parent["output_path"]).read(parent["output_path"])
-            except FileNotFoundError:
-                pass  # said "missing" below, as a local file would be
-            except Exception as e:
-                raise failure(parent["output_path"], e) from None
-        given = ParentOutput(_label(parent["name"], parent["key"]), parent["output_path"], parent["sha256"], data)
+    given = None if parent is None else await _parent_output(parent)
     try:
         images = await asyncio.to_thread(resolve, task.images, given)
     except InputProblem as problem:
         await store.failed(task, f"input image not usable: {problem.message}", None, time.time(), failure=Failure.INPUT)
         return Prepared(Outcome.FAILED)
     return Prepared(Outcome.READY, images)
+
+
+async def _parent_output(parent: RowMapping) -> ParentOutput:
+    """The parent's recorded output; its bytes fetched when another machine stored them in a bucket."""
+    data = None
+    if is_remote(parent["output_path"]):
+        try:
+            data = await backend(parent["output_path"]).read(parent["output_path"])
+        except FileNotFoundError:
+            pass  # said "missing" by `resolve`, as a local file would be
+        except Exception as e:
+            raise failure(parent["output_path"], e) from None
+    return ParentOutput(_label(parent["name"], parent["key"]), parent["output_path"], parent["sha256"], data)
+
+
+async def request_images(store: Store, task: Task) -> tuple[str, ...] | None:
+    """The task's `images` as its create sends them (inputs inlined), changing nothing in the store; None when
+    an input cannot be read now. For writing a request again (a Batch Mode shard planned on another machine)."""
+    if not any(ref.startswith((FROM_REF, LOCAL_REF)) for ref in task.images):
+        return task.images
+    parent = await store.parent_row(task) if parent_of(task.images) is not None else None
+    given = None if parent is None or parent["output_path"] is None else await _parent_output(parent)
+    try:
+        return await asyncio.to_thread(resolve, task.images, given)
+    except InputProblem:
+        return None
 
 
 async def _from_cache(store: Store, task: Task, output_dir: Path | str) -> bool:
@@ -144,7 +162,7 @@ async def copy_object(source: str, sha256: str, root: str, filename: str) -> Cop
     info = sniff(data[:SNIFF_BYTES])
     if info is None or hashlib.sha256(data).hexdigest() != sha256:
         return None
-    name = str(with_real_extension(PurePosixPath(filename), info))  # type: ignore[arg-type]
+    name = str(with_real_extension(PurePosixPath(filename), info))
     target = join(root, name) if is_remote(root) else str(target_path(Path(root), name))
     if not is_remote(target):  # a local job reusing a bucket's image: written as every local output is
         await asyncio.to_thread(_write_local, Path(target), data)

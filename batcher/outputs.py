@@ -9,11 +9,13 @@ import errno
 import hashlib
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import TypeVar
 
 from batcher.errors import OutputError
 from batcher.imageinfo import SNIFF_BYTES, ImageInfo, extension, sniff
 
+P = TypeVar("P", bound=PurePath)  # a local path, or an object's key (PurePosixPath)
 _KNOWN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 
 
@@ -30,7 +32,7 @@ def target_path(output_dir: Path, filename: str) -> Path:
     return Path(path)
 
 
-def with_real_extension(path: Path, info: ImageInfo) -> Path:
+def with_real_extension(path: P, info: ImageInfo) -> P:
     """The API may send JPEG where the template says .png: name the file for what it is."""
     ext = extension(info.format)
     if path.suffix.lower() == ext or (info.format == "jpeg" and path.suffix.lower() == ".jpeg"):

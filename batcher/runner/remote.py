@@ -20,7 +20,7 @@ from batcher.store import Stray, Task
 class RemotePart(RunnerBase):
     def _key(self, filename: str, info: ImageInfo) -> str:
         """The object's location: the output root plus the file name the task would get on a local disk."""
-        name = with_real_extension(PurePosixPath(filename), info)  # type: ignore[arg-type]
+        name = with_real_extension(PurePosixPath(filename), info)
         return join(self.output_root, str(name))
 
     async def _fetch_to_memory(self, image: Image) -> tuple[Fetched, MemorySink, ImageInfo | None]:
