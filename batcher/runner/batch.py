@@ -48,7 +48,9 @@ from batcher.providers.gemini_batch import (
 )
 from batcher.retry import backoff_s
 from batcher.runner.base import Progress, RunResult, StopReason, log
+from batcher.runner.batch_bucket import bucket_line, rebuild_shard_file, shard_folder
 from batcher.shards import display_name, next_check_in, plan_shards
+from batcher.storage import is_remote
 from batcher.store import BudgetRefused, ClaimLost, Job, Store, Task
 from batcher.store.submissions import CREATING, PLANNED, UPLOADED, DuplicateShard, ShardMoved, Submission
 
@@ -113,8 +115,10 @@ class BatchRunner:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store.worker_id = self.worker_id
         self.clock = clock
-        self.output_dir = Path(job.output_dir).resolve()
-        self.work_dir = self.output_dir / SHARDS_DIR
+        self.remote = is_remote(job.output_dir)  # a bucket job: see batch_bucket.py
+        self.output_root = job.output_dir if self.remote else str(Path(job.output_dir).resolve())
+        self.output_dir = Path(self.output_root)
+        self.work_dir = shard_folder(job, SHARDS_DIR) if self.remote else self.output_dir / SHARDS_DIR
         self.progress = BatchProgress()
         self.shards: dict[int, Shard] = {}
         self._wake = asyncio.Event()
@@ -259,7 +263,7 @@ class BatchRunner:
                                         "to avoid a second charge", None, now, failure=Failure.UNKNOWN)  # fmt: skip
                 self.progress.failed += 1
                 continue
-            prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=self.config.use_cache)
+            prepared = await cache.prepare(self.store, task, self.output_root, use_cache=self.config.use_cache)
             if prepared.outcome is cache.Outcome.CACHED:
                 self.progress.succeeded += 1
                 self.progress.cached += 1
@@ -350,7 +354,8 @@ class BatchRunner:
     async def _upload(self, shard: Shard) -> None:
         sub = shard.sub
         path = self.work_dir / f"{sub.display_name}.jsonl"
-        if not path.exists():  # nothing was created from it yet: its tasks go back for a later shard
+        if not path.exists() and not (self.remote and await rebuild_shard_file(self.store, shard.tasks.values(), path)):
+            # nothing was created from it yet: its tasks go back for a later shard
             await self._abandon(shard, "failed", "its requests file was lost before its batch was created")
             return
         got = await self.client.upload(path, sub.display_name)
@@ -514,6 +519,14 @@ class BatchRunner:
             return  # settled by an earlier collection (a restart), or no task of this shard
         sub, now = shard.sub, self._now()
         if line.kind is LineKind.IMAGE and line.image is not None and line.image.data is not None:
+            if self.remote:  # a bucket job: stored by conditional create, never on this disk
+                if await bucket_line(self.store, sub, task, line.image.data, self.output_root, now):
+                    self.progress.succeeded += 1
+                    self.progress.lines_done += 1
+                    self.progress.spent_micros += sub.price_each
+                else:
+                    self.progress.failed += 1
+                return
             target = target_path(self.output_dir, task.filename)
             sink = AtomicFile(target)
             try:
