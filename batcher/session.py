@@ -262,11 +262,6 @@ def route_of(opts: RunOptions, job: Job) -> str:
 async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any) -> tuple[RunResult, RunConfig]:
     """`run` by Batch Mode: plan, create and collect the job's shards; past `--finish-online-after`, cancel what
     is not done and finish those tasks online, through the same endpoint."""
-    if storage.is_remote(job.output_dir):  # its shard files and images are written to this machine's disk
-        raise ConfigError(
-            f"route batch cannot write to a bucket ({objects.where(job.output_dir)}) yet: run it online "
-            "(--route online), or give --out a local folder and copy the images up afterwards"
-        )
     from batcher.providers.gemini_batch import GeminiBatchClient
     from batcher.providers.gemini_settings import gemini_settings
     from batcher.runner.batch import BatchRunner, BatchSettings

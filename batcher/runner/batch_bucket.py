@@ -17,12 +17,13 @@ from pathlib import Path, PurePosixPath
 
 from batcher import cache
 from batcher.imageinfo import SNIFF_BYTES, ImageInfo, sniff
+from batcher.models import Failure
 from batcher.outputs import with_real_extension
 from batcher.providers.base import Request
 from batcher.providers.gemini_batch import write_shard
 from batcher.storage import join
 from batcher.storage.objects import Written, write_once
-from batcher.store import Job, Store, Task
+from batcher.store import Job, Store, Submission, Task
 
 
 def shard_folder(job: Job, shards_dir: str) -> Path:
@@ -61,3 +62,18 @@ async def store_line(root: str, task: Task, data: bytes) -> StoredLine | None:
     name = with_real_extension(PurePosixPath(task.filename), info)
     written = await write_once(join(root, str(name)), data)
     return StoredLine(written, hashlib.sha256(data).hexdigest(), len(data), info)
+
+
+async def bucket_line(store: Store, sub: Submission, task: Task, data: bytes, root: str, now: float) -> bool:
+    """Settle a result line of a bucket job: its image stored and the line succeeded (True), or the line failed
+    as paid but unusable when its bytes are no image (False). Raises OutputError when the bucket refuses it."""
+    stored = await store_line(root, task, data)
+    if stored is None:
+        await store.shard_line_failed(sub, task, Failure.DOWNLOAD, "paid, but the line's bytes are not an image; "
+                                      "nothing was written", billed=True, now=now)  # fmt: skip
+        return False
+    info = stored.info
+    await store.shard_line_succeeded(sub, task, output_path=stored.written.location, sha256=stored.sha256,
+                                     size=stored.size, width=info.width, height=info.height, fmt=info.format,
+                                     cost_micros=sub.price_each, now=now)  # fmt: skip
+    return True

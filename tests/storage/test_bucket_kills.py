@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from batcher.emulator import Latency
-from tests.acceptance.cli_kit import batcher, cli_env, finish, start
+from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
 from tests.acceptance.test_cli_run import no_double_creates
 from tests.bucket_kit import S3Server, s3, sha
 from tests.conftest import StartEmulator
@@ -22,8 +22,6 @@ __all__ = ["s3"]
 async def test_kill_9_at_random_moments_then_resume_leaves_exact_objects(
     tmp_path: Path, start_emu: StartEmulator, s3: S3Server
 ) -> None:
-    from tests.acceptance.cli_kit import manifest
-
     emu = await start_emu(latency=Latency("uniform", 0.2, 0.8))
     bucket = s3.bucket()
     n = 30

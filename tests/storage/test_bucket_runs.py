@@ -132,17 +132,6 @@ async def test_rejected_credentials_exit_2_naming_the_bucket_and_bill_nothing(
     assert emu.stats.creates_accepted == 0
 
 
-async def test_batch_mode_refuses_a_bucket_before_any_call(tmp_path: Path, s3: S3Server) -> None:
-    # Batch Mode keeps its shard files and images on the machine's disk: it says so rather than write there
-    bucket = s3.bucket()
-    m = manifest(tmp_path / "bm.yaml", 2, provider="gemini", route="batch")
-    env = cli_env(None, **s3.env(), GEMINI_API_KEY="unused", GEMINI_BASE_URL="http://127.0.0.1:9")
-    done = await batcher("run", str(m), "--db", str(tmp_path / "b.db"), "--out", f"s3://{bucket}/b", "-q",
-                         env=env, cwd=tmp_path)  # fmt: skip
-    assert done.code == 2, done.err
-    assert "route batch cannot write to a bucket" in done.err and len(done.err.strip().splitlines()) == 1
-
-
 async def test_run_help_says_out_takes_a_bucket_uri(tmp_path: Path) -> None:
     done = await batcher("run", "--help", env=cli_env(None), cwd=tmp_path)
     assert done.code == 0 and "s3://BUCKET/PREFIX" in done.out and "gs://BUCKET/PREFIX" in done.out
