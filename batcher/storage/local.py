@@ -29,7 +29,7 @@ class LocalStorage(Storage):
             return None
 
     async def copy(self, source: str, target: str) -> None:
-        await asyncio.to_thread(shutil.copyfile, source, target)
+        await asyncio.to_thread(_copy, Path(source), Path(target))
 
     async def list(self, prefix: str) -> list[Listed]:
         return await asyncio.to_thread(_walk, prefix)
@@ -56,6 +56,18 @@ def put_new_file(target: Path, data: bytes) -> None:
             os.link(tmp, target)
         except FileExistsError:
             raise ObjectExists(str(target)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy through a temporary file and a rename: the target name only ever holds whole bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

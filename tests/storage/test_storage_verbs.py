@@ -1,0 +1,81 @@
+"""The storage verbs, the same on a local folder, S3 (moto) and Cloud Storage (fake-gcs-server): write only where
+nothing is, read back, size, server-side copy, list a prefix, delete, a link a browser can open; and the write
+that never replaces another's object."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from batcher import storage
+from batcher.errors import DestinationError
+from batcher.storage import ObjectExists, backend
+from batcher.storage.objects import derived, probe, write_once
+from tests.bucket_kit import GcsServer, S3Server, gcs, s3
+
+__all__ = ["gcs", "s3"]
+
+
+@pytest.fixture(params=["local", "s3", "gs"])
+async def root(
+    request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server, gcs: GcsServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    kind = request.param
+    if kind == "local":
+        yield str(tmp_path / "out")
+        return
+    server = s3 if kind == "s3" else gcs
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    yield f"{kind}://{server.bucket()}/pre"
+    await storage.close_all()
+
+
+async def test_the_verbs_behave_alike_everywhere(root: str) -> None:
+    store = backend(root)
+    a, b = storage.join(root, "a/1.png"), storage.join(root, "b/2.png")
+    await store.put_new(a, b"first")
+    with pytest.raises(ObjectExists):
+        await store.put_new(a, b"second")
+    assert await store.read(a) == b"first"
+    assert await store.size(a) == 5 and await store.size(b) is None
+    await store.copy(a, b)
+    assert await store.read(b) == b"first"
+    listed = {x.location: x.size for x in await store.list(root)}
+    assert listed == {a: 5, b: 5}
+    await store.delete(b)
+    await store.delete(b)  # nothing there: no error
+    assert [x.location for x in await store.list(root)] == [a]
+    with pytest.raises(FileNotFoundError):
+        await store.read(b)
+    url = await store.browser_url(a, 3600)
+    if storage.is_remote(root):  # the link opens the object, over HTTP
+        async with aiohttp.ClientSession() as session, session.get(url) as r:
+            assert r.status == 200 and await r.read() == b"first"
+
+
+async def test_write_once_keeps_a_foreign_object_and_takes_its_own_bytes_back(root: str) -> None:
+    at = storage.join(root, "x.png")
+    await backend(at).put_new(at, b"foreign")
+    data = b"the paid image"
+    first = await write_once(at, data)
+    assert first.location == derived(at, hashlib.sha256(data).hexdigest()) and first.note
+    assert await backend(at).read(at) == b"foreign"
+    again = await write_once(at, data)  # the same bytes after a crash: taken as its own, nothing new written
+    assert again.location == first.location
+    own = storage.join(root, "y.png")
+    await write_once(own, data)
+    assert (await write_once(own, data)).location == own and len(await backend(root).list(root)) == 3
+
+
+async def test_the_probe_leaves_nothing_and_names_a_missing_bucket(root: str) -> None:
+    await probe(root)
+    assert await backend(root).list(root) == []
+    if storage.is_remote(root):
+        scheme = root.split("://")[0]
+        with pytest.raises(DestinationError, match=f"{scheme}://no-such-bucket-24: the bucket does not exist"):
+            await probe(f"{scheme}://no-such-bucket-24/p")
