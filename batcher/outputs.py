@@ -106,30 +106,34 @@ class AtomicFile:
 
 class MemorySink:
     """A download bound for object storage: held in memory (an image is a few MB) and hashed as it arrives, then
-    written in one conditional PUT, so that no partial object can ever stand under a task's name."""
+    written in one conditional PUT, so that no partial object can ever stand under a task's name. Its chunks are
+    joined once, when the bytes are asked for: one copy of the image, not two."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._head = bytearray()
         self._sha = hashlib.sha256()
+        self.size = 0
 
     def write(self, chunk: bytes) -> None:
-        self._buf += chunk
+        if len(self._head) < SNIFF_BYTES:
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+        self._chunks.append(chunk)
         self._sha.update(chunk)
+        self.size += len(chunk)
 
     def image(self) -> ImageInfo | None:
-        return sniff(bytes(self._buf[:SNIFF_BYTES]))
+        return sniff(bytes(self._head))
 
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
     @property
-    def size(self) -> int:
-        return len(self._buf)
-
-    @property
     def data(self) -> bytes:
-        return bytes(self._buf)
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
 
 
 def fsync_folder(folder: Path) -> None:

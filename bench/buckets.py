@@ -5,9 +5,9 @@
    interleaved (local, S3, local, S3, ...): the median of the pairs' ratios. Target <= 1.05.
 2. Client CPU per 1.5 MB image: written to S3 through batcher.storage (conditional create) against written to
    the local disk as the runner does (temporary file, fsync, rename, folder fsync); process CPU seconds.
-3. Peak RSS of this process with 100 uploads of 1.5 MB in flight at once.
+3. Peak RSS of a fresh process with 100 uploads of 1.5 MB in flight at once (the images it holds included).
 
-    .venv/bin/python bench/buckets.py [--tasks 1000] [--pairs 3] [--images 60]
+    .venv/bin/python bench/buckets.py [--tasks 1000] [--pairs 3] [--images 60] [--repeat 5] [--skip-makespan]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -92,32 +91,56 @@ def makespan(args: argparse.Namespace, endpoint: str) -> None:
 
 
 async def cpu_per_image(args: argparse.Namespace, endpoint: str) -> None:
+    """Interleaved rounds (local, S3, local, S3, ...): the median CPU per image of each."""
     blobs = [os.urandom(IMAGE_BYTES) for _ in range(args.images)]
     bucket = make_bucket(endpoint)
-    with tempfile.TemporaryDirectory() as tmp_:
-        folder = Path(tmp_)
-        began = time.process_time()
-        for i, data in enumerate(blobs):
-            sink = AtomicFile(folder / f"{i}.png")
-            sink.write(data)
-            await asyncio.to_thread(sink.finish, folder / f"{i}.png")
-        local = (time.process_time() - began) / len(blobs)
     await write_once(f"s3://{bucket}/warm", b"x")  # the client's start-up is not an image's cost
-    began = time.process_time()
-    for i, data in enumerate(blobs):
-        await write_once(f"s3://{bucket}/cpu/{i}.png", data)
-    remote = (time.process_time() - began) / len(blobs)
-    print(f"client CPU per 1.5 MB image: local {1000 * local:.2f} ms, S3 {1000 * remote:.2f} ms "
-          f"({args.images} images each)")  # fmt: skip
-    del blobs
-    # peak RSS: 100 uploads of 1.5 MB in flight at once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    payloads = [os.urandom(IMAGE_BYTES) for _ in range(100)]
-    await asyncio.gather(*(write_once(f"s3://{bucket}/rss/{i}.png", d) for i, d in enumerate(payloads)))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS with 100 uploads of 1.5 MB in flight: {peak:.0f} MB (peak before them {before:.0f} MB; "
-          f"the images themselves are {100 * IMAGE_BYTES / 1e6:.0f} MB)")  # fmt: skip
+    local_ms: list[float] = []
+    s3_ms: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp_:
+        for r in range(args.repeat):
+            folder = Path(tmp_) / str(r)
+            began = time.process_time()
+            for i, data in enumerate(blobs):
+                sink = AtomicFile(folder / f"{i}.png")
+                sink.write(data)
+                await asyncio.to_thread(sink.finish, folder / f"{i}.png")
+            local_ms.append(1000 * (time.process_time() - began) / len(blobs))
+            began = time.process_time()
+            for i, data in enumerate(blobs):
+                await write_once(f"s3://{bucket}/cpu{r}/{i}.png", data)
+            s3_ms.append(1000 * (time.process_time() - began) / len(blobs))
     await storage.close_all()
+    print(f"client CPU per 1.5 MB image ({args.images} images a round, {args.repeat} interleaved rounds): "
+          f"local median {statistics.median(local_ms):.2f} ms (rounds {', '.join(f'{x:.2f}' for x in local_ms)}), "
+          f"S3 median {statistics.median(s3_ms):.2f} ms (rounds {', '.join(f'{x:.2f}' for x in s3_ms)})")  # fmt: skip
+
+
+def peak_rss(endpoint: str) -> None:
+    """100 uploads of 1.5 MB in flight at once, in a fresh process: its RSS before them and its peak."""
+    code = (
+        "import asyncio, os, sys\n"
+        "from batcher import storage\n"
+        "from batcher.storage.objects import write_once\n"
+        "def mb(field):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(field): return int(line.split()[1]) / 1024\n"
+        "async def go(bucket):\n"
+        "    await write_once(f's3://{bucket}/warm', b'x')\n"
+        "    base = mb('VmRSS:')\n"
+        f"    payloads = [os.urandom({IMAGE_BYTES}) for _ in range(100)]\n"
+        "    held = mb('VmRSS:')\n"
+        "    await asyncio.gather(*(write_once(f's3://{bucket}/rss/{i}.png', d) for i, d in enumerate(payloads)))\n"
+        "    await storage.close_all()\n"
+        "    print(f'{base:.0f} {held:.0f} {mb(\"VmHWM:\"):.0f}')\n"
+        "asyncio.run(go(sys.argv[1]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, make_bucket(endpoint)], capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    base, held, peak = (float(x) for x in out)
+    print(f"peak RSS with 100 uploads of 1.5 MB in flight: {peak:.0f} MB (client started: {base:.0f} MB; with the "
+          f"100 images in memory: {held:.0f} MB; the uploads themselves add {peak - held:.0f} MB, "
+          f"{(peak - held) / 100:.2f} MB each)")  # fmt: skip
 
 
 def main() -> None:
@@ -125,11 +148,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of the CPU measure")
     parser.add_argument("--skip-makespan", action="store_true")
     args = parser.parse_args()
     proc, endpoint = s3_server()
     try:
         asyncio.run(cpu_per_image(args, endpoint))
+        peak_rss(endpoint)
         if not args.skip_makespan:
             makespan(args, endpoint)
     finally:
