@@ -176,6 +176,9 @@ def main(verbose: int) -> None:
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # the cloud clients log every request's headers at DEBUG, a session token among them: never shown
+    for name in ("botocore", "aiobotocore", "s3fs", "gcsfs", "fsspec", "google", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @main.command()

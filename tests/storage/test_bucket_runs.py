@@ -135,3 +135,20 @@ async def test_rejected_credentials_exit_2_naming_the_bucket_and_bill_nothing(
 async def test_run_help_says_out_takes_a_bucket_uri(tmp_path: Path) -> None:
     done = await batcher("run", "--help", env=cli_env(None), cwd=tmp_path)
     assert done.code == 0 and "s3://BUCKET/PREFIX" in done.out and "gs://BUCKET/PREFIX" in done.out
+
+
+async def test_no_bucket_credential_reaches_logs_store_or_report(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    emu = await start_emu(latency=FAST)
+    bucket = s3.bucket()
+    secret, token = "s3cr3t-KEY-24-zzz", "t0ken-SESSION-24-zzz"
+    env = cli_env(emu, **{**s3.env(), "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token})
+    db = tmp_path / "b.db"
+    m = manifest(tmp_path / "sec.yaml", 2)
+    done = await batcher("-vv", "run", str(m), "--db", str(db), "--out", f"s3://{bucket}/s", "-q", env=env,
+                         cwd=tmp_path)  # fmt: skip
+    assert done.code == 0, done.err
+    got = await batcher("report", "--db", str(db), "--format", "json", env=env, cwd=tmp_path)
+    for text in (done.out, done.err, got.out, db.read_bytes().decode("latin-1")):
+        assert secret not in text and token not in text
