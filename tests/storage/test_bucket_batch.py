@@ -18,11 +18,9 @@ from batcher.store.base import _task
 from tests.acceptance.cli_kit import batcher, cli_env, manifest
 from tests.acceptance.test_gemini_batch import billed_once_each, keys_of, ledger_is_the_api
 from tests.acceptance.test_gemini_online import gemini_env, rows
-from tests.bucket_kit import S3Server, s3, sha
+from tests.bucket_kit import S3Server, sha
 from tests.conftest import StartEmulator, StartGemini
 from tests.storage.test_bucket_jobs import chain
-
-__all__ = ["s3"]
 
 
 async def test_batch_mode_stores_each_line_in_the_bucket(

@@ -16,11 +16,9 @@ from aiohttp import web
 
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import batcher, cli_env, manifest
-from tests.bucket_kit import S3Server, free_port, s3
+from tests.bucket_kit import S3Server, free_port
 from tests.conftest import StartEmulator
 from tests.storage.test_bucket_runs import report
-
-__all__ = ["s3"]
 
 FAST = Latency("uniform", 0.05, 0.2)
 

@@ -12,11 +12,9 @@ from pathlib import Path
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
 from tests.acceptance.test_cli_run import no_double_creates
-from tests.bucket_kit import S3Server, s3, sha
+from tests.bucket_kit import S3Server, sha
 from tests.conftest import StartEmulator
 from tests.storage.test_bucket_runs import report
-
-__all__ = ["s3"]
 
 
 async def test_kill_9_at_random_moments_then_resume_leaves_exact_objects(

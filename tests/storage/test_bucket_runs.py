@@ -10,10 +10,8 @@ from typing import Any
 
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import batcher, cli_env, manifest
-from tests.bucket_kit import GcsServer, S3Server, authenticated_s3, gcs, s3, sha
+from tests.bucket_kit import GcsServer, S3Server, authenticated_s3, sha
 from tests.conftest import StartEmulator
-
-__all__ = ["gcs", "s3"]  # the session's servers, as fixtures of this module
 
 FAST = Latency("uniform", 0.05, 0.2)
 

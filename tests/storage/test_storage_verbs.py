@@ -15,9 +15,7 @@ from batcher import storage
 from batcher.errors import DestinationError
 from batcher.storage import ObjectExists, backend
 from batcher.storage.objects import derived, probe, write_once
-from tests.bucket_kit import GcsServer, S3Server, gcs, s3
-
-__all__ = ["gcs", "s3"]
+from tests.bucket_kit import GcsServer, S3Server
 
 
 @pytest.fixture(params=["local", "s3", "gs"])
