@@ -452,13 +452,15 @@ class LifecyclePart(RemotePart):
         """Save a stray's image as `NAME.dup-HANDLE.png`; True when the stray is final (saved, or given up)."""
         stem = Path(stray.filename)
         name = stem.with_name(f"{stem.stem}.dup-{_safe(stray.remote_task_id)}{stem.suffix or '.png'}")
-        if self.remote:
-            return await self._keep_duplicate_remote(stray, str(name), image, last_try=last_try)
-        target = target_path(self.output_dir, str(name))
-        result, sink, info = await self._fetch(image, target)
+        target = None if self.remote else target_path(self.output_dir, str(name))
+        result, sink, info = await (self._fetch_to_memory(image) if target is None else self._fetch(image, target))
         if result.call is not None:
             self.store.log_call(stray, result.call)
         if info is not None:
+            if isinstance(sink, MemorySink):  # a bucket: one conditional create
+                await self._stray_to_bucket(stray, str(name), sink, info)
+                return True
+            assert target is not None
             final = with_real_extension(target, info)
             await self._finisher.finish(sink, final)
             await self.store.stray_done(stray, "succeeded", self._now(), billed=True, output_path=str(final),

@@ -47,23 +47,13 @@ class RemotePart(RunnerBase):
         self.progress.succeeded += 1
         self.progress.spent_micros += cost
 
-    async def _keep_duplicate_remote(self, stray: Stray, name: str, image: Image, *, last_try: bool) -> bool:
+    async def _stray_to_bucket(self, stray: Stray, name: str, sink: MemorySink, info: ImageInfo) -> None:
         """A stray's paid image, kept in the bucket under `name` (`NAME.dup-HANDLE.png`)."""
-        result, sink, info = await self._fetch_to_memory(image)
-        if result.call is not None:
-            self.store.log_call(stray, result.call)
-        if info is not None:
-            try:
-                written = await write_once(self._key(name, info), sink.data)
-            except OutputError as e:
-                await self.store.stray_done(stray, "failed", self._now(), billed=True,
-                                            detail=f"paid duplicate, image not stored: {e.message}")  # fmt: skip
-                return True
-            await self.store.stray_done(stray, "succeeded", self._now(), billed=True,
-                                        output_path=written.location, sha256=sink.sha256)  # fmt: skip
-            return True
-        if result.ok or not result.retryable or last_try:
+        try:
+            written = await write_once(self._key(name, info), sink.data)
+        except OutputError as e:
             await self.store.stray_done(stray, "failed", self._now(), billed=True,
-                                        detail=f"paid duplicate, image not saved: {result.message or 'not an image'}")  # fmt: skip
-            return True
-        return False
+                                        detail=f"paid duplicate, image not stored: {e.message}")  # fmt: skip
+            return
+        await self.store.stray_done(stray, "succeeded", self._now(), billed=True, output_path=written.location,
+                                    sha256=sink.sha256)  # fmt: skip
