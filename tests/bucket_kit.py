@@ -102,6 +102,11 @@ class GcsServer:
         assert status == 200, out
         return name
 
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        name = urllib.parse.quote(key, safe="")
+        status, body = http("POST", f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}", data)
+        assert status == 200, body
+
     def keys(self, bucket: str) -> dict[str, int]:
         status, body = http("GET", f"{self.url}/storage/v1/b/{bucket}/o")
         assert status == 200, body

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import batcher, cli_env, manifest
 from tests.bucket_kit import GcsServer, S3Server, authenticated_s3, sha
@@ -72,25 +74,29 @@ async def test_a_run_to_cloud_storage_writes_each_image_once(
     assert emu.stats.creates_accepted == 4
 
 
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
 async def test_a_foreign_object_at_a_tasks_key_is_left_unchanged_and_the_image_kept_elsewhere(
-    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server, gcs: GcsServer, scheme: str
 ) -> None:
     emu = await start_emu(latency=FAST)
-    bucket = s3.bucket()
+    server: S3Server | GcsServer = s3 if scheme == "s3" else gcs
+    bucket = server.bucket()
     foreign = b"someone else's file, not an image of this job"
-    s3.put(bucket, "p/1.png", foreign)
+    server.put(bucket, "p/1.png", foreign)
     m = manifest(tmp_path / "f.yaml", 3)
-    env = cli_env(emu, **s3.env())
+    env = cli_env(emu, **server.env())
     db = tmp_path / "b.db"
-    done = await batcher("run", str(m), "--db", str(db), "--out", f"s3://{bucket}/p", "-q", env=env, cwd=tmp_path)
+    out = f"{scheme}://{bucket}/p"
+    done = await batcher("run", str(m), "--db", str(db), "--out", out, "-q", env=env, cwd=tmp_path)
     assert done.code == 0, done.err
-    assert s3.get(bucket, "p/1.png") == foreign  # never replaced
+    assert server.get(bucket, "p/1.png") == foreign  # never replaced
     rows = {r["task"]: r for r in (await report(db, tmp_path, env))["tasks"]}
     kept = rows["1.png"]
-    assert kept["file"].startswith(f"s3://{bucket}/p/1.dup-") and kept["file"].endswith(".png")
-    assert f"s3://{bucket}/p/1.png" in kept["note"] and kept["file"] in kept["note"]
-    data = s3.get(bucket, kept["file"].split(f"{bucket}/", 1)[1])
+    assert kept["file"].startswith(f"{out}/1.dup-") and kept["file"].endswith(".png")
+    assert f"{out}/1.png" in kept["note"] and kept["file"] in kept["note"]
+    data = server.get(bucket, kept["file"].split(f"{bucket}/", 1)[1])
     assert sha(data) == kept["sha256"]
+    assert sorted(server.keys(bucket)) == sorted(["p/0.png", "p/1.png", "p/2.png", kept["file"].split(f"{bucket}/")[1]])
     assert emu.stats.creates_accepted == 3  # paid once each: the kept image was not made again
 
 
