@@ -174,7 +174,7 @@ async def copy_object(source: str, sha256: str, root: str, filename: str) -> Cop
         except Exception as e:
             raise failure(target, e) from None
         return Copied(target, sha256, len(data), info)
-    written = await write_once(target, data)
+    written = await write_once(target, data, sha256)
     return Copied(written.location, sha256, len(data), info)
 
 

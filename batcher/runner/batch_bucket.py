@@ -60,8 +60,8 @@ async def store_line(root: str, task: Task, data: bytes) -> StoredLine | None:
     if info is None:
         return None
     name = with_real_extension(PurePosixPath(task.filename), info)
-    written = await write_once(join(root, str(name)), data)
-    return StoredLine(written, hashlib.sha256(data).hexdigest(), len(data), info)
+    sha = hashlib.sha256(data).hexdigest()
+    return StoredLine(await write_once(join(root, str(name)), data, sha), sha, len(data), info)
 
 
 async def bucket_line(store: Store, sub: Submission, task: Task, data: bytes, root: str, now: float) -> bool:

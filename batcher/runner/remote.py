@@ -31,7 +31,7 @@ class RemotePart(RunnerBase):
     async def _store_remote(self, task: Task, sink: MemorySink, info: ImageInfo, call: CallRecord | None) -> None:
         """Write a fetched image to the bucket and settle the task: succeeded, or paid but not stored."""
         try:
-            written = await write_once(self._key(task.filename, info), sink.data)
+            written = await write_once(self._key(task.filename, info), sink.data, sink.sha256)
         except OutputError as e:  # retried with backoff already: paid, not saved; `retry --only download` ends it
             await self.store.failed(task, f"paid, but the image could not be stored: {e.message}", call,
                                     self._now(), failure=Failure.DOWNLOAD)  # fmt: skip
@@ -50,7 +50,7 @@ class RemotePart(RunnerBase):
     async def _stray_to_bucket(self, stray: Stray, name: str, sink: MemorySink, info: ImageInfo) -> None:
         """A stray's paid image, kept in the bucket under `name` (`NAME.dup-HANDLE.png`)."""
         try:
-            written = await write_once(self._key(name, info), sink.data)
+            written = await write_once(self._key(name, info), sink.data, sink.sha256)
         except OutputError as e:
             await self.store.stray_done(stray, "failed", self._now(), billed=True,
                                         detail=f"paid duplicate, image not stored: {e.message}")  # fmt: skip

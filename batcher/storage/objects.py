@@ -66,12 +66,12 @@ def derived(location: str, sha256: str) -> str:
     return f"{head}.dup-{sha256[:12]}{ext or '.png'}"
 
 
-async def write_once(location: str, data: bytes) -> Written:
+async def write_once(location: str, data: bytes, sha256: str | None = None) -> Written:
     """Write `data` at `location` by conditional create, never replacing an object that is not these bytes.
     An object already there with the same sha256 is this task's own (written before a crash). A foreign one is
     left untouched, and the image kept under `derived(...)`, with a note saying why. Raises OutputError."""
     store = backend(location)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = sha256 or hashlib.sha256(data).hexdigest()  # `sha256`: the bytes' hash, when the caller has it
     for at in (location, derived(location, sha)):
         try:
             await store.put_new(at, data)
