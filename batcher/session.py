@@ -460,7 +460,8 @@ def _signals(runner: Stoppable) -> Iterator[None]:
 
 def cache_forecast(outputs: dict[str, list[tuple[str, int | None]]]) -> Callable[[str], bool]:
     """Whether a finished output of a key is still on disk with its recorded size (the run itself checks the
-    sha256 too, so a corrupted file there becomes a new generation after all)."""
+    sha256 too, so a corrupted file there becomes a new generation after all). One in a bucket is not looked
+    at (estimates use no network): it counts as not there, so the estimate errs toward paying."""
 
     def cached(key: str) -> bool:
         for path, size in outputs.get(key, ()):
