@@ -27,3 +27,12 @@ test: check
 
 clean:
 	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm out .pytest_cache .mypy_cache .ruff_cache
+
+# The documentation site (docs/, mkdocs.yml) into site/, with --strict: a broken link, anchor or page fails.
+.PHONY: docs
+$(BIN)/mkdocs: pyproject.toml | $(BIN)/batcher
+	$(BIN)/pip install -q -e '.[test,docs]'
+	touch $@
+
+docs: $(BIN)/mkdocs
+	$(BIN)/mkdocs build --strict --site-dir site

@@ -14,7 +14,7 @@ collecting (streaming each results file line by line, writing each image, record
 - memory: one shard of 100 images (100 tasks, the default shard size): the client's peak RSS (sampled every
   20 ms, children included) while it streams that one 100-image results file — target <= 300 MB.
 
-What it showed (README, Benchmarks): about 0.07 requests per image; the runner plans 4 shards (400 lines) a pass
+What it showed (docs/benchmarks.md): about 0.07 requests per image; the runner plans 4 shards (400 lines) a pass
 of its loop and creates them after collecting the shards due before them, so the wall time here is rounds of
 collecting 4 shards one line at a time plus a 10 s wait for the new batches' first check.
 

@@ -1,5 +1,5 @@
 """Chaos: `batcher run` killed with SIGKILL at random moments against an emulator with small fault rates,
-restarted each time until the job is done; then every guarantee of the README is checked and the figures printed.
+restarted each time until the job is done; then each guarantee of docs/guarantees.md is checked and the figures printed.
 
 The emulator runs as a process of its own (`python -m batcher.emulator --port 0`), so it outlives every kill and
 its counters are the independent account. Kills land at moments drawn uniformly over the job's progress. Exits

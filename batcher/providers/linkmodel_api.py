@@ -235,7 +235,7 @@ class ApiClient(SessionOwner[ApiSettings]):
 def classify_create(status: int, code: int | None) -> Outcome:
     """What a reply to a create proves. Only the answers the contract gives for a refused request prove that
     nothing was created: a gateway's 502/504, a 500, a timeout or a body that is not the API's may all come
-    after the API accepted (and billed) it, so those are ambiguous (the README's table lists them all)."""
+    after the API accepted (and billed) it, so those are ambiguous (docs/providers/linkmodel.md lists them all)."""
     effective = code if code is not None else status
     if effective == 429 or status == 429:
         return Outcome.RATE_LIMITED

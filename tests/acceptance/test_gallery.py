@@ -1,7 +1,7 @@
 """The HTML report in a real browser: a run against the emulator, rendered by the real CLI, opened in headless
 Chromium from the system's packages and driven over the DevTools protocol (tests/acceptance/browser_kit.py).
 
-Set BATCHER_GALLERY_SHOT=docs/gallery.png to refresh the README's screenshot from the first test.
+Set BATCHER_GALLERY_SHOT=docs/gallery.png to refresh the screenshot of docs/report.md from the first test.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Installing this project as the README says: its own distribution name, a wheel that works, `--version`."""
+"""Installing this project as the README and docs say: its own distribution name, a wheel that works, `--version`."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def _project() -> dict[str, object]:
 
 
 def _readme_commands() -> list[str]:
-    """The lines of the README's shell blocks."""
+    """The lines of the shell blocks of the README and the documentation's pages (docs/install.md has the rest)."""
     lines, inside = [], False
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    texts = [p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]]
+    for line in "\n".join(texts).splitlines():
         if line.startswith("```"):
             inside = line.strip() == "```sh"
             continue
@@ -46,7 +47,7 @@ def test_the_distribution_is_not_the_unrelated_batcher_on_pypi() -> None:
 
 def test_every_install_line_of_the_readme_installs_this_checkout() -> None:
     installs = [c for c in _readme_commands() if re.match(r"(\S*/)?pip3? install\b", c)]
-    assert installs, "the README shows how to install"
+    assert len(installs) >= 4, "the README and the Install page show how to install, from the checkout and a wheel"
     for command in installs:
         targets = [a.strip("'\"") for a in command.split()[2:] if not a.startswith("-")]
         assert targets, command

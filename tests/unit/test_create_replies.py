@@ -1,5 +1,5 @@
 """What a reply to a create proves (client.classify_create): only the contract's refusals prove nothing was
-created; everything else after the request left is an unknown submission (the README's table)."""
+created; everything else after the request left is an unknown submission (the table on docs/providers/linkmodel.md)."""
 
 from __future__ import annotations
 
