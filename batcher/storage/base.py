@@ -57,8 +57,8 @@ class Storage(abc.ABC):
         """Copy within this backend (server-side for a bucket): the bytes never pass through this process."""
 
     @abc.abstractmethod
-    async def list(self, prefix: str) -> list[Listed]:
-        """Every object under `prefix` (a folder or key prefix), at any depth."""
+    async def list(self, folder: str, prefix: str = "") -> list[Listed]:
+        """Every object under `folder`, at any depth, whose name below it starts with `prefix`."""
 
     @abc.abstractmethod
     async def delete(self, location: str) -> None:

@@ -31,8 +31,8 @@ class LocalStorage(Storage):
     async def copy(self, source: str, target: str) -> None:
         await asyncio.to_thread(_copy, Path(source), Path(target))
 
-    async def list(self, prefix: str) -> list[Listed]:
-        return await asyncio.to_thread(_walk, prefix)
+    async def list(self, folder: str, prefix: str = "") -> list[Listed]:
+        return await asyncio.to_thread(_walk, folder, prefix)
 
     async def delete(self, location: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -73,13 +73,12 @@ def _copy(source: Path, target: Path) -> None:
             os.unlink(tmp)
 
 
-def _walk(prefix: str) -> list[Listed]:
+def _walk(folder: str, prefix: str) -> list[Listed]:
     found: list[Listed] = []
-    root = prefix if os.path.isdir(prefix) else os.path.dirname(prefix)
-    for folder, _, names in os.walk(root):
+    for here, _, names in os.walk(folder):
         for name in names:
-            path = os.path.join(folder, name)
-            if path.startswith(prefix):
+            path = os.path.join(here, name)
+            if os.path.relpath(path, folder).replace(os.sep, "/").startswith(prefix):
                 with contextlib.suppress(OSError):
                     found.append(Listed(path, os.stat(path).st_size))
     return found

@@ -52,6 +52,9 @@ async def probe(root: str) -> None:
     try:
         await store.put_new(probe_at, b"batcher write probe\n")
         await store.delete(probe_at)
+        # a run killed between its probe's write and delete left one: gone now (one list of that name prefix)
+        for left in await store.list(root, PROBE_PREFIX):
+            await store.delete(left.location)
     except ObjectExists:
         await store.delete(probe_at)
     except DestinationError:

@@ -9,12 +9,15 @@ is spoken to anonymously, as Google's own client does."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import urllib.parse
 from typing import Any
 
 from batcher.errors import DestinationError
 from batcher.storage.base import Listed, ObjectExists, Storage, split
+
+log = logging.getLogger("batcher")
 
 UPLOAD_TRIES = 4  # a failed write is tried this many times in all, with backoff, before the task is left unsaved
 UPLOAD_BACKOFF_S = 0.25  # first wait; doubled each time
@@ -34,6 +37,7 @@ class FsspecStorage(Storage):
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme
         self._fs: Any = None
+        self._unsigned_said = False
 
     async def _filesystem(self) -> Any:
         if self._fs is None:
@@ -79,9 +83,9 @@ class FsspecStorage(Storage):
         fs = await self._filesystem()
         await fs._cp_file(self._path(source), self._path(target))
 
-    async def list(self, prefix: str) -> list[Listed]:
+    async def list(self, folder: str, prefix: str = "") -> list[Listed]:
         fs = await self._filesystem()
-        found = await fs._find(self._path(prefix), detail=True)
+        found = await fs._find(self._path(folder), detail=True, prefix=prefix)
         return [Listed(f"{self.scheme}://{path}", int(info["size"])) for path, info in sorted(found.items())]
 
     async def delete(self, location: str) -> None:
@@ -93,15 +97,27 @@ class FsspecStorage(Storage):
 
     async def browser_url(self, location: str, expires_s: int) -> str:
         fs = await self._filesystem()
-        if self.scheme == "s3":
-            signed: str = await fs._url(self._path(location), expires=expires_s)
-            return signed
-        if emulator_host():  # an emulator takes no signature: link its download URL
-            _, bucket, key = split(location)
-            quoted = urllib.parse.quote(key, safe="")
+        _, bucket, key = split(location)
+        quoted = urllib.parse.quote(key, safe="")
+        if self.scheme == "gs" and emulator_host():  # an emulator takes no signature: link its download URL
             return f"{emulator_host()}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media"
-        url: str = await asyncio.to_thread(fs.sign, self._path(location), expiration=expires_s)  # local signing
-        return url
+        try:
+            if self.scheme == "s3":
+                signed: str = await fs._url(self._path(location), expires=expires_s)
+                return signed
+            # signed locally with the service account's key (no request)
+            return str(await asyncio.to_thread(fs.sign, self._path(location), expiration=expires_s))
+        except Exception as e:  # credentials that cannot sign (gcloud's user login): a link for a signed-in browser
+            if not self._unsigned_said:
+                self._unsigned_said = True
+                log.warning("cannot sign links to %s://%s objects (%s): the report links them unsigned, for a "
+                            "browser signed in with access", self.scheme, bucket, type(e).__name__)  # fmt: skip
+            path = urllib.parse.quote(key)
+            if self.scheme == "s3":
+                return (
+                    f"{s3_endpoint()}/{bucket}/{path}" if s3_endpoint() else f"https://{bucket}.s3.amazonaws.com/{path}"
+                )
+            return f"https://storage.cloud.google.com/{bucket}/{path}"
 
     async def close(self) -> None:
         fs, self._fs = self._fs, None
