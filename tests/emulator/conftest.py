@@ -8,8 +8,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from batcher.emulator.vertex.server import VertexEmulator
+
+from ..conftest import _servers
 from .emu_helpers import Api, MakeApi, StartEmulator
 from .gemini_helpers import GeminiApi, MakeGemini, StartGemini
+from .vertex_helpers import StartVertex
 
 
 @pytest.fixture
@@ -43,3 +47,10 @@ async def make_gemini(start_gemini: StartGemini, session: aiohttp.ClientSession)
         return GeminiApi(session, await start_gemini(**knobs))
 
     return make
+
+
+@pytest.fixture
+async def start_vertex() -> AsyncIterator[StartVertex]:
+    """`await start_vertex(dsq_429_rate=1.0, ...)`: a Vertex AI emulator on a loopback port, closed after the test."""
+    async with _servers(VertexEmulator) as start:
+        yield start
