@@ -13,7 +13,7 @@ from batcher.emulator.vertex.server import VertexEmulator
 from ..conftest import _servers
 from .emu_helpers import Api, MakeApi, StartEmulator
 from .gemini_helpers import GeminiApi, MakeGemini, StartGemini
-from .vertex_helpers import StartVertex
+from .vertex_helpers import MakeVertex, StartVertex, VertexApi, credentials, fetch_token
 
 
 @pytest.fixture
@@ -54,3 +54,15 @@ async def start_vertex() -> AsyncIterator[StartVertex]:
     """`await start_vertex(dsq_429_rate=1.0, ...)`: a Vertex AI emulator on a loopback port, closed after the test."""
     async with _servers(VertexEmulator) as start:
         yield start
+
+
+@pytest.fixture
+def make_vertex(start_vertex: StartVertex, session: aiohttp.ClientSession) -> MakeVertex:
+    """A factory: ``vx = await make_vertex(dsq_429_rate=1.0)``: a VertexApi holding a token google-auth fetched
+    with a key file the emulator issued; `vx.emu` is the emulator behind it."""
+
+    async def make(**knobs: Any) -> VertexApi:
+        emu = await start_vertex(**knobs)
+        return VertexApi(session, emu, await fetch_token(credentials(emu.new_key_file())))
+
+    return make

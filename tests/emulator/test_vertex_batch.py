@@ -4,31 +4,17 @@ on a clock the test moves, rows exported as the job runs, and billing counted pe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import pytest
 
 from .emu_helpers import LITE
 from .gemini_helpers import image_request
-from .vertex_helpers import StartVertex, VertexApi, credentials, fetch_token, rows_jsonl
+from .vertex_helpers import MakeVertex, VertexApi, rows_jsonl
 
 PROMPTS = tuple(f"prompt {n}" for n in range(6))
 INPUT = "gs://bkt/stage/in.jsonl"
-
-
-@pytest.fixture
-async def api(start_vertex: StartVertex) -> AsyncIterator[Any]:
-    """`await api(**knobs)`: a VertexApi with a real token, on an emulator with those knobs."""
-    async with aiohttp.ClientSession() as session:
-
-        async def make(**knobs: Any) -> VertexApi:
-            emu = await start_vertex(**knobs)
-            return VertexApi(session, emu, await fetch_token(credentials(emu.new_key_file())))
-
-        yield make
 
 
 async def _staged(api: VertexApi, data: bytes = rows_jsonl(*PROMPTS)) -> None:
@@ -39,8 +25,8 @@ def _all_lines(outputs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return [line for lines in outputs.values() for line in lines]
 
 
-async def test_a_job_runs_from_queued_to_succeeded_and_writes_several_files(api: Any) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:100", batch_queued_s=50, batch_output_files=3)
+async def test_a_job_runs_from_queued_to_succeeded_and_writes_several_files(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_latency="fixed:100", batch_queued_s=50, batch_output_files=3)
     emu = vx.emu
     bad = json.dumps({"key": "broken", "request": {"contents": []}}).encode()
     await _staged(vx, rows_jsonl(*PROMPTS) + bad + b"\n")
@@ -79,8 +65,8 @@ async def test_a_job_runs_from_queued_to_succeeded_and_writes_several_files(api:
     assert stats.jobs_by_state == {"JOB_STATE_SUCCEEDED": 1}
 
 
-async def test_rows_finished_before_a_cancel_are_kept_and_billed(api: Any) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:100", batch_cancel_s=30)
+async def test_rows_finished_before_a_cancel_are_kept_and_billed(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_latency="fixed:100", batch_cancel_s=30)
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     vx.emu.advance(10 + 45)  # pending for 10 s, then 45 of 90 s of rows: 3 of 6 done
@@ -112,9 +98,9 @@ async def test_rows_finished_before_a_cancel_are_kept_and_billed(api: Any) -> No
     ],
 )
 async def test_a_job_that_fails_or_half_succeeds_keeps_the_rows_it_finished(
-    api: Any, knobs: dict[str, Any], state: str, billed: int, stats: dict[str, str]
+    make_vertex: MakeVertex, knobs: dict[str, Any], state: str, billed: int, stats: dict[str, str]
 ) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:100", **knobs)
+    vx: VertexApi = await make_vertex(batch_latency="fixed:100", **knobs)
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     vx.emu.advance(200)
@@ -125,8 +111,8 @@ async def test_a_job_that_fails_or_half_succeeds_keeps_the_rows_it_finished(
     assert vx.emu.stats.batch_rows_billed == billed
 
 
-async def test_a_job_queued_past_its_expiry_ends_expired_having_run_nothing(api: Any) -> None:
-    vx: VertexApi = await api(batch_queued_s=5000, batch_expiry_s=3600, token_lifetime_s=7200)
+async def test_a_job_queued_past_its_expiry_ends_expired_having_run_nothing(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_queued_s=5000, batch_expiry_s=3600, token_lifetime_s=7200)
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     vx.emu.advance(3600)
@@ -135,8 +121,8 @@ async def test_a_job_queued_past_its_expiry_ends_expired_having_run_nothing(api:
     assert vx.emu.stats.batch_rows_billed == 0
 
 
-async def test_a_job_whose_input_is_gone_when_it_starts_fails(api: Any) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:100")
+async def test_a_job_whose_input_is_gone_when_it_starts_fails(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_latency="fixed:100")
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     deleted = await vx.call("DELETE", f"{vx.emu.origin}/storage/v1/b/bkt/o/stage%2Fin.jsonl", auth=False)
@@ -147,8 +133,10 @@ async def test_a_job_whose_input_is_gone_when_it_starts_fails(api: Any) -> None:
     assert vx.emu.stats.batch_rows_billed == 0
 
 
-async def test_rows_fail_or_are_refused_at_the_configured_rates(api: Any) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:10", batch_line_fail_rate=0.3, batch_line_refusal_rate=0.3, seed=7)
+async def test_rows_fail_or_are_refused_at_the_configured_rates(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(
+        batch_latency="fixed:10", batch_line_fail_rate=0.3, batch_line_refusal_rate=0.3, seed=7
+    )
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     vx.emu.advance(20)
@@ -168,8 +156,8 @@ async def test_rows_fail_or_are_refused_at_the_configured_rates(api: Any) -> Non
     assert ended["completionStats"].get("failedCount") == str(len(failed))
 
 
-async def test_listing_filters_by_display_name_pages_and_lags(api: Any) -> None:
-    vx: VertexApi = await api(batch_list_lag_s=30)
+async def test_listing_filters_by_display_name_pages_and_lags(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_list_lag_s=30)
     await _staged(vx)
     assert (await vx.list_jobs()).body == {}  # an empty listing is {}
     for name in ("a", "b", "a", "a"):
@@ -191,8 +179,8 @@ async def test_listing_filters_by_display_name_pages_and_lags(api: Any) -> None:
     assert bad.status == 400 and bad.body["error"]["status"] == "INVALID_ARGUMENT"
 
 
-async def test_creates_that_fail_before_or_after_making_the_job(api: Any) -> None:
-    vx: VertexApi = await api(batch_create_503_rate=1.0)
+async def test_creates_that_fail_before_or_after_making_the_job(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_create_503_rate=1.0)
     await _staged(vx)
     refused = await vx.create_job(INPUT, display_name="s")
     assert refused.status == 503 and vx.emu.stats.jobs_created == 0
@@ -203,8 +191,8 @@ async def test_creates_that_fail_before_or_after_making_the_job(api: Any) -> Non
     assert len(listed) == 1 and vx.emu.stats.jobs_by_display_name == {"s": 1}  # made, though the reply was lost
 
 
-async def test_delete_needs_an_ended_job(api: Any) -> None:
-    vx: VertexApi = await api(batch_latency="fixed:10")
+async def test_delete_needs_an_ended_job(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(batch_latency="fixed:10")
     await _staged(vx)
     job = (await vx.create_job(INPUT)).body
     early = await vx.job(job["name"], "DELETE")
@@ -215,8 +203,8 @@ async def test_delete_needs_an_ended_job(api: Any) -> None:
     assert (await vx.job(job["name"])).status == 404
 
 
-async def test_jobs_need_a_token_an_allowed_project_and_a_known_model(api: Any) -> None:
-    vx: VertexApi = await api()
+async def test_jobs_need_a_token_an_allowed_project_and_a_known_model(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex()
     await _staged(vx)
     unknown = await vx.create_job(INPUT, model="imagen-9")
     assert unknown.status == 404

@@ -3,31 +3,17 @@ Quota 429s (drawn, or from a capacity per second on the emulator's clock), fault
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
 
 import aiohttp
 import pytest
 
 from .gemini_helpers import image_request
-from .vertex_helpers import StartVertex, VertexApi, credentials, fetch_token
+from .vertex_helpers import MakeVertex, VertexApi
 
 
-@pytest.fixture
-async def api(start_vertex: StartVertex) -> AsyncIterator[Any]:
-    """`await api(**knobs)`: a VertexApi with a real token, on an emulator with those knobs."""
-    async with aiohttp.ClientSession() as session:
-
-        async def make(**knobs: Any) -> VertexApi:
-            emu = await start_vertex(**knobs)
-            return VertexApi(session, emu, await fetch_token(credentials(emu.new_key_file())))
-
-        yield make
-
-
-async def test_refusals_and_blocks_are_not_billed(api: Any) -> None:
-    vx: VertexApi = await api(refusal_rate=1.0, refusal_reason="IMAGE_PROHIBITED_CONTENT")
+async def test_refusals_and_blocks_are_not_billed(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(refusal_rate=1.0, refusal_reason="IMAGE_PROHIBITED_CONTENT")
     refused = await vx.generate(image_request("no"))
     assert refused.status == 200 and refused.body["candidates"][0]["finishReason"] == "IMAGE_PROHIBITED_CONTENT"
     assert "content" not in refused.body["candidates"][0] and "createTime" in refused.body
@@ -40,8 +26,8 @@ async def test_refusals_and_blocks_are_not_billed(api: Any) -> None:
     assert (stats.refusals, stats.blocked, stats.images_billed) == (2, 1, 0)
 
 
-async def test_dynamic_shared_quota_429_carries_no_retry_hint(api: Any) -> None:
-    vx: VertexApi = await api(dsq_429_rate=1.0)
+async def test_dynamic_shared_quota_429_carries_no_retry_hint(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(dsq_429_rate=1.0)
     reply = await vx.generate()
     assert reply.status == 429
     error = reply.body["error"]
@@ -52,8 +38,8 @@ async def test_dynamic_shared_quota_429_carries_no_retry_hint(api: Any) -> None:
     assert (vx.emu.stats.dsq_429s, vx.emu.stats.images_billed) == (1, 0)
 
 
-async def test_dynamic_shared_quota_capacity_per_second(api: Any) -> None:
-    vx: VertexApi = await api(rate_limit=2.0, burst=2.0)
+async def test_dynamic_shared_quota_capacity_per_second(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(rate_limit=2.0, burst=2.0)
     statuses = [(await vx.generate()).status for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
     vx.emu.advance(1.0)  # two more tokens on the emulator's clock
@@ -61,8 +47,8 @@ async def test_dynamic_shared_quota_capacity_per_second(api: Any) -> None:
     assert (vx.emu.stats.images_billed, vx.emu.stats.dsq_429s) == (4, 3)
 
 
-async def test_server_errors_bill_nothing_and_a_lost_reply_is_billed(api: Any) -> None:
-    vx: VertexApi = await api(error_503_rate=1.0)
+async def test_server_errors_bill_nothing_and_a_lost_reply_is_billed(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(error_503_rate=1.0)
     assert (await vx.generate()).status == 503
     vx.emu.configure(error_503_rate=0.0, error_500_rate=1.0)
     assert (await vx.generate()).status == 500
@@ -74,16 +60,16 @@ async def test_server_errors_bill_nothing_and_a_lost_reply_is_billed(api: Any) -
     assert stats.requests["generate"] == {0: 1, 500: 1, 503: 1}
 
 
-async def test_bad_bodies_are_invalid_arguments(api: Any) -> None:
-    vx: VertexApi = await api()
+async def test_bad_bodies_are_invalid_arguments(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex()
     reply = await vx.generate({"contents": []})
     assert reply.status == 400 and reply.body["error"]["status"] == "INVALID_ARGUMENT"
     ratio = await vx.generate(image_request(ratio="7:5"))
     assert ratio.status == 400 and "aspectRatio" in ratio.body["error"]["message"]
 
 
-async def test_stats_and_knobs_over_the_admin_routes(api: Any) -> None:
-    vx: VertexApi = await api(latency="fixed:5")
+async def test_stats_and_knobs_over_the_admin_routes(make_vertex: MakeVertex) -> None:
+    vx: VertexApi = await make_vertex(latency="fixed:5")
     origin = vx.emu.origin
     async with vx.session.post(f"{origin}/_emulator/config", json={"latency": "fixed:0", "dsq_429_rate": 0.5}) as r:
         assert r.status == 200 and (await r.json())["dsq_429_rate"] == 0.5

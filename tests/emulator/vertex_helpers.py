@@ -18,6 +18,7 @@ from .emu_helpers import LITE, Reply
 from .gemini_helpers import image_request
 
 StartVertex = Callable[..., Awaitable[VertexEmulator]]
+MakeVertex = Callable[..., Awaitable["VertexApi"]]
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
