@@ -76,7 +76,12 @@ def vertex_config(given: dict[str, Any], own: dict[str, Any]) -> VertexConfig:
 
 async def serve_vertex(config: VertexConfig, ready_prefix: str, key_file: Path | None) -> None:
     """Serve until SIGINT or SIGTERM; print the ready line a parent process waits for."""
-    from batcher.emulator.vertex.server import VertexEmulator
+    try:
+        from batcher.emulator.vertex.server import VertexEmulator
+    except ImportError as exc:  # it checks service-account signatures with cryptography
+        raise click.ClickException(
+            f"the Vertex emulator needs {exc.name}: pip install 'batcher-images[vertex]'"
+        ) from None
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

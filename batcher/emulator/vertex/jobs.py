@@ -75,6 +75,7 @@ class Job:
     error: str | None = None  # why it failed
     output_dir: str | None = None  # gs://.../prediction-model-<time>/
     files: dict[int, list[bytes]] = field(default_factory=dict)  # output file index -> its lines
+    output_files: int = 1  # how many files its rows are spread across, fixed when it starts
     ended: str | None = None
     deleted: bool = False
 

@@ -113,6 +113,7 @@ def _start(state: VertexState, job: Job) -> None:
         row.file_index = position % config.batch_output_files
         row.done_at = job.running_at + run_s * (position + 1) / len(order) if position < ran else NEVER
     job.rows = rows
+    job.output_files = config.batch_output_files
     wall = state.wall(job.running_at)
     job.output_dir = f"{job.output_prefix}/prediction-model-{rfc3339(wall)}/"
 
@@ -167,9 +168,8 @@ def _export(state: VertexState, job: Job, until: float) -> None:
         touched.add(row.file_index)
         _bill(state.stats, job, row)
     bucket, prefix = split_gs(job.output_dir)
-    files = state.config.batch_output_files
     for index in sorted(touched):
-        name = f"{prefix}predictions-{index:05d}-of-{files:05d}.jsonl"
+        name = f"{prefix}predictions-{index:05d}-of-{job.output_files:05d}.jsonl"
         data = b"".join(job.files[index])
         state.store.put(bucket, name, data, OUTPUT_MIME, state.wall(until))
         state.stats.objects_written += 1
