@@ -134,3 +134,18 @@ async def test_express_mode_takes_an_api_key_and_no_project(start_vertex: StartV
         assert missing.status == 401
     stats = emu.stats
     assert (stats.express_requests, stats.images_billed, stats.billed_by_project) == (1, 1, {"express": 1})
+
+
+def test_the_suite_never_asks_the_metadata_server() -> None:
+    """tests/conftest.py points google-auth away from 169.254.169.254 before it is imported: it neither probes
+    for Compute Engine nor could reach a metadata server (its address is a closed loopback port)."""
+    from google.auth.compute_engine import _metadata
+    from google.auth.transport.requests import Request
+
+    assert _metadata._NO_GCE_CHECK and not _metadata.is_on_gce(Request())  # type: ignore[no-untyped-call]
+    host = _metadata._GCE_METADATA_HOST
+    assert (
+        host is not None
+        and host.startswith("127.0.0.1:")
+        and _metadata._get_metadata_ip_root(False).startswith("http://127.0.0.1:")
+    )
