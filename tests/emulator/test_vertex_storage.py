@@ -4,13 +4,14 @@ to write, list, read and delete, with Google's preconditions and paging."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import aiohttp
 import pytest
 from gcsfs.core import GCSFileSystem
 
-from .vertex_helpers import StartVertex, VertexApi
+from .vertex_helpers import MakeVertex, StartVertex, VertexApi, rows_jsonl
 
 
 def _fs() -> GCSFileSystem:
@@ -93,3 +94,22 @@ async def test_uploads_preconditions_paging_and_misses_over_the_json_api(start_v
         empty = await api.call("GET", f"{emu.origin}/storage/v1/b/bkt/o", auth=False, params={"prefix": "zzz"})
         assert empty.body == {"kind": "storage#objects"}
         assert (await api.call("GET", f"{emu.origin}/storage/v1/b/nobucket/o", auth=False)).status == 404
+
+
+def _outputs_through_gcsfs(prefix: str) -> list[bytes]:
+    fs = _fs()
+    return [fs.cat(path) for path in fs.find(prefix) if path.endswith(".jsonl")]
+
+
+async def test_gcsfs_reads_a_jobs_output_files(make_vertex: MakeVertex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output folders are named by a timestamp (colons and all): gcsfs finds and reads every file in them."""
+    vx = await make_vertex(batch_latency="fixed:10", batch_output_files=2)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", vx.emu.origin)
+    assert (await vx.put_object("bkt", "in.jsonl", rows_jsonl("a", "b", "c"))).status == 200
+    job = (await vx.create_job("gs://bkt/in.jsonl", "gs://bkt/out")).body
+    vx.emu.advance(20)
+    directory = (await vx.job(job["name"])).body["outputInfo"]["gcsOutputDirectory"]
+    files = await asyncio.to_thread(_outputs_through_gcsfs, directory.removeprefix("gs://"))
+    assert len(files) == 2
+    keys = sorted(json.loads(line)["key"] for data in files for line in data.splitlines())
+    assert keys == ["a", "b", "c"]

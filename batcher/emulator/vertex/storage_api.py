@@ -13,6 +13,7 @@ import binascii
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -58,7 +59,7 @@ class Resumable:
 class StorageApi:
     """Handlers over one ObjectStore; `wall` gives the wall time stamped on objects."""
 
-    def __init__(self, store: ObjectStore, stats: VertexStats, wall: Any) -> None:
+    def __init__(self, store: ObjectStore, stats: VertexStats, wall: Callable[[], float]) -> None:
         self.store = store
         self.stats = stats
         self.wall = wall
