@@ -56,7 +56,7 @@ async def test_a_run_from_a_task_list_is_paid_once_and_the_same_call_again_is_fr
     assert (result.job, result.succeeded, result.failed, result.pending) == ("foxes", 5, 0, 0)
     assert emu.stats.successes == 5 and emu.stats.creates_accepted == 5
     assert result.cost_usd == result.online_cost_usd == emu.stats.successes * PRICE
-    assert (result.batch_cost_usd, result.unknown_submissions) == (0, 0)
+    assert (result.batch_cost_usd, result.unknown_submissions) == (Decimal(0), 0)
     assert [t.name for t in result.tasks] == [f"fox-{i}" for i in range(5)]
     for t in result.tasks:
         data = Path(str(t.file)).read_bytes()
@@ -102,7 +102,7 @@ async def test_cancelling_arun_midway_stops_gracefully_and_the_same_call_resumes
     emu = await start_emu(latency=Latency("fixed", 0.4))
     point_at(monkeypatch, emu.base_url, emu.api_key)
     db = str(api_env / "c.db")
-    call = dict(job="slow", db=db, output="out", rate_limit={"requests_per_second": 20})
+    call: dict[str, Any] = {"job": "slow", "db": db, "output": "out", "rate_limit": {"requests_per_second": 20}}
     run = asyncio.create_task(batcher.arun(tasks(12), **call))
     for _ in range(2000):  # until some creates are accepted, and not all of the tasks are done
         if emu.stats.creates_accepted >= 3 or run.done():
