@@ -24,7 +24,7 @@ PRICE = 0.067
 
 def gemini_env(emu: GeminiEmulator | None, **extra: str) -> dict[str, str]:
     env = cli_env(None, **extra)
-    for k in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL"):
+    for k in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"):
         env.pop(k, None)
     if emu is not None:
         env["GEMINI_BASE_URL"] = emu.origin
