@@ -80,7 +80,6 @@ from batcher.providers.gemini_settings import KEY_ENVS, GeminiSettings
 from batcher.providers.gemini_wire import (
     DETAIL_CHARS,
     KEY_HEADER,
-    KEY_HINT,
     TRANSIENT_5XX,
     Garbled,
     ImageReply,
@@ -204,8 +203,7 @@ class GeminiProvider(SessionOwner[GeminiSettings]):
         first_line = message.splitlines()[0] if message else "HTTP 429"
         if any("PerDay" in q for q in quotas):
             until = next_quota_day(self._now())
-            when = dt.datetime.fromtimestamp(until, QUOTA_TZ).isoformat()
-            msg = f"the Gemini per-day quota is used up ({', '.join(quotas)}): no creates until {when}"
+            msg = ", ".join(quotas)  # QuotaError.spent says what it is and when it resets, once
             return QuotaExhausted(call("quota_exhausted", msg), msg, until=until)
         wait = retry_delay(error)
         wait = wait if wait is not None else retry_after
@@ -222,7 +220,7 @@ class GeminiProvider(SessionOwner[GeminiSettings]):
         message = self._scrub(str(error.get("message") or "")) if error else ""
         what = f"HTTP {code}" + (f" {api_status}" if api_status else "") + (f": {message}" if message else "")
         if code in (401, 403) or (code == 400 and "API_KEY_INVALID" in reasons(error)):
-            msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
+            msg = what  # AuthError.rejected says what to check, once
             return AuthRejected(call("auth", msg), msg)
         if code == 408:
             return Transient(call("transient", what), what)
