@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from batcher.session import RetryOutcome
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
+STATUSES = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")  # `status`'s order
 PROMPT_CHARS = 48  # of a prompt in the report's table; JSON, CSV and the HTML page carry it whole
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -69,14 +71,20 @@ def status_table(
     workers: Sequence[Mapping[str, Any]],
     shards: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    statuses = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")
-    table = Table(title="Jobs", title_justify="left")
-    table.add_column("job")
-    for s in (*statuses, "total"):
-        table.add_column(s, justify="right")
+    # only the statuses some job has, headers never cut: a table too wide for the terminal becomes a line a job
+    shown = [s for s in STATUSES if any(c.get(s, 0) for c in counts.values())]
+    table = Table(title="Jobs", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("job", no_wrap=True)
+    for s in (*shown, "total"):
+        table.add_column(s, justify="right", no_wrap=True)
     for job, c in sorted(counts.items()):
-        table.add_row(job, *(str(c.get(s, 0)) for s in statuses), str(sum(c.values())))
-    stdout.print(table)
+        table.add_row(job, *(str(c.get(s, 0)) for s in shown), str(sum(c.values())))
+    if stdout.measure(table, options=stdout.options.update_width(10_000)).maximum <= stdout.width:
+        stdout.print(table)
+    else:
+        lines = [f"job {job}: " + ", ".join(f"{s} {c[s]}" for s in shown if c.get(s)) + f"; total {sum(c.values())}"
+                 for job, c in sorted(counts.items())]  # fmt: skip
+        stdout.print("Jobs\n" + "\n".join(lines), highlight=False, soft_wrap=False)
     if workers:
         wt = Table(title="Workers", title_justify="left")
         for col in ("worker", "host", "pid", "jobs", "heartbeat", "holds"):
