@@ -150,6 +150,16 @@ class BudgetError(BatcherError):
     result: Any = None  # from the Python API: the job's JobResult when the budget stopped it
 
 
+class SpendCapError(BudgetError):
+    """The spending cap of the account at the provider is reached: nothing more is created; everything done is
+    kept. Raise the cap there, then run again to go on."""
+
+    @classmethod
+    def reached(cls, provider: str, detail: str) -> SpendCapError:
+        return cls(f"the spending cap was reached at the provider ({provider}: {detail}): nothing more is created "
+                   "and everything done is kept; raise the cap there, then run again to go on")  # fmt: skip
+
+
 # --- the run ------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from batcher import cache
-from batcher.errors import AuthError, BatcherError, QuotaError
+from batcher.errors import AuthError, BatcherError, QuotaError, SpendCapError
 from batcher.imageinfo import ImageInfo
 from batcher.models import Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, target_path, with_real_extension
@@ -28,6 +28,7 @@ from batcher.providers.base import (
     RateLimited,
     Request,
     Running,
+    SpendCapReached,
     SubmitOutcome,
     Unknown,
 )
@@ -191,6 +192,10 @@ class LifecyclePart(RunnerBase):
             await self.store.retry_later(task, now, outcome.message, call, now, refund_attempt=True,
                                          release_micros=unit)  # fmt: skip
             raise AuthError.rejected(outcome.message, self.provider.key_env)
+        if isinstance(outcome, SpendCapReached):  # not a rate to wait out: stop creating, as a budget does
+            await self.store.retry_later(task, now, outcome.message, call, now, refund_attempt=True,
+                                         release_micros=unit)  # fmt: skip
+            raise SpendCapError.reached(self.provider.name, outcome.message)
         if isinstance(outcome, QuotaExhausted):
             await self.store.retry_later(task, outcome.until, quota_note(outcome.message), call, now,
                                          refund_attempt=True, release_micros=unit)  # fmt: skip

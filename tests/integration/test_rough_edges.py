@@ -100,3 +100,26 @@ async def test_a_run_with_nothing_in_flight_says_what_it_waits_for_and_until_whe
     assert any(d.startswith("nothing in flight: waiting until " + until) and "HTTP 503 overloaded" in d
                for d in lines), lines  # fmt: skip
     assert emu.stats.creates_accepted == 2  # it waited: the task due in an hour was not sent
+
+
+async def test_a_429_naming_the_spending_cap_stops_creating_and_ends_as_a_budget_stop(
+    gemini_env: Path, start_gemini: StartGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a rate limit to wait out: no wait brings it back. The run stops creating, keeps everything, and ends
+    with the budget's exit code and a line saying the cap was reached at the provider."""
+    emu = await start_gemini(spend_cap_images=2)
+    monkeypatch.setenv("GEMINI_BASE_URL", emu.origin)
+    monkeypatch.setenv("GEMINI_API_KEY", emu.api_key)
+    call: dict[str, Any] = {"job": "cap", "db": str(gemini_env / "cap.db"), "output": "out", "provider": "gemini"}
+    with pytest.raises(batcher.BudgetError) as caught:
+        await asyncio.wait_for(batcher.arun(tasks(6), **call), 15)
+    error = caught.value
+    assert error.exit_code == 3 and "\n" not in error.message
+    assert "spending cap" in error.message and "reached at the provider" in error.message, error.message
+    assert emu.stats.images_billed == 2 and emu.stats.rate_limited <= 2  # it stopped creating at the first
+    report = batcher.report("cap", db=call["db"])
+    assert (report.succeeded, report.failed, report.pending) == (2, 0, 4)  # kept, nothing failed for it
+
+    emu.configure(spend_cap_images=None)  # the cap raised: the same call finishes the job
+    result = await asyncio.wait_for(batcher.arun(tasks(6), **call), 15)
+    assert result.succeeded == 6 and emu.stats.images_billed == 6
