@@ -122,7 +122,7 @@ class RunnerBase:
     def _fail_run(self, error: BatcherError) -> None:
         if self._fatal is None:
             self._fatal = error
-            log.error("%s", error.message)
+            log.info("stopping: %s", error.message)  # said once, by whoever ends the run (the CLI's last line)
         self._wake.set()
 
     def _unit(self, task: Task) -> int:
