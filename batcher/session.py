@@ -532,6 +532,9 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
 
 @dataclass(frozen=True)
 class RetryOutcome:
+    """What `retry` did or would do (`dry_run`): the plan (tasks created again per model, fetched again, by
+    cause, left failed), what creating them again may cost at most, and how many were put back."""
+
     job: str
     plan: RetryPlan
     cost_micros: int  # at most: every task created again billed at its unit price
