@@ -7,6 +7,9 @@ import asyncio
 import hashlib
 import importlib
 import importlib.util
+import os
+import signal
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -157,3 +160,45 @@ def test_the_public_names_are_exported_typed_and_documented() -> None:
 
     assert callable(batcher.report) and batcher.report.__module__ == "batcher.api"
     assert (Path(batcher.__file__).parent / "py.typed").exists()
+
+
+SCRIPT = """
+import sys
+import batcher
+tasks = [{"prompt": f"a fox in the snow, number {i}", "name": f"fox-{i}"} for i in range(12)]
+try:
+    batcher.run(tasks, job="ctrlc", db=sys.argv[1], output="out", rate_limit={"requests_per_second": 20})
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+async def test_ctrl_c_in_run_stops_as_the_cli_does_and_the_same_call_resumes(
+    api_env: Path, start_emu: StartEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = await start_emu(latency=Latency("fixed", 0.4))
+    point_at(monkeypatch, emu.base_url, emu.api_key)
+    env = dict(os.environ)
+    db = str(api_env / "i.db")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SCRIPT, db, env=env, cwd=str(api_env),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    for _ in range(4000):  # until some creates are accepted
+        if emu.stats.creates_accepted >= 3 or proc.returncode is not None:
+            break
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out.decode().strip()) == (130, "interrupted"), err.decode()
+    assert "Traceback" not in err.decode()
+    created = emu.stats.creates_accepted
+    assert 0 < created < 12
+    store = await Store.open(db, create=False)
+    try:
+        assert "submitting" not in (await store.status_counts())["ctrlc"]  # creates on the wire recorded
+    finally:
+        await store.close()
+    tasks12 = [{"prompt": f"a fox in the snow, number {i}", "name": f"fox-{i}"} for i in range(12)]
+    result = await batcher.arun(tasks12, job="ctrlc", db=db, output="out", rate_limit={"requests_per_second": 20})
+    assert result.succeeded == 12 and emu.stats.creates_accepted == 12  # nothing created twice
+    assert result.cost_usd == emu.stats.successes * PRICE
