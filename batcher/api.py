@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batcher.config import db_from
 from batcher.errors import BudgetError, ConfigError
@@ -23,6 +23,9 @@ from batcher.estimate import Estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.models import RETRY_CHOICES, RETRY_DEFAULT
 from batcher.results import JobResult, Progress, Status
+
+if TYPE_CHECKING:
+    from batcher.session import RetryOutcome
 
 T = TypeVar("T")
 Source = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
@@ -283,7 +286,7 @@ def retry(
     recreate: bool = False,
     dry_run: bool = False,
     price: Decimal | float | str | None = None,
-) -> Any:
+) -> RetryOutcome:
     """Put the job's failed tasks back to work, by cause; the next `run` does them. Returns a RetryOutcome:
     `plan` (tasks, by cause, created again by model, fetched again, left failed), `cost_micros` (at most) and
     `done` (tasks put back; 0 with `dry_run`, which changes nothing).
