@@ -111,9 +111,9 @@ class Progress:
     in_flight: int
     """Between create and download now."""
     requests: int
-    """Creates this run sent."""
+    """API requests this run sent (creates and checks)."""
     requests_per_second: float
-    """Creates per second, this run."""
+    """API requests per second, this run (the req/s the terminal shows)."""
     spent_usd: Decimal
     """What the job has cost so far."""
     detail: str
