@@ -111,6 +111,7 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "remote_task_id": r["remote_task_id"],
             "file": r["output_path"],
             "sha256": r["sha256"],
+            "bytes": r["bytes"],
             "cost_usd": str(micros_to_usd(r["cost_micros"])),
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,

@@ -109,7 +109,15 @@ def write_manifest(tmp_path: Path) -> WriteManifest:
 @pytest.fixture(autouse=True)
 def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach for a real key or endpoint from the developer's environment."""
-    for var in ("LINKMODEL_API_KEY", "LINKMODEL_BASE_URL", "BATCHER_DB", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+    for var in (
+        "LINKMODEL_API_KEY",
+        "LINKMODEL_BASE_URL",
+        "BATCHER_DB",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GEMINI_BASE_URL",
+        "GOOGLE_GEMINI_BASE_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
