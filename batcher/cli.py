@@ -354,8 +354,7 @@ def _report_runs(outcomes: list[session.RunSummary], as_json: bool) -> None:
                        f"held there ({held}): collect them with `--provider NAME`; they are never sent twice",
                        err=True)  # fmt: skip
         elif result.reason == StopReason.BUDGET:
-            click.echo(f"batcher: budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); "
-                       f"{result.left} tasks left to do", err=True)  # fmt: skip
+            click.echo(f"batcher: {outcome.budget_message}", err=True)
         if head["failed"] and outcome.retry_hint:
             click.echo(f"batcher: {head['failed']} tasks failed; to try them again: {outcome.retry_hint} "
                        f"(--dry-run shows what it would cost), then {outcome.resume_hint}", err=True)  # fmt: skip
@@ -429,18 +428,9 @@ def import_(manifest: str, db: str, price: Decimal | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(db: str, as_json: bool) -> None:
     """Jobs in the store with their tasks per status, and the workers at work."""
+    from batcher.overview import store_status
 
-    async def go() -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], list[dict[str, Any]]]:
-        store = await Store.open(db, create=False)  # reading: an absent store is not created
-        try:
-            shards = [{"job": job, "display_name": s.display_name, "state": s.state, "requests": s.requests,
-                       "remote_name": s.remote_name, "detail": s.detail or ""}
-                      for job, s in await store.recent_shards()]  # fmt: skip
-            return await store.status_counts(), [dict(w) for w in await store.live_workers()], shards
-        finally:
-            await store.close()
-
-    counts, workers, shards = _run(go())
+    counts, workers, shards = _run(store_status(db))
     if as_json:
         click.echo(json.dumps({"jobs": counts, "workers": workers, "shards": shards}, indent=2))
     else:

@@ -40,11 +40,24 @@ def db_from(option: str | None, env: Mapping[str, str] = os.environ) -> str:
     return option or env.get("BATCHER_DB") or DEFAULT_DB
 
 
-def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
-    """The price of one successful call: an explicit override, else the model's price in the provider's table."""
+def image_price(provider: str, route: str, model: str, override: Decimal | None = None) -> Decimal:
+    """The price of one image of `model` through `provider` by `route` ("online" or "batch"): `override` (the
+    command line's or the manifest's price for that route) when given, else the provider's table. The one place
+    a price is worked out: estimate, diff, run, report and retry all ask it.
+
+    A batch price comes from `batch: price_usd` or the table, never from the online `price_usd` halved: a user
+    who negotiated an online price has not told us what a batch costs. UnknownPriceError when neither says."""
     if override is not None:
         return override
-    facts = provider_facts(provider).model(model)
+    table = provider_facts(provider)
+    facts = table.model(model)
+    if route == "batch":
+        if facts is None or facts.batch_price_usd is None:
+            why = "has no batch mode" if not table.batch_mode else f"publishes no batch price for model {model!r}"
+            raise UnknownPriceError(
+                f"no batch price is known: {table.label} {why}; set batch.price_usd in the manifest"
+            )
+        return facts.batch_price_usd
     if facts is None or facts.price_usd is None:
         raise UnknownPriceError(
             f"no price is known for model {model!r}: set price_usd in the manifest or --price on the command line"
@@ -52,18 +65,14 @@ def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PRO
     return facts.price_usd
 
 
+def unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
+    """The online price of one successful call (see `price`)."""
+    return image_price(provider, "online", model, override)
+
+
 def batch_unit_price(model: str, override: Decimal | None, provider: str = DEFAULT_PROVIDER) -> Decimal:
-    """The price of one image by the provider's batch mode: the manifest's `batch: price_usd`, else the model's
-    batch price in the provider's table. (The online override, price_usd, is not halved into one: a user who
-    negotiated an online price has not told us what a batch costs.)"""
-    if override is not None:
-        return override
-    table = provider_facts(provider)
-    facts = table.model(model)
-    if facts is None or facts.batch_price_usd is None:
-        why = "has no batch mode" if not table.batch_mode else f"publishes no batch price for model {model!r}"
-        raise UnknownPriceError(f"no batch price is known: {table.label} {why}; set batch.price_usd in the manifest")
-    return facts.batch_price_usd
+    """The price of one image by the provider's batch mode (see `price`)."""
+    return image_price(provider, "batch", model, override)
 
 
 def batch_prices(settings: JobSettings) -> Callable[[str], Decimal] | None:
@@ -71,7 +80,7 @@ def batch_prices(settings: JobSettings) -> Callable[[str], Decimal] | None:
     if not provider_facts(settings.provider).batch_mode:
         return None
     override, provider = settings.batch_price_usd, settings.provider
-    return lambda model: batch_unit_price(model, override, provider)
+    return lambda model: image_price(provider, "batch", model, override)
 
 
 @dataclass(frozen=True)

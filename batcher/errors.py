@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -139,6 +140,24 @@ class QuotaError(BatcherError):
             f"{when} here: run again then to go on; nothing was lost",
             until,
         )
+
+
+class BudgetError(BatcherError):
+    """The budget was reached: nothing more is created; everything done is kept. Raise it, or run again, with a
+    larger budget to go on."""
+
+    exit_code = ExitCode.BUDGET
+    result: Any = None  # from the Python API: the job's JobResult when the budget stopped it
+
+
+class SpendCapError(BudgetError):
+    """The spending cap of the account at the provider is reached: nothing more is created; everything done is
+    kept. Raise the cap there, then run again to go on."""
+
+    @classmethod
+    def reached(cls, provider: str, detail: str) -> SpendCapError:
+        return cls(f"the spending cap was reached at the provider ({provider}: {detail}): nothing more is created "
+                   "and everything done is kept; raise the cap there, then run again to go on")  # fmt: skip
 
 
 # --- the run ------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ NO_BATCH_MODE = "no batch mode"
 
 @dataclass
 class Estimate:
+    """What running a manifest would cost (`batcher estimate`, `batcher.estimate`): its tasks, those done or
+    cached already, the new ones to pay for, and their cost online (`cost_usd`) and by batch (`cost_batch_usd`)."""
+
     job: str
     rows: int = 0  # tasks the manifest lists, duplicates included
     tasks: int = 0  # distinct tasks
@@ -37,6 +40,7 @@ class Estimate:
 
     @property
     def cost_usd(self) -> Decimal:
+        """What the new tasks cost online."""
         return sum((self.unit_price[m] * n for m, n in self.to_run_by_model.items()), Decimal(0))
 
     @property
@@ -55,6 +59,7 @@ class Estimate:
 
     @property
     def batch_saving_usd(self) -> Decimal | None:
+        """What the batch route saves on the new tasks, against online; None when no batch cost is known."""
         batch = self.cost_batch_usd
         return None if batch is None else self.cost_usd - batch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -14,15 +15,14 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from batcher import connect, report, storage
+from batcher import connect, storage
 from batcher.config import (
     ApiSettings,
     RunConfig,
     api_settings,
     batch_prices,
-    batch_unit_price,
+    image_price,
     lease_settings,
-    unit_price,
 )
 from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
@@ -33,7 +33,8 @@ from batcher.manifest.offload import import_rows
 from batcher.models import RETRY_CHOICES, ImportRow, OnUnknown
 from batcher.money import micros_to_usd, usd_to_micros
 from batcher.providers.base import Provider
-from batcher.report import summary
+from batcher.report import rows as report_rows
+from batcher.report import summary, write_csv, write_json
 from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
 from batcher.storage import objects, reading
@@ -46,6 +47,13 @@ WORK_IDLE_S = 5.0  # `work --forever`: how often to look for new work, seconds
 
 class Stoppable(Protocol):
     def request_stop(self) -> None: ...
+
+
+# Set by a library call (batcher.api): each runner is handed to it, to be stopped on cancellation, and no signal
+# handler is installed (the caller's process owns its signals). Unset (the CLI): Ctrl-C and SIGTERM stop the run.
+STOP_HOOK: contextvars.ContextVar[Callable[[Stoppable], None] | None] = contextvars.ContextVar(
+    "batcher_stop_hook", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,14 @@ class RunSummary:
     retry_hint: str = ""
 
     @property
+    def budget_message(self) -> str:
+        """The line a run the budget stopped ends on."""
+        head = self.summary
+        return (
+            f"budget reached (${head['cost_usd']} spent of ${head['budget_usd']}); {self.result.left} tasks left to do"
+        )
+
+    @property
     def exit_code(self) -> ExitCode:
         r = self.result
         if r.reason == StopReason.FATAL and r.error is not None:
@@ -96,14 +112,20 @@ def _priced(batches: Iterator[list[ImportRow]], override: Decimal | None, provid
     known: set[str] = set()
     for batch in batches:
         for model in {row[4] for row in batch} - known:
-            unit_price(model, override, provider)
+            image_price(provider, "online", model, override)
             known.add(model)
         yield batch
 
 
-async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, use_cache: bool = True) -> Estimate:
+def loaded(manifest: str | Manifest) -> Manifest:
+    """A manifest's path loaded and checked, or a manifest already loaded (tasks given in code) as it is."""
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+
+
+async def dry_run(manifest_path: str | Manifest, db: str | None, price: Decimal | None, *,
+                  use_cache: bool = True) -> Estimate:  # fmt: skip
     """`batcher estimate`: no network, and nothing written (an absent store is not even created)."""
-    manifest = load_manifest(manifest_path)
+    manifest = loaded(manifest_path)
     override = price if price is not None else manifest.settings.price_usd
     done: set[str] = set()
     cached: Callable[[str], bool] | None = None
@@ -117,7 +139,7 @@ async def dry_run(manifest_path: str, db: str | None, price: Decimal | None, *, 
         finally:
             await store.close()
     provider = manifest.settings.provider
-    return estimate(manifest.settings.name, manifest.specs(), done, lambda m: unit_price(m, override, provider),
+    return estimate(manifest.settings.name, manifest.specs(), done, lambda m: image_price(provider, "online", m, override),
                     manifest.settings.budget_usd, cached, batch_price_of=batch_prices(manifest.settings),
                     route=manifest.settings.route)  # fmt: skip
 
@@ -195,13 +217,26 @@ def output_dir(job: Job, out: str | None) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
 
-def job_prices(models: list[str], job: Job, override: Decimal | None, provider: str | None = None) -> dict[str, int]:
-    """Micro-dollars per call for each model of the job: the command line, else the manifest, else the table of
-    the provider (`provider`, else the job's)."""
-    if override is None and job.price_micros is not None:
-        override = micros_to_usd(job.price_micros)
-    route = connect.provider_name(provider, job.settings)
-    return {m: usd_to_micros(unit_price(m, override, route)) for m in models}
+def job_prices(models: list[str], job: Job, override: Decimal | None, provider: str | None = None, *,
+               route: str = "online", strict: bool = True) -> dict[str, int]:  # fmt: skip
+    """Micro-dollars per image for each model of the job by `route`: the command line (`override`), else the
+    manifest's price for that route (`price_usd`, `batch: price_usd`), else the table of the provider
+    (`provider`, else the job's; by batch, Gemini's: the one provider with a batch mode). `strict` False: a
+    model with no price is left out."""
+    if override is None:
+        held = job.price_micros if route == "online" else None
+        override = micros_to_usd(held) if held is not None else None
+        if route == "batch":
+            override = _decimal(job.settings.get("batch_price_usd"))
+    name = "gemini" if route == "batch" else connect.provider_name(provider, job.settings)
+    out: dict[str, int] = {}
+    for m in models:
+        try:
+            out[m] = usd_to_micros(image_price(name, route, m, override))
+        except BatcherError:
+            if strict:
+                raise
+    return out
 
 
 async def drive(store: Store, provider: Provider, job: Job, config: RunConfig, prices: dict[str, int],
@@ -229,9 +264,10 @@ async def connected(store: Store, opts: RunOptions, job: Job) -> AsyncIterator[t
             await gate.close()
 
 
-async def run_job(opts: RunOptions, *, show_progress: Any = None) -> RunSummary:
-    """`batcher run`: import the manifest (idempotently), then drive every task to a final state."""
-    manifest = load_manifest(opts.manifest)
+async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Manifest | None = None) -> RunSummary:
+    """`batcher run`: import the manifest (idempotently), then drive every task to a final state. `manifest`:
+    one loaded already (tasks given in code), instead of `opts.manifest`'s file."""
+    manifest = manifest or load_manifest(opts.manifest)
     store = await Store.open(opts.db)
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
@@ -267,7 +303,7 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     from batcher.runner.batch import BatchRunner, BatchSettings
 
     s = job.settings
-    prices = batch_micros(await store.job_models(job), job, opts.price)
+    prices = job_prices(await store.job_models(job), job, opts.price, route="batch")
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
     batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
@@ -371,32 +407,13 @@ async def job_summary(
     store: Store, job: Job, prices: dict[str, int] | None = None, *, budget_micros: int | None = None
 ) -> dict[str, Any]:
     """The job's summary; `budget_micros`: the budget this run held to (`--max-cost`), else the manifest's."""
+    models = await store.job_models(job)
     if prices is None:
-        override = None if job.price_micros is None else micros_to_usd(job.price_micros)
-        prices = {}
-        for m in await store.job_models(job):
-            with contextlib.suppress(BatcherError):
-                prices[m] = usd_to_micros(unit_price(m, override, connect.provider_name(None, job.settings)))
-    batch = batch_micros(await store.job_models(job), job, None, strict=False)
+        prices = job_prices(models, job, None, strict=False)
+    batch = job_prices(models, job, None, route="batch", strict=False)
     head = summary(job, await store.ledger(job), prices, budget_micros=budget_micros, batch_unit_micros=batch)
     head["cached"] = await store.cached_count(job)  # succeeded without an API call
     return head
-
-
-def batch_micros(models: list[str], job: Job, override: Decimal | None, *, strict: bool = True) -> dict[str, int]:
-    """Micro-dollars per image line by Batch Mode for each model: the command line, else the manifest's
-    `batch: price_usd`, else Gemini's table (the one provider with a batch mode). `strict` False: a model with
-    no batch price is left out."""
-    if override is None:
-        override = _decimal(job.settings.get("batch_price_usd"))
-    out: dict[str, int] = {}
-    for m in models:
-        try:
-            out[m] = usd_to_micros(batch_unit_price(m, override, "gemini"))
-        except BatcherError:
-            if strict:
-                raise
-    return out
 
 
 def retry_hint(opts: RunOptions, job: str) -> str:
@@ -425,6 +442,10 @@ def _resume_hint(opts: RunOptions) -> str:
 def _signals(runner: Stoppable) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: stop gracefully. A second Ctrl-C: leave at once (the store stays consistent:
     every change is one committed transaction, and an interrupted create is found `unknown` on resume)."""
+    if (hook := STOP_HOOK.get()) is not None:
+        hook(runner)
+        yield
+        return
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -506,7 +527,10 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
             await store.close()
     elif against is not None:
         raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
-    return diff(olds, _entries(new), lambda m: unit_price(m, override), made)
+    s = new.settings
+    if s.route == "batch":  # the change is paid at the price of the route it takes
+        override = price if price is not None else s.batch_price_usd
+    return diff(olds, _entries(new), lambda m: image_price(s.provider, s.route, m, override), made)
 
 
 # --- retrying what failed ---------------------------------------------------------------------------------
@@ -514,6 +538,9 @@ async def compare(old: str | None, new_path: str, db: str | None, price: Decimal
 
 @dataclass(frozen=True)
 class RetryOutcome:
+    """What `retry` did or would do (`dry_run`): the plan (tasks created again per model, fetched again, by
+    cause, left failed), what creating them again may cost at most, and how many were put back."""
+
     job: str
     plan: RetryPlan
     cost_micros: int  # at most: every task created again billed at its unit price
@@ -558,11 +585,11 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
             raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
         try:
             if fmt == "json":
-                await report.write_json(out, head, report.rows(store, the_job))
+                await write_json(out, head, report_rows(store, the_job))
             elif fmt == "csv":
-                await report.write_csv(out, report.rows(store, the_job))
+                await write_csv(out, report_rows(store, the_job))
             elif fmt == "html" and output:
-                task_rows = [r async for r in report.rows(store, the_job)]
+                task_rows = [r async for r in report_rows(store, the_job)]
                 files = [r["file"] for r in task_rows if r["file"]]
                 fetch = reading.fetcher(asyncio.get_running_loop())
                 made = await asyncio.to_thread(thumbs.make_all, files, output, fetch=fetch)
@@ -599,7 +626,7 @@ async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[M
     store = await Store.open(db, create=False)
     try:
         the_job = await _report_job(store, job)
-        return await job_summary(store, the_job), [r async for r in report.rows(store, the_job)]
+        return await job_summary(store, the_job), [r async for r in report_rows(store, the_job)]
     finally:
         await store.close()
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from batcher.session import RetryOutcome
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
+STATUSES = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")  # `status`'s order
 PROMPT_CHARS = 48  # of a prompt in the report's table; JSON, CSV and the HTML page carry it whole
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -69,32 +71,40 @@ def status_table(
     workers: Sequence[Mapping[str, Any]],
     shards: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    statuses = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")
-    table = Table(title="Jobs", title_justify="left")
-    table.add_column("job")
-    for s in (*statuses, "total"):
-        table.add_column(s, justify="right")
-    for job, c in sorted(counts.items()):
-        table.add_row(job, *(str(c.get(s, 0)) for s in statuses), str(sum(c.values())))
-    stdout.print(table)
+    # only the statuses some job has; every table whole or, too wide for the terminal, one line a row
+    shown = [s for s in STATUSES if any(c.get(s, 0) for c in counts.values())]
+    jobs = [[job, *(str(c.get(s, 0)) for s in shown), str(sum(c.values()))] for job, c in sorted(counts.items())]
+    _table_or_lines("Jobs", ["job", *shown, "total"], jobs, right=True)
     if workers:
-        wt = Table(title="Workers", title_justify="left")
-        for col in ("worker", "host", "pid", "jobs", "heartbeat", "holds"):
-            wt.add_column(col)
         now = time.time()
-        for w in workers:
-            wt.add_row(w["id"], w["host"], str(w["pid"]), w["jobs"], f"{now - w['heartbeat_at']:.0f} s ago",
-                       str(w.get("holds", 0)))  # fmt: skip
-        stdout.print(wt)
+        rows = [[w["id"], w["host"], str(w["pid"]), w["jobs"], f"{now - w['heartbeat_at']:.0f} s ago",
+                 str(w.get("holds", 0))] for w in workers]  # fmt: skip
+        _table_or_lines("Workers", ["worker", "host", "pid", "jobs", "heartbeat", "holds"], rows)
     if shards:
-        st = Table(title="Batch shards", title_justify="left")
-        for col in ("job", "shard", "state", "requests", "batch", "done of requests"):
-            st.add_column(col)
+        rows = []
         for sh in shards:
             stats = json.loads(sh["detail"]) if sh.get("detail", "").startswith("{") else {}
             done = f"{stats.get('succeeded', 0) + stats.get('failed', 0)} of {stats['requests']}" if stats else ""
-            st.add_row(sh["job"], sh["display_name"], sh["state"], str(sh["requests"]), sh["remote_name"] or "", done)
-        stdout.print(st)
+            rows.append(
+                [sh["job"], sh["display_name"], sh["state"], str(sh["requests"]), sh["remote_name"] or "", done]
+            )
+        _table_or_lines("Batch shards", ["job", "shard", "state", "requests", "batch", "done of requests"], rows)
+
+
+def _table_or_lines(title: str, columns: list[str], rows: list[list[str]], *, right: bool = False) -> None:
+    """A table with nothing cut, when it fits the terminal; else, per row, its first cell and the others named
+    (empty and zero cells left out)."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if right and i else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    if stdout.measure(table, options=stdout.options.update_width(10_000)).maximum <= stdout.width:
+        stdout.print(table)
+        return
+    lines = [f"{row[0]}: " + ", ".join(f"{c} {v}" for c, v in zip(columns[1:], row[1:], strict=True) if v not in ("", "0"))
+             for row in rows]  # fmt: skip
+    stdout.print(title + "\n" + "\n".join(lines), highlight=False, soft_wrap=False)
 
 
 def short(prompt: str, limit: int = PROMPT_CHARS) -> str:

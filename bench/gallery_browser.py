@@ -34,9 +34,10 @@ from pathlib import Path
 from benchkit import sample
 from sqlalchemy import bindparam, update
 
-from batcher import gallery, report, session
+from batcher import gallery, session
 from batcher.emulator.images import photo_png
 from batcher.models import JobSettings, TaskSpec, import_batches
+from batcher.report import rows as report_rows
 from batcher.store import Store
 from batcher.store.tables import tasks
 
@@ -118,7 +119,7 @@ async def build(root: Path, images: int, bases: int) -> Path:
             await conn.execute(update(tasks).where(*where).values(values), done)
         # the page before thumbnails: the same cards with the originals on them
         head = await session.job_summary(store, job)
-        rows = [r async for r in report.rows(store, job)]
+        rows = [r async for r in report_rows(store, job)]
         page = root / "originals.html"
         with page.open("w", encoding="utf-8") as out_file:
             out_file.writelines(gallery.render(head, rows, await store.calls(job), str(page)))

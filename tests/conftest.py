@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,24 @@ import yaml
 from batcher.emulator import Emulator, GeminiEmulator
 from batcher.emulator.serving import LoopbackServer
 from batcher.store import Store
+
+
+def _closed_loopback_port() -> int:
+    """A loopback port nothing listens on: bound, read, and released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test may reach the cloud metadata address (169.254.169.254) that google-auth probes when it finds no
+    credentials. Set before anything imports google-auth, which reads these once; both it and gcsfs want
+    NO_GCE_CHECK spelled "true" in lower case."""
+    closed = f"127.0.0.1:{_closed_loopback_port()}"
+    os.environ["NO_GCE_CHECK"] = "true"
+    os.environ["GCE_METADATA_HOST"] = closed
+    os.environ["GCE_METADATA_IP"] = closed
+
 
 OpenStore = Callable[..., Awaitable[Store]]
 StartEmulator = Callable[..., Awaitable[Emulator]]
@@ -90,7 +109,15 @@ def write_manifest(tmp_path: Path) -> WriteManifest:
 @pytest.fixture(autouse=True)
 def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach for a real key or endpoint from the developer's environment."""
-    for var in ("LINKMODEL_API_KEY", "LINKMODEL_BASE_URL", "BATCHER_DB", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+    for var in (
+        "LINKMODEL_API_KEY",
+        "LINKMODEL_BASE_URL",
+        "BATCHER_DB",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GEMINI_BASE_URL",
+        "GOOGLE_GEMINI_BASE_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 

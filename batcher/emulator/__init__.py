@@ -1,5 +1,5 @@
-"""Emulators of the LinkModel image API and of Google's Gemini API, for tests, demos and benchmarks; they
-import nothing else of batcher.
+"""Emulators of the LinkModel image API, of Google's Gemini API and of Vertex AI, for tests, demos and benchmarks;
+they import nothing else of batcher.
 
 The server (and aiohttp with it) loads on first use of `Emulator` or `BackgroundEmulator`, so a command that only
 parses an emulator option stays quick to start.
@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 from batcher.emulator.config import EmulatorConfig
 from batcher.emulator.gemini.config import GeminiConfig
 from batcher.emulator.latency import Latency
+from batcher.emulator.vertex.config import VertexConfig
 
 if TYPE_CHECKING:
     from batcher.emulator.gemini.server import GeminiEmulator
     from batcher.emulator.gemini.stats import GeminiStats
     from batcher.emulator.server import BackgroundEmulator, Emulator
     from batcher.emulator.stats import RequestEvent, Stats
+    from batcher.emulator.vertex.server import VertexEmulator
+    from batcher.emulator.vertex.stats import VertexStats
 
 __all__ = [
     "BackgroundEmulator",
@@ -27,6 +30,9 @@ __all__ = [
     "Latency",
     "RequestEvent",
     "Stats",
+    "VertexConfig",
+    "VertexEmulator",
+    "VertexStats",
 ]
 
 
@@ -47,4 +53,12 @@ def __getattr__(name: str) -> Any:
         from batcher.emulator.gemini import stats as gemini_stats
 
         return gemini_stats.GeminiStats
+    if name == "VertexEmulator":
+        from batcher.emulator.vertex import server as vertex_server
+
+        return vertex_server.VertexEmulator
+    if name == "VertexStats":
+        from batcher.emulator.vertex import stats as vertex_stats
+
+        return vertex_stats.VertexStats
     raise AttributeError(name)

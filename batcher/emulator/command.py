@@ -22,6 +22,8 @@ from batcher.emulator.facts import DEFAULT_PRICES
 from batcher.emulator.gemini.command import GEMINI_OPTIONS, SHARED, gemini_config, gemini_options, serve_gemini
 from batcher.emulator.latency import Latency
 from batcher.emulator.server import Emulator
+from batcher.emulator.vertex.command import SHARED as VERTEX_SHARED
+from batcher.emulator.vertex.command import VERTEX_OPTIONS, serve_vertex, vertex_config, vertex_options
 
 DEFAULT_PORT = 8600
 READY_PREFIX = "emulator ready"  # the startup line: "emulator ready base_url=... api_key=..."
@@ -74,10 +76,11 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.command("emulator")
 @click.option(
     "--provider",
-    type=click.Choice(["linkmodel", "gemini"]),
+    type=click.Choice(["linkmodel", "gemini", "vertex"]),
     default="linkmodel",
     show_default=True,
-    help="which API to emulate: LinkModel's, or Google's Gemini API (serves v1beta and v1)",
+    help="which API to emulate: LinkModel's, Google's Gemini API (v1beta and v1), or Vertex AI (with its token "
+    "endpoint and Cloud Storage)",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 picks a free port")
@@ -127,18 +130,30 @@ def _parse_prices(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--no-price", is_flag=True, help="leave price out of create replies")
 @click.option("--max-events", type=click.IntRange(min=0), default=4_000_000, show_default=True)
 @gemini_options
+@vertex_options
 def emulator(provider: str, no_price: bool, fault_kinds: str, **knobs: Any) -> None:
-    """Serve an emulator of the LinkModel image API (or, with --provider gemini, of the Gemini API) until
-    interrupted."""
+    """Serve an emulator of the LinkModel image API (or, with --provider gemini or vertex, of Google's Gemini API
+    or Vertex AI) until interrupted."""
     own = {name: knobs.pop(name) for name in GEMINI_OPTIONS}
+    vertex_own = {name: knobs.pop(name) for name in VERTEX_OPTIONS}
     ctx = click.get_current_context()
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if provider == "vertex":
+        foreign = sorted(given - set(VERTEX_SHARED) - set(VERTEX_OPTIONS) - {"provider"})
+        if foreign:
+            raise click.UsageError(f"not a Vertex knob: {', '.join('--' + n.replace('_', '-') for n in foreign)}")
+        key_file = vertex_own.get("key_file")
+        asyncio.run(serve_vertex(vertex_config({**knobs, **own}, vertex_own), READY_PREFIX, key_file))
+        return
     if provider == "gemini":
         foreign = sorted(given - set(SHARED) - set(GEMINI_OPTIONS) - {"provider"})
         if foreign:
             raise click.UsageError(f"not a Gemini knob: {', '.join('--' + n.replace('_', '-') for n in foreign)}")
         asyncio.run(serve_gemini(gemini_config(knobs, own), READY_PREFIX))
         return
+    foreign = sorted(given & set(VERTEX_OPTIONS))
+    if foreign:
+        raise click.UsageError(f"only with --provider vertex: {', '.join('--' + n.replace('_', '-') for n in foreign)}")
     foreign = sorted(given & set(GEMINI_OPTIONS))
     if foreign:
         raise click.UsageError(f"only with --provider gemini: {', '.join('--' + n.replace('_', '-') for n in foreign)}")

@@ -7,6 +7,6 @@ Pure apart from reading the manifest's own files. `loader` is the entry; the oth
 (a large manifest expanded in a child process while the store takes its rows).
 """
 
-from batcher.manifest.loader import Manifest, load_manifest
+from batcher.manifest.loader import Manifest, load_manifest, load_manifest_text
 
-__all__ = ["Manifest", "load_manifest"]
+__all__ = ["Manifest", "load_manifest", "load_manifest_text"]

@@ -248,8 +248,20 @@ def _settings(root: YMap, file: str, problems: Problems) -> _Settings:
 # --- a YAML manifest ------------------------------------------------------------------------------------
 
 
-def _load_yaml(p: Path, file: str, problems: Problems) -> Manifest | None:
-    text = read_text(p, file)
+def load_manifest_text(text: str, path: str | os.PathLike[str]) -> Manifest:
+    """Check a YAML manifest given as text, as if it were the file `path` (its folder anchors relative paths;
+    its stem is the job's name when the text sets none). Raises ManifestError listing every problem."""
+    file = os.fspath(path)
+    problems = Problems()
+    manifest = _load_yaml(Path(file), file, problems, text)
+    if problems or manifest is None:
+        raise problems.error()
+    return manifest
+
+
+def _load_yaml(p: Path, file: str, problems: Problems, text: str | None = None) -> Manifest | None:
+    if text is None:
+        text = read_text(p, file)
     root, walk_problems = parse_yaml(text, file) if text.strip() else (None, [])
     if walk_problems:
         for problem in walk_problems:
@@ -414,4 +426,4 @@ def _no_tasks(root: YMap, plans: list[Plan], file: str, problems: Problems) -> N
     problems.add(file, where.line, where.column, "the manifest has no tasks: add tasks:, matrix: or rows:")
 
 
-__all__ = ["Manifest", "ManifestError", "load_manifest"]
+__all__ = ["Manifest", "ManifestError", "load_manifest", "load_manifest_text"]

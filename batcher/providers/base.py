@@ -116,6 +116,14 @@ class QuotaExhausted(Outcome):
 
 
 @dataclass(frozen=True)
+class SpendCapReached(Outcome):
+    """The account's spending cap at the provider is reached (a 429 naming it): no wait brings it back, only a
+    higher cap. Stop creating; nothing was created."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Gone(Outcome):
     """The API no longer knows the submission."""
 
@@ -133,7 +141,9 @@ class Fetched:
     retryable: bool = False
 
 
-SubmitOutcome = Accepted | Done | Failed | Unknown | Transient | RateLimited | AuthRejected | QuotaExhausted
+SubmitOutcome = (
+    Accepted | Done | Failed | Unknown | Transient | RateLimited | AuthRejected | QuotaExhausted | SpendCapReached
+)
 CheckOutcome = Running | Done | Failed | Gone | Transient | RateLimited | AuthRejected
 
 

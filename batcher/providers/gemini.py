@@ -21,6 +21,7 @@ in which an error leaves a submission unknown is the whole call. What each reply
 | any other 4xx but 429 (400 INVALID_ARGUMENT, FAILED_PRECONDITION,     | Failed INVALID          | no       |
 |   404 NOT_FOUND)                                                      |                         |          |
 | 429 whose QuotaFailure names a per-day quota (quotaId ...PerDay...)   | QuotaExhausted          | no       |
+| 429 whose message names the project's spending cap (spend cap)       | SpendCapReached         | no       |
 | any other 429                                                         | RateLimited             | no       |
 | 500, 503, 504 carrying Google's JSON error body                       | Transient               | no       |
 | any other 5xx, or a 500/503/504 whose body is not Google's (a         | Unknown                 | maybe    |
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,6 +73,7 @@ from batcher.providers.base import (
     RateLimited,
     Request,
     Sink,
+    SpendCapReached,
     SubmitOutcome,
     Transient,
     Unknown,
@@ -80,7 +83,6 @@ from batcher.providers.gemini_settings import KEY_ENVS, GeminiSettings
 from batcher.providers.gemini_wire import (
     DETAIL_CHARS,
     KEY_HEADER,
-    KEY_HINT,
     TRANSIENT_5XX,
     Garbled,
     ImageReply,
@@ -99,6 +101,7 @@ from batcher.retry import parse_retry_after
 
 __all__ = ["GeminiProvider", "aspect_ratio", "image_tokens", "next_quota_day", "request_body"]
 
+SPEND_CAP = re.compile(r"\bspend(ing)? cap\b", re.IGNORECASE)  # a 429 that names the project's spending cap
 QUOTA_TZ = ZoneInfo("America/Los_Angeles")  # Gemini's per-day quotas reset at midnight Pacific
 GONE_MESSAGE = "a Gemini online reply holds its image; once lost it cannot be fetched again"
 
@@ -202,10 +205,11 @@ class GeminiProvider(SessionOwner[GeminiSettings]):
         quotas = [q for q in quota_ids(error) if q]
         message = self._scrub(str(error.get("message") or "")) if error else ""
         first_line = message.splitlines()[0] if message else "HTTP 429"
+        if SPEND_CAP.search(message) and not quotas:  # Google's project spend caps: no wait brings them back
+            return SpendCapReached(call("spend_cap", first_line), first_line)
         if any("PerDay" in q for q in quotas):
             until = next_quota_day(self._now())
-            when = dt.datetime.fromtimestamp(until, QUOTA_TZ).isoformat()
-            msg = f"the Gemini per-day quota is used up ({', '.join(quotas)}): no creates until {when}"
+            msg = ", ".join(quotas)  # QuotaError.spent says what it is and when it resets, once
             return QuotaExhausted(call("quota_exhausted", msg), msg, until=until)
         wait = retry_delay(error)
         wait = wait if wait is not None else retry_after
@@ -222,7 +226,7 @@ class GeminiProvider(SessionOwner[GeminiSettings]):
         message = self._scrub(str(error.get("message") or "")) if error else ""
         what = f"HTTP {code}" + (f" {api_status}" if api_status else "") + (f": {message}" if message else "")
         if code in (401, 403) or (code == 400 and "API_KEY_INVALID" in reasons(error)):
-            msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
+            msg = what  # AuthError.rejected says what to check, once
             return AuthRejected(call("auth", msg), msg)
         if code == 408:
             return Transient(call("transient", what), what)

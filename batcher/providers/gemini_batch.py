@@ -62,7 +62,6 @@ from batcher.providers.gemini_settings import GeminiSettings
 from batcher.providers.gemini_wire import (
     DETAIL_CHARS,
     KEY_HEADER,
-    KEY_HINT,
     ImageReply,
     NoImage,
     api_error,
@@ -356,7 +355,7 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
         error = api_error(got.doc)
         what = self._what(status, error)
         if _is_auth(status, error):
-            msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
+            msg = what  # AuthError.rejected says what to check, once
             return AuthRejected(record("auth", msg, status=status), msg)
         if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
             # files live 48 hours: a refusal naming the input file says it is gone, not that the request is bad
@@ -539,7 +538,7 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
         if status == 404 or (file_route and status == 403 and not reasons(error)):
             return Gone(record("gone", what, remote, status=status), what)
         if _is_auth(status, error):
-            msg = f"the Gemini API refused the key ({what}): {KEY_HINT}"
+            msg = what  # AuthError.rejected says what to check, once
             return AuthRejected(record("auth", msg, remote, status=status), msg)
         if status == 408 or status >= 500 or status < 400:
             return Transient(record("transient", what, remote, status=status), what)

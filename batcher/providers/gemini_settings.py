@@ -10,6 +10,7 @@ from batcher.errors import ConfigError
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSIONS = ("v1beta", "v1")  # both serve generateContent; the reference pages use v1beta
 KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")  # in this order, as Google's own clients read them
+BASE_URL_ENVS = ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")  # ours, then the google-genai SDK's
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,15 @@ class GeminiSettings:
 
 
 def gemini_settings(env: Mapping[str, str], base_url: str | None = None) -> GeminiSettings:
-    """Settings from `env` (GEMINI_BASE_URL, GEMINI_API_VERSION); `base_url` (an option) wins over the env."""
-    url = base_url or env.get("GEMINI_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    """Settings from `env` (GEMINI_BASE_URL, else GOOGLE_GEMINI_BASE_URL, and GEMINI_API_VERSION); `base_url` (an
+    option) wins over the env."""
+    url = base_url or DEFAULT_BASE_URL
+    for name in () if base_url else BASE_URL_ENVS:
+        if given := env.get(name, "").strip():
+            if not given.startswith(("http://", "https://")):
+                raise ConfigError(f"{name} must be an http(s) URL, not {given!r}")
+            url = given
+            break
     version = env.get("GEMINI_API_VERSION", "").strip() or "v1beta"
     return GeminiSettings(base_url=url, api_version=version)
 

@@ -20,7 +20,6 @@ from batcher.providers.base import FailureKind, Image
 from batcher.retry import RETRY_AFTER_CAP_S
 
 KEY_HEADER = "x-goog-api-key"
-KEY_HINT = "check GEMINI_API_KEY (or GOOGLE_API_KEY)"
 DETAIL_CHARS = 300  # of a message kept in the ledger
 RPC = "type.googleapis.com/google.rpc."
 TRANSIENT_5XX = (500, 503, 504)

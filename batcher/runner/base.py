@@ -107,6 +107,8 @@ class RunnerBase:
         self._wake = asyncio.Event()
         self._stopping = False
         self._budget_blocked = False
+        self._quota_probe = False  # a task a per-day quota stopped is tried first: its answer frees the rest
+        self._probe_busy = False  # while probing: a create claimed and not answered yet (one at a time)
         self._draining = False  # nothing left to create: the last images are collected sooner
         self._last_takeover = 0.0
         self._next_look = 0.0  # when a claim that found nothing more to take is worth its transaction again
@@ -123,7 +125,7 @@ class RunnerBase:
     def _fail_run(self, error: BatcherError) -> None:
         if self._fatal is None:
             self._fatal = error
-            log.error("%s", error.message)
+            log.info("stopping: %s", error.message)  # said once, by whoever ends the run (the CLI's last line)
         self._wake.set()
 
     def _unit(self, task: Task) -> int:

@@ -42,6 +42,8 @@ class LeasesPart(RunnerBase):
         if ahead:
             self._draining = len(to_create) < min(ahead, free)
         self._to_create.update(t.id for t in to_create)
+        if self._quota_probe and to_create:
+            self._probe_busy = True
         return claimed
 
     def _claim_due(self, free: int, ahead: int, now: float) -> bool:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from batcher import cache
-from batcher.errors import AuthError, BatcherError, QuotaError
+from batcher.errors import AuthError, BatcherError, QuotaError, SpendCapError
 from batcher.imageinfo import ImageInfo
 from batcher.models import Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, MemorySink, target_path, with_real_extension
@@ -28,13 +28,14 @@ from batcher.providers.base import (
     RateLimited,
     Request,
     Running,
+    SpendCapReached,
     SubmitOutcome,
     Unknown,
 )
 from batcher.retry import backoff_s
 from batcher.runner.base import log
 from batcher.runner.remote import RemotePart
-from batcher.store import BudgetRefused, ClaimLost, Stray, StrayReply, Task
+from batcher.store import BudgetRefused, ClaimLost, Stray, StrayReply, Task, quota_note
 
 POLL_GRID_S = 0.05  # polls wake on this grid, so that many share one wake-up of the loop, seconds
 
@@ -89,6 +90,7 @@ class LifecyclePart(RemotePart):
             log.debug("task %s", task.key, exc_info=True)
             self._fail_run(BatcherError(f"internal error on task {task.key}: {type(e).__name__}: {e}"))
         finally:
+            self._probe_busy = False  # this task's create, if it was the probe, has its answer
             self._create_sent(task)
             self._polling.discard(task.id)
             self._active.pop(task.id, None)
@@ -158,6 +160,10 @@ class LifecyclePart(RemotePart):
             return False
         self.progress.requests += 1
         lease_until = now + self.config.lease_s
+        if self._quota_probe and isinstance(outcome, Accepted | Done):  # the quota is back: the rest go too
+            self._quota_probe = self._probe_busy = False
+            await self.store.quota_due(self.job, now, every=True)
+            self._wake.set()
         if isinstance(outcome, Accepted):
             await self.store.created(task, outcome.handle, outcome.price_micros, outcome.call, now,
                                      reserved_micros=self._unit(task), stray_lease_until=lease_until,
@@ -187,9 +193,13 @@ class LifecyclePart(RemotePart):
             await self.store.retry_later(task, now, outcome.message, call, now, refund_attempt=True,
                                          release_micros=unit)  # fmt: skip
             raise AuthError.rejected(outcome.message, self.provider.key_env)
-        if isinstance(outcome, QuotaExhausted):
-            await self.store.retry_later(task, outcome.until, outcome.message, call, now, refund_attempt=True,
+        if isinstance(outcome, SpendCapReached):  # not a rate to wait out: stop creating, as a budget does
+            await self.store.retry_later(task, now, outcome.message, call, now, refund_attempt=True,
                                          release_micros=unit)  # fmt: skip
+            raise SpendCapError.reached(self.provider.name, outcome.message)
+        if isinstance(outcome, QuotaExhausted):
+            await self.store.retry_later(task, outcome.until, quota_note(outcome.message), call, now,
+                                         refund_attempt=True, release_micros=unit)  # fmt: skip
             raise QuotaError.spent(self.provider.name, outcome.until, outcome.message)
         if isinstance(outcome, Failed):
             if outcome.kind is FailureKind.GENERATION:

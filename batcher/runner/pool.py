@@ -26,6 +26,7 @@ IDLE_WAIT_S = 1.0  # longest sleep of the claim loop when nothing is due, second
 TAKEOVER_EVERY_S = 2.0  # an idle worker looks for dead peers this often, seconds
 STALE_PART_S = 900.0  # a .part file this old belongs to no live download (timeouts are far shorter), seconds
 STOP_GRACE_S = 15.0  # after a stop, how long submits already on the wire may take to answer, seconds
+WAIT_SHOWN_S = 2.0  # a wait shorter than this is not worth a line, seconds
 GATHER_S = 0.02  # a task's progress may wait this long for others to share its commit (writer.py), seconds
 
 
@@ -40,6 +41,9 @@ class Runner(LeasesPart, LifecyclePart):
         await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.job.name, now)
         await self._take_over_dead_workers(now)
         await self._init_progress()
+        # tasks an earlier run's per-day quota stop left waiting for the reset: one goes now (the quota may have
+        # been raised); refused again, the run stops at once with the reset time, else the rest go after it
+        self._quota_probe = await self.store.quota_due(self.job, now, every=False) > 0
         self._warm_start(await self.store.learned())
         self._twins = await self.store.cached_twins(self.job) if self.config.use_cache else set()
         swept = 0 if self.remote else await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S,
@@ -73,6 +77,8 @@ class Runner(LeasesPart, LifecyclePart):
             claimed: list[Task] = []
             # submits are claimed only a little ahead of the rate, so other workers get their share
             ahead = 0 if self._budget_blocked else max(0, self._prefetch() - len(self._to_create))
+            if self._quota_probe:  # one create at a time until the quota answers (it may still be spent)
+                ahead = 0 if self._probe_busy else min(ahead, 1)
             if self._claim_due(free, ahead, now):
                 claimed = await self._claim(free, ahead, now)
                 for task in claimed:
@@ -93,10 +99,24 @@ class Runner(LeasesPart, LifecyclePart):
                     if not self._strays and not await self._others_in_flight():
                         return StopReason.BUDGET
                 wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due - now, 0.01))
+                if left:
+                    self.progress.detail = await self._waiting_for(now, due)
             else:
+                self.progress.detail = ""
                 wait = IDLE_WAIT_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _waiting_for(self, now: float, due: float | None) -> str:
+        """What the progress line says while nothing is in flight: what the run waits for, and until when."""
+        if self._budget_blocked:
+            return "nothing in flight: the budget is spent, waiting for other workers' creates to end"
+        if due is None or due <= now + WAIT_SHOWN_S:
+            return "nothing in flight: waiting for tasks other workers hold, or for their inputs"
+        until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(due - self.store.clock_offset))
+        waits = await self.store.next_wait(self.job, now)
+        why = f" ({_first_line(waits[1])})" if waits is not None and waits[1] else " (another worker's lease)"
+        return f"nothing in flight: waiting until {until} for the next task due{why}"
 
     async def _budget_has_room(self) -> bool:
         """Reads only: has a reservation been let go of (a generation that failed, a refused submit) since the
@@ -157,3 +177,8 @@ class Runner(LeasesPart, LifecyclePart):
         self.progress.total = sum(c.values())
         self.progress.done_before = c.get(TaskStatus.SUCCEEDED, 0) + c.get(TaskStatus.FAILED, 0)
         self.progress.spent_micros = ledger.cost_micros
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -7,7 +7,7 @@ whose lease expired and was taken over can no longer write, so a task taken over
 
 from batcher.store.base import BudgetRefused, ClaimLost, ImportResult, Job, Ledger, Stray, StrayReply, Task
 from batcher.store.cache import CachedOutput, CachePart
-from batcher.store.claims import ClaimsPart
+from batcher.store.claims import QUOTA_WAIT, ClaimsPart, QuotaPart, quota_note
 from batcher.store.jobs import JobsPart
 from batcher.store.reports import ReportsPart
 from batcher.store.retries import RetriesPart, RetryPlan
@@ -15,11 +15,12 @@ from batcher.store.shared import SharedPart
 from batcher.store.submissions import DuplicateShard, ShardMoved, Submission, SubmissionsPart
 
 
-class Store(JobsPart, ClaimsPart, CachePart, SubmissionsPart, SharedPart, ReportsPart, RetriesPart):
+class Store(JobsPart, ClaimsPart, QuotaPart, CachePart, SubmissionsPart, SharedPart, ReportsPart, RetriesPart):
     """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
 
 
 __all__ = [
+    "QUOTA_WAIT",
     "BudgetRefused",
     "CachedOutput",
     "ClaimLost",
@@ -34,4 +35,5 @@ __all__ = [
     "StrayReply",
     "Submission",
     "Task",
+    "quota_note",
 ]

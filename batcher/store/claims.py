@@ -221,3 +221,44 @@ def _claim_statements() -> list[tuple[Any, bool]]:
         )
         statements.append((stmt, to_be_created))
     return statements
+
+
+QUOTA_WAIT = "the daily quota was spent"  # how the last error of a task a per-day quota stopped begins
+
+
+def quota_note(detail: str) -> str:
+    """The last error of a task a per-day quota stopped: a new run knows it by this (see `quota_due`)."""
+    return f"{QUOTA_WAIT} ({detail})"
+
+
+class QuotaPart(StoreBase):
+    """Tasks a per-day quota stopped wait for its reset; a new run tries them sooner (the quota may be raised)."""
+
+    def _quota_held(self, job: Job, now: float) -> Any:
+        return and_(tasks.c.job_id == job.id, tasks.c.status == S.PENDING, tasks.c.next_attempt_at > now,
+                    tasks.c.last_error.like(f"{QUOTA_WAIT}%"))  # fmt: skip
+
+    async def quota_due(self, job: Job, now: float, *, every: bool) -> int:
+        """Make the job's tasks a per-day quota stopped due now: the first (`every` False: one request first,
+        to learn whether the quota is back), or all of them. Returns how many were held."""
+
+        async def op(conn: WriteConnection) -> int:
+            held = await conn.execute(select(tasks.c.id).where(self._quota_held(job, now)).order_by(tasks.c.seq))
+            ids = [row[0] for row in held]
+            chosen = ids if every else ids[:1]
+            if chosen:
+                await conn.execute(update(tasks).where(tasks.c.id.in_(chosen)).values(next_attempt_at=now))
+            return len(ids)
+
+        result: int = await self.writer.run(op)
+        return result
+
+    async def next_wait(self, job: Job, now: float) -> tuple[float, str | None] | None:
+        """When the job's earliest pending task not due yet is due, and its last error (why it waits)."""
+        rows = await self._rows(
+            select(tasks.c.next_attempt_at, tasks.c.last_error)
+            .where(tasks.c.job_id == job.id, tasks.c.status == S.PENDING, tasks.c.next_attempt_at > now)
+            .order_by(tasks.c.next_attempt_at)
+            .limit(1)
+        )
+        return (float(rows[0][0]), rows[0][1]) if rows else None

@@ -24,7 +24,7 @@ PRICE = 0.067
 
 def gemini_env(emu: GeminiEmulator | None, **extra: str) -> dict[str, str]:
     env = cli_env(None, **extra)
-    for k in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL"):
+    for k in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"):
         env.pop(k, None)
     if emu is not None:
         env["GEMINI_BASE_URL"] = emu.origin
@@ -139,7 +139,25 @@ async def test_a_rejected_key_stops_the_run_in_one_line_without_the_key(
     done = await run(m, tmp_path / "b.db", emu, tmp_path, GEMINI_API_KEY="AIza-wrong-key-123")
     assert done.code == 2, done.err
     assert "GEMINI_API_KEY" in done.err and "AIza-wrong-key-123" not in done.err + done.out
+    said = [line for line in done.err.splitlines() if "GEMINI_API_KEY" in line]
+    assert len(said) == 1 and said[0].count("GEMINI_API_KEY") == 1, done.err  # one line, said once
     assert "Traceback" not in done.err and emu.stats.images_billed == 0
+
+
+async def test_the_spending_cap_reached_at_the_provider_exits_with_the_budgets_code_in_one_line(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    emu = await start_gemini(latency=FAST, spend_cap_images=3)
+    m = manifest(tmp_path / "cap.yaml", 6)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path)
+    assert done.code == 3, done.err
+    said = [line for line in done.err.splitlines() if "spending cap" in line]
+    assert len(said) == 1 and "reached at the provider" in said[0], done.err
+    assert "Traceback" not in done.err and emu.stats.images_billed >= 3  # creates admitted before the cap finish
+    statuses = [r["status"] for r in rows(db)]
+    assert statuses.count("succeeded") == emu.stats.images_billed and statuses.count("failed") == 0, statuses
+    assert statuses.count("pending") == 6 - emu.stats.images_billed, statuses  # kept for a run after the cap
 
 
 async def test_a_missing_key_names_both_variables(tmp_path: Path) -> None:

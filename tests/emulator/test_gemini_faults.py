@@ -153,6 +153,20 @@ async def test_the_daily_quota_refuses_until_the_day_resets(make_gemini: MakeGem
     assert stats.daily_refusals == 1 and stats.images_billed == 3 and stats.minute_quota_429s == 0
 
 
+async def test_the_spending_cap_refuses_every_generation_once_reached(make_gemini: MakeGemini) -> None:
+    api = await make_gemini(spend_cap_images=2)
+    assert [(await api.generate(image_request(f"s{i}"))).status for i in range(2)] == [200, 200]
+    refused = await api.generate(image_request("s2"))
+    error = refused.body["error"]
+    assert (refused.status, error["status"]) == (429, "RESOURCE_EXHAUSTED") and "spending cap" in error["message"]
+    assert not any("QuotaFailure" in d["@type"] or "RetryInfo" in d["@type"] for d in error["details"])
+    api.emu.advance(86_400)  # no wait brings it back: only a higher cap
+    assert (await api.generate(image_request("s3"))).status == 429
+    api.emu.configure(spend_cap_images=10)
+    assert (await api.generate(image_request("s3"))).status == 200
+    assert api.emu.stats.images_billed == 3
+
+
 async def test_a_slow_reply_waits_on_the_clock(make_gemini: MakeGemini) -> None:
     api = await make_gemini(slow_rate=1.0, slow_s=30)
     pending = asyncio.create_task(api.generate())

@@ -36,6 +36,15 @@ def test_settings_from_the_env() -> None:
         gemini_settings({"GEMINI_API_VERSION": "v2"})
 
 
+def test_the_sdk_variable_google_gemini_base_url_is_honoured_beside_gemini_base_url() -> None:
+    """google-genai reads GOOGLE_GEMINI_BASE_URL: a user who set it for the SDK reaches the same endpoint."""
+    assert gemini_settings({"GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:9"}).base_url == "http://127.0.0.1:9"
+    both = {"GEMINI_BASE_URL": "http://127.0.0.1:8", "GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:9"}
+    assert gemini_settings(both).base_url == "http://127.0.0.1:8"  # the project's own variable first
+    with pytest.raises(ConfigError, match=r"^GOOGLE_GEMINI_BASE_URL must be an http"):
+        gemini_settings({"GOOGLE_GEMINI_BASE_URL": "ftp://x"})
+
+
 def test_the_request_body() -> None:
     body = request_body(Request("m", "a cat", "2K", "16x9", ("data:image/jpeg;base64,AAAA",)))
     assert body == {

@@ -43,6 +43,10 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "quota_429_rate": (_RATE, "probability of a per-minute 429 RESOURCE_EXHAUSTED"),
     "retry_delay_s": (_SECONDS, "RetryInfo.retryDelay of a drawn per-minute 429 [47]"),
     "daily_limit": (click.IntRange(min=1), "requests per quota day; past it a per-day 429"),
+    "spend_cap_images": (
+        click.IntRange(min=0),
+        "images billed online before the project's spending cap is reached; past it a 429",
+    ),
     "day_s": (click.FloatRange(min=0.0, min_open=True), "length of the quota day, seconds [86400]"),
     "error_504_rate": (_RATE, "probability of a 504 DEADLINE_EXCEEDED after the generation's wait"),
     "lost_reply_rate": (_RATE, "probability an image is generated and billed, then the connection closes"),

@@ -57,7 +57,7 @@ _INTS = (
     "max_upload_bytes",
     "batch_list_unavailable_page",
 )
-_OPTIONAL_INTS = ("image_bytes", "daily_limit", "minute_limit")
+_OPTIONAL_INTS = ("image_bytes", "daily_limit", "minute_limit", "spend_cap_images")
 _LATENCIES = ("latency", "batch_latency")
 
 
@@ -91,6 +91,9 @@ class GeminiConfig:
     burst: float | None = None  # tokens; None: one second's worth (at least 1)
     daily_limit: int | None = None  # requests per day; None: unlimited
     day_s: float = DAY_S  # the quota day's length on the emulator's clock, from start or reset
+    # The project's spending cap: past this many images billed online, every generation is refused with a 429
+    # RESOURCE_EXHAUSTED naming the cap (Google's project spend caps); None: no cap.
+    spend_cap_images: int | None = None
     # Transient faults and lost replies.
     error_500_rate: float = 0.0
     error_503_rate: float = 0.0

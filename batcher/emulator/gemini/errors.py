@@ -79,6 +79,17 @@ def missing_key() -> web.Response:
     return api_error(403, message, error_info("CONSUMER_INVALID"))
 
 
+SPEND_CAP_MESSAGE = (
+    "Your project has exceeded its spending cap. Raise the project's spend cap in Google AI Studio to continue."
+)
+
+
+def spend_cap_exceeded() -> web.Response:
+    """The 429 RESOURCE_EXHAUSTED of a project whose spending cap is reached: no QuotaFailure, no RetryInfo (no
+    wait brings it back: only a higher cap)."""
+    return api_error(429, SPEND_CAP_MESSAGE, help_link())
+
+
 def quota_exceeded(quota_id: str, model: str, limit: int | None, retry_s: int) -> web.Response:
     """A 429 RESOURCE_EXHAUSTED with QuotaFailure, Help and RetryInfo, as Google sends them."""
     message = (

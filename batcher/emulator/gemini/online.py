@@ -15,7 +15,7 @@ from aiohttp import web
 
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini.errors import api_error, quota_exceeded
+from batcher.emulator.gemini.errors import api_error, quota_exceeded, spend_cap_exceeded
 from batcher.emulator.gemini.facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
 from batcher.emulator.gemini.reply import blocked_reply, image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, model_id, parse_generate
@@ -59,6 +59,9 @@ async def generate_content(
         stats.rate_limited += 1
         stats.minute_quota_429s += 1
         return quota_exceeded(QUOTA_PER_MINUTE, model, config.minute_limit, retry_after_seconds(wait_s))
+    if config.spend_cap_images is not None and stats.images_billed >= config.spend_cap_images:
+        stats.rate_limited += 1
+        return spend_cap_exceeded()
     day_left_s = state.take_daily(now)
     if day_left_s > 0:
         stats.rate_limited += 1
