@@ -282,6 +282,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Mani
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
+        await storage.close_all()  # the bucket clients of this loop (a caller's loop goes on: nothing left open)
     return RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name))
 
 
@@ -390,6 +391,7 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                 await asyncio.sleep(WORK_IDLE_S)
     finally:
         await store.close()
+        await storage.close_all()
 
 
 async def _jobs(store: Store, names: tuple[str, ...]) -> list[Job]:
@@ -606,6 +608,7 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
                 out.close()
     finally:
         await store.close()
+        await storage.close_all()
     return None
 
 
@@ -618,7 +621,10 @@ async def pull(db: str, job_name: str, folder: str) -> reading.Pulled:
         rows = [(r["output_path"], r["sha256"]) async for r in store.task_rows(job) if r["output_path"]]
     finally:
         await store.close()
-    return await reading.pull(rows, job.output_dir, os.path.abspath(folder))
+    try:
+        return await reading.pull(rows, job.output_dir, os.path.abspath(folder))
+    finally:
+        await storage.close_all()
 
 
 async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
