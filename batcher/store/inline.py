@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from batcher.store.changes import Change, RowChange
+from batcher.store.changes import Change, RowChange, row_steps
 from batcher.store.database import apply_pragmas, is_locked
 
 T = TypeVar("T")
@@ -85,15 +85,12 @@ class InlineSqlite:
                 return None
             raise
         results: list[Any] = [None] * len(changes)
-        by_stmt: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         try:
             inline = InlineConnection(conn)
             for i, change in enumerate(changes):
-                if isinstance(change, RowChange):
-                    by_stmt.setdefault((id(change.stmt), tuple(change.params)), []).append(i)
-                else:
+                if not isinstance(change, RowChange):
                     results[i] = _run_inline(change, inline)
-            for indexes in by_stmt.values():
+            for indexes in row_steps(changes, lambda row: (id(row.stmt), tuple(row.params))):
                 rows: list[RowChange] = [changes[i] for i in indexes]  # type: ignore[misc]
                 compiled = self._compile(conn.dialect, rows[0])
                 values = [compiled.values(r.params) for r in rows]

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from batcher.store.changes import Change, RowChange, WriteConnection
+from batcher.store.changes import Change, RowChange, WriteConnection, row_steps
 from batcher.store.database import translated
 from batcher.store.inline import CHECKPOINT_EVERY, InlineSqlite
 
@@ -209,14 +209,12 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 async def _apply(conn: AsyncConnection, changes: list[Change], results: list[Any]) -> None:
-    """Run one group's changes: callables in order, then each prepared statement's rows as one executemany."""
-    by_stmt: dict[int, list[int]] = {}
+    """Run one group's changes: callables in order, then the prepared statements' rows in `row_steps`, each
+    step one executemany."""
     for i, change in enumerate(changes):
-        if isinstance(change, RowChange):
-            by_stmt.setdefault(id(change.stmt), []).append(i)
-        else:
+        if not isinstance(change, RowChange):
             results[i] = await change(conn)
-    for indexes in by_stmt.values():
+    for indexes in row_steps(changes, lambda row: id(row.stmt)):
         rows = [changes[i] for i in indexes]
         stmt = rows[0].stmt  # type: ignore[union-attr]
         params = [r.params for r in rows]  # type: ignore[union-attr]

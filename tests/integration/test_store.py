@@ -373,3 +373,31 @@ async def test_a_task_an_api_may_hold_is_claimed_only_by_a_run_through_that_api(
     linkmodel = await store.claim(job, "c", 10, later, later + 30, provider="linkmodel")
     assert {t.remote_task_id for t in linkmodel if t.status is TaskStatus.SUBMITTED} == {"r-1"}
     assert {t.status for t in linkmodel} == {TaskStatus.SUBMITTED, TaskStatus.UNKNOWN, TaskStatus.PENDING}
+
+
+async def test_a_group_keeps_the_order_of_changes_to_one_task(open_store: OpenStore) -> None:
+    # One commit may hold task a's failure, then b's billing and b's failure (a busy writer, a loaded machine).
+    # Batching rows by statement ran both failures first; b's billing then found b no longer submitted and
+    # its cost was lost: the ledger billed one call where the API billed two.
+    store = await open_store()
+    await imported(store, specs(2))
+    job = await store.job("job")
+    now = time.time()
+    a, b = await store.claim(job, "w", 2, now, now + 30)
+    for t in (a, b):
+        await store.begin_create(t, now)
+        await store.created(t, f"r{t.id}", None, call(), now)
+    store.billed(a, 67_000, 0, now)
+    await store.writer.flush()
+    store.writer.gather_s = 30.0  # patient changes wait for company: the three below share one commit
+    groups = store.writer.groups
+    fail_a = asyncio.create_task(store.failed(a, "paid, not an image", None, now, failure=Failure.DOWNLOAD))
+    await asyncio.sleep(0)  # a's failure is queued first
+    store.billed(b, 67_000, 0, now)
+    fail_b = asyncio.create_task(store.failed(b, "paid, not an image", None, now, failure=Failure.DOWNLOAD))
+    await asyncio.sleep(0)
+    await store.writer.flush()
+    await asyncio.wait_for(asyncio.gather(fail_a, fail_b), 5)
+    assert store.writer.groups == groups + 1
+    ledger = await store.ledger(job)
+    assert (ledger.paid_unusable, ledger.billed_calls, ledger.cost_micros) == (2, 2, 2 * 67_000)

@@ -19,6 +19,7 @@ from tests.conftest import StartEmulator
 
 pytestmark = pytest.mark.postgres
 RATE = 30.0
+HELD_S = 3600.0  # a generation time no test waits out: the test moves the emulator's clock instead
 
 
 async def worker_rows(pg_url: str) -> list[asyncpg.Record]:
@@ -40,11 +41,21 @@ def created_twice(emu: Emulator) -> int:
 
 
 async def test_three_workers_share_the_job_and_the_rate(pg_url: str, start_emu: StartEmulator, tmp_path: Path) -> None:
-    emu = await start_emu(latency=Latency("uniform", 0.2, 0.8), rate_limit=RATE)
+    # No generation finishes until the test moves the emulator's clock, and each worker holds at most 20 tasks:
+    # two workers cannot finish the job before a third, slow to start on a loaded machine, has its share.
+    emu = await start_emu(latency=Latency("fixed", HELD_S), rate_limit=RATE)
     m = manifest(tmp_path / "shared.yaml", 90)
     env = cli_env(emu)
     assert (await batcher("import", str(m), "--db", pg_url, env=env, cwd=tmp_path)).code == 0
-    workers = [await start("work", "--db", pg_url, "--rate", str(RATE), "-q", env=env, cwd=tmp_path) for _ in range(3)]
+    workers = [await start("work", "--db", pg_url, "--rate", str(RATE), "--max-in-flight", "20", "-q", env=env,
+                           cwd=tmp_path) for _ in range(3)]  # fmt: skip
+    for _ in range(3000):  # a 41st create is the third worker's (bounded: a minute)
+        if emu.stats.creates_accepted > 40:
+            break
+        await asyncio.sleep(0.02)
+    assert emu.stats.creates_accepted > 40, "the third worker never created a task"
+    emu.configure(latency=Latency("uniform", 0.2, 0.8))
+    emu.advance(HELD_S)  # the held generations finish; the rest take their usual time
     results = await asyncio.gather(*(finish(w) for w in workers))
     assert [r.code for r in results] == [0, 0, 0], [r.err for r in results]
     head = await summary(pg_url, tmp_path)

@@ -71,9 +71,9 @@ def test_filenames_without_index_are_remembered_compactly() -> None:
 
 def test_loading_reads_only_the_header_and_one_row(tmp_path: Path) -> None:
     big_csv(tmp_path)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds, not the wall clock that a loaded machine stretches
     load_manifest(manifest_for(tmp_path))
-    assert time.perf_counter() - started < 0.5  # seconds: nowhere near reading 200k rows
+    assert time.process_time() - started < 0.5  # seconds: nowhere near reading 200k rows
 
 
 def test_tasks_are_yielded_before_later_rows_are_read(tmp_path: Path) -> None:

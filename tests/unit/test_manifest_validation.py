@@ -149,9 +149,9 @@ def test_hostile_bytes_are_refused_cleanly_and_quickly(
 ) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU seconds: other work on a loaded machine does not count
     problems = problems_of(str(path))
-    assert time.perf_counter() - started < 2.0  # seconds: refused, not parsed
+    assert time.process_time() - started < 2.0  # seconds: refused, not parsed
     assert len(problems) == 1, problems
     assert (problems[0].file, problems[0].line, problems[0].column) == (str(path), line, column)
     assert fragment in problems[0].message
@@ -248,9 +248,9 @@ def test_the_same_fault_reached_by_many_tasks_is_reported_once(tmp_path: Path) -
 
 
 def test_the_alias_bomb_is_refused_in_well_under_a_second() -> None:
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds, not the wall clock that a loaded machine stretches
     problems_of(BAD / "alias_bomb.yaml")
-    assert time.perf_counter() - started < 1.0  # seconds
+    assert time.process_time() - started < 1.0  # seconds
 
 
 def test_a_missing_manifest_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
