@@ -71,3 +71,44 @@ async def test_serves_the_gemini_api_until_signalled() -> None:
 def test_options_of_the_other_provider_are_refused(args: list[str], message: str) -> None:
     result = CliRunner().invoke(emulator, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+async def test_the_batch_truth_knobs_are_set_from_the_command_line() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = ["--provider", "gemini", "--port", "0", "--batch-create-gateway-rate", "0.1",
+            "--batch-create-gateway-status", "504", "--batch-create-gateway-body", "bare", "--batch-list-lag-s", "6",
+            "--batch-api-latency", "uniform:0.1:0.5", "--batch-partial-lines", "true", "--batch-ended-no-file-rate",
+            "0.2", "--batch-omit-line-rate", "0.05", "--batch-results-no-final-newline", "true",
+            "--results-gone-rate", "0.1", "--results-gone-status", "404", "--file-ttl-s", "3600"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batcher.emulator", *args, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode().strip()
+        found = READY.match(line)
+        assert found, line
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{found.group(1)}/_emulator/config") as resp:
+                config = await resp.json()
+        expected = {
+            "batch_create_gateway_rate": 0.1,
+            "batch_create_gateway_status": 504,
+            "batch_create_gateway_body": "bare",
+            "batch_list_lag_s": 6.0,
+            "batch_api_latency": "uniform:0.1:0.5",
+            "batch_partial_lines": True,
+            "batch_ended_no_file_rate": 0.2,
+            "batch_omit_line_rate": 0.05,
+            "batch_results_no_final_newline": True,
+            "results_gone_rate": 0.1,
+            "results_gone_status": 404,
+            "file_ttl_s": 3600.0,
+        }
+        assert {k: config[k] for k in expected} == expected
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
