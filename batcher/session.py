@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batcher import connect, report
 from batcher.config import (
@@ -37,6 +37,9 @@ from batcher.report import summary
 from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
 from batcher.store import ImportResult, Job, RetryPlan, Store
+
+if TYPE_CHECKING:
+    from batcher.runner.batch import ShardCancel
 
 log = logging.getLogger("batcher")
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
@@ -290,8 +293,9 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     return result, config
 
 
-async def cancel_batches(db: str, job_name: str) -> int:
-    """`batcher cancel JOB`: cancel the job's batches not collected; their unfinished tasks back to pending."""
+async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
+    """`batcher cancel JOB`: cancel the job's batches not collected; what happened to each shard. A batch that
+    finished lines keeps them billed: its shard stays open for a run to collect them."""
     from batcher.providers.gemini_batch import GeminiBatchClient
     from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
     from batcher.ratelimit import RateGate

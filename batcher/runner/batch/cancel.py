@@ -1,0 +1,98 @@
+"""Cancelling a job's shards (`batcher cancel JOB`, and the `--finish-online-after` deadline), shard by shard.
+
+A cancelled batch keeps and bills the lines it finished before the cancel took hold: a shard whose batch
+finished any line stays open, its ending recorded, so that a run collects those lines at the batch price and
+sends only the unfinished ones again. A shard whose batch finished nothing is closed at once, its tasks pending
+again, unbilled. A shard never created is closed at once; one caught in `creating` is looked up by its display
+name first, and every batch found of it is cancelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batcher.errors import AuthError, BatcherError
+from batcher.providers.base import AuthRejected
+from batcher.providers.gemini_batch import Absent, BatchInfo, BatchState, Found, GeminiBatchClient, Got, Ok
+from batcher.runner.base import log
+from batcher.store import Job, Store
+from batcher.store.submissions import CREATING, PLANNED, UPLOADED, ShardMoved, Submission
+
+_ENDED = frozenset(s.value for s in BatchState if s.is_done)
+_KEY_HINT = "GEMINI_API_KEY or GOOGLE_API_KEY"
+
+
+@dataclass(frozen=True)
+class ShardCancel:
+    """What cancelling one shard did. `closed`: its unfinished tasks are pending again now."""
+
+    shard: str
+    outcome: str
+    closed: bool = False
+
+
+async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: str, now: float) -> list[ShardCancel]:
+    """Cancel the job's shards not collected; what happened to each, in the order they were planned."""
+    done: list[ShardCancel] = []
+    for sub in await store.shards_open(job):
+        try:
+            done.append(await cancel_shard(store, client, sub, why, now))
+        except ShardMoved as e:  # another process closed or moved it meanwhile: nothing of ours to cancel
+            done.append(ShardCancel(sub.display_name, f"left alone: {e}"))
+    for c in done:
+        log.info("shard %s: %s", c.shard, c.outcome)
+    return done
+
+
+async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission, why: str, now: float) -> ShardCancel:
+    """Cancel one shard's batch (every batch of it, if a create was doubled) and record what it left."""
+    if sub.state in (PLANNED, UPLOADED):
+        await store.shard_abandoned(sub, "cancelled", now, why)
+        return ShardCancel(sub.display_name, "never created: its tasks are pending again", closed=True)
+    names = [sub.remote_name] if sub.remote_name is not None else []
+    if sub.state == CREATING and sub.remote_name is None:
+        found = await client.find_by_display_name(sub.display_name)
+        if isinstance(found, Found):
+            names = [b.name for b in found.batches]
+            await store.shard_created(sub, names[-1], now)  # the oldest: the one the shard's lines are billed by
+        elif isinstance(found, Absent):
+            await store.shard_abandoned(sub, "cancelled", now, why)
+            return ShardCancel(sub.display_name, "not on a complete listing: never created; its tasks are pending "
+                               "again", closed=True)  # fmt: skip
+        else:
+            raise BatcherError(f"cannot tell whether shard {sub.display_name} was created ({found.message}): "
+                               "nothing was cancelled for it; try again")  # fmt: skip
+    if sub.state in _ENDED:
+        return ShardCancel(sub.display_name, f"its batch ended {sub.state}: a run collects its lines")
+    ended: BatchInfo | None = None
+    for name in names:
+        got = await client.cancel(name)
+        if isinstance(got, AuthRejected):
+            raise AuthError.rejected(got.message, _KEY_HINT)
+        info = await _look(client, name, sub, "" if isinstance(got, Ok) else got.message)
+        if name == sub.remote_name:
+            ended = info
+    if ended is None or not ended.state.is_done:
+        return ShardCancel(sub.display_name, "cancel sent; its batch has not ended yet: a run collects what it "
+                           "finished and sends the rest again")  # fmt: skip
+    stats = ended.stats
+    finished = stats.succeeded + stats.failed
+    if finished == 0 and ended.responses_file is None and len(names) == 1:
+        await store.shard_abandoned(sub, "cancelled", now, why)
+        return ShardCancel(sub.display_name, "cancelled before any line finished: its tasks are pending again",
+                           closed=True)  # fmt: skip
+    await store.shard_state(sub, ended.state.value, None, now)
+    return ShardCancel(sub.display_name, f"its batch ended {ended.state} with {stats.succeeded} lines succeeded "
+                       f"and {stats.failed} failed: a run collects them and sends the rest again")  # fmt: skip
+
+
+async def _look(client: GeminiBatchClient, name: str, sub: Submission, why: str) -> BatchInfo:
+    """The batch after its cancel (accepted, or refused because it had ended). One that cannot be looked at is
+    never taken to have ended: it may run on and bill while its tasks ran again elsewhere."""
+    got = await client.get(name)
+    if isinstance(got, Got):
+        return got.batch
+    if isinstance(got, AuthRejected):
+        raise AuthError.rejected(got.message, _KEY_HINT)
+    raise BatcherError(f"could not look at batch {name} of shard {sub.display_name} after cancelling it"
+                       f"{f' ({why})' if why else ''}: {got.message}; nothing was closed for it, try again")  # fmt: skip
