@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import sqlite3
 import subprocess
@@ -45,10 +44,9 @@ from typing import Any
 
 import yaml
 
-from tests.acceptance.chaos_kit import png_problem
+from tests.acceptance.chaos_kit import EmulatorProcess, png_problem
 
 REPO = Path(__file__).resolve().parents[2]
-READY = re.compile(r"emulator ready base_url=(\S+) api_key=(\S+) provider=gemini")
 MODEL = "gemini-3.1-flash-lite-image"
 API_KEY = "batch-chaos-key-51e0"  # the emulator's key for the run (not a secret)
 JOB = "batchchaos"
@@ -182,7 +180,7 @@ def _bump(counts: dict[str, int], key: str) -> None:
 # --- the emulator in a process of its own ---------------------------------------------------------------
 
 
-class GeminiProcess:
+class GeminiProcess(EmulatorProcess):
     """`python -m batcher.emulator --provider gemini --port 0 ...`; its counters and clock over HTTP."""
 
     def __init__(self, plan: BatchPlan) -> None:
@@ -192,41 +190,16 @@ class GeminiProcess:
                      "--file-ttl-s", str(plan.file_ttl_s)]  # fmt: skip
         for knob, value in plan.faults.items():
             self.args += ["--" + knob.replace("_", "-"), value]
-        self.proc: subprocess.Popen[str] | None = None
-        self.origin = ""
+        self.proc = None
+        self.base_url = ""
+        self.api_key = API_KEY
 
     def __enter__(self) -> GeminiProcess:
-        self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, text=True)  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        found = READY.search(line)
-        if found is None:
-            self.close()
-            raise RuntimeError(f"the Gemini emulator did not start: {line!r}")
-        self.origin = found.group(1)
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.origin}/_emulator/stats", timeout=30) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
-
     def advance(self, seconds: float) -> None:
+        """Move the emulator's clock on: batches end, files expire."""
         request = urllib.request.Request(f"{self.origin}/_emulator/advance?seconds={seconds}", method="POST")
         with urllib.request.urlopen(request, timeout=30) as resp:
             resp.read()
