@@ -270,8 +270,11 @@ async def test_get_list_and_cancel_answer_after_their_latency(make_gemini: MakeG
 # --- billing a test can read -----------------------------------------------------------------------------------
 
 
-async def test_billing_per_batch_and_key_with_each_image_s_sha256(make_gemini: MakeGemini) -> None:
-    api = await _batches(make_gemini, batch_line_refusal_rate=0.3, seed=8)
+@pytest.mark.parametrize("image_bytes", [None, 20_000])  # small patterned PNGs, or noisy ones of a size
+async def test_billing_per_batch_and_key_with_each_image_s_sha256(
+    make_gemini: MakeGemini, image_bytes: int | None
+) -> None:
+    api = await _batches(make_gemini, batch_line_refusal_rate=0.3, seed=8, image_bytes=image_bytes)
     file_name = await api.upload(jsonl("a", "b", "c", "d", "e"))
     one = (await api.create(file_name, "shard-1")).body["name"]
     two = (await api.create(file_name, "shard-1")).body["name"]  # a second batch of the same shard

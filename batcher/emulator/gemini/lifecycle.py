@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from batcher.emulator.gemini.batches import SUCCEEDED, TERMINAL, Batch, BatchLine
 from batcher.emulator.gemini.files import StoredFile
 from batcher.emulator.gemini.state import GeminiState
@@ -83,8 +81,7 @@ def _image_sha256(state: GeminiState, line: BatchLine) -> str:
     spec = line.spec
     if spec is None:
         return ""
-    png, _ = state.images.image(spec.prompt, spec.width, spec.height, state.config.image_bytes)
-    return hashlib.sha256(png).hexdigest()
+    return state.images.sha256(spec.prompt, spec.width, spec.height, state.config.image_bytes)
 
 
 def settle(state: GeminiState, now: float) -> GeminiStats:
