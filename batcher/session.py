@@ -142,7 +142,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
              "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
-             "batch_max_bytes": s.batch_max_bytes,
+             "batch_max_bytes": s.batch_max_bytes, "batch_create_grace_s": s.batch_create_grace_s,
              "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
@@ -268,9 +268,11 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     s = job.settings
     prices = batch_micros(await store.job_models(job), job, opts.price)
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
+    grace = s.get("batch_create_grace_s")
     batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
-                          wait=opts.wait, deadline_at=deadline)  # fmt: skip
+                          wait=opts.wait, deadline_at=deadline,
+                          create_grace_s=BatchSettings.create_grace_s if grace is None else float(grace))  # fmt: skip
     async with connect.endpoint("gemini", emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
         config = run_config(opts, job, ApiSettings())
         gate = await connect.rate_gate(store, config, "gemini")

@@ -128,7 +128,7 @@ class StepsPart(ShardWork):
                          shard.absent_listings, GRACE_LISTINGS, max(left, 0.0), grace)  # fmt: skip
                 self._later(shard, max(0.2, min(grace / GRACE_LISTINGS, left) if left > 0 else grace / GRACE_LISTINGS))
                 return
-            log.info("shard %s: no batch of that name on %d complete listings over %.0f s: never created; sending "
+            log.warning("shard %s: no batch of that name on %d complete listings over %.0f s: never created; sending "
                      "it again", sub.display_name, shard.absent_listings, grace)  # fmt: skip
             shard.absent_listings = 0
             sub.state = UPLOADED

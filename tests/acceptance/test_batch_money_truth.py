@@ -1,0 +1,214 @@
+"""Batch Mode money truth over the real CLI: every batch the emulator bills is collected or counted, whatever
+happens around it (a lost results file, a create answered by a gateway while the listing lags, a batch that
+ends CANCELLED or FAILED with lines finished, a results file that leaves billed lines out).
+
+Money is held against the emulator's own billing, per batch and per key: what the ledger bills for each key is
+what the API billed for it, or the difference is within what the summary flags; every image the emulator
+served for a key is on disk, byte-exact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from batcher.emulator import Latency
+from batcher.emulator.gemini.server import GeminiEmulator
+from tests.acceptance.cli_kit import Done, batcher, finish, start
+from tests.acceptance.test_gemini_batch import (
+    LINE_PRICE,
+    QUICK,
+    SHARD,
+    batch_manifest,
+    cli,
+    keys_of,
+    one_batch_per_shard,
+    shards_for,
+    usd,
+)
+from tests.acceptance.test_gemini_online import gemini_env, rows
+from tests.acceptance.test_money_truth import until
+from tests.conftest import StartGemini
+
+HOURS_49 = 49 * 3600.0  # past the 48 hours a file lives
+
+
+async def run(m: Path, db: Path, emu: GeminiEmulator, cwd: Path, *more: str, timeout: float = 60.0) -> Done:
+    return await batcher(*cli(m, db, *more), env=gemini_env(emu), cwd=cwd, timeout=timeout)
+
+
+def ledger_by_key(db: Path) -> dict[str, int]:
+    """Charges the ledger holds per task key: its own cost, and each known second charge (a stray row)."""
+    with sqlite3.connect(db) as conn:
+        billed = conn.execute("SELECT key FROM tasks WHERE cost_micros > 0").fetchall()
+        strays = conn.execute(
+            "SELECT t.key FROM strays s JOIN tasks t ON t.id = s.task_id WHERE s.cost_micros > 0"
+        ).fetchall()
+    out: dict[str, int] = {}
+    for (key,) in [*billed, *strays]:
+        out[str(key)] = out.get(str(key), 0) + 1
+    return out
+
+
+def money_is_the_apis(head: dict[str, Any], emu: GeminiEmulator, db: Path) -> None:
+    """The ledger's charges are the emulator's, in total and key by key; its cost is theirs at the batch price."""
+    stats = emu.stats
+    assert stats.images_billed == 0
+    assert ledger_by_key(db) == stats.batch_lines_by_key, (ledger_by_key(db), stats.batch_lines_by_key)
+    assert head["billed_calls"] == stats.batch_lines_billed, (head, stats.batch_lines_billed)
+    assert head["cost_usd"] == usd(stats.batch_lines_billed * LINE_PRICE), head
+
+
+def images_are_the_apis(db: Path, emu: GeminiEmulator) -> int:
+    """Every succeeded task's file is the image the emulator served for its key, byte for byte."""
+    served = emu.stats.image_sha256_by_key
+    count = 0
+    for r in rows(db):
+        if r["status"] == "succeeded":
+            data = Path(r["output_path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == r["sha256"] == served[r["key"]], r["key"]
+            count += 1
+    return count
+
+
+# --- 1. a results file that is gone -------------------------------------------------------------------------
+
+
+async def test_a_results_file_gone_is_paid_result_lost_then_recreate_makes_them_again(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 10
+    emu = await start_gemini(batch_latency=QUICK)
+    m = batch_manifest(tmp_path / "gone.yaml", n)
+    db = tmp_path / "b.db"
+    submitted = await run(m, db, emu, tmp_path, "--no-wait")
+    assert submitted.code == 5, submitted.err
+    emu.advance(HOURS_49)  # collected after a long weekend: every batch done, its results file deleted
+    done = await run(m, db, emu, tmp_path, timeout=40.0)
+    assert done.code == 1, done.err
+    head = json.loads(done.out)
+    assert emu.stats.batch_lines_billed == n and emu.stats.expired_file_answers >= shards_for(n)
+    assert head["paid_result_lost"] == n and head["succeeded"] == 0, head
+    assert "results file" in done.err and "retry --recreate" in done.err, done.err
+    money_is_the_apis(head, emu, db)
+    # made again only when asked, each a known second charge
+    again = await batcher("retry", "gone", "--db", str(db), "--recreate", env=gemini_env(emu), cwd=tmp_path)
+    assert again.code == 0, again.err
+    done = await run(m, db, emu, tmp_path)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert head["succeeded"] == n and head["known_duplicates"] == n and emu.stats.batch_lines_billed == 2 * n
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n
+
+
+# --- 2. a create answered by a gateway, a listing that lags ---------------------------------------------------
+
+
+async def test_a_gateway_error_on_create_with_a_lagging_listing_makes_one_batch_per_shard(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 10
+    # every create makes its batch, then a gateway answers 502/504; the listing shows a batch 8 s after
+    emu = await start_gemini(batch_latency=QUICK, batch_create_gateway_rate=1.0, batch_list_lag_s=8.0, seed=3)
+    m = batch_manifest(tmp_path / "gateway.yaml", n)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, timeout=90.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert emu.stats.batch_create_gateway_errors == shards_for(n)
+    one_batch_per_shard(emu, shards_for(n))
+    assert head["succeeded"] == n and head["known_duplicates"] == 0
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n
+
+
+async def test_a_batch_absent_from_the_listing_is_created_again_only_after_the_grace_period(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 5
+    emu = await start_gemini(batch_latency=QUICK, batch_create_503_rate=1.0)  # 503: nothing was made
+    m = batch_manifest(tmp_path / "grace.yaml", n, batch={"max_requests": SHARD, "create_grace_s": 4})
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.count("batch", 503) >= 1, "the first create to be answered 503")
+    emu.configure(batch_create_503_rate=0.0)
+    done = await finish(proc, 90.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    one_batch_per_shard(emu, 1)
+    # absent on several complete listings, the last past the grace period, before it was sent again
+    assert head["api_calls"]["batch_list"] >= 3 and head["api_calls"]["batch_create"] == 2, head["api_calls"]
+    assert "4 s grace" in done.err or "over 4 s" in done.err, done.err
+    money_is_the_apis(head, emu, db)
+
+
+# --- 3. a batch that ends CANCELLED or FAILED keeps and bills what it finished ---------------------------------
+
+
+async def test_the_deadline_collects_the_lines_a_cancelled_batch_finished_and_resends_only_the_rest(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 10
+    emu = await start_gemini(batch_latency=Latency("fixed", 40.0), batch_partial_lines=True, latency=QUICK, seed=11)
+    m = batch_manifest(tmp_path / "deadline.yaml", n)
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db, "--finish-online-after", "3s"), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batches_created >= shards_for(n), "every shard to be created")
+    emu.advance(20.0)  # half of each batch's lines have finished when the deadline cancels them
+    done = await finish(proc, 90.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    stats = emu.stats
+    finished = stats.batch_lines_billed
+    assert 0 < finished < n, finished
+    assert set(stats.state_by_batch.values()) == {"BATCH_STATE_CANCELLED"}, stats.state_by_batch
+    # the finished lines are collected at the batch price; only the rest ran online, each once
+    assert head["succeeded"] == n and stats.images_billed == n - finished, (head, stats.images_billed)
+    for r in rows(db):  # each task billed once: by its batch, or online
+        assert stats.batch_lines_by_key.get(r["key"], 0) + stats.billed_by_prompt.get(r["prompt"], 0) == 1, r
+    assert head["cost_usd"] == usd(finished * LINE_PRICE + (n - finished) * 2 * LINE_PRICE), head
+
+
+async def test_a_failed_batch_with_finished_lines_and_no_file_counts_them_paid_result_lost(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 10
+    emu = await start_gemini(batch_latency=Latency("fixed", 4.0), batch_partial_lines=True, batch_fail_rate=1.0,
+                             batch_ended_no_file_rate=1.0, seed=5)  # fmt: skip
+    m = batch_manifest(tmp_path / "failed.yaml", n, retries={"max_attempts": 1})
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path)
+    head = json.loads(done.out)
+    billed = emu.stats.batch_lines_billed
+    assert billed > 0, "the seed drew no line finished before its batch failed"
+    assert head["paid_result_lost"] == billed, head  # counted, never silently sent again
+    # which lines finished cannot be known without a file: the count is the API's, the keys are not
+    assert head["billed_calls"] == billed and head["cost_usd"] == usd(billed * LINE_PRICE), head
+    assert done.code == 1, done.err
+
+
+# --- 4. keys a results file leaves out --------------------------------------------------------------------
+
+
+async def test_billed_keys_missing_from_a_results_file_are_paid_result_lost_not_resent(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 20
+    emu = await start_gemini(batch_latency=QUICK, batch_omit_line_rate=0.3, batch_results_no_final_newline=True,
+                             seed=9)  # fmt: skip
+    m = batch_manifest(tmp_path / "omitted.yaml", n)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path)
+    head = json.loads(done.out)
+    omitted = {k for keys in emu.stats.omitted_keys_by_batch.values() for k in keys}
+    assert omitted, "the seed left no line out"
+    assert emu.stats.batches_created == shards_for(n)  # nothing sent again
+    assert head["paid_result_lost"] == len(omitted) and head["succeeded"] == n - len(omitted), head
+    assert {r["key"] for r in rows(db) if r["failure"] == "result_lost"} == omitted
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n - len(omitted)
+    assert done.code == 1, done.err
+    assert keys_of(db) >= omitted
