@@ -56,6 +56,7 @@ def main() -> int:
                        help="uniform time from a batch's create to its end, seconds")  # fmt: skip
     batch.add_argument("--file-ttl-s", type=float, default=120.0, help="files are deleted this long after made")
     batch.add_argument("--horizon-s", type=float, default=60.0, help="kills and cancels land within this")
+    batch.add_argument("--timeout-s", type=float, default=600.0, help="the workers are stopped after this")
     batch.add_argument("--pg", metavar="URL", default=None,
                        help="a PostgreSQL server: the store is a fresh database on it, dropped after")  # fmt: skip
     for knob, value in DEFAULT_BATCH_FAULTS.items():
@@ -93,6 +94,7 @@ def batch_route(args: argparse.Namespace, workdir: Path) -> int:
         file_ttl_s=args.file_ttl_s,
         faults={knob: str(getattr(args, knob)) for knob in DEFAULT_BATCH_FAULTS},
         horizon_s=args.horizon_s,
+        run_timeout_s=args.timeout_s,
     )
     if args.pg:
         with FreshDatabase(args.pg) as database:

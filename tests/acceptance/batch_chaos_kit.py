@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -72,6 +73,7 @@ FINAL = (0, 1)  # exit codes of a worker that drove every task it could to a fin
 # billed line left out of its file), paid but unusable, or a line failed as often as the attempts allow.
 ALLOWED_FAILURES = ("result_lost", "download", "generation")
 POLL_S = 0.1
+CANCELLED_SHARDS = re.compile(r"cancelled (\d+) batch shard")
 STARTUP_TIMEOUT_S = 20.0
 CANCEL_TIMEOUT_S = 120.0
 
@@ -107,6 +109,7 @@ class BatchFigures:
     kills: int = 0
     cancels: int = 0
     cancel_codes: dict[str, int] = field(default_factory=dict)
+    shards_cancelled: int = 0  # as the cancels said ("cancelled N batch shards")
     exit_codes: dict[str, int] = field(default_factory=dict)  # of every worker
     succeeded: int = 0
     failed_by_cause: dict[str, int] = field(default_factory=dict)
@@ -139,7 +142,7 @@ class BatchFigures:
             ("store", self.store),
             ("workers started", f"{self.workers_started} (exit codes: {_counts(self.exit_codes)})"),
             ("SIGKILLs", str(self.kills)),
-            ("cancels", f"{self.cancels} (exit codes: {_counts(self.cancel_codes)})"),
+            ("cancels", f"{self.cancels} (exit codes: {_counts(self.cancel_codes)}; {self.shards_cancelled} shards cancelled)"),
             ("tasks", str(self.tasks)),
             ("succeeded", str(self.succeeded)),
             ("failed by cause", _counts(self.failed_by_cause) or "none"),
@@ -292,6 +295,8 @@ class BatchDriver:
         out += err
         _bump(self.figures.cancel_codes, str(code))
         (self.logs / f"cancel-{self.figures.cancels:03d}.log").write_text(out, encoding="utf-8")
+        said = CANCELLED_SHARDS.search(out)
+        self.figures.shards_cancelled += int(said.group(1)) if said else 0
         if "Traceback" in out:
             self.figures.problems.append(f"cancel {self.figures.cancels} wrote a traceback: {out[-600:]!r}")
         elif code != 0:
@@ -386,7 +391,7 @@ def report_json(driver: BatchDriver) -> dict[str, Any]:
 
 
 def known_batches(db: str) -> set[str]:
-    """The remote names (batches/...) the store recorded for its shards."""
+    """The remote names (batches/...) the store recorded for its shards (its tasks name theirs too)."""
     sql = "SELECT remote_name FROM submissions WHERE remote_name IS NOT NULL"
     if db.startswith("postgresql"):
         return asyncio.run(_pg_names(db, sql))
@@ -480,7 +485,7 @@ def verify(driver: BatchDriver, stats: Mapping[str, Any], f: BatchFigures) -> No
         problems.append(f"{extra_billed} lines billed again ({f.keys_billed_twice} keys), {f.known_duplicates} known "
                         f"duplicates in the ledger; {len(unflagged)} of those keys are not marked a possible double "
                         f"charge (e.g. task {by_key[unflagged[0]]['task']})")  # fmt: skip
-    names = known_batches(driver.db)
+    names = known_batches(driver.db) | {str(t["remote_task_id"]) for t in tasks if t.get("remote_task_id")}
     f.batches_created = int(stats["batches_created"])
     f.batches_by_state = {k.removeprefix("BATCH_STATE_"): v for k, v in stats["batches_by_state"].items()}
     unknown_batches = {b: keys for b, keys in stats["billed_keys_by_batch"].items() if b not in names}
