@@ -139,6 +139,23 @@ async def test_a_gone_responses_file_answers_at_once_and_was_billed(make_gemini:
     assert stats.batch_lines_by_key == {"paid": 1, "lost": 1}
 
 
+async def test_one_batch_s_responses_file_can_be_made_gone(make_gemini: MakeGemini) -> None:
+    api = await _batches(make_gemini, batch_latency="fixed:100")
+    emu = api.api.emu
+    file_name = await api.upload(jsonl("x", "y"))
+    early, late, kept = [(await api.create(file_name, f"b{i}")).body["name"] for i in range(3)]
+    emu.lose_results(early)  # before it ends: gone as soon as its file is made
+    emu.advance(100)
+    emu.lose_results(late, 404)  # ended: gone at once
+    answers = []
+    for name in (early, late, kept):
+        answers.append((await api.download((await api.get(name)).body["response"]["responsesFile"]))[0])
+    assert answers == [403, 404, 200]
+    assert emu.stats.results_files_gone == 2 and emu.stats.batch_lines_billed == 6
+    with pytest.raises(ValueError, match="403 or 404"):
+        emu.lose_results(kept, 410)
+
+
 # --- lines that finish one by one, kept by every ending --------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ class Batch:
     deleted: bool = False  # hidden from get and list; it still runs and is billed, as deleting an operation does
     results_file: str | None = None
     file_lines: tuple[int, ...] = ()  # indices of the lines its responses file holds, once it has one
+    results_gone_status: int | None = None  # its responses file is gone, answering this, once it is made
 
     def _done_at(self) -> float:
         """When it succeeds or fails, unless it expires or is cancelled first."""

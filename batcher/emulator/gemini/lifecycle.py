@@ -68,8 +68,8 @@ def settle_batch(state: GeminiState, batch: Batch, now: float) -> None:
     expires = end + config.file_ttl_s
     results = StoredFile(name, f"{batch.display_name} results", RESULTS_MIME, 0, end, expires, "GENERATED")
     results.batch = batch.name
-    if state.roll(config.results_gone_rate):
-        results.gone_status = config.results_gone_status
+    if batch.results_gone_status is not None or state.roll(config.results_gone_rate):
+        results.gone_status = batch.results_gone_status or config.results_gone_status
         stats.results_files_gone += 1
     state.files.add(results)
     batch.results_file = results.name
@@ -90,3 +90,16 @@ def settle(state: GeminiState, now: float) -> GeminiStats:
         if batch.ended is None:
             settle_batch(state, batch, now)
     return state.stats
+
+
+def lose_results(state: GeminiState, batch_name: str, status: int, now: float) -> None:
+    """Make one batch's responses file gone (answering `status`): at once if it has one, else when it is made."""
+    if status not in (403, 404):
+        raise ValueError("a gone responses file answers 403 or 404")
+    settle(state, now)
+    batch = state.batches[batch_name]
+    batch.results_gone_status = status
+    stored = state.files.files.get(batch.results_file or "")
+    if stored is not None and stored.gone_status is None:
+        stored.gone_status = status
+        state.stats.results_files_gone += 1
