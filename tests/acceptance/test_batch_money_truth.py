@@ -102,6 +102,7 @@ async def test_a_results_file_gone_is_paid_result_lost_then_recreate_makes_them_
     assert head["succeeded"] == n and head["known_duplicates"] == n and emu.stats.batch_lines_billed == 2 * n
     money_is_the_apis(head, emu, db)
     assert images_are_the_apis(db, emu) == n
+    assert "on its way" in cancelled.err and "Traceback" not in cancelled.err + done.err, cancelled.err
 
 
 # --- 2. a create answered by a gateway, a listing that lags ---------------------------------------------------
@@ -123,6 +124,7 @@ async def test_a_gateway_error_on_create_with_a_lagging_listing_makes_one_batch_
     assert head["succeeded"] == n and head["known_duplicates"] == 0
     money_is_the_apis(head, emu, db)
     assert images_are_the_apis(db, emu) == n
+    assert "on its way" in cancelled.err and "Traceback" not in cancelled.err + done.err, cancelled.err
 
 
 async def test_a_batch_absent_from_the_listing_is_created_again_only_after_the_grace_period(
@@ -212,3 +214,36 @@ async def test_billed_keys_missing_from_a_results_file_are_paid_result_lost_not_
     assert images_are_the_apis(db, emu) == n - len(omitted)
     assert done.code == 1, done.err
     assert keys_of(db) >= omitted
+
+
+# --- 6. `batcher cancel` while a create is on its way -------------------------------------------------------
+
+
+async def test_cancel_while_a_create_is_on_its_way_cancels_that_batch_and_collects_what_it_finished(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 5
+    # the create makes its batch and holds its reply; the listing does not show it for a minute
+    emu = await start_gemini(batch_latency=Latency("fixed", 30.0), batch_partial_lines=True, batch_create_delay_s=20.0,
+                             batch_list_lag_s=60.0, seed=2)  # fmt: skip
+    m = batch_manifest(tmp_path / "fence.yaml", n)
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batches_created >= 1, "the first create to make its batch")
+    cancelled = await batcher("cancel", "fence", "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    emu.configure(batch_create_delay_s=0.0, batch_latency=QUICK)  # the tasks sent again are done at once
+    emu.advance(20.0)  # the held reply goes out; about two thirds of the first batch's lines have finished
+    done = await finish(proc, 90.0)
+    assert done.code == 0, done.err
+    emu.advance(3600.0)  # a batch left running would bill by now
+    head = json.loads(done.out)
+    stats = emu.stats
+    first = next(iter(emu.state.batches))
+    assert stats.state_by_batch[first] == "BATCH_STATE_CANCELLED", stats.state_by_batch
+    assert len(stats.state_by_batch) == stats.batches_created  # every batch made has ended: none leaked
+    assert 0 < stats.batch_lines_by_batch.get(first, 0) < n, stats.batch_lines_by_batch
+    assert head["succeeded"] == n
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n
+    assert "on its way" in cancelled.err and "Traceback" not in cancelled.err + done.err, cancelled.err

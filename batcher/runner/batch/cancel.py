@@ -16,7 +16,7 @@ from batcher.providers.base import AuthRejected
 from batcher.providers.gemini_batch import Absent, BatchInfo, BatchState, Found, GeminiBatchClient, Got, Ok
 from batcher.runner.base import log
 from batcher.store import Job, Store
-from batcher.store.submissions import CREATING, PLANNED, UPLOADED, ShardMoved, Submission
+from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved, Submission
 
 _ENDED = frozenset(s.value for s in BatchState if s.is_done)
 _KEY_HINT = "GEMINI_API_KEY or GOOGLE_API_KEY"
@@ -47,21 +47,26 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
 async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission, why: str, now: float) -> ShardCancel:
     """Cancel one shard's batch (every batch of it, if a create was doubled) and record what it left."""
     if sub.state in (PLANNED, UPLOADED):
-        await store.shard_abandoned(sub, "cancelled", now, why)
-        return ShardCancel(sub.display_name, "never created: its tasks are pending again", closed=True)
+        if await store.shard_cancel_unsent(sub, now, why):
+            return ShardCancel(sub.display_name, "never created: its tasks are pending again", closed=True)
+        sub = await _fresh(store, sub)  # its create was committed meanwhile
+    if sub.state == CREATING and not await store.shard_cancel_creating(sub, now):
+        sub = await _fresh(store, sub)
     names = [sub.remote_name] if sub.remote_name is not None else []
-    if sub.state == CREATING and sub.remote_name is None:
+    if sub.state in (CREATING, CANCEL_CREATING) and sub.remote_name is None:
         found = await client.find_by_display_name(sub.display_name)
-        if isinstance(found, Found):
-            names = [b.name for b in found.batches]
-            await store.shard_created(sub, names[-1], now)  # the oldest: the one the shard's lines are billed by
-        elif isinstance(found, Absent):
-            await store.shard_abandoned(sub, "cancelled", now, why)
-            return ShardCancel(sub.display_name, "not on a complete listing: never created; its tasks are pending "
-                               "again", closed=True)  # fmt: skip
-        else:
-            raise BatcherError(f"cannot tell whether shard {sub.display_name} was created ({found.message}): "
-                               "nothing was cancelled for it; try again")  # fmt: skip
+        if not isinstance(found, Found):
+            # in flight, or a listing that lags: marked, the worker that sent it cancels the batch once it
+            # knows its name, and a run that finds none after the grace period closes the shard
+            what = "no batch of it on the listing yet" if isinstance(found, Absent) else found.message
+            return ShardCancel(sub.display_name, f"its create may be on its way ({what}): marked; its batch is "
+                               "cancelled as soon as it is known, and what it finished is collected")  # fmt: skip
+        names = [b.name for b in found.batches]
+        try:
+            await store.shard_created(sub, names[-1], now)  # the oldest: the one its lines are billed by
+        except ShardMoved:
+            sub = await _fresh(store, sub)  # the worker learnt the name meanwhile
+            names = sorted({*names, *([sub.remote_name] if sub.remote_name else [])})
     if sub.state in _ENDED:
         return ShardCancel(sub.display_name, f"its batch ended {sub.state}: a run collects its lines")
     ended: BatchInfo | None = None
@@ -84,6 +89,13 @@ async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission,
     await store.shard_state(sub, ended.state.value, None, now)
     return ShardCancel(sub.display_name, f"its batch ended {ended.state} with {stats.succeeded} lines succeeded "
                        f"and {stats.failed} failed: a run collects them and sends the rest again")  # fmt: skip
+
+
+async def _fresh(store: Store, sub: Submission) -> Submission:
+    fresh = await store.shard_by_display_name(sub.display_name)
+    if fresh is None or fresh.state in CLOSED:
+        raise ShardMoved(f"shard {sub.display_name} was closed meanwhile")
+    return fresh
 
 
 async def _look(client: GeminiBatchClient, name: str, sub: Submission, why: str) -> BatchInfo:

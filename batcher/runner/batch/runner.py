@@ -151,11 +151,20 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
             now = self._now()
 
     async def _heartbeat(self) -> None:
+        """Renew the leases of every task this worker holds. A worker that could not renew them before they ran
+        out (cut off from the store, or frozen) lets go of its shards at once: another may have taken them over,
+        and every shard change it would still try is fenced by those leases anyway."""
+        renewed = self._now()
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
             now = self._now()
+            if now > renewed + self.config.lease_s and self.shards:
+                log.warning("this worker's leases ran out (last renewed %.0f s ago): letting go of its %d shards",
+                            now - renewed, len(self.shards))  # fmt: skip
+                self.shards.clear()
             try:
                 await self.store.heartbeat(self.worker_id, now, now + self.config.lease_s)
+                renewed = now
             except BatcherError as e:
                 log.warning("heartbeat failed: %s", e.message)
 

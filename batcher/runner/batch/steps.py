@@ -28,7 +28,7 @@ from batcher.runner.base import log
 from batcher.runner.batch.shard import GRACE_LISTINGS, Shard, ShardWork
 from batcher.shards import next_check_in
 from batcher.store import ClaimLost
-from batcher.store.submissions import CREATING, PLANNED, UPLOADED, ShardMoved
+from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved
 
 ENDED = frozenset(s.value for s in BatchState if s.is_done)  # a shard's recorded remote state, once it ended
 
@@ -41,17 +41,16 @@ class StepsPart(ShardWork):
                 await self._upload(shard)
             elif sub.state == UPLOADED:
                 await self._create(shard)
-            elif sub.state == CREATING:
+            elif sub.state in (CREATING, CANCEL_CREATING):
                 await self._reconcile(shard)
             elif sub.state in ENDED:
                 await self._collect(shard)
             else:
                 await self._check(shard)
         except ShardMoved as e:
-            log.warning("%s", e)
-            self.shards.pop(sub.id, None)
-        except ClaimLost as e:
-            log.warning("%s", e)
+            await self._moved(shard, str(e))
+        except ClaimLost as e:  # a line's task was taken over: the shard is another worker's now
+            await self._moved(shard, str(e))
 
     async def _upload(self, shard: Shard) -> None:
         sub = shard.sub
@@ -122,6 +121,9 @@ class StepsPart(ShardWork):
             shard.absent_listings += 1
             grace = self.batch.create_grace_s
             left = sub.updated_at + grace - self._now()  # updated when `creating` was committed
+            if sub.state == CANCEL_CREATING and left <= 0 and shard.absent_listings >= GRACE_LISTINGS:
+                await self._abandon(shard, "cancelled", "cancelled while its create was on its way; never created")
+                return
             if left > 0 or shard.absent_listings < GRACE_LISTINGS:
                 log.info("shard %s: no batch of that name on the listing yet (%d of %d listings; %.0f s of the "
                          "%.0f s grace left): waiting, not creating again", sub.display_name,
@@ -136,13 +138,30 @@ class StepsPart(ShardWork):
         else:
             self._fault(shard, found.message)
 
+    async def _moved(self, shard: Shard, why: str) -> None:
+        """A change of the shard was refused: another process moved it (`batcher cancel`, or a worker that took
+        it over). Carried on from where the store has it, if it is still open and ours; else let go."""
+        sub = shard.sub
+        fresh = await self.store.shard_by_display_name(sub.display_name)
+        if fresh is None or fresh.state in CLOSED or fresh.state == sub.state:
+            log.warning("%s: let go", why)
+            self.shards.pop(sub.id, None)
+            return
+        log.info("%s: it is %s now", why, fresh.state)
+        shard.sub, shard.due = fresh, 0.0
+
     async def _created(self, shard: Shard, remote_name: str) -> None:
         sub = shard.sub
-        await self.store.shard_created(sub, remote_name, self._now())
+        cancelled = await self.store.shard_created(sub, remote_name, self._now())
+        if cancelled:
+            got = await self.client.cancel(remote_name)  # `batcher cancel` asked while its create was on its way
+            self._log_shard_call(shard, got.call)
+            log.warning("shard %s: cancelled while its create was on its way: batch %s cancelled; what it "
+                        "finished is collected", sub.display_name, remote_name)  # fmt: skip
         for task in shard.tasks.values():
             task.status, task.remote_task_id = TaskStatus.SUBMITTED, remote_name
         shard.faults, shard.checks = 0, 0
-        self._later(shard, next_check_in(0.0, 0))
+        self._later(shard, 1.0 if cancelled else next_check_in(0.0, 0))  # a cancel takes hold within seconds
         with contextlib.suppress(OSError):
             (self.work_dir / f"{sub.display_name}.jsonl").unlink()
         log.info("shard %s is batch %s", sub.display_name, remote_name)
