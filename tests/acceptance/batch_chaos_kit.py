@@ -15,7 +15,7 @@ What is checked (each failure becomes one line in `BatchFigures.problems`):
   the emulator billed for its key; every key the emulator billed is a succeeded task or one the summary counts
   as paid with its result lost (or unusable);
 - money per key: no key billed more often than the ledger knows, unless its task is marked a possible double
-  charge; per batch: every batch that billed lines is one the store knows, unless its tasks are so marked;
+  charge, and no task billed in the ledger whose key the API never billed; per batch: every batch that billed lines is one the store knows, unless its tasks are so marked;
 - money in total: the ledger's billed calls lie between the emulator's billed lines minus the unknown
   submissions and the emulator's billed lines (equal when there were none), and its cost is the batch price times
   its batch calls;
@@ -485,6 +485,11 @@ def verify(driver: BatchDriver, stats: Mapping[str, Any], f: BatchFigures) -> No
         problems.append(f"{extra_billed} lines billed again ({f.keys_billed_twice} keys), {f.known_duplicates} known "
                         f"duplicates in the ledger; {len(unflagged)} of those keys are not marked a possible double "
                         f"charge (e.g. task {by_key[unflagged[0]]['task']})")  # fmt: skip
+    ledger_paid = [t for t in tasks if Decimal(t.get("cost_usd") or 0) > 0]
+    never_billed = [t for t in ledger_paid if billed.get(t["key"], 0) == 0]
+    if never_billed:
+        problems.append(f"the ledger bills {len(never_billed)} tasks whose key the API never billed (e.g. task "
+                        f"{never_billed[0]['task']}: {never_billed[0]['status']}, {never_billed[0].get('failure')})")  # fmt: skip
     names = known_batches(driver.db) | {str(t["remote_task_id"]) for t in tasks if t.get("remote_task_id")}
     f.batches_created = int(stats["batches_created"])
     f.batches_by_state = {k.removeprefix("BATCH_STATE_"): v for k, v in stats["batches_by_state"].items()}
