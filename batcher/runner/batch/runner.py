@@ -101,7 +101,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
         return RunResult(reason, self._fatal, left, self.progress)
 
     async def _loop(self) -> str:
-        await self._carry_on_open_shards()
+        orphans_at = 0.0  # when to look next for shards whose holder's lease ran out
         while True:
             if self._stopping:
                 return StopReason.INTERRUPTED
@@ -109,6 +109,9 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
             if self.batch.deadline_at is not None and now >= self.batch.deadline_at:
                 await self._cancel_all("the --finish-online-after deadline passed")
                 return StopReason.DEADLINE
+            if now >= orphans_at:  # whatever this worker's own load: a dead worker's batches bill all the same
+                await self._carry_on_open_shards()
+                orphans_at = now + self._orphan_poll_s()
             await self._plan_ahead(now)
             # shards to upload and create go first: a batch queues at the API while older ones are collected
             for shard in sorted(self.shards.values(), key=lambda sh: (sh.sub.state not in UNSENT, sh.due)):
@@ -119,6 +122,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
             self._tally()
             if not self.shards:
                 await self._carry_on_open_shards()  # shards another worker left (it stopped, or its lease ran out)
+                orphans_at = self._now() + self._orphan_poll_s()
             if not self.shards:
                 left, due = await self.store.next_due(self.job, self._now(), GEMINI, online=False)
                 if left == 0:
@@ -134,9 +138,15 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
                 wait = 0.05 if more else max(0.05, min(s.due for s in self.shards.values()) - self._now())
                 if self.batch.deadline_at is not None:
                     wait = min(wait, max(0.05, self.batch.deadline_at - self._now()))
+            wait = min(wait, max(0.05, orphans_at - self._now()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _orphan_poll_s(self) -> float:
+        """How often a worker looks for shards nobody holds: a dead worker's shard is taken over within its lease
+        plus this."""
+        return max(0.5, min(IDLE_S, self.config.lease_s / 2))
 
     async def _plan_ahead(self, now: float) -> None:
         """Plan shards while tasks are due, keeping at most PLAN_AHEAD of them not yet created (each holds a
@@ -173,6 +183,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
         collect the lines it finished (billed: never thrown away, never sent again). A shard whose batch has not
         ended within CANCEL_FOLLOW_S stays open, its tasks submitted: a later run collects it."""
         await cancel_shards(self.store, self.client, self.job, why, self._now())
+        await self._carry_on_open_shards()  # a dead worker's shards too: what they finished is billed
         fresh = {s.id: s for s in await self.store.shards_open(self.job)}
         for sid, shard in list(self.shards.items()):
             if sid not in fresh or fresh[sid].state in UNSENT:
