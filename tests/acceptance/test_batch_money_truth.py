@@ -74,6 +74,22 @@ def images_are_the_apis(db: Path, emu: GeminiEmulator) -> int:
     return count
 
 
+async def the_counter_reads_the_same_everywhere(db: Path, cwd: Path, job: str, key: str, words: str, n: int) -> None:
+    """The summary's counter has the same words in the table and the HTML report as its JSON key, and the CSV's
+    rows name the same failure."""
+    env = gemini_env(None)
+    table = await batcher("report", job, "--db", str(db), env=env, cwd=cwd)
+    assert f"{words} {n}" in table.out + table.err, table.err
+    page = cwd / "report.html"
+    html = await batcher("report", job, "--db", str(db), "--format", "html", "-o", str(page), env=env, cwd=cwd)
+    assert html.code == 0, html.err
+    assert f">{words}<" in page.read_text(encoding="utf-8")
+    doc = json.loads((await batcher("report", job, "--db", str(db), "--format", "json", env=env, cwd=cwd)).out)
+    assert doc["summary"][key] == n if "summary" in doc else doc[key] == n, doc
+    csv = await batcher("report", job, "--db", str(db), "--format", "csv", env=env, cwd=cwd)
+    assert csv.out.count(key.removeprefix("paid_")) == n, csv.out
+
+
 # --- 1. a results file that is gone -------------------------------------------------------------------------
 
 
@@ -94,6 +110,7 @@ async def test_a_results_file_gone_is_paid_result_lost_then_recreate_makes_them_
     assert head["paid_result_lost"] == n and head["succeeded"] == 0, head
     assert "results file" in done.err and "retry --recreate" in done.err, done.err
     money_is_the_apis(head, emu, db)
+    await the_counter_reads_the_same_everywhere(db, tmp_path, "gone", "paid_result_lost", "paid, result lost", n)
     # made again only when asked, each a known second charge
     again = await batcher("retry", "gone", "--db", str(db), "--recreate", env=gemini_env(emu), cwd=tmp_path)
     assert again.code == 0, again.err
