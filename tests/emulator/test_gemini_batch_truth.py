@@ -199,6 +199,7 @@ async def test_an_ending_with_no_responses_file_still_bills_its_finished_lines(m
     assert op["metadata"]["state"] == CANCELLED and 0 < finished < len(KEYS)
     assert "response" not in op and "output" not in op["metadata"]
     assert api.api.emu.stats.batch_lines_billed == finished
+    assert api.api.emu.stats.batches_without_file == [name]
 
 
 async def test_an_expired_batch_keeps_and_bills_what_it_finished(make_gemini: MakeGemini) -> None:

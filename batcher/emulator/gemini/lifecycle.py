@@ -55,7 +55,10 @@ def settle_batch(state: GeminiState, batch: Batch, now: float) -> None:
             stats.batch_lines_refused += 1
         else:
             stats.batch_lines_failed += 1
-    if not finished or (ended != SUCCEEDED and state.roll(config.batch_ended_no_file_rate)):
+    if not finished:
+        return
+    if ended != SUCCEEDED and state.roll(config.batch_ended_no_file_rate):
+        stats.batches_without_file.append(batch.name)
         return
     kept = []
     for i in finished:

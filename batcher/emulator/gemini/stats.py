@@ -62,6 +62,9 @@ class GeminiStats:
     batch_lines_refused: int = 0
     batch_lines_omitted: int = 0  # billed lines left out of their responses file (batch_omit_line_rate)
     omitted_keys_by_batch: dict[str, list[str]] = field(default_factory=dict)
+    # batches that ended with finished lines and no responses file (batch_ended_no_file_rate): which of their
+    # keys were billed cannot be read by a client, only how many (batchStats)
+    batches_without_file: list[str] = field(default_factory=list)
     results_files_gone: int = 0  # responses files gone as soon as made (results_gone_rate)
     expired_file_answers: int = 0  # 404s for a file past its time to live
     gone_file_answers: int = 0  # answers for a responses file that is gone (results_gone_status)
