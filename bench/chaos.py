@@ -55,6 +55,7 @@ def main() -> int:
     batch.add_argument("--batch-latency", nargs=2, type=float, default=(2.0, 10.0), metavar=("LO", "HI"),
                        help="uniform time from a batch's create to its end, seconds")  # fmt: skip
     batch.add_argument("--file-ttl-s", type=float, default=120.0, help="files are deleted this long after made")
+    batch.add_argument("--create-grace-s", type=float, default=15.0, help="the manifest's batch.create_grace_s")
     batch.add_argument("--horizon-s", type=float, default=60.0, help="kills and cancels land within this")
     batch.add_argument("--timeout-s", type=float, default=600.0, help="the workers are stopped after this")
     batch.add_argument("--pg", metavar="URL", default=None,
@@ -92,6 +93,7 @@ def batch_route(args: argparse.Namespace, workdir: Path) -> int:
         shard=args.shard,
         batch_latency=(args.batch_latency[0], args.batch_latency[1]),
         file_ttl_s=args.file_ttl_s,
+        create_grace_s=args.create_grace_s,
         faults={knob: str(getattr(args, knob)) for knob in DEFAULT_BATCH_FAULTS},
         horizon_s=args.horizon_s,
         run_timeout_s=args.timeout_s,

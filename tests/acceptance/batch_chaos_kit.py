@@ -73,6 +73,8 @@ class BatchPlan:
     shard: int = 10  # requests per batch
     batch_latency: tuple[float, float] = (2.0, 10.0)  # uniform time from create to done, seconds
     file_ttl_s: float = 120.0  # files (inputs and responses) are deleted this long after they are made
+    # the manifest's batch.create_grace_s: how long a listing may lag a create (the emulator's lag is 3 s)
+    create_grace_s: float = 15.0
     faults: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_BATCH_FAULTS))
     horizon_s: float = 60.0
     restart_s: float = 3.0
@@ -117,7 +119,7 @@ def write_manifest(path: Path, plan: BatchPlan) -> Path:
         "job": JOB,
         "provider": "gemini",
         "route": "batch",
-        "batch": {"max_requests": plan.shard},
+        "batch": {"max_requests": plan.shard, "create_grace_s": plan.create_grace_s},
         "output": {"dir": str(path.parent / "out"), "filename": "{i}.png"},
         "tasks": [{"prompt": f"Batch chaos catalog photo number {i}", "i": str(i)} for i in range(plan.tasks)],
     }
