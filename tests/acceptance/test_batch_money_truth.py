@@ -17,6 +17,7 @@ from typing import Any
 
 from batcher.emulator import Latency
 from batcher.emulator.gemini.server import GeminiEmulator
+from batcher.imageinfo import sniff
 from tests.acceptance.cli_kit import Done, batcher, finish, start
 from tests.acceptance.test_gemini_batch import (
     LINE_PRICE,
@@ -300,3 +301,22 @@ async def test_a_dead_workers_shards_are_taken_over_within_the_lease_whatever_th
     assert emu.stats.batches_created == 2 * shards_for(n)  # nothing created twice
     survivor.send_signal(signal.SIGINT)
     await finish(survivor)
+
+
+async def test_a_shard_created_twice_collects_both_batches_and_bills_the_second_as_known_duplicates(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 5
+    # a listing that lags far past the grace period: the shard is created again, then both batches show up
+    emu = await start_gemini(batch_latency=QUICK, batch_create_gateway_rate=1.0, batch_list_lag_s=9.0, seed=4)
+    m = batch_manifest(tmp_path / "twice.yaml", n, batch={"max_requests": SHARD, "create_grace_s": 1})
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, timeout=90.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert emu.stats.batches_created == 2 and emu.stats.batch_lines_billed == 2 * n
+    assert head["succeeded"] == n and head["known_duplicates"] == n, (head, done.err)
+    money_is_the_apis(head, emu, db)  # both batches in the ledger, key by key
+    assert images_are_the_apis(db, emu) == n
+    kept = sorted((tmp_path / "out" / "twice").glob("*.dup-*.png"))
+    assert len(kept) == n and all(sniff(p.read_bytes()) is not None for p in kept)

@@ -39,6 +39,12 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
             done.append(await cancel_shard(store, client, sub, why, now))
         except ShardMoved as e:  # another process closed or moved it meanwhile: nothing of ours to cancel
             done.append(ShardCancel(sub.display_name, f"left alone: {e}"))
+    for name in await store.duplicate_batches_open(job):  # a shard's second batch: cancelled too
+        got = await client.cancel(name)
+        if isinstance(got, AuthRejected):
+            raise AuthError.rejected(got.message, _KEY_HINT)
+        what = "cancelled" if isinstance(got, Ok) else f"not cancelled ({got.message})"
+        done.append(ShardCancel(name, f"a shard's second batch, {what}: a run collects what it finished"))
     for c in done:
         log.info("shard %s: %s", c.shard, c.outcome)
     return done

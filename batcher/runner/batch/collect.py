@@ -94,6 +94,8 @@ class CollectPart(ShardWork):
     async def _close(self, shard: Shard, info: BatchInfo) -> None:
         """Every line is settled: the shard closes, and only then are its remote files deleted."""
         sub = shard.sub
+        if shard.recreated:
+            await self._late_duplicates(shard)
         if info.state is BatchState.SUCCEEDED:
             await self.store.shard_collected(sub, self._now())
         else:

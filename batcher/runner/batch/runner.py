@@ -28,6 +28,7 @@ from batcher.providers.gemini_batch import GeminiBatchClient
 from batcher.runner.base import RunResult, StopReason, log
 from batcher.runner.batch.cancel import cancel_shards
 from batcher.runner.batch.collect import CollectPart
+from batcher.runner.batch.duplicates import DuplicatesPart
 from batcher.runner.batch.planning import PlanningPart
 from batcher.runner.batch.shard import (
     GEMINI,
@@ -45,7 +46,7 @@ from batcher.store import Job, Store
 CANCEL_FOLLOW_S = 60.0  # at the deadline, how long cancelled batches are followed to their ending
 
 
-class BatchRunner(PlanningPart, StepsPart, CollectPart):
+class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
     """Drains one job by Batch Mode. `await run()`; `request_stop()` stops it (the batches go on at Google)."""
 
     def __init__(
@@ -69,6 +70,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
         self.work_dir = self.output_dir / SHARDS_DIR
         self.progress = BatchProgress()
         self.shards: dict[int, Shard] = {}
+        self.duplicates = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._fatal: BatcherError | None = None
@@ -111,6 +113,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
                 return StopReason.DEADLINE
             if now >= orphans_at:  # whatever this worker's own load: a dead worker's batches bill all the same
                 await self._carry_on_open_shards()
+                await self._take_duplicates()
                 orphans_at = now + self._orphan_poll_s()
             await self._plan_ahead(now)
             # shards to upload and create go first: a batch queues at the API while older ones are collected
@@ -119,13 +122,14 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
                     break
                 if shard.due <= self._now():
                     await self._advance(shard)
+            await self._advance_duplicates()
             self._tally()
             if not self.shards:
                 await self._carry_on_open_shards()  # shards another worker left (it stopped, or its lease ran out)
                 orphans_at = self._now() + self._orphan_poll_s()
             if not self.shards:
                 left, due = await self.store.next_due(self.job, self._now(), GEMINI, online=False)
-                if left == 0:
+                if left == 0 and not self.duplicates:
                     return StopReason.DONE
                 if self._budget_blocked:
                     return StopReason.BUDGET
@@ -138,7 +142,11 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
                 wait = 0.05 if more else max(0.05, min(s.due for s in self.shards.values()) - self._now())
                 if self.batch.deadline_at is not None:
                     wait = min(wait, max(0.05, self.batch.deadline_at - self._now()))
-            wait = min(wait, max(0.05, orphans_at - self._now()))
+            wait = min(
+                wait,
+                max(0.05, orphans_at - self._now()),
+                *(max(0.05, d.due - self._now()) for d in self.duplicates.values()),
+            )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
@@ -191,7 +199,8 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart):
             else:
                 shard.sub, shard.due = fresh[sid], 0.0
         until = self._now() + CANCEL_FOLLOW_S
-        while self.shards and self._now() < until and not self._stopping:
+        while (self.shards or self.duplicates) and self._now() < until and not self._stopping:
+            await self._advance_duplicates()
             for shard in list(self.shards.values()):
                 if shard.due <= self._now():
                     await self._advance(shard)

@@ -49,6 +49,7 @@ class Shard:
     done_at_api: int = 0  # its requests the API reports done (batchStats: succeeded + failed)
     anchor: Task | None = None  # the task its calls are logged under (the ledger's rows name a task)
     absent_listings: int = 0  # complete listings that did not show its batch, while in `creating`
+    recreated: bool = False  # sent again after the grace period: a late batch of the first create may show up
 
     def __post_init__(self) -> None:
         self.anchor = next(iter(self.tasks.values()), None)
@@ -118,4 +119,13 @@ class ShardWork:
         raise NotImplementedError
 
     async def _ended(self, shard: Shard, info: BatchInfo) -> None:
+        raise NotImplementedError
+
+    async def _take_duplicates(self) -> None:
+        raise NotImplementedError
+
+    async def _record_duplicates(self, shard: Shard, names: list[str]) -> None:
+        raise NotImplementedError
+
+    async def _late_duplicates(self, shard: Shard) -> None:
         raise NotImplementedError

@@ -112,10 +112,11 @@ class StepsPart(ShardWork):
         for call in found.calls:
             self._log_shard_call(shard, call)
         if isinstance(found, Found):
-            if len(found.batches) > 1:
-                log.error("shard %s: %d batches carry its name; adopting the newest", sub.display_name,
-                          len(found.batches))  # fmt: skip
-            await self._created(shard, found.batch.name)
+            if len(found.batches) > 1:  # created twice: the oldest is the shard's, the others known duplicates
+                log.error("shard %s: %d batches carry its name; the others' lines are known duplicates",
+                          sub.display_name, len(found.batches))  # fmt: skip
+                await self._record_duplicates(shard, [b.name for b in found.batches[:-1]])
+            await self._created(shard, found.batches[-1].name)
         elif isinstance(found, Absent):
             # a listing lags behind a create: absence is proof only on several listings past the grace period
             shard.absent_listings += 1
@@ -132,7 +133,7 @@ class StepsPart(ShardWork):
                 return
             log.warning("shard %s: no batch of that name on %d complete listings over %.0f s: never created; sending "
                      "it again", sub.display_name, shard.absent_listings, grace)  # fmt: skip
-            shard.absent_listings = 0
+            shard.absent_listings, shard.recreated = 0, True
             sub.state = UPLOADED
             await self._create(shard)
         else:
