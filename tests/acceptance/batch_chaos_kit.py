@@ -278,6 +278,7 @@ def run_batch_chaos(plan: BatchPlan, workdir: Path, log: Callable[[str], None] |
         figures.wall_s = time.monotonic() - start
         emu.advance(SETTLE_S)  # every batch still alive at the API ends now, and bills what it finished
         stats = emu.stats()
+        (workdir / "emulator-stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")  # post-mortem
         verify(report_json(driver), stats, figures, db=driver.db, out_dir=workdir / "out")
     return figures
 
