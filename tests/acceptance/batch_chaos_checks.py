@@ -52,6 +52,9 @@ class BatchFigures:
     failed_by_cause: dict[str, int] = field(default_factory=dict)
     files_verified: int = 0
     other_files: int = 0  # files in the output directory that no task names (e.g. known duplicates' images)
+    local_shard_files: int = 0  # of those, shard input files (.jsonl) left behind
+    files_uploaded: int = 0  # batch input files uploaded, by the emulator's count
+    files_deleted: int = 0  # files the client deleted (inputs and responses)
     batches_created: int = 0  # by the emulator's count
     batches_by_state: dict[str, int] = field(default_factory=dict)
     batches_unknown_to_store: int = 0  # batches that billed lines and that the store never named
@@ -84,7 +87,8 @@ class BatchFigures:
             ("succeeded", str(self.succeeded)),
             ("failed by cause", _counts(self.failed_by_cause) or "none"),
             ("files verified (PNG, sha256, the API's bytes)", str(self.files_verified)),
-            ("other files in the output directory", str(self.other_files)),
+            ("other files in the output directory", f"{self.other_files} ({self.local_shard_files} shard .jsonl)"),
+            ("files uploaded / deleted (emulator)", f"{self.files_uploaded} / {self.files_deleted}"),
             ("batches created (emulator)", str(self.batches_created)),
             ("batches by end (emulator)", _counts(self.batches_by_state)),
             ("batches billed, unknown to the store", str(self.batches_unknown_to_store)),
@@ -186,6 +190,9 @@ def verify(report: Mapping[str, Any], stats: Mapping[str, Any], f: BatchFigures,
     f.other_files = (
         sum(1 for p in out_dir.rglob("*") if p.is_file() and p.resolve() not in named) if out_dir.exists() else 0
     )
+    if out_dir.exists():
+        f.local_shard_files = sum(1 for p in out_dir.rglob("*.jsonl") if p.resolve() not in named)
+    f.files_uploaded, f.files_deleted = int(stats["files_uploaded"]), int(stats["files_deleted"])
     f.paid_result_lost = int(head["paid_result_lost"])
     f.paid_unusable = int(head["paid_unusable"])
     paid_failed = [t for t in tasks if t["status"] == "failed" and t.get("failure") in ("result_lost", "download")]

@@ -46,7 +46,7 @@ DEFAULT_BATCH_FAULTS: dict[str, str] = {
     "batch_create_lost_rate": "0.02",  # made, then the connection closes
     "batch_list_lag_s": "3",  # a new batch is listed 3 s after its create
     "batch_api_latency": "uniform:0:0.3",  # slow get/list/cancel
-    "batch_fail_rate": "0.03",  # ends FAILED midway, keeping what it finished
+    "batch_fail_rate": "0.06",  # ends FAILED midway, keeping what it finished
     "batch_ended_no_file_rate": "0.2",  # such an ending with no responses file at all
     "batch_omit_line_rate": "0.01",  # a billed line left out of its responses file
     "batch_results_no_final_newline": "true",
