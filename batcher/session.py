@@ -330,10 +330,15 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
         await _any_job(store, names)
         done: list[RunSummary] = []
         spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes
+        # jobs whose open tasks all wait on another process (an online run, another provider): not driven
+        # again before this, so a turn never spins writing a worker row for nothing
+        waiting: dict[str, float] = {}
         while True:
             ran = False
             for job in await _jobs(store, names):
-                if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
+                if job.name in spent or waiting.get(job.name, 0.0) > time.time():
+                    continue
+                if (await store.next_due(job, time.time()))[0] == 0:
                     continue
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
@@ -349,10 +354,13 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                     return done
                 if result.reason == StopReason.BUDGET:
                     spent.add(job.name)
+                if result.reason == StopReason.DONE and result.elsewhere:  # due only when the other side ends
+                    waiting[job.name] = time.time() + WORK_IDLE_S
             if not ran and not forever:
                 return done
-            if not ran:
-                await asyncio.sleep(WORK_IDLE_S)
+            if not ran:  # to the time a waiting job is looked at again, at most WORK_IDLE_S
+                soonest = min(waiting.values(), default=time.time() + WORK_IDLE_S)
+                await asyncio.sleep(min(WORK_IDLE_S, max(0.05, soonest - time.time())))
     finally:
         await store.close()
 

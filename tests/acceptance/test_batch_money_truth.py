@@ -8,6 +8,7 @@ served for a key is on disk, byte-exact."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 from batcher.emulator import Latency
 from batcher.emulator.gemini.server import GeminiEmulator
 from batcher.imageinfo import sniff
-from tests.acceptance.cli_kit import Done, batcher, finish, start
+from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, start
 from tests.acceptance.test_gemini_batch import (
     LINE_PRICE,
     QUICK,
@@ -32,7 +33,7 @@ from tests.acceptance.test_gemini_batch import (
 )
 from tests.acceptance.test_gemini_online import gemini_env, rows
 from tests.acceptance.test_money_truth import until
-from tests.conftest import StartGemini
+from tests.conftest import StartEmulator, StartGemini
 
 HOURS_49 = 49 * 3600.0  # past the 48 hours a file lives
 
@@ -320,3 +321,30 @@ async def test_a_shard_created_twice_collects_both_batches_and_bills_the_second_
     assert images_are_the_apis(db, emu) == n
     kept = sorted((tmp_path / "out" / "twice").glob("*.dup-*.png"))
     assert len(kept) == n and all(sniff(p.read_bytes()) is not None for p in kept)
+
+
+# --- 8. tasks another provider holds ---------------------------------------------------------------------
+
+
+async def test_a_batch_run_leaving_tasks_another_provider_holds_exits_1_naming_them_and_work_does_not_spin(
+    start_emu: StartEmulator, start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    linkmodel = await start_emu(latency=Latency("fixed", 600.0))  # LinkModel's generations take a while
+    emu = await start_gemini(batch_latency=QUICK)
+    n = 6
+    m = batch_manifest(tmp_path / "held.yaml", n, provider="gemini", route="batch")
+    db = tmp_path / "b.db"
+    env = {**cli_env(linkmodel), **gemini_env(emu)}
+    proc = await start("run", str(m), "--db", str(db), "-q", "--max-in-flight", "2", "--rate", "1", "--provider",
+                       "linkmodel", "--route", "online", env=env, cwd=tmp_path)  # fmt: skip
+    await until(lambda: linkmodel.stats.creates_accepted == 2, "two creates to be accepted")
+    await asyncio.sleep(0.3)  # their replies are committed
+    proc.send_signal(signal.SIGINT)
+    assert (await finish(proc)).code == 130
+    done = await batcher(*cli(m, db), env=env, cwd=tmp_path, timeout=60.0)
+    assert done.code == 1 and "2 by linkmodel" in done.err, done.err
+    assert json.loads(done.out)["succeeded"] == n - 2 == emu.stats.batch_lines_billed
+    worked = await batcher("work", "--db", str(db), "-q", env=env, cwd=tmp_path, timeout=30.0)
+    assert worked.code == 1 and "2 by linkmodel" in worked.err, worked.err
+    with sqlite3.connect(db) as conn:  # one turn, one worker row: it did not loop
+        assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] <= 3

@@ -33,7 +33,7 @@ class PlanningPart(ShardWork):
         """Claim the tasks due to be created and cut them into shards, each committed before anything leaves."""
         limit = self.batch.max_requests * 4
         claimed = await self.store.claim(self.job, self.worker_id, limit, now, now + self.config.lease_s,
-                                         pending=limit, provider=GEMINI)  # fmt: skip
+                                         pending=limit, provider=GEMINI, polls=False)  # fmt: skip
         self._more_to_plan = len(claimed) >= limit  # a full claim: more tasks may wait for the next pass
         fresh: list[tuple[Task, Request]] = []
         for task in claimed:

@@ -42,6 +42,7 @@ from batcher.runner.batch.shard import (
 )
 from batcher.runner.batch.steps import StepsPart
 from batcher.store import Job, Store
+from batcher.store.claims import BATCH_HOLDER
 
 CANCEL_FOLLOW_S = 60.0  # at the deadline, how long cancelled batches are followed to their ending
 
@@ -100,7 +101,9 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
                 await heartbeat
             await self.store.stop_worker(self.worker_id, self._now())
         left, _ = await self.store.next_due(self.job, self._now())
-        return RunResult(reason, self._fatal, left, self.progress)
+        # tasks an online run (or another provider) holds: this route leaves them, and says so (exit 1)
+        elsewhere = await self.store.held_elsewhere(self.job, BATCH_HOLDER)
+        return RunResult(reason, self._fatal, left, self.progress, elsewhere)
 
     async def _loop(self) -> str:
         orphans_at = 0.0  # when to look next for shards whose holder's lease ran out
