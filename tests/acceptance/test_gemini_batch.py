@@ -484,7 +484,8 @@ async def test_an_input_file_gone_before_the_create_is_uploaded_again(
     shard is uploaded again, never failed as refused."""
     n = 4
     emu = await start_gemini(batch_latency=QUICK, batch_create_503_rate=1.0, file_ttl_s=2.0)
-    m = batch_manifest(tmp_path / "filegone.yaml", n)
+    # a short grace period: the listing's proof comes after the 2 s the file lives
+    m = batch_manifest(tmp_path / "filegone.yaml", n, batch={"max_requests": SHARD, "create_grace_s": 1})
     db = tmp_path / "b.db"
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
     await until(lambda: emu.stats.count("batch", 503) >= 1, "the first create to answer 503")
