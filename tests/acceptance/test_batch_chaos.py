@@ -2,7 +2,7 @@
 with SIGKILL twice and crossed by `batcher cancel` at fixed-seed random moments, against a Gemini emulator in a process
 of its own playing Google's faults around a long batch at rates high enough to meet each in tens of tasks; then
 money is checked per key, per batch and in total against the emulator's own billing, and every file byte for
-byte against the image it billed (see batch_chaos_kit's docstring)."""
+byte against the image it billed (batch_chaos_checks.py lists the checks)."""
 
 from __future__ import annotations
 
