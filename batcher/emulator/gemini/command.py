@@ -64,7 +64,7 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_api_latency": (str, "batches.get/list/cancel wait this long before acting: fixed:S | ... [fixed:0]"),
     "batch_partial_lines": (click.BOOL, "lines finish one by one; other endings keep and bill them [false]"),
     "batch_ended_no_file_rate": (_RATE, "probability a cancelled/failed/expired batch gives no responses file"),
-    "batch_omit_line_rate": (_RATE, "probability a billed line is left out of its responses file"),
+    "batch_omit_line_rate": (_RATE, "probability a billed line is left out of a succeeded batch's file"),
     "batch_results_no_final_newline": (click.BOOL, "a responses file's last line has no newline [false]"),
     "results_gone_rate": (_RATE, "probability a batch's responses file is gone as soon as it is made"),
     "results_gone_status": (click.Choice(["403", "404"]), "what a gone responses file answers [403]"),

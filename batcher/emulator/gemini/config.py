@@ -143,7 +143,7 @@ class GeminiConfig:
     # drawn while it runs) or EXPIRED keeps and bills the lines it finished, in a partial responses file.
     batch_partial_lines: bool = False
     batch_ended_no_file_rate: float = 0.0  # such an ending gives no responses file at all (lines still billed)
-    batch_omit_line_rate: float = 0.0  # a billed image line is left out of its responses file
+    batch_omit_line_rate: float = 0.0  # a billed image line is left out of a succeeded batch's responses file
     batch_results_no_final_newline: bool = False  # the responses file's last line has no trailing newline
     # A batch's responses file is gone as soon as it is made: files.get and the download answer this status.
     results_gone_rate: float = 0.0

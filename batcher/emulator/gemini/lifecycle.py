@@ -62,7 +62,8 @@ def settle_batch(state: GeminiState, batch: Batch, now: float) -> None:
         return
     kept = []
     for i in finished:
-        if batch.lines[i].fate == "image" and state.roll(config.batch_omit_line_rate):
+        # a succeeded batch's file may leave out billed lines; a partial file holds exactly what was finished
+        if ended == SUCCEEDED and batch.lines[i].fate == "image" and state.roll(config.batch_omit_line_rate):
             stats.omit_line(batch.name, batch.lines[i].key)
             continue
         kept.append(i)
