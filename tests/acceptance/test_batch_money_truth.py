@@ -348,3 +348,30 @@ async def test_a_batch_run_leaving_tasks_another_provider_holds_exits_1_naming_t
     assert worked.code == 1 and "2 by linkmodel" in worked.err, worked.err
     with sqlite3.connect(db) as conn:  # one turn, one worker row: it did not loop
         assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] <= 3
+
+
+async def test_a_requests_file_the_api_keeps_dropping_is_uploaded_again_a_few_times_then_its_tasks_fail(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    n = 3
+    emu = await start_gemini(batch_latency=QUICK, file_ttl_s=0.0)  # every uploaded file is gone at once
+    m = batch_manifest(tmp_path / "dropped.yaml", n)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, timeout=60.0)
+    assert done.code == 1, done.err
+    head = json.loads(done.out)
+    assert head["failed"] == n and emu.stats.batches_created == 0 and head["cost_usd"] == "0", head
+    assert emu.stats.files_uploaded == 4 * shards_for(n)  # the first upload and three more, then no more
+    assert {r["failure"] for r in rows(db)} == {"transient"}
+
+
+async def test_a_shard_the_budget_refuses_is_cut_to_what_fits(start_gemini: StartGemini, tmp_path: Path) -> None:
+    n = 10
+    emu = await start_gemini(batch_latency=QUICK)
+    m = batch_manifest(tmp_path / "budget.yaml", n)
+    db = tmp_path / "b.db"
+    done = await run(m, db, emu, tmp_path, "--max-cost", usd(7 * LINE_PRICE))  # room for 7 lines
+    assert done.code == 3, done.err
+    head = json.loads(done.out)
+    assert head["succeeded"] == 7 == emu.stats.batch_lines_billed, head
+    money_is_the_apis(head, emu, db)

@@ -549,6 +549,8 @@ async def test_cancel_stops_the_jobs_batches_and_sends_its_tasks_back(
     got = rows(db)
     assert {r["status"] for r in got} == {"pending"} and all(r["reserved_micros"] == 0 for r in got)
     assert emu.stats.batch_lines_billed == 0
+    # nothing is left of a closed shard: its uploaded requests file is deleted
+    assert emu.stats.files_deleted == emu.stats.files_uploaded == shards_for(n), emu.stats
 
 
 async def test_work_drives_a_batch_job_by_batch_never_online(start_gemini: StartGemini, tmp_path: Path) -> None:

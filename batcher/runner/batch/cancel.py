@@ -10,11 +10,13 @@ name first, and every batch found of it is cancelled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from batcher.errors import AuthError, BatcherError
 from batcher.providers.base import AuthRejected
 from batcher.providers.gemini_batch import Absent, BatchInfo, BatchState, Found, GeminiBatchClient, Got, Ok
 from batcher.runner.base import log
+from batcher.runner.batch.shard import SHARDS_DIR
 from batcher.store import Job, Store
 from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved, Submission
 
@@ -36,7 +38,10 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
     done: list[ShardCancel] = []
     for sub in await store.shards_open(job):
         try:
-            done.append(await cancel_shard(store, client, sub, why, now))
+            did = await cancel_shard(store, client, sub, why, now)
+            if did.closed:  # nothing of it is left to collect: its uploaded and local requests files go
+                await _clean(client, Path(job.output_dir) / SHARDS_DIR / f"{sub.display_name}.jsonl", sub)
+            done.append(did)
         except ShardMoved as e:  # another process closed or moved it meanwhile: nothing of ours to cancel
             done.append(ShardCancel(sub.display_name, f"left alone: {e}"))
     for name in await store.duplicate_batches_open(job):  # a shard's second batch: cancelled too
@@ -95,6 +100,12 @@ async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission,
     await store.shard_state(sub, ended.state.value, None, now)
     return ShardCancel(sub.display_name, f"its batch ended {ended.state} with {stats.succeeded} lines succeeded "
                        f"and {stats.failed} failed: a run collects them and sends the rest again")  # fmt: skip
+
+
+async def _clean(client: GeminiBatchClient, local: Path, sub: Submission) -> None:
+    if sub.input_file:
+        await client.delete_file(sub.input_file)
+    local.unlink(missing_ok=True)
 
 
 async def _fresh(store: Store, sub: Submission) -> Submission:

@@ -192,4 +192,5 @@ class CollectPart(ShardWork):
         if shard.sub.input_file:
             done = await self.client.delete_file(shard.sub.input_file)
             self._log_shard_call(shard, done.call)
+        (self.work_dir / f"{shard.sub.display_name}.jsonl").unlink(missing_ok=True)
         self.shards.pop(shard.sub.id, None)

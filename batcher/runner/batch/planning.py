@@ -88,8 +88,14 @@ class PlanningPart(ShardWork):
         except BudgetRefused:
             self._budget_blocked = True
             path.unlink(missing_ok=True)
-            for t in tasks:
+            fit = 0  # the budget's room may still hold a smaller shard: cut one, never stop at the first refusal
+            if self.config.budget_micros is not None and price > 0:
+                room = self.config.budget_micros - await self.store.committed_micros(self.job.id)
+                fit = max(0, min(len(tasks) - 1, room // price))
+            for t in tasks[fit:]:
                 await self.store.release(t, now)
+            if fit:
+                await self._plan_one([(t, r) for t, r in group if t.key not in bad][:fit], now)
             return
         except (ClaimLost, DuplicateShard) as e:
             log.warning("%s", e)

@@ -25,6 +25,7 @@ UNSENT = (PLANNED, UPLOADED, CREATING)
 IDLE_S = 10.0  # the longest sleep while batches run, between looks at the store and the clock, seconds
 PROVIDER_FAULT_S = 10.0  # after a transient fault (503 on get or download, a failed listing), at least this
 CREATE_GRACE_S = 180.0  # a batch may be missing from the listing this long after its create: absence proves nothing
+MAX_REUPLOADS = 3  # a requests file the API dropped before its create, uploaded again at most this often
 GRACE_LISTINGS = 3  # complete listings without the batch, the last past the grace period, before creating again
 
 
@@ -49,6 +50,7 @@ class Shard:
     done_at_api: int = 0  # its requests the API reports done (batchStats: succeeded + failed)
     anchor: Task | None = None  # the task its calls are logged under (the ledger's rows name a task)
     absent_listings: int = 0  # complete listings that did not show its batch, while in `creating`
+    reuploads: int = 0  # times its requests file was uploaded again (the API had dropped it)
     recreated: bool = False  # sent again after the grace period: a late batch of the first create may show up
 
     def __post_init__(self) -> None:

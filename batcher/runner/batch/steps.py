@@ -24,8 +24,9 @@ from batcher.providers.gemini_batch import (
     NotCreated,
     Uploaded,
 )
+from batcher.retry import backoff_s
 from batcher.runner.base import log
-from batcher.runner.batch.shard import GRACE_LISTINGS, Shard, ShardWork
+from batcher.runner.batch.shard import GRACE_LISTINGS, MAX_REUPLOADS, Shard, ShardWork
 from batcher.shards import next_check_in
 from batcher.store import ClaimLost
 from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved
@@ -87,10 +88,20 @@ class StepsPart(ShardWork):
         elif isinstance(got, CreateUnknown):
             log.warning("shard %s: %s", sub.display_name, got.message)
             self._later(shard, 5.0)  # reconciled by listing, never created blind
+        elif isinstance(got, NotCreated) and got.input_missing and shard.reuploads >= MAX_REUPLOADS:
+            why = f"the API dropped the shard's requests file {shard.reuploads + 1} times before its create"
+            for task in list(shard.tasks.values()):
+                await self.store.failed(task, f"{why}: {got.message}", None, self._now(),
+                                        failure=Failure.TRANSIENT, release_micros=sub.price_each)  # fmt: skip
+                self.progress.failed += 1
+            shard.tasks.clear()
+            await self._abandon(shard, "failed", why)
         elif isinstance(got, NotCreated) and got.input_missing:
-            log.warning("shard %s: %s; uploading its requests again", sub.display_name, got.message)
+            shard.reuploads += 1
+            wait = backoff_s(shard.reuploads, self.config.retry, 0.5)
+            log.warning("shard %s: %s; uploading its requests again in %.1f s", sub.display_name, got.message, wait)
             await self.store.shard_upload_again(sub, self._now())
-            self._later(shard, 0.0)
+            self._later(shard, wait)
         elif isinstance(got, NotCreated) and not got.retryable:
             for task in list(shard.tasks.values()):
                 await self.store.failed(task, f"the batch was refused: {got.message}", None, self._now(),
