@@ -375,3 +375,48 @@ async def test_a_shard_the_budget_refuses_is_cut_to_what_fits(start_gemini: Star
     head = json.loads(done.out)
     assert head["succeeded"] == 7 == emu.stats.batch_lines_billed, head
     money_is_the_apis(head, emu, db)
+
+
+# --- 7. a worker frozen past its lease ----------------------------------------------------------------------
+
+
+async def a_worker_frozen_past_its_lease(db: str, emu: GeminiEmulator, cwd: Path) -> dict[str, Any]:
+    """Two `work` processes on one store; the first frozen (SIGSTOP) with a create on its way and shards
+    planned, past its 2 s lease, while the second takes its shards over; then woken (SIGCONT). Returns the
+    job's summary once both have ended."""
+    n = 20
+    env = gemini_env(emu, BATCHER_LEASE_S="2")
+    m = batch_manifest(cwd / "frozen.yaml", n, provider="gemini", route="batch")
+    assert (await batcher("import", str(m), "--db", db, env=env, cwd=cwd)).code == 0
+    first = await start("work", "--db", db, "-q", env=env, cwd=cwd)
+    await until(lambda: emu.stats.batches_created >= 1, "the first worker's first create to make its batch")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = await start("work", "--db", db, "-q", env=env, cwd=cwd)
+        await until(lambda: emu.stats.batches_created >= shards_for(n) or second.returncode is not None,
+                    "the second worker to create every shard")  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGCONT)
+    woken, other = await finish(first, 90.0), await finish(second, 90.0)
+    for done in (woken, other):
+        assert done.code == 0 and "Traceback" not in done.err, done.err
+    report = await batcher("report", "frozen", "--db", db, "--format", "json", env=env, cwd=cwd)
+    doc: dict[str, Any] = json.loads(report.out)
+    head: dict[str, Any] = doc.get("summary", doc)
+    stats = emu.stats
+    assert stats.batches_created == shards_for(n), stats.batches_by_display_name  # no shard created twice
+    assert set(stats.batch_lines_by_key.values()) == {1} and stats.batch_lines_billed == n
+    assert len(stats.state_by_batch) == stats.batches_created  # every batch ended, and was collected:
+    assert head["succeeded"] == n and head["billed_calls"] == n, head
+    assert head["cost_usd"] == usd(n * LINE_PRICE)
+    return head
+
+
+async def test_a_worker_frozen_past_its_lease_changes_nothing_another_took_over(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    emu = await start_gemini(batch_latency=Latency("fixed", 3.0), batch_create_delay_s=4.0)
+    db = tmp_path / "b.db"
+    head = await a_worker_frozen_past_its_lease(str(db), emu, tmp_path)
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == 20
