@@ -374,13 +374,24 @@ class SubmissionsPart(TransitionsPart):
         await self._line(sub, task, values, now, incr={"gen_failures": 1} if generation_failed else None)
 
     async def shard_line_back_to_pending(
-        self, sub: Submission, task: Task, reason: str, *, generation_failed: bool, now: float
+        self,
+        sub: Submission,
+        task: Task,
+        reason: str,
+        *,
+        generation_failed: bool,
+        now: float,
+        maybe_billed: bool = False,
     ) -> None:
         """A line that failed without a charge, or that the results lack: pending again, out of the shard,
-        unbilled, its reservation let go, to ride in a later shard."""
+        unbilled, its reservation let go, to ride in a later shard. `maybe_billed`: its batch billed some of
+        its lines without saying which; counted as an unknown submission (a possible double charge)."""
         values = {"status": S.PENDING, "submission_id": None, "remote_task_id": None, "next_attempt_at": now,
                   "last_error": reason}  # fmt: skip
-        await self._line(sub, task, values, now, incr={"gen_failures": 1} if generation_failed else None)
+        incr = {"gen_failures": 1} if generation_failed else {}
+        if maybe_billed:
+            incr["unknown_count"] = 1
+        await self._line(sub, task, values, now, incr=incr or None)
         task.remote_task_id = None
 
     async def _line(

@@ -73,6 +73,9 @@ class CollectPart(ShardWork):
             log.error("shard %s: batch %s counts %d succeeded lines its results file does not hold: paid, "
                       "result lost", sub.display_name, sub.remote_name, lost)  # fmt: skip
         why = "its batch's results file is gone" if read.gone else "missing from its batch's results"
+        # the API billed `lost` of these lines without saying which: the others may have been billed too, so
+        # each goes again counted as a possible double charge (an unknown submission), never silently
+        maybe = 0 < lost < len(shard.tasks)
         capped = info.state is not BatchState.CANCELLED  # a cancel is ours: it spends no attempt of the line
         for task in list(shard.tasks.values()):
             if lost > 0:
@@ -80,14 +83,15 @@ class CollectPart(ShardWork):
                 await self.store.shard_line_failed(sub, task, Failure.RESULT_LOST, f"paid, result lost: {why}",
                                                    billed=True, now=now)  # fmt: skip
                 self.progress.failed += 1
-            elif capped and task.attempts >= self.config.retry.max_attempts:
+            elif capped and not maybe and task.attempts >= self.config.retry.max_attempts:
                 reason = info.error or f"not finished by its batch ({info.state}) in {task.attempts} attempts"
                 await self.store.shard_line_failed(sub, task, Failure.GENERATION, reason, billed=False, now=now,
                                                    generation_failed=True)  # fmt: skip
                 self.progress.failed += 1
             else:
                 reason = why if info.state is BatchState.SUCCEEDED else info.error or f"its batch ended {info.state}"
-                await self.store.shard_line_back_to_pending(sub, task, reason, generation_failed=False, now=now)
+                await self.store.shard_line_back_to_pending(sub, task, reason, generation_failed=False, now=now,
+                                                            maybe_billed=maybe)  # fmt: skip
         shard.tasks.clear()
         await self._close(shard, info)
 
