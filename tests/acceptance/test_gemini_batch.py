@@ -371,15 +371,18 @@ async def test_a_budget_of_one_shard_creates_one_batch(start_gemini: StartGemini
     ledger_is_the_api(head, emu)
 
 
-async def test_a_budget_below_a_shard_creates_nothing(start_gemini: StartGemini, tmp_path: Path) -> None:
+async def test_a_budget_below_a_shard_creates_only_the_lines_that_fit(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
     emu = await start_gemini(batch_latency=QUICK)
     m = batch_manifest(tmp_path / "tight.yaml", 10)
     db = tmp_path / "b.db"
-    done = await run(m, db, emu, tmp_path, "--max-cost", "0.1")  # less than any shard's price
+    done = await run(m, db, emu, tmp_path, "--max-cost", "0.1")  # less than a whole shard's price: 2 lines fit
     assert done.code == 3, done.err
     head = json.loads(done.out)
-    assert emu.stats.batches_created == 0 and emu.stats.files_uploaded == 0
-    assert head["billed_calls"] == 0 and head["cost_usd"] == "0" and head["pending"] == 10, head
+    assert emu.stats.batches_created == 1 and emu.stats.batch_lines_billed == 2, emu.stats.batches_by_display_name
+    assert head["billed_calls"] == 2 and head["cost_usd"] == usd(2 * LINE_PRICE) and head["pending"] == 8, head
+    ledger_is_the_api(head, emu)
 
 
 # --- 10. the deadline -------------------------------------------------------------------------------------
