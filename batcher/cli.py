@@ -444,9 +444,14 @@ def cancel(job: str, db: str) -> None:
     """Cancel JOB's Gemini batches not collected yet: their unfinished tasks go back to pending, unbilled."""
     from batcher import session
 
-    count = _run(session.cancel_batches(db, job))
-    click.echo(f"cancelled {count} batch shard{'s' if count != 1 else ''} of job {job}; a later run sends their "
-               "tasks again", err=True)  # fmt: skip
+    shards = _run(session.cancel_batches(db, job))
+    for c in shards:
+        click.echo(f"shard {c.shard}: {c.outcome}", err=True)
+    closed = sum(1 for c in shards if c.closed)
+    count = len(shards)
+    click.echo(f"cancelled {count} batch shard{'s' if count != 1 else ''} of job {job} ({closed} closed, their "
+               "tasks pending again; the others are collected by a run, which sends their unfinished tasks again)",
+               err=True)  # fmt: skip
 
 
 @main.command("report")

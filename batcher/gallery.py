@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batcher.models import STATUS_ORDER
+from batcher.models import BILLED_APART, STATUS_ORDER
 from batcher.money import fmt_usd, usd_to_micros
 
 if TYPE_CHECKING:
@@ -143,14 +143,11 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
     limited = head["rate_limited_429"]
     stats.append(_stat("rate-limited", limited, "429s", "warn" if limited else "", "rate-limited replies, retried"))
     unknown = head["unknown_submissions"]
-    stats.append(_stat("unknown", unknown, "unknown submits", "bad" if unknown else "",
+    stats.append(_stat("unknown", unknown, "unknown submissions", "bad" if unknown else "",
                        "creates whose outcome never came back: possible double charges"))  # fmt: skip
     # the billed calls that gave no image here, apart, to hold the ledger against the provider's invoice
     for key, label, tip in (
-        ("paid_unusable", "paid, unusable", "billed, but the file could not be fetched or was not an image"),
-        ("paid_result_lost", "paid, result lost", "billed, then the API forgot the task before it was saved"),
-        ("known_duplicates", "known duplicates", "billed a second time for a task; images kept beside it"),
-        ("lost_at_api", "lost at the API", "forgotten by the API before any Success was seen: possibly billed"),
+        *BILLED_APART,
         ("blocked", "blocked", "the model gave no image on purpose (IMAGE_SAFETY and the like): not billed"),
     ):
         if head.get(key):

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batcher import connect, storage
 from batcher.config import (
@@ -39,6 +39,9 @@ from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
 from batcher.storage import objects, reading
 from batcher.store import ImportResult, Job, RetryPlan, Store
+
+if TYPE_CHECKING:
+    from batcher.runner.batch import ShardCancel
 
 log = logging.getLogger("batcher")
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
@@ -162,7 +165,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
              "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
-             "batch_max_bytes": s.batch_max_bytes,
+             "batch_max_bytes": s.batch_max_bytes, "batch_create_grace_s": s.batch_create_grace_s,
              "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
@@ -306,9 +309,11 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     s = job.settings
     prices = job_prices(await store.job_models(job), job, opts.price, route="batch")
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
+    grace = s.get("batch_create_grace_s")
     batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
-                          wait=opts.wait, deadline_at=deadline)  # fmt: skip
+                          wait=opts.wait, deadline_at=deadline,
+                          create_grace_s=BatchSettings.create_grace_s if grace is None else float(grace))  # fmt: skip
     async with connect.endpoint("gemini", emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
         config = run_config(opts, job, ApiSettings())
         gate = await connect.rate_gate(store, config, "gemini")
@@ -331,8 +336,9 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     return result, config
 
 
-async def cancel_batches(db: str, job_name: str) -> int:
-    """`batcher cancel JOB`: cancel the job's batches not collected; their unfinished tasks back to pending."""
+async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
+    """`batcher cancel JOB`: cancel the job's batches not collected; what happened to each shard. A batch that
+    finished lines keeps them billed: its shard stays open for a run to collect them."""
     from batcher.providers.gemini_batch import GeminiBatchClient
     from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
     from batcher.ratelimit import RateGate
@@ -365,10 +371,15 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
         await _any_job(store, names)
         done: list[RunSummary] = []
         spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes
+        # jobs whose open tasks all wait on another process (an online run, another provider): not driven
+        # again before this, so a turn never spins writing a worker row for nothing
+        waiting: dict[str, float] = {}
         while True:
             ran = False
             for job in await _jobs(store, names):
-                if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
+                if job.name in spent or waiting.get(job.name, 0.0) > time.time():
+                    continue
+                if (await store.next_due(job, time.time()))[0] == 0:
                     continue
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
@@ -385,10 +396,13 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                     return done
                 if result.reason == StopReason.BUDGET:
                     spent.add(job.name)
+                if result.reason == StopReason.DONE and result.elsewhere:  # due only when the other side ends
+                    waiting[job.name] = time.time() + WORK_IDLE_S
             if not ran and not forever:
                 return done
-            if not ran:
-                await asyncio.sleep(WORK_IDLE_S)
+            if not ran:  # to the time a waiting job is looked at again, at most WORK_IDLE_S
+                soonest = min(waiting.values(), default=time.time() + WORK_IDLE_S)
+                await asyncio.sleep(min(WORK_IDLE_S, max(0.05, soonest - time.time())))
     finally:
         await store.close()
         await storage.close_all()

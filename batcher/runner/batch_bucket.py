@@ -53,13 +53,13 @@ class StoredLine:
     info: ImageInfo
 
 
-async def store_line(root: str, task: Task, data: bytes) -> StoredLine | None:
-    """A result line's image, written under the task's key in the bucket; None when the bytes are no image.
-    Raises OutputError when the bucket will not take it (after its retries)."""
+async def store_line(root: str, filename: str, data: bytes) -> StoredLine | None:
+    """A result line's image, written under `filename` (a task's, or a known duplicate's) in the bucket; None when
+    the bytes are no image. Raises OutputError when the bucket will not take it (after its retries)."""
     info = sniff(data[:SNIFF_BYTES])
     if info is None:
         return None
-    name = with_real_extension(PurePosixPath(task.filename), info)
+    name = with_real_extension(PurePosixPath(filename), info)
     sha = hashlib.sha256(data).hexdigest()
     return StoredLine(await write_once(join(root, str(name)), data, sha), sha, len(data), info)
 
@@ -67,7 +67,7 @@ async def store_line(root: str, task: Task, data: bytes) -> StoredLine | None:
 async def bucket_line(store: Store, sub: Submission, task: Task, data: bytes, root: str, now: float) -> bool:
     """Settle a result line of a bucket job: its image stored and the line succeeded (True), or the line failed
     as paid but unusable when its bytes are no image (False). Raises OutputError when the bucket refuses it."""
-    stored = await store_line(root, task, data)
+    stored = await store_line(root, task.filename, data)
     if stored is None:
         await store.shard_line_failed(sub, task, Failure.DOWNLOAD, "paid, but the line's bytes are not an image; "
                                       "nothing was written", billed=True, now=now)  # fmt: skip
