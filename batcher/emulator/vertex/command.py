@@ -20,7 +20,7 @@ SHARED = (
     *("host", "port", "api_key", "seed", "latency", "error_500_rate", "error_503_rate", "rate_limit", "burst"),
     *("image_bytes", "refusal_rate", "refusal_reason", "block_rate", "block_reason", "lost_reply_rate"),
     *("batch_latency", "batch_expiry_s", "batch_fail_rate", "batch_line_fail_rate", "batch_line_refusal_rate"),
-    "batch_create_503_rate",
+    *("batch_create_503_rate", "batch_create_gateway_rate", "batch_list_lag_s"),  # the last two: Gemini's options
 )
 
 _RATE = click.FloatRange(0.0, 1.0)
@@ -36,8 +36,6 @@ VERTEX_OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_cancel_s": (_SECONDS, "a cancelled job stays JOB_STATE_CANCELLING this long [0]"),
     "batch_output_files": (click.IntRange(min=1), "the *.jsonl files a job writes its rows across [3]"),
     "batch_partial_rate": (_RATE, "probability a job ends PARTIALLY_SUCCEEDED, its last tenth of rows not run"),
-    "batch_create_gateway_rate": (_RATE, "probability a create makes the job, then answers an HTML 502"),
-    "batch_list_lag_s": (_SECONDS, "a new job shows in listings this long after its create [0]"),
     "key_file": (click.Path(dir_okay=False, path_type=Path), "write a service-account key file for this emulator"),
 }
 MULTIPLE = frozenset({"project"})
