@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from batcher.emulator.until_signalled import serve_until_signalled
 from batcher.emulator.vertex.config import VertexConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,16 +79,9 @@ async def serve_vertex(config: VertexConfig, ready_prefix: str, key_file: Path |
             f"the Vertex emulator needs {exc.name}: pip install 'batcher-images[vertex]'"
         ) from None
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     emu = VertexEmulator(config)
-    try:
-        try:
-            await emu.start()
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+
+    def ready_line() -> str:
         line = f"{ready_prefix} base_url={emu.origin} api_key={emu.api_key} provider=vertex project={emu.project}"
         if key_file is not None:
             try:
@@ -98,10 +89,6 @@ async def serve_vertex(config: VertexConfig, ready_prefix: str, key_file: Path |
             except OSError as exc:
                 raise click.ClickException(f"cannot write the key file {key_file}: {exc.strerror}") from None
             line += f" key_file={key_file}"
-        click.echo(line)
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        await emu.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        return line
+
+    await serve_until_signalled(emu, ready_line)
