@@ -41,6 +41,7 @@ from batcher.runner.batch.shard import (
     shards_dir,
 )
 from batcher.runner.batch.steps import StepsPart
+from batcher.runner.batch.sweep import sweep_shard_files
 from batcher.storage import is_remote
 from batcher.store import Job, Store
 from batcher.store.claims import BATCH_HOLDER
@@ -95,7 +96,10 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
         await self._count()
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-batch-heartbeat")
         try:
+            await self._sweep()
             reason = await self._loop()
+            if reason == StopReason.DONE:
+                await self._sweep()
         except BatcherError as e:
             self._fatal, reason = e, StopReason.FATAL
         finally:
@@ -107,6 +111,11 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
         # tasks an online run (or another provider) holds: this route leaves them, and says so (exit 1)
         elsewhere = await self.store.held_elsewhere(self.job, BATCH_HOLDER)
         return RunResult(reason, self._fatal, left, self.progress, elsewhere)
+
+    async def _sweep(self) -> None:
+        """Remove the requests files killed workers left (file times are the wall clock's, not the store's)."""
+        for path in await sweep_shard_files(self.store, self.work_dir, time.time()):
+            log.info("removed %s: a requests file no shard needs any more", path.name)
 
     async def _loop(self) -> str:
         orphans_at = 0.0  # when to look next for shards whose holder's lease ran out
