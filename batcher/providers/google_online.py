@@ -110,6 +110,7 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
             call = CallRecord(NOT_SENT, "invalid", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
             return Failed(call, reason=str(e), kind=FailureKind.INVALID)
         url = self._url(request.model)
+        await self.credential.headers()  # a token due for renewal is fetched now, before the intent is committed
         await self.gate.acquire(priority=False)
         await before_send()  # may raise: nothing has been sent
         return await self._generate(url, payload)
