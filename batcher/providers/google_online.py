@@ -43,7 +43,7 @@ from batcher.providers.google_wire import (
     Unsendable,
     api_error,
     image_tokens,
-    parse_json,
+    parse_reply,
     read_capped,
     read_response,
     reasons,
@@ -144,7 +144,7 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
             self.gate.answered()
             msg = f"HTTP {status} reply larger than {self.settings.max_reply_bytes} bytes: not the API's reply"
             return Unknown(call("ambiguous", msg), msg)
-        doc = parse_json(raw)
+        doc = parse_reply(raw)
         del raw  # the base64 text lives on in `doc` until decoded; the raw body need not
         if status == 429:
             return self._rate_limited(doc, retry_after, call)

@@ -120,8 +120,7 @@ def _adc(env: Mapping[str, str]) -> tuple[Any, str | None, str]:
             creds, project = google.auth.default(scopes=[CLOUD_PLATFORM])
     except DefaultCredentialsError as e:
         where = f"{CREDENTIALS_ENV} ({path})" if path else "Application Default Credentials"
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{where} cannot be used for Vertex AI: {first}") from None
+        raise ConfigError(f"{where} cannot be used for Vertex AI: {_first(e)}") from None
     email = getattr(creds, "service_account_email", None)
     who = f"service account {email}" if isinstance(email, str) and "@" in email else type(creds).__name__
     hint = f"{CREDENTIALS_ENV} ({path}; {who})" if path else f"Application Default Credentials ({who})"
