@@ -22,6 +22,14 @@ from typing import Protocol
 RENEW_MARGIN_S = 300.0  # renew this long before expiry, or half the token's life if that is shorter
 
 
+class CredentialUnavailable(Exception):
+    """A token could not be fetched for now (its endpoint unreachable): nothing was sent; try again later."""
+
+
+class CredentialRefused(Exception):
+    """The token endpoint refused the credential: no request can be authorised; the message never holds a secret."""
+
+
 @dataclass(frozen=True)
 class Token:
     """An access token and when it expires (epoch seconds on the credential's clock; None: not said)."""

@@ -18,8 +18,9 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import aiohttp
 
+from batcher.errors import AuthError
 from batcher.models import NOT_SENT, CallRecord
-from batcher.providers.auth import Credential
+from batcher.providers.auth import Credential, CredentialRefused, CredentialUnavailable
 from batcher.providers.base import (
     AuthRejected,
     Done,
@@ -87,7 +88,10 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         try:
-            await self.credential.prepare()  # a credential that cannot work fails here, before anything is billed
+            try:  # a credential that cannot work fails here, before anything is sent
+                await self.credential.prepare()
+            except (CredentialUnavailable, CredentialRefused) as e:
+                raise AuthError(f"{e}: check {self.credential.hint}; nothing was sent") from None
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -110,7 +114,14 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
             call = CallRecord(NOT_SENT, "invalid", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
             return Failed(call, reason=str(e), kind=FailureKind.INVALID)
         url = self._url(request.model)
-        await self.credential.headers()  # a token due for renewal is fetched now, before the intent is committed
+        try:  # a token due for renewal is fetched now, before the intent is committed
+            await self.credential.headers()
+        except CredentialUnavailable as e:
+            call = CallRecord(NOT_SENT, "transient", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
+            return Transient(call, str(e))
+        except CredentialRefused as e:
+            call = CallRecord(NOT_SENT, "auth", None, 0.0, self._now(), detail=str(e)[:DETAIL_CHARS])
+            return AuthRejected(call, str(e))
         await self.gate.acquire(priority=False)
         await before_send()  # may raise: nothing has been sent
         return await self._generate(url, payload)
@@ -133,6 +144,11 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
                     raw = await read_capped(resp, self.settings.max_reply_bytes)
                 if status != 401 or attempt == 2 or not await self.credential.renew(auth):
                     break
+        except (CredentialUnavailable, CredentialRefused) as e:  # renewing after a 401, which proved nothing was made
+            msg = f"HTTP 401, and no fresh credential: {e}"
+            if isinstance(e, CredentialUnavailable):
+                return Transient(call("transient", msg), msg)
+            return AuthRejected(call("auth", msg), msg)
         except aiohttp.ClientConnectorError as e:  # never reached the server: nothing was sent
             msg = f"cannot connect to {self.label}: {self._scrub(describe(e))}"
             return Transient(call("transient", msg), msg)

@@ -28,7 +28,7 @@ provider is entered, before any request is sent.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from batcher.errors import AuthError, ConfigError
-from batcher.providers.auth import ApiKey, BearerToken, Credential, Token
+from batcher.errors import ConfigError
+from batcher.providers.auth import ApiKey, BearerToken, Credential, CredentialRefused, CredentialUnavailable, Token
 from batcher.providers.base import AuthRejected, RateLimited, SubmitOutcome
 from batcher.providers.google_online import Call, GoogleOnline
 from batcher.providers.google_wire import KEY_HEADER, api_error
@@ -100,7 +100,7 @@ def vertex_credential(env: Mapping[str, str], settings: VertexSettings) -> tuple
         raise ConfigError("Vertex AI needs a project: set GOOGLE_CLOUD_PROJECT (or GOOGLE_API_KEY alone for "
                           "express mode)")  # fmt: skip
     settings = VertexSettings(project, settings.location, settings.base_url)
-    return settings, BearerToken(lambda: _fetch(creds, hint), hint)
+    return settings, BearerToken(lambda: _fetch(creds), hint)
 
 
 def _adc(env: Mapping[str, str]) -> tuple[Any, str | None, str]:
@@ -113,12 +113,10 @@ def _adc(env: Mapping[str, str]) -> tuple[Any, str | None, str]:
     path = env.get(CREDENTIALS_ENV, "").strip()
     try:
         if path:
-            if not os.path.isfile(path):
-                raise ConfigError(f"{CREDENTIALS_ENV} names {path}, which is not a file")
-            creds, project = google.auth.load_credentials_from_file(path, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+            creds, project = _from_file(path)
         else:
             creds, project = google.auth.default(scopes=[CLOUD_PLATFORM])
-    except DefaultCredentialsError as e:
+    except (DefaultCredentialsError, ValueError) as e:
         where = f"{CREDENTIALS_ENV} ({path})" if path else "Application Default Credentials"
         raise ConfigError(f"{where} cannot be used for Vertex AI: {_first(e)}") from None
     email = getattr(creds, "service_account_email", None)
@@ -127,7 +125,33 @@ def _adc(env: Mapping[str, str]) -> tuple[Any, str | None, str]:
     return creds, project if isinstance(project, str) else None, hint
 
 
-def _fetch(creds: Any, hint: str) -> Token:
+def _from_file(path: str) -> tuple[Any, str | None]:
+    """A service-account key or gcloud's user credentials from a JSON file. Only these two types are loaded, as
+    google-auth advises for files from the environment (an external account's file can name any URL to call)."""
+    from google.oauth2 import credentials as user
+    from google.oauth2 import service_account
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{CREDENTIALS_ENV} names {path}, which does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{CREDENTIALS_ENV} ({path}) cannot be read: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{CREDENTIALS_ENV} ({path}) is not JSON: not a credentials file") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        sa = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+        return sa, info.get("project_id")
+    if kind == "authorized_user":
+        creds = user.Credentials.from_authorized_user_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+        return creds, info.get("quota_project_id")
+    raise ConfigError(f"{CREDENTIALS_ENV} ({path}) is not a service-account key or gcloud user credentials "
+                      f"(type {kind!r})")  # fmt: skip
+
+
+def _fetch(creds: Any) -> Token:
     """One token from google-auth (blocking: BearerToken runs it in a thread)."""
     from google.auth.exceptions import RefreshError, TransportError
     from google.auth.transport.requests import Request
@@ -135,9 +159,9 @@ def _fetch(creds: Any, hint: str) -> Token:
     try:
         creds.refresh(Request())
     except RefreshError as e:
-        raise AuthError(f"the token endpoint refused the credentials ({_first(e)}): check {hint}") from None
+        raise CredentialRefused(f"the token endpoint refused the credentials ({_first(e)})") from None
     except TransportError as e:
-        raise AuthError(f"cannot reach the token endpoint ({_first(e)}): check {hint} and the network") from None
+        raise CredentialUnavailable(f"cannot reach the token endpoint ({_first(e)})") from None
     expiry = creds.expiry
     at = expiry.replace(tzinfo=dt.UTC).timestamp() if isinstance(expiry, dt.datetime) else None
     return Token(str(creds.token), at)
