@@ -21,6 +21,7 @@ from batcher.catalog import provider_facts
 from batcher.config import API_KEY_ENV, ApiSettings, RunConfig, api_key, api_settings
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.providers.base import Provider
+from batcher.providers.gemini_settings import KEY_ENVS
 from batcher.ratelimit import RateGate
 
 REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
@@ -129,14 +130,13 @@ def _gemini_batch(where: Endpoint, gate: RateGate) -> Any:
     return GeminiBatchClient(gemini_settings(where.environ(), base_url=where.base_url), where.key, gate)
 
 
-def _gemini_hint() -> str:
-    from batcher.providers.gemini import KEY_HINT
-
-    return KEY_HINT
-
-
 GEMINI = Registered(
-    "gemini", _gemini_hint(), real=_gemini_real, emulated=_gemini_emulated, online=_gemini_online, batch=_gemini_batch
+    "gemini",
+    " or ".join(KEY_ENVS),
+    real=_gemini_real,
+    emulated=_gemini_emulated,
+    online=_gemini_online,
+    batch=_gemini_batch,
 )
 
 
