@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,12 @@ from batcher.emulator.vertex.server import DEFAULT_ACCOUNT, VertexEmulator
 from batcher.emulator.vertex.tokens import new_key_file
 from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
 from tests.acceptance.test_money_truth import until
-from tests.conftest import _servers
+from tests.conftest import StartVertex
 
 FAST = Latency("uniform", 0.05, 0.15)
 PRICE = 0.067
 GOOGLE_VARS = ("GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_VERTEX_BASE_URL",
                "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_API_KEY", "GEMINI_API_KEY")  # fmt: skip
-StartVertex = Callable[..., Awaitable[VertexEmulator]]
-
-
-@pytest.fixture
-async def start_vertex() -> AsyncIterator[StartVertex]:
-    """`await start_vertex(dsq_429_rate=0.2, ...)`: a Vertex AI emulator on a loopback port, closed after the test."""
-    async with _servers(VertexEmulator) as start_:
-        yield start_
 
 
 def vertex_env(emu: VertexEmulator, tmp: Path, *, key_file: Path | None = None, **extra: str) -> dict[str, str]:

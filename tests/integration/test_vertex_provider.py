@@ -7,28 +7,18 @@ from __future__ import annotations
 import base64
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-
-import pytest
 
 from batcher.emulator.vertex.server import DEFAULT_ACCOUNT, VertexEmulator
 from batcher.providers.auth import BearerToken, CredentialRefused, Token
 from batcher.providers.base import AuthRejected, Done, RateLimited, Request
 from batcher.providers.google_wire import Garbled, parse_json, parse_reply, read_response
 from batcher.providers.vertex import VertexProvider, VertexSettings, vertex_credential, vertex_settings
-from tests.conftest import _servers
+from tests.conftest import StartVertex
 from tests.emulator.emu_helpers import LITE, read_png
 from tests.integration.test_gemini_provider import RecordingGate, Sent
 
-StartVertex = Callable[..., Awaitable[VertexEmulator]]
 REQUEST = Request(model=LITE, prompt="a red mug", quality="1K", size="16x9")
-
-
-@pytest.fixture
-async def start_vertex() -> AsyncIterator[StartVertex]:
-    async with _servers(VertexEmulator) as start_:
-        yield start_
 
 
 def adc(emu: VertexEmulator, tmp: Path, **env: str) -> tuple[VertexSettings, BearerToken]:
