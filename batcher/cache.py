@@ -16,12 +16,16 @@ import enum
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from batcher.imageinfo import ImageInfo, sniff
+from sqlalchemy import RowMapping
+
+from batcher.imageinfo import SNIFF_BYTES, ImageInfo, sniff
 from batcher.manifest.inputs import InputProblem, ParentOutput, resolve
 from batcher.models import FROM_REF, LOCAL_REF, Failure, TaskStatus, parent_of
 from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.storage import backend, is_remote, join, split
+from batcher.storage.objects import failure, write_once
 from batcher.store import Store, Task
 
 COPY_CHUNK_BYTES = 1 << 20
@@ -48,8 +52,9 @@ class Copied:
     info: ImageInfo
 
 
-async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool) -> Prepared:
-    """Settle `task` without the API if its input failed or the cache has it; else ready its inputs."""
+async def prepare(store: Store, task: Task, output_dir: Path | str, *, use_cache: bool) -> Prepared:
+    """Settle `task` without the API if its input failed or the cache has it; else ready its inputs.
+    `output_dir`: a folder, or a bucket URI (`s3://BUCKET/PREFIX`)."""
     parent = None
     if parent_of(task.images) is not None:
         parent = await store.parent_row(task)
@@ -73,9 +78,7 @@ async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool
         return Prepared(Outcome.CACHED)
     if not any(ref.startswith((FROM_REF, LOCAL_REF)) for ref in task.images):
         return Prepared(Outcome.READY)
-    given = None
-    if parent is not None:
-        given = ParentOutput(_label(parent["name"], parent["key"]), parent["output_path"], parent["sha256"])
+    given = None if parent is None else await _parent_output(parent)
     try:
         images = await asyncio.to_thread(resolve, task.images, given)
     except InputProblem as problem:
@@ -84,10 +87,40 @@ async def prepare(store: Store, task: Task, output_dir: Path, *, use_cache: bool
     return Prepared(Outcome.READY, images)
 
 
-async def _from_cache(store: Store, task: Task, output_dir: Path) -> bool:
-    target = target_path(output_dir, task.filename)
+async def _parent_output(parent: RowMapping) -> ParentOutput:
+    """The parent's recorded output; its bytes fetched when another machine stored them in a bucket."""
+    data = None
+    if is_remote(parent["output_path"]):
+        try:
+            data = await backend(parent["output_path"]).read(parent["output_path"])
+        except FileNotFoundError:
+            pass  # said "missing" by `resolve`, as a local file would be
+        except Exception as e:
+            raise failure(parent["output_path"], e) from None
+    return ParentOutput(_label(parent["name"], parent["key"]), parent["output_path"], parent["sha256"], data)
+
+
+async def request_images(store: Store, task: Task) -> tuple[str, ...] | None:
+    """The task's `images` as its create sends them (inputs inlined), changing nothing in the store; None when
+    an input cannot be read now. For writing a request again (a Batch Mode shard planned on another machine)."""
+    if not any(ref.startswith((FROM_REF, LOCAL_REF)) for ref in task.images):
+        return task.images
+    parent = await store.parent_row(task) if parent_of(task.images) is not None else None
+    given = None if parent is None or parent["output_path"] is None else await _parent_output(parent)
+    try:
+        return await asyncio.to_thread(resolve, task.images, given)
+    except InputProblem:
+        return None
+
+
+async def _from_cache(store: Store, task: Task, output_dir: Path | str) -> bool:
+    root = str(output_dir)
+    target = None if is_remote(root) else target_path(Path(root), task.filename)
     for candidate in await store.cache_candidates(task.key, task.id):
-        copied = await asyncio.to_thread(copy_verified, Path(candidate.path), candidate.sha256, target)
+        if target is None or is_remote(candidate.path):
+            copied = await copy_object(candidate.path, candidate.sha256, root, task.filename)
+        else:
+            copied = await asyncio.to_thread(copy_verified, Path(candidate.path), candidate.sha256, target)
         if copied is None:
             continue  # gone or changed since it was recorded: try the next one, or generate anew
         await store.succeeded_from_cache(
@@ -116,6 +149,39 @@ def copy_verified(source: Path, sha256: str, target: Path) -> Copied | None:
     final = with_real_extension(target, info)
     sink.finish(final)
     return Copied(str(final), sink.sha256, sink.size, info)
+
+
+async def copy_object(source: str, sha256: str, root: str, filename: str) -> Copied | None:
+    """`copy_verified` where the source or the target is in a bucket: the source is read and checked (sha256,
+    an image); within one bucket service the copy is then made server-side, never overwriting an object there.
+    None when the source is gone or changed."""
+    try:
+        data = await backend(source).read(source)
+    except Exception:  # gone, or unreadable from here: the task is generated anew
+        return None
+    info = sniff(data[:SNIFF_BYTES])
+    if info is None or hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    name = str(with_real_extension(PurePosixPath(filename), info))
+    target = join(root, name) if is_remote(root) else str(target_path(Path(root), name))
+    if not is_remote(target):  # a local job reusing a bucket's image: written as every local output is
+        await asyncio.to_thread(_write_local, Path(target), data)
+        return Copied(target, sha256, len(data), info)
+    same_service = is_remote(source) and split(source)[0] == split(target)[0]
+    if same_service and await backend(target).size(target) is None:
+        try:
+            await backend(target).copy(source, target)  # server-side: the bytes do not come back through here
+        except Exception as e:
+            raise failure(target, e) from None
+        return Copied(target, sha256, len(data), info)
+    written = await write_once(target, data, sha256)
+    return Copied(written.location, sha256, len(data), info)
+
+
+def _write_local(target: Path, data: bytes) -> None:
+    sink = AtomicFile(target)
+    sink.write(data)
+    sink.finish(target)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
 
-from batcher import views
+from batcher import storage, views
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ExitCode, ManifestError
@@ -92,7 +92,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            result = runner.run(coro)
+            result = runner.run(_closing(coro))
     except BatcherError as e:
         _settled()
         _fail(e)
@@ -101,6 +101,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _interrupted()
     _settled()
     return result
+
+
+async def _closing(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`, then the bucket clients it opened closed on the same loop (no connection left unclosed)."""
+    try:
+        return await coro
+    finally:
+        await storage.close_all()
 
 
 def _settled() -> None:
@@ -168,6 +176,9 @@ def main(verbose: int) -> None:
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # the cloud clients log every request's headers at DEBUG, a session token among them: never shown
+    for name in ("botocore", "aiobotocore", "s3fs", "gcsfs", "fsspec", "google", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -265,8 +276,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="a task whose create may have reached the API: create again, or fail it",
     )
-    @click.option("--out", metavar="DIR", help="write the images to DIR (relative: to the current folder) instead of "
-                  "the job's output directory")  # fmt: skip
+    @click.option("--out", metavar="DIR|URI", help="write the images to DIR (relative: to the current folder) or to "
+                  "a bucket, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX, instead of the job's output directory")  # fmt: skip
     @click.option("--no-cache", is_flag=True, help="generate every task anew, even one whose spec another job has made")
     @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
@@ -433,9 +444,14 @@ def cancel(job: str, db: str) -> None:
     """Cancel JOB's Gemini batches not collected yet: their unfinished tasks go back to pending, unbilled."""
     from batcher import session
 
-    count = _run(session.cancel_batches(db, job))
-    click.echo(f"cancelled {count} batch shard{'s' if count != 1 else ''} of job {job}; a later run sends their "
-               "tasks again", err=True)  # fmt: skip
+    shards = _run(session.cancel_batches(db, job))
+    for c in shards:
+        click.echo(f"shard {c.shard}: {c.outcome}", err=True)
+    closed = sum(1 for c in shards if c.closed)
+    count = len(shards)
+    click.echo(f"cancelled {count} batch shard{'s' if count != 1 else ''} of job {job} ({closed} closed, their "
+               "tasks pending again; the others are collected by a run, which sends their unfinished tasks again)",
+               err=True)  # fmt: skip
 
 
 @main.command("report")
@@ -458,6 +474,22 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
     line = _run(session.write_report(db, job, fmt, output))
     if line:
         views.stderr.print(line, highlight=False)
+
+
+@main.command()
+@click.argument("job")
+@click.argument("folder", type=click.Path(file_okay=False))
+@_with_db
+def pull(job: str, folder: str, db: str) -> None:
+    """Copy JOB's outputs (from its bucket, or its folder) into FOLDER, checking each file's sha256."""
+    from batcher import session
+
+    done = _run(session.pull(db, job, folder))
+    for line in done.refused:
+        click.echo(f"not copied: {line}", err=True)
+    click.echo(f"{done.copied} copied, {done.present} already there, {len(done.refused)} not copied", err=True)
+    if done.refused:
+        sys.exit(1)
 
 
 @main.group()

@@ -165,3 +165,9 @@ class SpendCapError(BudgetError):
 
 class OutputError(BatcherError):
     """The output directory cannot be written: check its permissions and free space, then run again."""
+
+
+class DestinationError(OutputError):
+    """A run's output destination (a bucket) cannot be written: found before any paid call."""
+
+    exit_code = ExitCode.USAGE

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batcher.models import STATUS_ORDER
+from batcher.models import BILLED_APART, STATUS_ORDER
 from batcher.money import fmt_usd, usd_to_micros
 
 if TYPE_CHECKING:
@@ -51,22 +51,29 @@ def esc(value: object) -> str:
 
 
 def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: Iterable[Mapping[Any, Any]],
-           page: str, thumbs: Mapping[str, Thumb] | None = None) -> Iterator[str]:  # fmt: skip
+           page: str, thumbs: Mapping[str, Thumb] | None = None, links: Mapping[str, str] | None = None,
+           links_expire: str | None = None) -> Iterator[str]:  # fmt: skip
     """The page for `page` (its path decides the relative image links), in chunks to write one after another.
 
     `calls` are the job's API calls (store rows will do): `at` (epoch seconds) and `outcome` are read.
-    `thumbs`, by each row's `file`: what its card shows; without it, cards show the originals."""
+    `thumbs`, by each row's `file`: what its card shows; without it, cards show the originals. `links`, by
+    `file`: the address of an original a browser cannot open as it is (a bucket's object: a signed HTTPS URL,
+    which stops working at `links_expire`, said on the page)."""
     page_dir = os.path.dirname(os.path.abspath(page))
     tasks = list(rows)  # the summary's charts and filters need every row before the first card
     call_list = list(calls)
-    yield _top(head)
+    origins = sorted({_origin(url) for url in (links or {}).values()})
+    yield _top(head, origins)
     yield _summary(head, tasks, call_list)
+    if links:
+        yield (f'<p class="links">Full-size images in the bucket open by signed links that stop working at '
+               f"{esc(links_expire or 'their expiry')}: make the report again for fresh ones.</p>\n")  # fmt: skip
     yield _toolbar(tasks)
     yield f'<main id="grid" data-chunk="{CHUNK}">\n'
     for i, r in enumerate(tasks):
         if i % CHUNK == 0:
             yield ("</section>\n" if i else "") + "<section>\n"
-        yield _card(r, page_dir, thumbs)
+        yield _card(r, page_dir, thumbs, links)
     yield (
         ("</section>\n" if tasks else "") + '<div id="parked" hidden></div></main>\n' + LIGHTBOX + "</body>\n</html>\n"
     )
@@ -75,11 +82,17 @@ def render(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], calls: It
 # --- the summary ---------------------------------------------------------------------------------------------
 
 
-def _top(head: Mapping[str, Any]) -> str:
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _top(head: Mapping[str, Any], origins: Sequence[str] = ()) -> str:
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
-    # Nothing but the page's own script, style and local images may load: no network, and an injected
-    # <script> would not run even if escaping ever failed.
-    csp = (f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+    # Nothing but the page's own script, style and local images may load (and a bucket's signed originals): no
+    # other network, and an injected <script> would not run even if escaping ever failed.
+    extra = "".join(f" {o}" for o in origins)
+    csp = (f"default-src 'none'; img-src 'self' file: data:{extra}; style-src 'unsafe-inline'; "
            f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")  # fmt: skip
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -130,14 +143,11 @@ def _summary(head: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], calls:
     limited = head["rate_limited_429"]
     stats.append(_stat("rate-limited", limited, "429s", "warn" if limited else "", "rate-limited replies, retried"))
     unknown = head["unknown_submissions"]
-    stats.append(_stat("unknown", unknown, "unknown submits", "bad" if unknown else "",
+    stats.append(_stat("unknown", unknown, "unknown submissions", "bad" if unknown else "",
                        "creates whose outcome never came back: possible double charges"))  # fmt: skip
     # the billed calls that gave no image here, apart, to hold the ledger against the provider's invoice
     for key, label, tip in (
-        ("paid_unusable", "paid, unusable", "billed, but the file could not be fetched or was not an image"),
-        ("paid_result_lost", "paid, result lost", "billed, then the API forgot the task before it was saved"),
-        ("known_duplicates", "known duplicates", "billed a second time for a task; images kept beside it"),
-        ("lost_at_api", "lost at the API", "forgotten by the API before any Success was seen: possibly billed"),
+        *BILLED_APART,
         ("blocked", "blocked", "the model gave no image on purpose (IMAGE_SAFETY and the like): not billed"),
     ):
         if head.get(key):
@@ -295,14 +305,16 @@ def _href(path: str, page_dir: str) -> str:
     return urllib.parse.quote(rel.replace(os.sep, "/"))
 
 
-def _card(r: Mapping[str, Any], page_dir: str, thumbs: Mapping[str, Thumb] | None) -> str:
+def _card(r: Mapping[str, Any], page_dir: str, thumbs: Mapping[str, Thumb] | None,
+          links: Mapping[str, str] | None = None) -> str:  # fmt: skip
     status, size = str(r["status"]), str(r["size"])
     made = thumbs.get(str(r["file"])) if thumbs is not None and r["file"] else None
     if made is not None and made.path is None:  # the file is gone or no image: say so on the card
         problem = made.problem or "no image"
         thumb = f'<div class="thumb none bad" title="{esc(problem)}">{esc(problem)}</div>'
     elif r["file"]:
-        href = esc(_href(str(r["file"]), page_dir))
+        link = links.get(str(r["file"])) if links else None
+        href = esc(link if link is not None else _href(str(r["file"]), page_dir))
         src, w, h = href, r.get("width"), r.get("height")
         if made is not None and made.path is not None:
             src, w, h = esc(_href(str(made.path), page_dir)), made.width, made.height

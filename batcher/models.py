@@ -156,6 +156,7 @@ class JobSettings:
     batch_max_requests: int | None = None
     batch_max_bytes: int | None = None
     batch_price_usd: Decimal | None = None  # per image by batch, overriding the catalog's batch_price_usd
+    batch_create_grace_s: float | None = None  # a create's batch may lag the listing this long (3 minutes)
 
 
 NOT_SENT = "not_sent"  # a call record's kind for a request refused before it left: no API call at all
@@ -211,6 +212,20 @@ class Failure(enum.StrEnum):
 
 
 BILLED_FAILURES = frozenset({Failure.DOWNLOAD, Failure.RESULT_LOST})
+
+# The summary's counters of what to hold against the provider's invoice: (JSON key, the words every view shows,
+# what they mean). The table, the JSON, the CSV (`failure` column) and the HTML report all use these words.
+BILLED_APART: tuple[tuple[str, str, str], ...] = (
+    ("paid_unusable", "paid, unusable", "billed, but the file could not be fetched or was not an image"),
+    (
+        "paid_result_lost",
+        "paid, result lost",
+        "billed, then its result was lost before it was saved (the API "
+        "forgot the task, or a batch's results file is gone or leaves the line out)",
+    ),
+    ("known_duplicates", "known duplicates", "billed a second time for a task; images kept beside it"),
+    ("lost_at_api", "lost at the API", "forgotten by the API before any Success was seen: possibly billed"),
+)
 
 # `batcher retry --only CAUSE`: the failures each choice puts back. A task whose input failed goes back with any
 # choice (it settles again once its input does); one the API refused as invalid only when asked by name or `all`.

@@ -9,11 +9,13 @@ import errno
 import hashlib
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import TypeVar
 
 from batcher.errors import OutputError
 from batcher.imageinfo import SNIFF_BYTES, ImageInfo, extension, sniff
 
+P = TypeVar("P", bound=PurePath)  # a local path, or an object's key (PurePosixPath)
 _KNOWN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 
 
@@ -30,7 +32,7 @@ def target_path(output_dir: Path, filename: str) -> Path:
     return Path(path)
 
 
-def with_real_extension(path: Path, info: ImageInfo) -> Path:
+def with_real_extension(path: P, info: ImageInfo) -> P:
     """The API may send JPEG where the template says .png: name the file for what it is."""
     ext = extension(info.format)
     if path.suffix.lower() == ext or (info.format == "jpeg" and path.suffix.lower() == ".jpeg"):
@@ -100,6 +102,38 @@ class AtomicFile:
             self._file.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+
+
+class MemorySink:
+    """A download bound for object storage: held in memory (an image is a few MB) and hashed as it arrives, then
+    written in one conditional PUT, so that no partial object can ever stand under a task's name. Its chunks are
+    joined once, when the bytes are asked for: one copy of the image, not two."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._head = bytearray()
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if len(self._head) < SNIFF_BYTES:
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+        self._chunks.append(chunk)
+        self._sha.update(chunk)
+        self.size += len(chunk)
+
+    def image(self) -> ImageInfo | None:
+        return sniff(bytes(self._head))
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    @property
+    def data(self) -> bytes:
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
 
 
 def fsync_folder(folder: Path) -> None:

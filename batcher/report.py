@@ -15,7 +15,7 @@ from batcher.store import Job, Ledger, Store
 
 ROW_FIELDS = (
     "task", "key", "name", "prompt", "model", "quality", "size", "status", "attempts", "remote_task_id", "file",
-    "sha256", "cost_usd", "error", "failure", "possible_double_charge", "source", "cached_from",
+    "sha256", "bytes", "cost_usd", "error", "failure", "possible_double_charge", "source", "cached_from",
 )  # fmt: skip
 
 
@@ -111,9 +111,11 @@ async def rows(store: Store, job: Job) -> AsyncIterator[dict[str, Any]]:
             "remote_task_id": r["remote_task_id"],
             "file": r["output_path"],
             "sha256": r["sha256"],
-            "bytes": r["bytes"],
+            "bytes": r["bytes"],  # the image's byte count (`size` is its aspect ratio)
             "cost_usd": str(micros_to_usd(r["cost_micros"])),
             "error": r["last_error"] if r["status"] != TaskStatus.SUCCEEDED else None,
+            # a succeeded task's word on its output (why its image is under a derived name)
+            "note": r["last_error"] if r["status"] == TaskStatus.SUCCEEDED else None,
             "possible_double_charge": r["unknown_count"] > 0,
             "failure": r["failure"],
             "source": r["source"],

@@ -13,9 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from batcher import connect
+from batcher import connect, storage
 from batcher.config import (
     ApiSettings,
     RunConfig,
@@ -37,7 +37,11 @@ from batcher.report import rows as report_rows
 from batcher.report import summary, write_csv, write_json
 from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
+from batcher.storage import objects, reading
 from batcher.store import ImportResult, Job, RetryPlan, Store
+
+if TYPE_CHECKING:
+    from batcher.runner.batch import ShardCancel
 
 log = logging.getLogger("batcher")
 DEMO_LATENCY = Latency("uniform", 0.3, 1.5)  # the in-process emulator of `run --emulate`, seconds
@@ -161,7 +165,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
     extra = {"requests_per_second": s.requests_per_second, "max_in_flight": s.max_in_flight,
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
              "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
-             "batch_max_bytes": s.batch_max_bytes,
+             "batch_max_bytes": s.batch_max_bytes, "batch_create_grace_s": s.batch_create_grace_s,
              "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
@@ -209,7 +213,9 @@ def output_dir(job: Job, out: str | None) -> str:
     directory. Imports store it absolute; a store from before that may hold a relative one, which is taken
     relative to the job's manifest, as an import would resolve it now."""
     if out is not None:
-        return os.path.abspath(os.path.expanduser(out))
+        return out.rstrip("/") if storage.is_remote(out) else os.path.abspath(os.path.expanduser(out))
+    if storage.is_remote(job.output_dir):
+        return job.output_dir
     stored = os.path.expanduser(job.output_dir)
     return os.path.abspath(os.path.join(os.path.dirname(job.manifest), stored))
 
@@ -270,6 +276,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Mani
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
         job = replace(job, output_dir=output_dir(job, opts.out))
+        await objects.probe(job.output_dir)  # before any paid call: the bucket exists and takes writes
         prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
         if route_of(opts, job) == "batch":
             result, config = await run_batch(store, opts, job, show_progress)
@@ -279,6 +286,7 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Mani
         head = await job_summary(store, job, prices, budget_micros=config.budget_micros)
     finally:
         await store.close()
+        await storage.close_all()  # the bucket clients of this loop (a caller's loop goes on: nothing left open)
     return RunSummary(result, head, _resume_hint(opts), retry_hint(opts, job.name))
 
 
@@ -307,9 +315,11 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     s = job.settings
     prices = job_prices(await store.job_models(job), job, opts.price, route="batch")
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
+    grace = s.get("batch_create_grace_s")
     batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
-                          wait=opts.wait, deadline_at=deadline)  # fmt: skip
+                          wait=opts.wait, deadline_at=deadline,
+                          create_grace_s=BatchSettings.create_grace_s if grace is None else float(grace))  # fmt: skip
     name = batch_provider(connect.provider_name(opts.provider, job.settings))
     open_batch = registered(name).batch
     assert open_batch is not None
@@ -335,8 +345,9 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     return result, config
 
 
-async def cancel_batches(db: str, job_name: str) -> int:
-    """`batcher cancel JOB`: cancel the job's batches not collected; their unfinished tasks back to pending."""
+async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
+    """`batcher cancel JOB`: cancel the job's batches not collected; what happened to each shard. A batch that
+    finished lines keeps them billed: its shard stays open for a run to collect them."""
     from batcher.ratelimit import RateGate
     from batcher.runner.batch import cancel_shards
 
@@ -369,13 +380,19 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
         await _any_job(store, names)
         done: list[RunSummary] = []
         spent: set[str] = set()  # jobs whose budget stopped this worker: not driven again, so no turn writes
+        # jobs whose open tasks all wait on another process (an online run, another provider): not driven
+        # again before this, so a turn never spins writing a worker row for nothing
+        waiting: dict[str, float] = {}
         while True:
             ran = False
             for job in await _jobs(store, names):
-                if job.name in spent or (await store.next_due(job, time.time()))[0] == 0:
+                if job.name in spent or waiting.get(job.name, 0.0) > time.time():
+                    continue
+                if (await store.next_due(job, time.time()))[0] == 0:
                     continue
                 ran = True
                 job = replace(job, output_dir=output_dir(job, opts.out))
+                await objects.probe(job.output_dir)
                 prices = job_prices(await store.job_models(job), job, opts.price, opts.provider)
                 if route_of(opts, job) == "batch":  # a batch job is never run online by surprise
                     result, config = await run_batch(store, opts, job, show_progress)
@@ -388,12 +405,16 @@ async def work(opts: RunOptions, names: tuple[str, ...], *, forever: bool = Fals
                     return done
                 if result.reason == StopReason.BUDGET:
                     spent.add(job.name)
+                if result.reason == StopReason.DONE and result.elsewhere:  # due only when the other side ends
+                    waiting[job.name] = time.time() + WORK_IDLE_S
             if not ran and not forever:
                 return done
-            if not ran:
-                await asyncio.sleep(WORK_IDLE_S)
+            if not ran:  # to the time a waiting job is looked at again, at most WORK_IDLE_S
+                soonest = min(waiting.values(), default=time.time() + WORK_IDLE_S)
+                await asyncio.sleep(min(WORK_IDLE_S, max(0.05, soonest - time.time())))
     finally:
         await store.close()
+        await storage.close_all()
 
 
 async def _jobs(store: Store, names: tuple[str, ...]) -> list[Job]:
@@ -485,7 +506,8 @@ def _signals(runner: Stoppable) -> Iterator[None]:
 
 def cache_forecast(outputs: dict[str, list[tuple[str, int | None]]]) -> Callable[[str], bool]:
     """Whether a finished output of a key is still on disk with its recorded size (the run itself checks the
-    sha256 too, so a corrupted file there becomes a new generation after all)."""
+    sha256 too, so a corrupted file there becomes a new generation after all). One in a bucket is not looked
+    at (estimates use no network): it counts as not there, so the estimate errs toward paying."""
 
     def cached(key: str) -> bool:
         for path, size in outputs.get(key, ()):
@@ -568,6 +590,8 @@ async def retry(db: str, job_name: str, only: tuple[str, ...], *, recreate: bool
     return RetryOutcome(job.name, plan, cost, done)
 
 
+LINK_EXPIRY_S = 7 * 24 * 3600  # signed links to a bucket's originals on the HTML report: a week (S3's longest)
+
 # --- the report ---------------------------------------------------------------------------------------------
 
 
@@ -591,8 +615,13 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
                 await write_csv(out, report_rows(store, the_job))
             elif fmt == "html" and output:
                 task_rows = [r async for r in report_rows(store, the_job)]
-                made = await asyncio.to_thread(thumbs.make_all, (r["file"] for r in task_rows if r["file"]), output)
-                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs))
+                files = [r["file"] for r in task_rows if r["file"]]
+                fetch = reading.fetcher(asyncio.get_running_loop())
+                made = await asyncio.to_thread(thumbs.make_all, files, output, fetch=fetch)
+                links = await reading.signed_links(files, LINK_EXPIRY_S)
+                expire = reading.expires_label(LINK_EXPIRY_S)
+                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs,
+                                              links, expire))  # fmt: skip
                 return (f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} reused, "
                         f"{made.problems} images missing or unreadable")  # fmt: skip
             else:
@@ -602,7 +631,23 @@ async def write_report(db: str, job: str | None, fmt: str, output: str | None) -
                 out.close()
     finally:
         await store.close()
+        await storage.close_all()
     return None
+
+
+async def pull(db: str, job_name: str, folder: str) -> reading.Pulled:
+    """`batcher pull`: copy JOB's outputs (from a bucket or a folder) into `folder`, each checked against the
+    sha256 the store recorded; returns what was copied, already there, and refused."""
+    store = await Store.open(db, create=False)
+    try:
+        job = await store.job(job_name)
+        rows = [(r["output_path"], r["sha256"]) async for r in store.task_rows(job) if r["output_path"]]
+    finally:
+        await store.close()
+    try:
+        return await reading.pull(rows, job.output_dir, os.path.abspath(folder))
+    finally:
+        await storage.close_all()
 
 
 async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:

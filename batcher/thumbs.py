@@ -30,6 +30,8 @@ from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
+from batcher.storage.base import is_remote
+
 THUMB_PX = 400  # longest side: a card is about 240 CSS px wide, so this stays sharp on a 2x screen too
 QUALITY = 80  # WebP quality; a thumbnail is 5–30 KB
 FOLDER_SUFFIX = "_files"  # report.html -> report_files/thumbs/, as browsers name a saved page's folder
@@ -71,16 +73,19 @@ def folder(page: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + FOLDER_SUFFIX) / "thumbs"
 
 
-def make_all(files: Iterable[str], page: str | os.PathLike[str], workers: int = WORKERS) -> Made:
+def make_all(files: Iterable[str], page: str | os.PathLike[str], workers: int = WORKERS,
+             fetch: Callable[[str], bytes] | None = None) -> Made:  # fmt: skip
     """A thumbnail for every image in `files` (paths as the report's rows give them), made or reused, in the
-    folder beside `page`; thumbnails no image uses any more are removed."""
+    folder beside `page`; thumbnails no image uses any more are removed. `fetch` reads an object in a bucket
+    (`s3://`, `gs://`), from these worker threads; its bytes are only read, never written back."""
     out = folder(page)
     out.mkdir(parents=True, exist_ok=True)
     page_dir = Path(page).resolve().parent
     index = _read_index(out)
     paths = list(dict.fromkeys(files))
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda f: _one(f, out, page_dir, index), paths))
+        results = list(pool.map(lambda f: _one_remote(f, out, fetch) if fetch and is_remote(f) else
+                                _one(f, out, page_dir, index), paths))  # fmt: skip
     made = Made({})
     fresh: dict[str, list[object]] = {}
     for path, (thumb, entry, new) in zip(paths, results, strict=True):
@@ -136,6 +141,26 @@ def _one(file: str, out: Path, page_dir: Path, index: Mapping[str, list[object]]
         return Thumb(None, problem=f"unreadable image: {e}"), None, False
     _write(target, lambda f: thumb.save(f, "WEBP", quality=QUALITY))
     return Thumb(target, thumb.width, thumb.height), entry, True
+
+
+def _one_remote(uri: str, out: Path, fetch: Callable[[str], bytes]) -> tuple[Thumb, None, bool]:
+    """The thumbnail of an object in a bucket: fetched whole (there is no mtime to trust), named by its sha256."""
+    try:
+        data = fetch(uri)
+    except FileNotFoundError:
+        return Thumb(None, problem="image file missing"), None, False
+    except Exception as e:  # a bucket's failure, whatever the library calls it: shown on the card
+        return Thumb(None, problem=f"unreadable image: {type(e).__name__}"), None, False
+    target = out / _name(hashlib.sha256(data).hexdigest())
+    if (done := _existing(target)) is not None:
+        return done, None, False
+    try:
+        thumb = _scaled(data)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
+            ValueError, SyntaxError) as e:  # fmt: skip
+        return Thumb(None, problem=f"unreadable image: {type(e).__name__}"), None, False
+    _write(target, lambda f: thumb.save(f, "WEBP", quality=QUALITY))
+    return Thumb(target, thumb.width, thumb.height), None, True
 
 
 def _write(target: Path, fill: Callable[[IO[bytes]], object]) -> None:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from batcher.diff import KINDS, Diff
 from batcher.estimate import Estimate
+from batcher.models import BILLED_APART
 from batcher.money import fmt_usd
 
 if TYPE_CHECKING:
@@ -156,11 +157,7 @@ def summary_lines(head: Mapping[str, Any]) -> None:
         f"failed generations {head['failed_generations']}; unknown submissions (possible double charges) "
         f"{head['unknown_submissions']}",
     ]
-    billed_apart = [
-        (head.get("paid_unusable"), "paid but unusable"),
-        (head.get("paid_result_lost"), "paid, result lost"),
-        (head.get("known_duplicates"), "known duplicates (kept beside their task)"),
-    ]
+    billed_apart = [(head.get(key), words) for key, words, _ in BILLED_APART if key != "lost_at_api"]
     if any(n for n, _ in billed_apart):
         lines.append("of the billed calls: " + ", ".join(f"{what} {n}" for n, what in billed_apart if n))
     if head.get("batch_billed"):

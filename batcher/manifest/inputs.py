@@ -84,10 +84,11 @@ def data_uri(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def read_verified(path: str, sha256: str | None, what: str) -> bytes:
-    """A file's bytes, refused when missing, unreadable or not the content `sha256` says (when given)."""
+def read_verified(path: str, sha256: str | None, what: str, data: bytes | None = None) -> bytes:
+    """A file's bytes, refused when missing, unreadable or not the content `sha256` says (when given). `data`:
+    the bytes already read (an object in a bucket, fetched by the caller), to be checked the same way."""
     try:
-        data = Path(path).read_bytes()
+        data = Path(path).read_bytes() if data is None else data
     except FileNotFoundError:
         raise InputProblem(f"{what} {path} is missing") from None
     except OSError as e:
@@ -104,6 +105,7 @@ class ParentOutput:
     label: str  # the parent's name or key, for messages
     path: str
     sha256: str | None
+    data: bytes | None = None  # its bytes, when they were fetched from a bucket
 
 
 def resolve(images: tuple[str, ...], parent: ParentOutput | None) -> tuple[str, ...]:
@@ -113,7 +115,9 @@ def resolve(images: tuple[str, ...], parent: ParentOutput | None) -> tuple[str, 
         if ref.startswith(FROM_REF):
             if parent is None:
                 raise InputProblem("the input task's output is not recorded")
-            out.append(data_uri(read_verified(parent.path, parent.sha256, f"the output of task {parent.label}")))
+            out.append(
+                data_uri(read_verified(parent.path, parent.sha256, f"the output of task {parent.label}", parent.data))
+            )
         elif ref.startswith(LOCAL_REF):
             sha, _, path = ref[len(LOCAL_REF) :].partition(":")
             out.append(data_uri(read_verified(path, sha, "input image")))

@@ -98,7 +98,10 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def output_dir(manifest: Path, folder: str) -> str:
     """The job's output directory, absolute: a relative one is relative to the manifest's folder (as `images:`
-    and `rows:` paths are), so the job writes to one place whatever folder it is run from."""
+    and `rows:` paths are), so the job writes to one place whatever folder it is run from. A bucket URI
+    (`s3://BUCKET/PREFIX`, `gs://...`) is kept as it is."""
+    if folder.startswith(("s3://", "gs://")):
+        return folder.rstrip("/")
     return os.path.abspath(os.path.join(manifest.parent, os.path.expanduser(folder)))
 
 
@@ -155,6 +158,8 @@ class _Batch(_Strict):
     max_requests: int | None = Field(default=None, ge=1, le=BATCH_MAX_REQUESTS_LIMIT)
     max_bytes: int | None = Field(default=None, ge=1, le=BATCH_MAX_BYTES_LIMIT)  # the Files API's limit
     price_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)  # overrides the catalog's
+    # how long a batch may be missing from the account's listing after an unanswered create, seconds
+    create_grace_s: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
 
 
 class _Settings(_Strict):
@@ -335,6 +340,7 @@ def _load_yaml(p: Path, file: str, problems: Problems, text: str | None = None) 
         batch_max_requests=batch.max_requests,
         batch_max_bytes=batch.max_bytes,
         batch_price_usd=batch.price_usd,
+        batch_create_grace_s=batch.create_grace_s,
     )
     return Manifest(p, job_settings, tuple(plans))
 

@@ -7,7 +7,8 @@ that bills is not idempotent.
 | call                     | reply                                              | outcome                      |
 | ------------------------ | -------------------------------------------------- | ---------------------------- |
 | create                   | 200 naming a batch                                 | Created                      |
-|                          | a refused connection (never reached the API), 408  | NotCreated, retryable        |
+|                          | a refused connection, or none within the connect   | NotCreated, retryable        |
+|                          |   timeout (never left), 408                        |                              |
 |                          | any other 4xx but 429 (a bad file, a bad model)    | NotCreated                   |
 |                          | 401, 403, 400 API_KEY_INVALID                      | AuthRejected                 |
 |                          | 429                                                | RateLimited (not created)    |
@@ -511,6 +512,9 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
                 answer = _Answer(resp.status, parse_json(raw) if raw else None, retry_after, dict(resp.headers))
         except aiohttp.ClientConnectorError as e:
             return _NoAnswer(f"cannot connect to the Gemini API: {self._scrub(describe(e))}", connected=False)
+        except aiohttp.ConnectionTimeoutError as e:  # no connection within the connect timeout (pool wait
+            # included): the request never left
+            return _NoAnswer(f"no connection to the Gemini API in time: {self._scrub(describe(e))}", connected=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             if gated:
                 self.gate.answered()

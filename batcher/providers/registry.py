@@ -20,6 +20,7 @@ from typing import Any
 from batcher.catalog import provider_facts
 from batcher.config import API_KEY_ENV, ApiSettings, RunConfig, api_key, api_settings
 from batcher.emulator import EmulatorConfig, Latency
+from batcher.errors import ConfigError
 from batcher.providers.base import Provider
 from batcher.providers.gemini_settings import KEY_ENVS
 from batcher.ratelimit import RateGate
@@ -147,9 +148,15 @@ GEMINI = Registered(
 async def _vertex_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterator[Endpoint]:
     """The Vertex emulator with a service-account key file it issued, so the run goes through google-auth's
     whole token flow against the emulator's token endpoint."""
-    from batcher.emulator.vertex.config import VertexConfig  # the server: only for --emulate
-    from batcher.emulator.vertex.server import VertexEmulator
     from batcher.providers.vertex import CREDENTIALS_ENV
+
+    try:  # the server, which checks service-account JWTs with cryptography: only for --emulate
+        from batcher.emulator.vertex.config import VertexConfig
+        from batcher.emulator.vertex.server import VertexEmulator
+    except ImportError:
+        raise ConfigError(
+            "the Vertex AI emulator needs the vertex extra: pip install 'batcher-images[vertex]'"
+        ) from None
 
     with tempfile.TemporaryDirectory(prefix="batcher-vertex-") as tmp:
         async with VertexEmulator(VertexConfig(latency=emulator.latency)) as emu:

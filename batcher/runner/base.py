@@ -19,6 +19,7 @@ from batcher.errors import BatcherError
 from batcher.outputs import Finisher
 from batcher.polling import FirstPollTracker
 from batcher.providers.base import Provider
+from batcher.storage import is_remote
 from batcher.store import Job, Store, Stray, Task
 
 log = logging.getLogger("batcher")
@@ -97,7 +98,9 @@ class RunnerBase:
         self.clock = clock  # this host's wall clock; leases are judged by the store's (`_now`)
         self.progress = Progress()
         self.first_polls: dict[str, FirstPollTracker] = {}  # per model; warm from the store's memory
-        self.output_dir = Path(job.output_dir).resolve()
+        self.remote = is_remote(job.output_dir)  # a bucket: images go through batcher.storage, not the disk
+        self.output_root = job.output_dir if self.remote else str(Path(job.output_dir).resolve())
+        self.output_dir = Path(self.output_root)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._polling: set[int] = set()  # tasks past their create: safe to cancel on a stop
         self._strays: dict[int, asyncio.Task[None]] = {}  # stray replies this worker polls, by stray id

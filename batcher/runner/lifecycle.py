@@ -13,7 +13,7 @@ from batcher import cache
 from batcher.errors import AuthError, BatcherError, QuotaError, SpendCapError
 from batcher.imageinfo import ImageInfo
 from batcher.models import Failure, OnUnknown, TaskStatus
-from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.outputs import AtomicFile, MemorySink, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, RunningClock, next_poll_in
 from batcher.providers.base import (
     Accepted,
@@ -33,7 +33,8 @@ from batcher.providers.base import (
     Unknown,
 )
 from batcher.retry import backoff_s
-from batcher.runner.base import RunnerBase, log
+from batcher.runner.base import log
+from batcher.runner.remote import RemotePart
 from batcher.store import BudgetRefused, ClaimLost, Stray, StrayReply, Task, quota_note
 
 POLL_GRID_S = 0.05  # polls wake on this grid, so that many share one wake-up of the loop, seconds
@@ -49,7 +50,7 @@ class _OverBudget(Exception):
     """Raised from the submit's before-send hook: the store refused the submit's reservation."""
 
 
-class LifecyclePart(RunnerBase):
+class LifecyclePart(RemotePart):
     async def _drive(self, task: Task) -> None:
         try:
             if task.status is TaskStatus.UNKNOWN and self.config.on_unknown is OnUnknown.SKIP:
@@ -107,7 +108,7 @@ class LifecyclePart(RunnerBase):
             return False  # `_submit` lets go of it
         # the cache is asked only for keys it may hold (one query per run, not one per task)
         use_cache = self.config.use_cache and task.key in self._twins
-        prepared = await cache.prepare(self.store, task, self.output_dir, use_cache=use_cache)
+        prepared = await cache.prepare(self.store, task, self.output_root, use_cache=use_cache)
         if prepared.outcome is cache.Outcome.CACHED:
             self.progress.succeeded += 1
             self.progress.cached += 1
@@ -312,9 +313,11 @@ class LifecyclePart(RunnerBase):
                 self.store.log_call(task, r.call)
                 if task.billed_at is None:  # billed from now on, whatever the fetch does
                     self.store.billed(task, self._cost(task), self._unit(task), now)
-                elif billed_before and await cache.adopt_saved(
-                    self.store, task, self.output_dir, self._cost(task), now
-                ):
+                elif (
+                    billed_before
+                    and not self.remote
+                    and await cache.adopt_saved(self.store, task, self.output_dir, self._cost(task), now)
+                ):  # a bucket needs no adoption: the conditional create knows this task's own bytes (same sha256)
                     self.progress.succeeded += 1
                     self.progress.spent_micros += self._cost(task)
                     return
@@ -373,8 +376,8 @@ class LifecyclePart(RunnerBase):
     async def _save(self, task: Task, image: Image, *, last_try: bool = True) -> bool:
         """Fetch the image into place; True when the task is final (succeeded, or its file was unusable).
         `last_try`: a fetch that could work later fails the task all the same (nothing can fetch it again)."""
-        target = target_path(self.output_dir, task.filename)
-        result, sink, info = await self._fetch(image, target)
+        target = None if self.remote else target_path(self.output_dir, task.filename)
+        result, sink, info = await (self._fetch_to_memory(image) if target is None else self._fetch(image, target))
         now = self._now()
         if result.ok:
             if info is None:
@@ -383,6 +386,10 @@ class LifecyclePart(RunnerBase):
                                         failure=Failure.DOWNLOAD)  # fmt: skip
                 self.progress.failed += 1
                 return True
+            if isinstance(sink, MemorySink):  # a bucket: one conditional create
+                await self._store_remote(task, sink, info, result.call)
+                return True
+            assert target is not None
             final = with_real_extension(target, info)
             await self._finisher.finish(sink, final)  # a stop now leaves no .part behind: it is finished anyway
             cost = self._cost(task)
@@ -455,11 +462,15 @@ class LifecyclePart(RunnerBase):
         """Save a stray's image as `NAME.dup-HANDLE.png`; True when the stray is final (saved, or given up)."""
         stem = Path(stray.filename)
         name = stem.with_name(f"{stem.stem}.dup-{_safe(stray.remote_task_id)}{stem.suffix or '.png'}")
-        target = target_path(self.output_dir, str(name))
-        result, sink, info = await self._fetch(image, target)
+        target = None if self.remote else target_path(self.output_dir, str(name))
+        result, sink, info = await (self._fetch_to_memory(image) if target is None else self._fetch(image, target))
         if result.call is not None:
             self.store.log_call(stray, result.call)
         if info is not None:
+            if isinstance(sink, MemorySink):  # a bucket: one conditional create
+                await self._stray_to_bucket(stray, str(name), sink, info)
+                return True
+            assert target is not None
             final = with_real_extension(target, info)
             await self._finisher.finish(sink, final)
             await self.store.stray_done(stray, "succeeded", self._now(), billed=True, output_path=str(final),

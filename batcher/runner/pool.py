@@ -46,7 +46,8 @@ class Runner(LeasesPart, LifecyclePart):
         self._quota_probe = await self.store.quota_due(self.job, now, every=False) > 0
         self._warm_start(await self.store.learned())
         self._twins = await self.store.cached_twins(self.job) if self.config.use_cache else set()
-        swept = await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S, time.time())
+        swept = 0 if self.remote else await asyncio.to_thread(sweep_stale_parts, self.output_dir, STALE_PART_S,
+                                                                 time.time())  # fmt: skip
         if swept:
             log.info("removed %d half-written downloads left by a killed run", swept)
         heartbeat = asyncio.create_task(self._heartbeat(), name="batcher-heartbeat")

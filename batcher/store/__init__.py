@@ -11,11 +11,24 @@ from batcher.store.claims import QUOTA_WAIT, ClaimsPart, QuotaPart, quota_note
 from batcher.store.jobs import JobsPart
 from batcher.store.reports import ReportsPart
 from batcher.store.retries import RetriesPart, RetryPlan
+from batcher.store.shard_duplicates import ShardDuplicatesPart
+from batcher.store.shard_reads import ShardReadsPart
 from batcher.store.shared import SharedPart
 from batcher.store.submissions import DuplicateShard, ShardMoved, Submission, SubmissionsPart
 
 
-class Store(JobsPart, ClaimsPart, QuotaPart, CachePart, SubmissionsPart, SharedPart, ReportsPart, RetriesPart):
+class Store(
+    JobsPart,
+    ClaimsPart,
+    QuotaPart,
+    CachePart,
+    SubmissionsPart,
+    ShardReadsPart,
+    ShardDuplicatesPart,
+    SharedPart,
+    ReportsPart,
+    RetriesPart,
+):
     """A job store on SQLite or PostgreSQL. Open with `await Store.open(db)`; close with `await close()`."""
 
 

@@ -80,6 +80,7 @@ class ClaimsPart(StoreBase):
         *,
         pending: int | None = None,
         provider: str = DEFAULT_PROVIDER,
+        polls: bool = True,
     ) -> list[Task]:
         """Take up to `limit` tasks that are due: submitted ones first (finished work is collected first), then
         at most `pending` (default: `limit`) still to be created, so that other workers get their share. Only
@@ -92,6 +93,8 @@ class ClaimsPart(StoreBase):
             got: list[Task] = []
             creates = 0
             for stmt, to_be_created in _claim_statements():
+                if not to_be_created and not polls:  # the batch route polls shards, never a task sent online
+                    continue
                 room = limit - len(got)
                 if to_be_created:
                     room = min(room, to_create - creates)

@@ -13,16 +13,15 @@ Money follows migration 0005's triggers: a line's reservation and cost live on i
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, select, true, update
 from sqlalchemy.engine import RowMapping
 
 from batcher.models import Failure
-from batcher.store.base import _TASK_COLUMNS, BudgetRefused, ClaimLost, Job, S, Task, _task
+from batcher.store.base import BudgetRefused, ClaimLost, Job, S, Task
 from batcher.store.changes import WriteConnection
 from batcher.store.tables import jobs, submissions, tasks
 from batcher.store.transitions import TransitionsPart, _freed
@@ -33,12 +32,15 @@ BATCH = "batch"
 PLANNED = "planned"
 UPLOADED = "uploaded"
 CREATING = "creating"
+# `batcher cancel` met the shard in `creating`: its create may be on its way. The worker that sent it cancels
+# the batch as soon as its name is known; a batch never found is not created again
+CANCEL_CREATING = "cancel-creating"
 CREATED = "created"
 COLLECTED = "collected"
 ABANDONED = frozenset({"failed", "cancelled", "expired"})
 CLOSED = frozenset({COLLECTED, "closed", *ABANDONED})  # nothing more happens to these
-_UNCREATED = (PLANNED, UPLOADED, CREATING)
-_OPEN_TASK = (S.PENDING, S.SUBMITTING, S.SUBMITTED, S.UNKNOWN)
+_UNCREATED = (PLANNED, UPLOADED, CREATING, CANCEL_CREATING)
+OPEN_TASK = (S.PENDING, S.SUBMITTING, S.SUBMITTED, S.UNKNOWN)
 _CHUNK = 500  # ids per IN (...): far below either engine's limit on bound parameters
 
 
@@ -167,7 +169,11 @@ class SubmissionsPart(TransitionsPart):
 
     async def _move_shard(self, sub: Submission, frm: Any, told: str, values: dict[str, Any], now: float) -> None:
         """Change the shard's row if `frm` (a condition on it) still holds; else `ShardMoved`, saying `told`."""
-        stmt = update(submissions).where(submissions.c.id == sub.id, frm).values(updated_at=now, **values)
+        stmt = (
+            update(submissions)
+            .where(submissions.c.id == sub.id, frm, self._held(sub, now))
+            .values(updated_at=now, **values)
+        )
 
         async def op(conn: WriteConnection) -> int:
             return int((await conn.execute(stmt)).rowcount)
@@ -195,29 +201,47 @@ class SubmissionsPart(TransitionsPart):
         frm = and_(submissions.c.state.in_([UPLOADED, CREATING]), submissions.c.input_file.is_not(None))
         await self._move_shard(sub, frm, "uploaded", {"state": CREATING}, now)
 
-    async def shard_created(self, sub: Submission, remote_name: str, now: float) -> None:
+    async def shard_created(self, sub: Submission, remote_name: str, now: float) -> bool:
         """The batch's name is known (from the create's reply, or adopted from the listing): its tasks are the
-        API's now, polled through the shard and never created again."""
-        shard = (
-            update(submissions)
-            .where(submissions.c.id == sub.id, submissions.c.state == CREATING)
-            .values(state=CREATED, remote_name=remote_name, updated_at=now)
-        )
+        API's now, polled through the shard and never created again. Returns whether `batcher cancel` asked
+        meanwhile for the shard to be cancelled (`cancel-creating`): then its batch is to be cancelled at once."""
         lines = (
             update(tasks)
             .where(tasks.c.submission_id == sub.id, tasks.c.status == S.SUBMITTING)
             .values(status=S.SUBMITTED, remote_task_id=remote_name, submitted_at=now, updated_at=now)
         )
 
-        async def op(conn: WriteConnection) -> bool:
-            if (await conn.execute(shard)).rowcount != 1:
-                return False
-            await conn.execute(lines)
-            return True
+        async def op(conn: WriteConnection) -> bool | None:
+            for state in (CREATING, CANCEL_CREATING):
+                shard = (
+                    update(submissions)
+                    .where(submissions.c.id == sub.id, submissions.c.state == state, self._held(sub, now))
+                    .values(state=CREATED, remote_name=remote_name, updated_at=now)
+                )
+                if (await conn.execute(shard)).rowcount == 1:
+                    await conn.execute(lines)
+                    return state == CANCEL_CREATING
+            return None
 
-        if not await self.writer.run(op):
+        cancel = await self.writer.run(op)
+        if cancel is None:
             raise ShardMoved(f"shard {sub.display_name} is no longer {CREATING}")
         sub.state, sub.remote_name, sub.updated_at = CREATED, remote_name, now
+        return cancel
+
+    async def shard_cancel_unsent(self, sub: Submission, now: float, reason: str) -> bool:
+        """`batcher cancel`: a shard whose create was not committed is closed, its tasks pending again, in one
+        commit that its create's own commit (`shard_create_sending`) cannot pass. False: it had moved on."""
+        return await self._abandon(sub, "cancelled", now, reason, submissions.c.state.in_([PLANNED, UPLOADED]))
+
+    async def shard_cancel_creating(self, sub: Submission, now: float) -> bool:
+        """`batcher cancel` met the shard in `creating` (a create may be on its way): mark it, so that whoever
+        learns its batch's name cancels that batch. False: it had moved on."""
+        try:
+            await self._move_shard(sub, submissions.c.state == CREATING, CREATING, {"state": CANCEL_CREATING}, now)
+        except ShardMoved:
+            return False
+        return True
 
     async def shard_state(self, sub: Submission, state: str, stats_json: str | None, now: float) -> None:
         """What the API reports of a created batch (its state, and its counts as JSON in `detail`)."""
@@ -232,10 +256,10 @@ class SubmissionsPart(TransitionsPart):
         """Every line has settled (succeeded, failed, or back to pending): the shard is done with."""
         shard = (
             update(submissions)
-            .where(submissions.c.id == sub.id, submissions.c.state.not_in(list(CLOSED)))
+            .where(submissions.c.id == sub.id, submissions.c.state.not_in(list(CLOSED)), self._held(sub, now))
             .values(state=COLLECTED, updated_at=now)
         )
-        unsettled = select(tasks.c.id).where(tasks.c.submission_id == sub.id, tasks.c.status.in_(_OPEN_TASK))
+        unsettled = select(tasks.c.id).where(tasks.c.submission_id == sub.id, tasks.c.status.in_(OPEN_TASK))
 
         async def op(conn: WriteConnection) -> str:
             if (await conn.execute(unsettled.limit(1))).first() is not None:
@@ -250,19 +274,29 @@ class SubmissionsPart(TransitionsPart):
         sub.state, sub.updated_at = COLLECTED, now
 
     async def shard_abandoned(self, sub: Submission, state: str, now: float, reason: str | None = None) -> list[int]:
-        """The batch ended without results for its unfinished lines (FAILED, CANCELLED, EXPIRED): every one of
-        its tasks not final goes back to pending, unbilled, its reservation let go and its claim released.
-        Returns those tasks' ids; lines already settled keep what they have."""
+        """The batch ended without results for its unfinished lines (FAILED, CANCELLED, EXPIRED), or was never
+        made: every one of its tasks not final goes back to pending, unbilled, its reservation let go and its
+        claim released. Returns those tasks' ids; lines already settled keep what they have."""
         if state not in ABANDONED:
             raise ValueError(f"a shard is abandoned as one of {sorted(ABANDONED)}, not {state!r}")
-        error = reason or f"its batch ended {state}"
+        back: list[int] = []
+        if not await self._abandon(sub, state, now, reason or f"its batch ended {state}", None, back):
+            raise ShardMoved(f"shard {sub.display_name} is closed already")
+        return back
+
+    async def _abandon(
+        self, sub: Submission, state: str, now: float, error: str, frm: Any, back: list[int] | None = None
+    ) -> bool:
+        """Close the shard as `state` if it is open (and `frm` holds), its open tasks pending again."""
         shard = (
             update(submissions)
-            .where(submissions.c.id == sub.id, submissions.c.state.not_in(list(CLOSED)))
+            .where(submissions.c.id == sub.id, submissions.c.state.not_in(list(CLOSED)), self._held(sub, now))
             .values(state=state, updated_at=now)
         )
-        mine = and_(tasks.c.submission_id == sub.id, tasks.c.status.in_(_OPEN_TASK))
-        back = (
+        if frm is not None:
+            shard = shard.where(frm)
+        mine = and_(tasks.c.submission_id == sub.id, tasks.c.status.in_(OPEN_TASK))
+        pending = (
             update(tasks)
             .where(mine)
             .values(status=S.PENDING, submission_id=None, remote_task_id=None, next_attempt_at=now, last_error=error,
@@ -274,13 +308,30 @@ class SubmissionsPart(TransitionsPart):
         async def op(conn: WriteConnection) -> list[int] | None:
             if (await conn.execute(shard)).rowcount != 1:
                 return None
-            return sorted(int(r[0]) for r in (await conn.execute(back)).all())
+            return sorted(int(r[0]) for r in (await conn.execute(pending)).all())
 
         returned = await self.writer.run(op)
         if returned is None:
-            raise ShardMoved(f"shard {sub.display_name} is closed already")
+            return False
+        if back is not None:
+            back += returned
         sub.state, sub.updated_at = state, now
-        return returned
+        return True
+
+    def _held(self, sub: Submission, now: float) -> ColumnElement[bool]:
+        """The fence of a shard's every change by a worker: none of its open tasks is held by another worker
+        whose lease runs, so a worker that lost its lease (frozen, or cut off) changes nothing of a shard that
+        another took over. The `batcher cancel` command holds no lease and passes."""
+        if self.worker_id is None:
+            return true()
+        other = select(tasks.c.id).where(
+            tasks.c.submission_id == sub.id,
+            tasks.c.status.in_(OPEN_TASK),
+            tasks.c.claimed_by.is_not(None),
+            tasks.c.claimed_by != self.worker_id,
+            tasks.c.lease_until >= now,
+        )
+        return ~exists(other)
 
     # --- its lines ----------------------------------------------------------------------------------------
 
@@ -323,13 +374,24 @@ class SubmissionsPart(TransitionsPart):
         await self._line(sub, task, values, now, incr={"gen_failures": 1} if generation_failed else None)
 
     async def shard_line_back_to_pending(
-        self, sub: Submission, task: Task, reason: str, *, generation_failed: bool, now: float
+        self,
+        sub: Submission,
+        task: Task,
+        reason: str,
+        *,
+        generation_failed: bool,
+        now: float,
+        maybe_billed: bool = False,
     ) -> None:
         """A line that failed without a charge, or that the results lack: pending again, out of the shard,
-        unbilled, its reservation let go, to ride in a later shard."""
+        unbilled, its reservation let go, to ride in a later shard. `maybe_billed`: its batch billed some of
+        its lines without saying which; counted as an unknown submission (a possible double charge)."""
         values = {"status": S.PENDING, "submission_id": None, "remote_task_id": None, "next_attempt_at": now,
                   "last_error": reason}  # fmt: skip
-        await self._line(sub, task, values, now, incr={"gen_failures": 1} if generation_failed else None)
+        incr = {"gen_failures": 1} if generation_failed else {}
+        if maybe_billed:
+            incr["unknown_count"] = 1
+        await self._line(sub, task, values, now, incr=incr or None)
         task.remote_task_id = None
 
     async def _line(
@@ -346,52 +408,6 @@ class SubmissionsPart(TransitionsPart):
         if await self.writer.run(op) != 1:
             raise ClaimLost(f"task {task.key} is no longer ours in shard {sub.display_name}")
         task.status = S(values["status"])
-
-    # --- reads and claims ---------------------------------------------------------------------------------
-
-    async def shard_by_display_name(self, name: str) -> Submission | None:
-        rows = await self._read(select(submissions).where(submissions.c.display_name == name))
-        return _submission(rows[0]) if rows else None
-
-    async def shards_open(self, job: Job) -> list[Submission]:
-        """The job's shards not collected nor closed, oldest first: what a restart reconciles and polls."""
-        rows = await self._read(
-            select(submissions)
-            .where(submissions.c.job_id == job.id, submissions.c.state.not_in(list(CLOSED)))
-            .order_by(submissions.c.id)
-        )
-        return [_submission(r) for r in rows]
-
-    async def recent_shards(self, limit: int = 200) -> list[tuple[str, Submission]]:
-        """Shards of every job, open ones first then the newest: what `batcher status` shows."""
-        rows = await self._read(
-            select(submissions, jobs.c.name.label("job_name"))
-            .select_from(submissions.join(jobs, jobs.c.id == submissions.c.job_id))
-            .order_by(submissions.c.state.in_(list(CLOSED)), submissions.c.id.desc())
-            .limit(limit)
-        )
-        return [(str(r["job_name"]), _submission(r)) for r in rows]
-
-    async def claim_shard(self, sub: Submission, worker_id: str, now: float, lease_until: float) -> list[Task]:
-        """Take the shard's unsettled tasks that nobody holds (their worker stopped, or its lease ran out), under
-        one new claim token, in manifest order: a restart or another worker carries the shard on."""
-        free = or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now)
-        stmt = (
-            update(tasks)
-            .where(tasks.c.submission_id == sub.id, tasks.c.status.in_(_OPEN_TASK), free)
-            .values(claim_token=uuid.uuid4().hex, claimed_by=worker_id, lease_until=lease_until)
-            .returning(*_TASK_COLUMNS)
-        )
-
-        async def op(conn: WriteConnection) -> list[Task]:
-            return sorted((_task(r) for r in (await conn.execute(stmt)).mappings()), key=lambda t: t.seq)
-
-        return await self.writer.run(op)
-
-    async def shard_task_ids(self, sub: Submission) -> list[int]:
-        """The tasks riding in the shard now, in manifest order (lines sent back to pending have left it)."""
-        rows = await self._rows(select(tasks.c.id).where(tasks.c.submission_id == sub.id).order_by(tasks.c.seq))
-        return [int(r[0]) for r in rows]
 
 
 def _chunks(ids: list[int]) -> list[list[int]]:

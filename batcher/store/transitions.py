@@ -255,7 +255,9 @@ class TransitionsPart(StoreBase):
         cost_micros: int,
         call: CallRecord | None,
         now: float,
+        note: str | None = None,
     ) -> None:
+        """`note`: why the image is not under its own name (kept in `last_error`; the report shows it)."""
         await self._transition(
             task,
             (S.SUBMITTED,),
@@ -269,7 +271,7 @@ class TransitionsPart(StoreBase):
                 "image_format": fmt,
                 "cost_micros": cost_micros,
                 "finished_at": now,
-                "last_error": None,
+                "last_error": note,
                 "failure": None,
             },
             call,

@@ -371,15 +371,18 @@ async def test_a_budget_of_one_shard_creates_one_batch(start_gemini: StartGemini
     ledger_is_the_api(head, emu)
 
 
-async def test_a_budget_below_a_shard_creates_nothing(start_gemini: StartGemini, tmp_path: Path) -> None:
+async def test_a_budget_below_a_shard_creates_only_the_lines_that_fit(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
     emu = await start_gemini(batch_latency=QUICK)
     m = batch_manifest(tmp_path / "tight.yaml", 10)
     db = tmp_path / "b.db"
-    done = await run(m, db, emu, tmp_path, "--max-cost", "0.1")  # less than any shard's price
+    done = await run(m, db, emu, tmp_path, "--max-cost", "0.1")  # less than a whole shard's price: 2 lines fit
     assert done.code == 3, done.err
     head = json.loads(done.out)
-    assert emu.stats.batches_created == 0 and emu.stats.files_uploaded == 0
-    assert head["billed_calls"] == 0 and head["cost_usd"] == "0" and head["pending"] == 10, head
+    assert emu.stats.batches_created == 1 and emu.stats.batch_lines_billed == 2, emu.stats.batches_by_display_name
+    assert head["billed_calls"] == 2 and head["cost_usd"] == usd(2 * LINE_PRICE) and head["pending"] == 8, head
+    ledger_is_the_api(head, emu)
 
 
 # --- 10. the deadline -------------------------------------------------------------------------------------
@@ -484,7 +487,8 @@ async def test_an_input_file_gone_before_the_create_is_uploaded_again(
     shard is uploaded again, never failed as refused."""
     n = 4
     emu = await start_gemini(batch_latency=QUICK, batch_create_503_rate=1.0, file_ttl_s=2.0)
-    m = batch_manifest(tmp_path / "filegone.yaml", n)
+    # a short grace period: the listing's proof comes after the 2 s the file lives
+    m = batch_manifest(tmp_path / "filegone.yaml", n, batch={"max_requests": SHARD, "create_grace_s": 1})
     db = tmp_path / "b.db"
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
     await until(lambda: emu.stats.count("batch", 503) >= 1, "the first create to answer 503")
@@ -548,6 +552,8 @@ async def test_cancel_stops_the_jobs_batches_and_sends_its_tasks_back(
     got = rows(db)
     assert {r["status"] for r in got} == {"pending"} and all(r["reserved_micros"] == 0 for r in got)
     assert emu.stats.batch_lines_billed == 0
+    # nothing is left of a closed shard: its uploaded requests file is deleted
+    assert emu.stats.files_deleted == emu.stats.files_uploaded == shards_for(n), emu.stats
 
 
 async def test_work_drives_a_batch_job_by_batch_never_online(start_gemini: StartGemini, tmp_path: Path) -> None:

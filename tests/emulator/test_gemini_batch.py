@@ -208,8 +208,10 @@ async def test_files_are_deleted_after_their_time_to_live(make_gemini: MakeGemin
     api.api.emu.advance(99)
     assert (await api.get(file_name)).status == 200
     api.api.emu.advance(1)
-    assert (await api.get(file_name)).status == 403
+    gone = await api.get(file_name)  # past its time: 404 (a file that never was answers 403)
+    assert gone.status == 404 and gone.body["error"]["status"] == "NOT_FOUND"
     assert (await api.create(file_name)).status == 400
+    assert api.api.emu.stats.expired_file_answers == 1
 
 
 async def test_a_create_answered_503_makes_no_batch(make_gemini: MakeGemini) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import tracemalloc
@@ -463,3 +464,23 @@ async def test_an_upload_streams_from_disk(tmp_path: Path) -> None:
                 tracemalloc.stop()
     assert isinstance(got, Uploaded) and got.file_name == "files/f1" and received == size
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MB"
+
+
+async def test_a_create_that_waited_for_a_pooled_connection_past_its_timeout_never_left(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """The pool's one connection is busy with a create whose reply is held: the next create waits for a
+    connection past the connect timeout. Its request never left, so it is NotCreated (retryable), not unknown."""
+    emu = await start_gemini(batch_create_delay_s=30.0)
+    async with batch_client(emu, max_connections=1, connect_timeout_s=0.3) as (c, gate):
+        file_name = await upload(c, tmp_path, "a red mug")
+        held = asyncio.create_task(create(c, gate, file_name, "held"))
+        for _ in range(500):
+            if emu.stats.batches_created:
+                break
+            await asyncio.sleep(0.01)
+        waited = await create(c, gate, file_name, "waited")
+        assert isinstance(waited, NotCreated) and waited.retryable, waited
+        assert emu.stats.batches_created == 1
+        emu.advance(30.0)
+        assert isinstance(await held, Created)

@@ -3,8 +3,12 @@
 A succeeded batch's results are a JSONL file, one ``{"key", "response"}`` or ``{"key", "error"}`` a line,
 made while it streams so that a gigabyte of images never sits in memory. For `batch_unavailable_s` after a
 batch succeeds, batches.get and its download answer 503, as the field has seen for large result files.
-Creation can answer 503 having made nothing (`batch_create_503_rate`) or lose its reply after making the
-batch (`batch_create_lost_rate`); one page of the listing can answer 503 (`batch_list_unavailable_page`).
+Creation can answer 503 having made nothing (`batch_create_503_rate`), lose its reply after making the
+batch (`batch_create_lost_rate`), or make it and be answered by a gateway's 502/504
+(`batch_create_gateway_rate`); one page of the listing can answer 503 (`batch_list_unavailable_page`), and
+the listing is not immediately consistent (`batch_list_lag_s`). batches.get, list and cancel can be slow
+(`batch_api_latency`). A responses file may leave out billed lines (`batch_omit_line_rate`), end without a
+newline, be gone (`results_gone_rate`) or expire (`file_ttl_s`, answering 404).
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from batcher.emulator.gemini.batches import (
     operation,
     parse_lines,
 )
-from batcher.emulator.gemini.errors import api_error
+from batcher.emulator.gemini.errors import api_error, gateway_error
 from batcher.emulator.gemini.files import FILES_PREFIX
 from batcher.emulator.gemini.lifecycle import RESULTS_MIME, create_batch
 from batcher.emulator.gemini.reply import image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, field, model_id
 from batcher.emulator.gemini.state import GeminiState
-from batcher.emulator.gemini.uploads import missing_file
+from batcher.emulator.gemini.uploads import find_file
 from batcher.emulator.gemini.wire import BodyError, close_connection, read_json
 
 DEFAULT_PAGE_SIZE = 50  # our choice
@@ -70,6 +74,10 @@ async def create(state: GeminiState, clock: EmulatorClock, request: web.Request,
         await clock.sleep_until(now + config.batch_create_delay_s)
     if state.roll(config.batch_create_lost_rate):
         return close_connection(request)
+    if state.roll(config.batch_create_gateway_rate):  # made (and to be billed); a gateway answers
+        state.stats.batch_create_gateway_errors += 1
+        status = config.batch_create_gateway_status or state.rng.choice((502, 504))
+        return gateway_error(status, config.batch_create_gateway_body)
     return json_response(operation(batch, now, state.wall_offset_s))
 
 
@@ -104,7 +112,15 @@ def _unavailable(state: GeminiState, batch: Batch, now: float) -> bool:
     return batch.ended == SUCCEEDED and now < batch.end_time() + state.config.batch_unavailable_s
 
 
+async def _slow(state: GeminiState, clock: EmulatorClock) -> None:
+    """batches.get, list and cancel wait `batch_api_latency` on the emulator's clock before acting."""
+    wait_s = state.config.batch_api_latency.sample(state.rng)
+    if wait_s > 0:
+        await clock.sleep_until(clock.now() + wait_s)
+
+
 async def get(state: GeminiState, clock: EmulatorClock, request: web.Request, batch_id: str) -> web.Response:
+    await _slow(state, clock)
     now = clock.now()
     batch = _find(state, batch_id, now)
     if batch is None:
@@ -116,7 +132,9 @@ async def get(state: GeminiState, clock: EmulatorClock, request: web.Request, ba
 
 
 async def list_batches(state: GeminiState, clock: EmulatorClock, request: web.Request) -> web.Response:
-    """``GET /{v}/batches?pageSize&pageToken``: newest first; the token is opaque to clients."""
+    """``GET /{v}/batches?pageSize&pageToken``: newest first; the token is opaque to clients. A batch is
+    listed only `batch_list_lag_s` after its creation (the listing is not immediately consistent)."""
+    await _slow(state, clock)
     now = clock.now()
     lifecycle.settle(state, now)
     try:
@@ -129,7 +147,8 @@ async def list_batches(state: GeminiState, clock: EmulatorClock, request: web.Re
     if state.config.batch_list_unavailable_page == start // size + 1:
         state.stats.unavailable_answers += 1
         return api_error(503, UNAVAILABLE_MESSAGE)
-    visible = [b for b in reversed(state.batches.values()) if not b.deleted]
+    lag_s = state.config.batch_list_lag_s
+    visible = [b for b in reversed(state.batches.values()) if not b.deleted and b.created_at + lag_s <= now]
     page = visible[start : start + size]
     out: dict[str, object] = {"operations": [operation(b, now, state.wall_offset_s) for b in page]}
     if start + size < len(visible):
@@ -138,6 +157,7 @@ async def list_batches(state: GeminiState, clock: EmulatorClock, request: web.Re
 
 
 async def cancel(state: GeminiState, clock: EmulatorClock, request: web.Request, batch_id: str) -> web.Response:
+    await _slow(state, clock)
     now = clock.now()
     batch = _find(state, batch_id, now)
     if batch is None:
@@ -162,9 +182,9 @@ async def download(state: GeminiState, clock: EmulatorClock, request: web.Reques
     """``files/{id}:download?alt=media``: a generated file's bytes, streamed line by line."""
     now = clock.now()
     lifecycle.settle(state, now)
-    stored = state.files.get(FILES_PREFIX + file_id, now)
-    if stored is None:
-        return missing_file(file_id)
+    stored = find_file(state, file_id, now)
+    if isinstance(stored, web.Response):
+        return stored
     batch = state.batches.get(stored.batch or "")
     if stored.source != "GENERATED" or batch is None:
         return api_error(400, "Only generated files can be downloaded.")
@@ -174,7 +194,9 @@ async def download(state: GeminiState, clock: EmulatorClock, request: web.Reques
     response = web.StreamResponse(headers={"Content-Type": RESULTS_MIME})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    for number, line in enumerate(batch.lines):
+    last = len(batch.file_lines) - 1
+    for at, number in enumerate(batch.file_lines):
+        line = batch.lines[number]
         response_id = f"{batch.name.removeprefix(BATCH_PREFIX)}-{number}"
         record: dict[str, object] = {"key": line.key}
         if line.spec is None or line.fate == "failed":
@@ -186,6 +208,7 @@ async def download(state: GeminiState, clock: EmulatorClock, request: web.Reques
             spec = line.spec
             _, b64 = state.images.image(spec.prompt, spec.width, spec.height, state.config.image_bytes)
             record["response"] = image_reply(spec, b64, response_id)
-        await response.write(_dumps(record).encode("utf-8") + b"\n")
+        end = b"" if at == last and state.config.batch_results_no_final_newline else b"\n"
+        await response.write(_dumps(record).encode("utf-8") + end)
     await response.write_eof()
     return response

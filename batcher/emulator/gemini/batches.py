@@ -2,9 +2,10 @@
 
 A batch's fate is drawn when it is created: when it finishes (`batch_latency`), whether it ends FAILED, and
 each line's outcome. Its state is then a function of the clock: PENDING for the first tenth of its time,
-RUNNING, then SUCCEEDED (or FAILED); one not done `batch_expiry_s` after creation ends EXPIRED with no results.
-Creation is not idempotent: every create is a new batch, billed on its own. Each image line of a succeeded
-batch is billed (at half the online price).
+RUNNING, then SUCCEEDED (or FAILED); one not done `batch_expiry_s` after creation ends EXPIRED. Creation is
+not idempotent: every create is a new batch, billed on its own. Each image line of a succeeded batch is billed
+(at half the online price). With `batch_partial_lines` each line also draws when it finishes while the batch
+runs, and a batch that ends any other way keeps (and bills) the lines it finished by then.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class BatchLine:
     spec: GenerateSpec | None
     error: str = ""
     fate: LineFate = "image"
+    done_at: float | None = None  # when it finished while the batch ran; None: only if the batch succeeds
 
 
 @dataclass(slots=True)
@@ -53,21 +55,32 @@ class Batch:
     finishes_at: float  # when it would be done, if it neither expires nor is cancelled first
     expires_at: float
     fails: bool  # ends FAILED instead of SUCCEEDED
+    fails_at: float = 0.0  # when it fails, if it does (0: when it would have finished)
     cancelled_at: float | None = None
     ended: str | None = None  # the terminal state once settled
     deleted: bool = False  # hidden from get and list; it still runs and is billed, as deleting an operation does
     results_file: str | None = None
+    file_lines: tuple[int, ...] = ()  # indices of the lines its responses file holds, once it has one
+    results_gone_status: int | None = None  # its responses file is gone, answering this, once it is made
+
+    def _done_at(self) -> float:
+        """When it succeeds or fails, unless it expires or is cancelled first."""
+        return (self.fails_at or self.finishes_at) if self.fails else self.finishes_at
+
+    def running_from(self) -> float:
+        return self.created_at + PENDING_SHARE * (self.finishes_at - self.created_at)
 
     def state(self, now: float) -> str:
         if self.ended is not None:
             return self.ended
         if self.cancelled_at is not None:
             return CANCELLED
-        if now >= self.finishes_at and self.finishes_at < self.expires_at:
+        done_at = self._done_at()
+        if now >= done_at and done_at < self.expires_at:
             return FAILED if self.fails else SUCCEEDED
         if now >= self.expires_at:
             return EXPIRED
-        if now < self.created_at + PENDING_SHARE * (self.finishes_at - self.created_at):
+        if now < self.running_from():
             return PENDING
         return RUNNING
 
@@ -75,16 +88,23 @@ class Batch:
         """When it reached its terminal state (valid once `state` is terminal)."""
         if self.cancelled_at is not None:
             return self.cancelled_at
-        return min(self.finishes_at, self.expires_at)
+        return min(self._done_at(), self.expires_at)
+
+    def finished(self, now: float) -> list[int]:
+        """Indices of the lines finished by `now` (every line of a succeeded batch; no later than its end)."""
+        state = self.state(now)
+        if state == SUCCEEDED:
+            return list(range(len(self.lines)))
+        until = min(now, self.end_time()) if state in TERMINAL else now
+        return [i for i, line in enumerate(self.lines) if line.done_at is not None and line.done_at <= until]
 
     def counts(self, now: float) -> dict[str, int]:
         """requestCount, successfulRequestCount, failedRequestCount, pendingRequestCount."""
         total = len(self.lines)
-        if self.state(now) != SUCCEEDED:
-            done = self.state(now) in TERMINAL
-            return {"request": total, "successful": 0, "failed": 0, "pending": 0 if done else total}
-        failed = sum(1 for line in self.lines if line.fate == "failed")
-        return {"request": total, "successful": total - failed, "failed": failed, "pending": 0}
+        finished = self.finished(now)
+        failed = sum(1 for i in finished if self.lines[i].fate == "failed")
+        pending = 0 if self.state(now) in TERMINAL else total - len(finished)
+        return {"request": total, "successful": len(finished) - failed, "failed": failed, "pending": pending}
 
 
 def parse_lines(data: bytes, model: str, max_image_bytes: int, max_images: int) -> list[BatchLine]:
@@ -136,9 +156,10 @@ def operation(batch: Batch, now: float, offset_s: float) -> dict[str, Any]:
         return out
     metadata["endTime"] = rfc3339(batch.end_time() + offset_s)
     out["done"] = True
-    if state == SUCCEEDED and batch.results_file is not None:
+    if batch.results_file is not None:  # a partial one too, for a batch that ended otherwise
         metadata["output"] = {"responsesFile": batch.results_file}
-        out["response"] = {"@type": OUTPUT_TYPE, "responsesFile": batch.results_file}
-    elif state == FAILED:
+    if state == FAILED:
         out["error"] = {"code": GRPC_INTERNAL, "message": "The batch failed."}
+    elif batch.results_file is not None:
+        out["response"] = {"@type": OUTPUT_TYPE, "responsesFile": batch.results_file}
     return out

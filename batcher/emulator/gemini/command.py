@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from batcher.emulator.gemini.config import GeminiConfig
+from batcher.emulator.gemini.config import GATEWAY_BODIES, GeminiConfig
 from batcher.emulator.gemini.facts import BLOCK_REASONS, FINISH_REFUSALS
 from batcher.emulator.latency import Latency
 
@@ -60,14 +60,28 @@ GEMINI_OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_create_503_rate": (_RATE, "probability batchGenerateContent answers 503, creating nothing"),
     "batch_create_lost_rate": (_RATE, "probability a batch is created, then the connection closes"),
     "batch_list_unavailable_page": (click.IntRange(min=0), "this page of batches.list answers 503 [0: none]"),
+    "file_ttl_s": (_SECONDS, "files (inputs and responses) are deleted this long after they are made [172800]"),
+    "batch_create_gateway_rate": (_RATE, "probability a batch is created, then a gateway answers 502/504"),
+    "batch_create_gateway_status": (click.Choice(["0", "502", "504"]), "that gateway's status [0: drawn]"),
+    "batch_create_gateway_body": (click.Choice(GATEWAY_BODIES), "google: Google's own error; bare: a proxy's"),
+    "batch_list_lag_s": (_SECONDS, "batches.list shows a batch only this long after its creation [0]"),
+    "batch_api_latency": (str, "batches.get/list/cancel wait this long before acting: fixed:S | ... [fixed:0]"),
+    "batch_partial_lines": (click.BOOL, "lines finish one by one; other endings keep and bill them [false]"),
+    "batch_ended_no_file_rate": (_RATE, "probability a cancelled/failed/expired batch gives no responses file"),
+    "batch_omit_line_rate": (_RATE, "probability a billed line is left out of a succeeded batch's file"),
+    "batch_results_no_final_newline": (click.BOOL, "a responses file's last line has no newline [false]"),
+    "results_gone_rate": (_RATE, "probability a batch's responses file is gone as soon as it is made"),
+    "results_gone_status": (click.Choice(["403", "404"]), "what a gone responses file answers [403]"),
 }
+_LATENCY_OPTIONS = ("batch_latency", "batch_api_latency")
+_INT_CHOICES = ("batch_create_gateway_status", "results_gone_status")
 
 
 def gemini_options(command: F) -> F:
     """Add the Gemini-only options, each defaulting to None (the emulator's own default)."""
     for name, (kind, help_text) in reversed(GEMINI_OPTIONS.items()):
         flag = "--" + name.replace("_", "-")
-        callback = _latency if name == "batch_latency" else None
+        callback = _latency if name in _LATENCY_OPTIONS else None
         command = click.option(flag, name, type=kind, default=None, callback=callback, help=help_text)(command)
     return command
 
@@ -75,7 +89,7 @@ def gemini_options(command: F) -> F:
 def gemini_config(shared: dict[str, Any], own: dict[str, Any]) -> GeminiConfig:
     """The config from the shared options and the Gemini ones that were given."""
     knobs = {k: shared[k] for k in SHARED if k in shared}
-    knobs.update({k: v for k, v in own.items() if v is not None})
+    knobs.update({k: int(v) if k in _INT_CHOICES else v for k, v in own.items() if v is not None})
     try:
         return GeminiConfig(**knobs)
     except ValueError as exc:

@@ -36,6 +36,10 @@ _RATES = (
     "batch_fail_rate",
     "batch_create_503_rate",
     "batch_create_lost_rate",
+    "batch_create_gateway_rate",
+    "batch_ended_no_file_rate",
+    "batch_omit_line_rate",
+    "results_gone_rate",
 )
 _SECONDS = (
     "slow_s",
@@ -46,6 +50,7 @@ _SECONDS = (
     "file_ttl_s",
     "batch_create_delay_s",
     "upload_finalize_delay_s",
+    "batch_list_lag_s",
 )
 _OPTIONAL_NUMBERS = ("rate_limit", "burst")
 _INTS = (
@@ -56,9 +61,15 @@ _INTS = (
     "max_input_images",
     "max_upload_bytes",
     "batch_list_unavailable_page",
+    "batch_create_gateway_status",
+    "results_gone_status",
 )
 _OPTIONAL_INTS = ("image_bytes", "daily_limit", "minute_limit", "spend_cap_images")
-_LATENCIES = ("latency", "batch_latency")
+_LATENCIES = ("latency", "batch_latency", "batch_api_latency")
+_FLAGS = ("sticky_refusals", "batch_partial_lines", "batch_results_no_final_newline")
+GATEWAY_BODIES = ("google", "bare")
+GATEWAY_STATUSES = (0, 502, 504)  # 0: each fault draws 502 or 504
+GONE_STATUSES = (403, 404)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,24 @@ class GeminiConfig:
     batch_create_delay_s: float = 0.0
     upload_finalize_delay_s: float = 0.0
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # What Google's service does around a long batch (GEMINI.md, "Batch Mode"); all off by default.
+    # The create makes the batch (it will bill), then a gateway answers 502/504: Google's own error body
+    # ("google": its HTML 502 page, its JSON 504) or a proxy's bare text ("bare").
+    batch_create_gateway_rate: float = 0.0
+    batch_create_gateway_status: int = 0  # 502 or 504; 0: each fault draws one
+    batch_create_gateway_body: str = "google"
+    batch_list_lag_s: float = 0.0  # batches.list shows a batch only this long after its creation
+    # batches.get, batches.list and batches:cancel wait this long before answering (a cancel acts after it)
+    batch_api_latency: Latency = field(default_factory=Latency)
+    # Lines finish one by one while RUNNING (batchStats move); a batch that ends CANCELLED, FAILED (at a moment
+    # drawn while it runs) or EXPIRED keeps and bills the lines it finished, in a partial responses file.
+    batch_partial_lines: bool = False
+    batch_ended_no_file_rate: float = 0.0  # such an ending gives no responses file at all (lines still billed)
+    batch_omit_line_rate: float = 0.0  # a billed image line is left out of a succeeded batch's responses file
+    batch_results_no_final_newline: bool = False  # the responses file's last line has no trailing newline
+    # A batch's responses file is gone as soon as it is made: files.get and the download answer this status.
+    results_gone_rate: float = 0.0
+    results_gone_status: int = 403
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -138,6 +167,12 @@ class GeminiConfig:
             raise ValueError("burst must be at least 1 token")
         if self.batch_list_unavailable_page < 0:
             raise ValueError("batch_list_unavailable_page must be >= 0 (0 turns it off)")
+        if self.batch_create_gateway_status not in GATEWAY_STATUSES:
+            raise ValueError("batch_create_gateway_status must be 502 or 504 (0: drawn)")
+        if self.batch_create_gateway_body not in GATEWAY_BODIES:
+            raise ValueError(f"batch_create_gateway_body must be one of {', '.join(GATEWAY_BODIES)}")
+        if self.results_gone_status not in GONE_STATUSES:
+            raise ValueError("results_gone_status must be 403 or 404")
         if self.day_s <= 0:
             raise ValueError("day_s must be > 0")
         for name in (*_OPTIONAL_INTS, "max_request_bytes", "max_image_bytes", "max_upload_bytes"):
@@ -183,7 +218,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer")
         return value
-    if name == "sticky_refusals":
+    if name in _FLAGS:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
         return value

@@ -11,6 +11,14 @@ from batcher.emulator.gemini.facts import QUOTA_METRIC, SERVICE
 
 TYPE_PREFIX = "type.googleapis.com/google.rpc."
 RATE_LIMIT_DOCS = "https://ai.google.dev/gemini-api/docs/rate-limits"
+DEADLINE_MESSAGE = "Deadline expired before operation could complete."
+# What Google's front end sends when it lost the backend's reply: HTML, not the API's JSON error.
+GATEWAY_PAGE = (
+    "<!DOCTYPE html><html lang=en><title>Error 502 (Server Error)!!1</title>"
+    "<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error. <ins>That's all we know.</ins>\n"
+)
+# What a proxy between the client and Google answers: a bare status line, no JSON, no HTML.
+BARE_GATEWAY_TEXT = {502: "502 Bad Gateway\n", 504: "upstream request timeout"}
 
 # The canonical status name of each HTTP status this API answers with.
 STATUS_NAMES = {
@@ -98,3 +106,13 @@ def quota_exceeded(quota_id: str, model: str, limit: int | None, retry_s: int) -
         f"limit: {limit if limit is not None else 'unknown'}, model: {model}\nPlease retry in {retry_s}s."
     )
     return api_error(429, message, quota_failure(quota_id, model, limit), help_link(), retry_info(retry_s))
+
+
+def gateway_error(status: int, body: str) -> web.Response:
+    """A gateway's 502/504: "google" is Google's front end (its HTML 502 page, its JSON 504 DEADLINE_EXCEEDED),
+    "bare" a proxy's plain text. Neither says whether the request behind it was done."""
+    if body == "bare":
+        return web.Response(status=status, text=BARE_GATEWAY_TEXT[status], content_type="text/plain")
+    if status == 502:
+        return web.Response(status=502, text=GATEWAY_PAGE, content_type="text/html")
+    return api_error(status, DEADLINE_MESSAGE)

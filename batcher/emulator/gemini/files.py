@@ -33,6 +33,7 @@ class StoredFile:
     source: Source
     data: bytes = b""
     batch: str | None = None
+    gone_status: int | None = None  # a responses file that is gone: files.get and the download answer this
 
     def resource(self, origin: str, version: str, offset_s: float) -> dict[str, Any]:
         """The File resource; `offset_s` turns the emulator's clock into wall time."""
@@ -67,16 +68,19 @@ class UploadSession:
 
 
 class FileStore:
-    """Files by name and upload sessions by id; expired files disappear when looked up."""
+    """Files by name and upload sessions by id; expired files disappear when looked up (their names are
+    remembered, since a file past its time answers 404 where one that never was answers 403)."""
 
     def __init__(self) -> None:
         self.files: dict[str, StoredFile] = {}
         self.uploads: dict[str, UploadSession] = {}
+        self.expired: set[str] = set()
 
     def get(self, name: str, now: float) -> StoredFile | None:
         found = self.files.get(name)
         if found is not None and now >= found.expires_at:
             del self.files[name]
+            self.expired.add(name)
             return None
         return found
 

@@ -47,12 +47,25 @@ def noisy_png(seed: int, width: int, height: int, target_bytes: int) -> bytes:
 class GeminiImages:
     """PNG bytes and their base64 for a prompt and pixel size, cached."""
 
-    __slots__ = ("_b64", "_noisy", "_small")
+    __slots__ = ("_b64", "_digests", "_noisy", "_small")
 
     def __init__(self) -> None:
         self._small = ImageCache()
         self._noisy: OrderedDict[tuple[int, int, int, int], tuple[bytes, str]] = OrderedDict()
         self._b64: OrderedDict[bytes, str] = OrderedDict()
+        self._digests: dict[int, tuple[bytes, str]] = {}  # id of a cached noisy PNG -> (it, its sha256)
+
+    def sha256(self, prompt: str, width: int, height: int, image_bytes: int | None) -> str:
+        """The sha256 hex of the PNG `image` gives; a noisy PNG (one of a few per size) is hashed once."""
+        png, _ = self.image(prompt, width, height, image_bytes)
+        if image_bytes is None:
+            return hashlib.sha256(png).hexdigest()
+        found = self._digests.get(id(png))
+        if found is None or found[0] is not png:
+            found = self._digests[id(png)] = (png, hashlib.sha256(png).hexdigest())
+            while len(self._digests) > CACHE_ENTRIES:
+                del self._digests[next(iter(self._digests))]
+        return found[1]
 
     def image(self, prompt: str, width: int, height: int, image_bytes: int | None) -> tuple[bytes, str]:
         """(png, base64 of png) for this prompt and size; `image_bytes` None means a small patterned PNG."""

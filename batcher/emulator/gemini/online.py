@@ -15,7 +15,13 @@ from aiohttp import web
 
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
-from batcher.emulator.gemini.errors import api_error, quota_exceeded, spend_cap_exceeded
+from batcher.emulator.gemini.errors import (
+    DEADLINE_MESSAGE,
+    api_error,
+    gateway_error,
+    quota_exceeded,
+    spend_cap_exceeded,
+)
 from batcher.emulator.gemini.facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
 from batcher.emulator.gemini.reply import blocked_reply, image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, model_id, parse_generate
@@ -25,12 +31,6 @@ from batcher.emulator.limiter import retry_after_seconds
 
 INTERNAL_MESSAGE = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
 OVERLOADED_MESSAGE = "The model is overloaded. Please try again later."
-DEADLINE_MESSAGE = "Deadline expired before operation could complete."
-# What Google's front end sends when it lost the backend's reply: HTML, not the API's JSON error.
-GATEWAY_PAGE = (
-    "<!DOCTYPE html><html lang=en><title>Error 502 (Server Error)!!1</title>"
-    "<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error. <ins>That's all we know.</ins>\n"
-)
 
 
 async def generate_content(
@@ -92,6 +92,6 @@ async def generate_content(
         return close_connection(request)
     if state.roll(config.gateway_502_rate):
         stats.gateway_errors += 1
-        return web.Response(status=502, text=GATEWAY_PAGE, content_type="text/html")
+        return gateway_error(502, "google")
     _, b64 = state.images.image(spec.prompt, spec.width, spec.height, config.image_bytes)
     return json_response(image_reply(spec, b64, response_id))

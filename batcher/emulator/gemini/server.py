@@ -59,6 +59,11 @@ class GeminiEmulator(LoopbackServer):
         """Change knobs at run time (not host or port); returns the new config."""
         return self.state.configure(self.clock.now(), **knobs)
 
+    def lose_results(self, batch_name: str, status: int = 403) -> None:
+        """Make this batch's responses file gone (files.get and the download answer `status`, 403 or 404): at
+        once if the batch has ended, else as soon as it ends. Its lines are billed all the same."""
+        lifecycle.lose_results(self.state, batch_name, status, self.clock.now())
+
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock forward: generations waiting on it finish, quota days and batches move on."""
         self.clock.advance(seconds)

@@ -15,6 +15,13 @@ def _bump(counts: dict[str, int], key: str, by: int = 1) -> None:
     counts[key] = counts.get(key, 0) + by
 
 
+def _plain(value: Any) -> Any:
+    """A copy a JSON encoder can take and a later count cannot change."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, list) else value
+
+
 @dataclass(slots=True)
 class GeminiStats:
     """Counters since start or the last reset."""
@@ -42,11 +49,26 @@ class GeminiStats:
     batches_created: int = 0
     batches_by_display_name: dict[str, int] = field(default_factory=dict)
     batches_by_state: dict[str, int] = field(default_factory=dict)  # terminal states reached
-    batch_lines_billed: int = 0  # image lines of succeeded batches
+    # Billing is counted when a batch ends, for the image lines it finished (all of a succeeded batch's).
+    batch_lines_billed: int = 0
     batch_lines_by_key: dict[str, int] = field(default_factory=dict)
     batch_lines_by_model: dict[str, int] = field(default_factory=dict)
+    batch_lines_by_batch: dict[str, int] = field(default_factory=dict)  # batches/... -> its billed lines
+    billed_keys_by_batch: dict[str, list[str]] = field(default_factory=dict)  # batches/... -> keys billed
+    display_name_by_batch: dict[str, str] = field(default_factory=dict)  # every batch created
+    state_by_batch: dict[str, str] = field(default_factory=dict)  # every batch ended: its terminal state
+    image_sha256_by_key: dict[str, str] = field(default_factory=dict)  # the image a billed line's response holds
     batch_lines_failed: int = 0
     batch_lines_refused: int = 0
+    batch_lines_omitted: int = 0  # billed lines left out of their responses file (batch_omit_line_rate)
+    omitted_keys_by_batch: dict[str, list[str]] = field(default_factory=dict)
+    # batches that ended with finished lines and no responses file (batch_ended_no_file_rate): which of their
+    # keys were billed cannot be read by a client, only how many (batchStats)
+    batches_without_file: list[str] = field(default_factory=list)
+    results_files_gone: int = 0  # responses files gone as soon as made (results_gone_rate)
+    expired_file_answers: int = 0  # 404s for a file past its time to live
+    gone_file_answers: int = 0  # answers for a responses file that is gone (results_gone_status)
+    batch_create_gateway_errors: int = 0  # batches made, then answered by a gateway 502/504
     unavailable_answers: int = 0  # 503s of batches.get / downloads after success, and of a failing list page
 
     def record(self, kind: str, status: int, version: str) -> None:
@@ -65,10 +87,19 @@ class GeminiStats:
         _bump(self.billed_by_prompt, prompt)
         _bump(self.billed_by_model, model)
 
-    def bill_line(self, model: str, key: str) -> None:
+    def bill_line(self, model: str, key: str, batch: str = "", image_sha256: str = "") -> None:
+        """One batch line billed: by key, model and batch, with the sha256 of the image its response holds."""
         self.batch_lines_billed += 1
         _bump(self.batch_lines_by_key, key)
         _bump(self.batch_lines_by_model, model)
+        _bump(self.batch_lines_by_batch, batch)
+        self.billed_keys_by_batch.setdefault(batch, []).append(key)
+        if image_sha256:
+            self.image_sha256_by_key[key] = image_sha256
+
+    def omit_line(self, batch: str, key: str) -> None:
+        self.batch_lines_omitted += 1
+        self.omitted_keys_by_batch.setdefault(batch, []).append(key)
 
     def refuse(self, reason: str, blocked: bool) -> None:
         if blocked:
@@ -77,12 +108,14 @@ class GeminiStats:
             self.refusals += 1
         _bump(self.refusals_by_reason, reason)
 
-    def created_batch(self, display_name: str) -> None:
+    def created_batch(self, name: str, display_name: str) -> None:
         self.batches_created += 1
         _bump(self.batches_by_display_name, display_name)
+        self.display_name_by_batch[name] = display_name
 
-    def ended_batch(self, state: str) -> None:
+    def ended_batch(self, name: str, state: str) -> None:
         _bump(self.batches_by_state, state)
+        self.state_by_batch[name] = state
 
     def cost_usd(self, prices: Mapping[str, str]) -> Decimal:
         """What was billed at `prices` (USD per online image); models without a price count as 0."""
@@ -95,7 +128,7 @@ class GeminiStats:
         out: dict[str, Any] = {}
         for name in self.__slots__:
             value = getattr(self, name)
-            out[name] = dict(value) if isinstance(value, dict) else value
+            out[name] = _plain(value)
         out["requests"] = {k: {str(s): n for s, n in sorted(by.items())} for k, by in self.requests.items()}
         out["cost_usd"] = str(self.cost_usd(prices))
         return out

@@ -26,6 +26,24 @@ def missing_file(file_id: str) -> web.Response:
     return api_error(403, f"You do not have permission to access the File {file_id} or it may not exist.")
 
 
+def find_file(state: GeminiState, file_id: str, now: float) -> StoredFile | web.Response:
+    """The stored file, or the answer for one that is not there: 404 past its time to live (files are deleted
+    after 48 h), the drawn status for a responses file that is gone (`results_gone_rate`), else 403."""
+    name = FILES_PREFIX + file_id
+    stored = state.files.get(name, now)
+    if stored is None and name in state.files.expired:
+        state.stats.expired_file_answers += 1
+        return api_error(404, f"File {name} not found: it has expired.")
+    if stored is None:
+        return missing_file(file_id)
+    if stored.gone_status is not None:
+        state.stats.gone_file_answers += 1
+        if stored.gone_status == 404:
+            return api_error(404, f"File {name} not found.")
+        return missing_file(file_id)
+    return stored
+
+
 async def upload(state: GeminiState, clock: EmulatorClock, request: web.Request) -> web.Response:
     """``POST /upload/{v}/files``: a start request, or a chunk sent to a session's upload URL."""
     upload_id = request.query.get("upload_id")
@@ -108,9 +126,9 @@ def _active(session: UploadSession) -> web.Response:
 
 
 async def get_file(state: GeminiState, clock: EmulatorClock, request: web.Request, file_id: str) -> web.Response:
-    stored = state.files.get(FILES_PREFIX + file_id, clock.now())
-    if stored is None:
-        return missing_file(file_id)
+    stored = find_file(state, file_id, clock.now())
+    if isinstance(stored, web.Response):
+        return stored
     return json_response(stored.resource(origin_of(request), request.match_info["version"], state.wall_offset_s))
 
 

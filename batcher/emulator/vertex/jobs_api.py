@@ -16,8 +16,8 @@ from aiohttp import web
 
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.envelope import json_response
+from batcher.emulator.gemini.errors import GATEWAY_PAGE
 from batcher.emulator.gemini.facts import MODELS
-from batcher.emulator.gemini.online import GATEWAY_PAGE
 from batcher.emulator.gemini.wire import BodyError, read_json
 from batcher.emulator.vertex import lifecycle
 from batcher.emulator.vertex.errors import model_not_found, vertex_error

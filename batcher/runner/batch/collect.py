@@ -1,0 +1,209 @@
+"""Collecting a batch that has ended, in any state: every line it finished is saved at the batch price, lines
+the API counts as succeeded that no results file holds are paid with their result lost, and only the lines it
+never finished go to a later shard.
+
+A CANCELLED, FAILED or EXPIRED batch keeps and bills the lines it finished, as every batch API does: its
+`batchStats` and its responses file (when it names one) are read exactly as a SUCCEEDED batch's are. A results
+file the API no longer has (404, or 403 on a file: files are deleted 48 hours after they are made) is final:
+its lines are paid, result lost, counted, and made again only by `batcher retry --recreate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batcher.models import Failure
+from batcher.outputs import AtomicFile, target_path, with_real_extension
+from batcher.providers.base import AuthRejected, Gone, RateLimited
+from batcher.providers.gemini_batch import BatchInfo, BatchState, Got, LineKind, ResultLine, ResultsCut, ResultStream
+from batcher.runner.base import log
+from batcher.runner.batch.shard import Shard, ShardWork
+from batcher.runner.batch_bucket import bucket_line
+
+# lines of a results file that carry a `response` (what successfulRequestCount counts); a malformed line is
+# counted so too, since it may have been billed: the lost count errs toward fewer, never toward resending
+_ANSWERED = (LineKind.IMAGE, LineKind.REFUSED, LineKind.MALFORMED)
+
+
+@dataclass
+class _Read:
+    answered: int = 0  # lines of the file that carry a response, settled now or by an earlier collection
+    gone: bool = False  # the file is no longer at the API
+
+
+class CollectPart(ShardWork):
+    async def _collect(self, shard: Shard) -> None:
+        """The shard's batch has ended (its state recorded): look it up for its counts and results file, then
+        settle every line."""
+        info = shard.info
+        if info is None or not info.state.is_done:
+            assert shard.sub.remote_name is not None
+            got = await self.client.get(shard.sub.remote_name)
+            self._log_shard_call(shard, got.call)
+            if isinstance(got, AuthRejected):
+                self._auth(got.message)
+            if not isinstance(got, Got) or not got.batch.state.is_done:
+                self._fault(shard, "the ended batch could not be looked up")
+                return
+            info = shard.info = got.batch
+        await self._ended(shard, info)
+
+    async def _ended(self, shard: Shard, info: BatchInfo) -> None:
+        sub = shard.sub
+        shard.info = info
+        read = _Read()
+        if info.responses_file is not None:
+            got = await self._read_results(shard, info.responses_file)
+            if got is None:
+                return  # a transient fault: the download goes again later
+            read = got
+        elif info.state is BatchState.SUCCEEDED:
+            self._fault(shard, "the succeeded batch names no results file yet")
+            return
+        # lines the API counts as succeeded that no file holds were billed: paid, result lost, never resent
+        # unasked. A file read now names every answered line, settled now or before; a file gone names none,
+        # so the lines settled by an earlier collection (a restart) are taken off the API's count instead.
+        answered = read.answered if not read.gone else sub.requests - len(shard.tasks)
+        lost = min(len(shard.tasks), max(0, info.stats.succeeded - answered))
+        now = self._now()
+        if read.gone:
+            log.error("shard %s: the results file of batch %s is gone (files live 48 hours); %d lines the API "
+                      "billed are paid, their results lost (`batcher retry --recreate` makes them again)",
+                      sub.display_name, sub.remote_name, lost)  # fmt: skip
+        elif lost:
+            log.error("shard %s: batch %s counts %d succeeded lines its results file does not hold: paid, "
+                      "result lost", sub.display_name, sub.remote_name, lost)  # fmt: skip
+        why = "its batch's results file is gone" if read.gone else "missing from its batch's results"
+        # the API billed `lost` of these lines without saying which: the others may have been billed too, so
+        # each goes again counted as a possible double charge (an unknown submission), never silently
+        maybe = 0 < lost < len(shard.tasks)
+        capped = info.state is not BatchState.CANCELLED  # a cancel is ours: it spends no attempt of the line
+        for task in list(shard.tasks.values()):
+            if lost > 0:
+                lost -= 1
+                await self.store.shard_line_failed(sub, task, Failure.RESULT_LOST, f"paid, result lost: {why}",
+                                                   billed=True, now=now)  # fmt: skip
+                self.progress.failed += 1
+            elif capped and not maybe and task.attempts >= self.config.retry.max_attempts:
+                reason = info.error or f"not finished by its batch ({info.state}) in {task.attempts} attempts"
+                await self.store.shard_line_failed(sub, task, Failure.GENERATION, reason, billed=False, now=now,
+                                                   generation_failed=True)  # fmt: skip
+                self.progress.failed += 1
+            else:
+                reason = why if info.state is BatchState.SUCCEEDED else info.error or f"its batch ended {info.state}"
+                await self.store.shard_line_back_to_pending(sub, task, reason, generation_failed=False, now=now,
+                                                            maybe_billed=maybe)  # fmt: skip
+        shard.tasks.clear()
+        await self._close(shard, info)
+
+    async def _close(self, shard: Shard, info: BatchInfo) -> None:
+        """Every line is settled: the shard closes, and only then are its remote files deleted."""
+        sub = shard.sub
+        if shard.recreated:
+            await self._late_duplicates(shard)
+        if info.state is BatchState.SUCCEEDED:
+            await self.store.shard_collected(sub, self._now())
+        else:
+            await self.store.shard_abandoned(sub, info.state.value.lower(), self._now(), info.error)
+        for name in (sub.input_file, info.responses_file):
+            if name:
+                done = await self.client.delete_file(name)
+                self._log_shard_call(shard, done.call)
+        self.shards.pop(sub.id, None)
+        self.progress.shards_done += 1
+        log.info("shard %s collected (its batch %s)", sub.display_name, info.state)
+
+    async def _read_results(self, shard: Shard, responses: str) -> _Read | None:
+        """Every line of the results file, each settled as it is read. None: a fault to try again later."""
+        read = _Read()
+        async with self.client.results(responses) as opened:
+            if not isinstance(opened, ResultStream):
+                self._log_shard_call(shard, opened.call)
+                if isinstance(opened, AuthRejected):
+                    self._auth(opened.message)
+                if isinstance(opened, Gone):
+                    read.gone = True
+                    return read
+                if isinstance(opened, RateLimited):
+                    self._later(shard, opened.wait_s or 10.0)
+                    return None
+                self._fault(shard, f"the results download answered {opened.message}")
+                return None
+            try:
+                async for line in opened.lines():
+                    if line.kind in _ANSWERED:
+                        read.answered += 1
+                    await self._line(shard, line)
+            except ResultsCut as e:
+                self._log_shard_call(shard, opened.call)
+                self._fault(shard, str(e))
+                return None
+            self._log_shard_call(shard, opened.call)
+        return read
+
+    async def _line(self, shard: Shard, line: ResultLine) -> None:
+        task = shard.tasks.pop(line.key, None) if line.key is not None else None
+        if task is None:
+            return  # settled by an earlier collection (a restart), or no task of this shard
+        sub, now = shard.sub, self._now()
+        if line.kind is LineKind.IMAGE and line.image is not None and line.image.data is not None:
+            if self.remote:  # a bucket job: stored by conditional create, never on this disk
+                if await bucket_line(self.store, sub, task, line.image.data, self.output_root, now):
+                    self.progress.succeeded += 1
+                    self.progress.lines_done += 1
+                    self.progress.spent_micros += sub.price_each
+                else:
+                    self.progress.failed += 1
+                return
+            target = target_path(self.output_dir, task.filename)
+            sink = AtomicFile(target)
+            try:
+                sink.write(line.image.data)
+                info = sink.image()
+                if info is None:
+                    sink.discard()
+                    await self.store.shard_line_failed(sub, task, Failure.DOWNLOAD, "paid, but the line's bytes "
+                                                       "are not an image; nothing was written", billed=True,
+                                                       now=now)  # fmt: skip
+                    self.progress.failed += 1
+                    return
+                final = with_real_extension(target, info)
+                await self._finisher.finish(sink, final)
+            except BaseException:
+                sink.discard()
+                raise
+            await self.store.shard_line_succeeded(sub, task, output_path=str(final), sha256=sink.sha256,
+                                                  size=sink.size, width=info.width, height=info.height,
+                                                  fmt=info.format, cost_micros=sub.price_each, now=now)  # fmt: skip
+            self.progress.succeeded += 1
+            self.progress.lines_done += 1
+            self.progress.spent_micros += sub.price_each
+            return
+        if line.kind is LineKind.REFUSED:
+            await self.store.shard_line_failed(sub, task, Failure.BLOCKED, line.reason, billed=False, now=now,
+                                               generation_failed=True)  # fmt: skip
+            self.progress.failed += 1
+            return
+        if line.kind is LineKind.MALFORMED:  # an image may have been made and billed: counted as unusable
+            await self.store.shard_line_failed(sub, task, Failure.DOWNLOAD, f"paid, unusable: {line.reason}",
+                                               billed=True, now=now)  # fmt: skip
+            self.progress.failed += 1
+            return
+        if task.attempts >= self.config.retry.max_attempts:  # a failed line, too often
+            await self.store.shard_line_failed(sub, task, Failure.GENERATION, line.reason, billed=False, now=now,
+                                               generation_failed=True)  # fmt: skip
+            self.progress.failed += 1
+            return
+        await self.store.shard_line_back_to_pending(sub, task, line.reason, generation_failed=True, now=now)
+
+    async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
+        """The shard ends with no batch to collect (never created, or refused): its unfinished tasks go back to
+        pending; its uploaded requests file, if any, is deleted."""
+        back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason)
+        log.warning("shard %s ended %s (%s): %d tasks go to a later shard", shard.sub.display_name, state,
+                    reason, len(back))  # fmt: skip
+        if shard.sub.input_file:
+            done = await self.client.delete_file(shard.sub.input_file)
+            self._log_shard_call(shard, done.call)
+        (self.work_dir / f"{shard.sub.display_name}.jsonl").unlink(missing_ok=True)
+        self.shards.pop(shard.sub.id, None)
