@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -22,6 +20,7 @@ from batcher.emulator.facts import DEFAULT_PRICES
 from batcher.emulator.gemini.command import GEMINI_OPTIONS, SHARED, gemini_config, gemini_options, serve_gemini
 from batcher.emulator.latency import Latency
 from batcher.emulator.server import Emulator
+from batcher.emulator.until_signalled import serve_until_signalled
 from batcher.emulator.vertex.command import SHARED as VERTEX_SHARED
 from batcher.emulator.vertex.command import VERTEX_OPTIONS, serve_vertex, vertex_config, vertex_options
 
@@ -167,20 +166,5 @@ def emulator(provider: str, no_price: bool, fault_kinds: str, **knobs: Any) -> N
 
 
 async def _serve(config: EmulatorConfig) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     emu = Emulator(config)
-    try:
-        try:
-            await emu.start()
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-        click.echo(f"{READY_PREFIX} base_url={emu.base_url} api_key={emu.api_key}")
-        sys.stdout.flush()  # a parent process waits for this line
-        await stop.wait()
-    finally:
-        await emu.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    await serve_until_signalled(emu, lambda: f"{READY_PREFIX} base_url={emu.base_url} api_key={emu.api_key}")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from batcher.emulator.facts import DEFAULT_PRICES
-from batcher.emulator.knobs import bucket_size, replaced
+from batcher.emulator.knobs import bucket_size, check_ranges, replaced
 from batcher.emulator.latency import Latency
 
 Variant = Literal["guide", "field"]
@@ -100,18 +99,7 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         # Accept any set of kinds, but keep the frozen one so configs stay comparable.
         object.__setattr__(self, "fault_kinds", frozenset(self.fault_kinds))
-        for name in _RATES:
-            rate = getattr(self, name)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
-        for name in ("slow_s", "url_ttl_s", "rate_limit", "burst", "task_ttl_s"):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.rate_limit is not None and self.rate_limit <= 0:
-            raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
-        if self.burst is not None and self.burst < 1:
-            raise ValueError("burst must be at least 1 token")
+        check_ranges(self, _RATES, ("slow_s", "url_ttl_s", "rate_limit", "burst", "task_ttl_s"))
         if self.variant not in ("guide", "field"):
             raise ValueError(f"variant must be 'guide' or 'field', got {self.variant!r}")
         if self.retry_after_format not in ("seconds", "http-date"):

@@ -4,8 +4,9 @@ seeded random source every draw comes from and the account's token bucket, rebui
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from batcher.emulator.limiter import TokenBucket
@@ -82,3 +83,20 @@ class SeededState(Generic[C]):
     def roll(self, rate: float) -> bool:
         """True with probability `rate`. A zero rate draws nothing, so unused knobs leave sequences alone."""
         return rate > 0.0 and self.rng.random() < rate
+
+
+def check_ranges(config: Any, rates: Iterable[str], numbers: Iterable[str]) -> None:
+    """What every emulator's config checks on creation: probabilities in [0, 1], other numbers finite and >= 0
+    (None allowed), and a rate limit with its burst that can admit a request. Errors are ValueError."""
+    for name in rates:
+        rate = getattr(config, name)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
+    for name in numbers:
+        value = getattr(config, name)
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if config.rate_limit is not None and config.rate_limit <= 0:
+        raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
+    if config.burst is not None and config.burst < 1:
+        raise ValueError("burst must be at least 1 token")

@@ -7,48 +7,37 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from aiohttp import web
+
 from batcher.emulator.app import API_BASE, EmulatorApp
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.config import EmulatorConfig
-from batcher.emulator.serving import LoopbackServer
+from batcher.emulator.serving import ClockedEmulator
 from batcher.emulator.state import EmulatorState
 from batcher.emulator.stats import Stats
 
 THREAD_START_TIMEOUT_S = 10.0
 
 
-class Emulator(LoopbackServer):
+class Emulator(ClockedEmulator[EmulatorConfig, EmulatorState]):
     """The emulator as an aiohttp server in the running loop: ``async with Emulator(cfg) as emu``."""
 
     def __init__(self, config: EmulatorConfig | None = None, **knobs: Any) -> None:
         base = config or EmulatorConfig()
-        self._initial = base.replace(**knobs) if knobs else base
-        super().__init__(self._initial.host, self._initial.port)
-        self._state: EmulatorState | None = None
-        self._clock: EmulatorClock | None = None
+        super().__init__(base.replace(**knobs) if knobs else base)
+        self._app: EmulatorApp | None = None
+
+    def _build(self, clock: EmulatorClock) -> tuple[EmulatorState, web.Application]:
+        state = EmulatorState(self._initial, clock.now())
+        self._app = EmulatorApp(state, clock)
+        return state, self._app.build()
 
     async def start(self) -> None:
         """Bind the socket and start serving."""
-        clock = self._clock = EmulatorClock(asyncio.get_running_loop())
-        self._state = EmulatorState(self._initial, clock.now())
-        app = EmulatorApp(self._state, clock)
-        await self._serve(app.build())
-        if self._initial.host not in ("0.0.0.0", "::", ""):
+        await super().start()
+        if self._app is not None and self._initial.host not in ("0.0.0.0", "::", ""):
             # File URLs name the address we listen on; a wildcard bind uses each request's Host instead.
-            app.origin = self.origin
-
-    @property
-    def state(self) -> EmulatorState:
-        if self._state is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._state
-
-    @property
-    def clock(self) -> EmulatorClock:
-        """The serving loop's clock (monotonic, readable from outside the loop too), moved on by `advance`."""
-        if self._clock is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._clock
+            self._app.origin = self.origin
 
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock `seconds` forward: generations finish, URLs expire and tasks are forgotten
@@ -59,14 +48,6 @@ class Emulator(LoopbackServer):
     def base_url(self) -> str:
         """The API base, e.g. ``http://127.0.0.1:PORT/api/v1``."""
         return self.origin + API_BASE
-
-    @property
-    def api_key(self) -> str:
-        return self.config.api_key
-
-    @property
-    def config(self) -> EmulatorConfig:
-        return self._state.config if self._state is not None else self._initial
 
     @property
     def stats(self) -> Stats:

@@ -3,6 +3,7 @@ of their administration requests (`/_emulator/advance`, `/_emulator/config`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -63,9 +64,68 @@ class LoopbackServer:
         return self._port
 
     @property
+    def bind_address(self) -> str:
+        """``host:port`` as asked for (port 0: any free one), for messages."""
+        return f"{self._host}:{self._bind_port}"
+
+    @property
     def origin(self) -> str:
         """``http://host:port``: where a client points its base URL (and where files are served)."""
         return f"http://{url_host(self._host)}:{self._port}"
+
+
+class _Config(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def api_key(self) -> str: ...
+
+
+Cfg = TypeVar("Cfg", bound=_Config)
+Sta = TypeVar("Sta")
+
+
+class ClockedEmulator(LoopbackServer, Generic[Cfg, Sta]):
+    """An emulator whose state runs on a clock the tests move (`advance`): the Gemini and Vertex ones. A subclass
+    makes its state and app in `_build`; `state`, `clock`, `config` and `api_key` are read here."""
+
+    def __init__(self, initial: Cfg) -> None:
+        super().__init__(initial.host, initial.port)
+        self._initial = initial
+        self._state: Sta | None = None
+        self._clock: EmulatorClock | None = None
+
+    def _build(self, clock: EmulatorClock) -> tuple[Sta, web.Application]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Bind the socket and start serving."""
+        self._clock = EmulatorClock(asyncio.get_running_loop())
+        self._state, app = self._build(self._clock)
+        await self._serve(app)
+
+    @property
+    def state(self) -> Sta:
+        if self._state is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._state
+
+    @property
+    def clock(self) -> EmulatorClock:
+        if self._clock is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._clock
+
+    @property
+    def config(self) -> Cfg:
+        config: Cfg = getattr(self._state, "config", self._initial)
+        return config
+
+    @property
+    def api_key(self) -> str:
+        return self.config.api_key
 
 
 class AdminState(Protocol):

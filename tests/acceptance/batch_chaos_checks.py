@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tests.acceptance.chaos_kit import png_problem
+from tests.acceptance.chaos_kit import figures_table, png_problem
 
 MODEL = "gemini-3.1-flash-lite-image"
 # Failures the faults can give, and whether the task was billed: paid with its result lost (a gone file, a
@@ -107,10 +107,7 @@ class BatchFigures:
             ("wall time", f"{self.wall_s:.1f} s"),
             ("checks", "all passed" if not self.problems else f"{len(self.problems)} FAILED"),
         ]  # fmt: skip
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
-        lines += [f"  FAILED: {p}" for p in self.problems]
-        return "\n".join(lines)
+        return figures_table(rows, self.problems)
 
 
 def _counts(counts: Mapping[str, int]) -> str:

@@ -147,10 +147,7 @@ class Figures:
             ("wall time", f"{self.wall_s:.1f} s"),
             ("checks", "all passed" if not self.problems else f"{len(self.problems)} FAILED"),
         ]  # fmt: skip
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
-        lines += [f"  FAILED: {p}" for p in self.problems]
-        return "\n".join(lines)
+        return figures_table(rows, self.problems)
 
 
 # --- the emulator in a process of its own ---------------------------------------------------------------
@@ -481,3 +478,9 @@ def verify(driver: Driver, stats: Mapping[str, Any], f: Figures) -> None:
     if not f.billed_calls <= f.emulator_successes <= f.billed_calls + possibly_billed:
         problems.append(f"the emulator counted {f.emulator_successes} successes; the ledger billed {f.billed_calls} "
                         f"with {f.unknown_submissions} unknown submissions and {f.lost_at_api} lost at the API")  # fmt: skip
+
+
+def figures_table(rows: list[tuple[str, str]], problems: list[str]) -> str:
+    """A chaos run's figures, one aligned line each, then each failed check."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"{k.ljust(width)}  {v}" for k, v in rows] + [f"  FAILED: {p}" for p in problems])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +10,7 @@ import click
 from batcher.emulator.gemini.config import GATEWAY_BODIES, GeminiConfig
 from batcher.emulator.gemini.facts import BLOCK_REASONS, FINISH_REFUSALS
 from batcher.emulator.latency import Latency
+from batcher.emulator.until_signalled import serve_until_signalled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,20 +98,7 @@ async def serve_gemini(config: GeminiConfig, ready_prefix: str) -> None:
     """Serve until SIGINT or SIGTERM; print the ready line a parent process waits for."""
     from batcher.emulator.gemini.server import GeminiEmulator
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     emu = GeminiEmulator(config)
-    try:
-        try:
-            await emu.start()
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-        click.echo(f"{ready_prefix} base_url={emu.origin} api_key={emu.api_key} provider=gemini")
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        await emu.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    await serve_until_signalled(
+        emu, lambda: f"{ready_prefix} base_url={emu.origin} api_key={emu.api_key} provider=gemini"
+    )

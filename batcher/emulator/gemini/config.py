@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batcher.emulator.config import coerce_knob
 from batcher.emulator.gemini.facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
-from batcher.emulator.knobs import bucket_size, replaced
+from batcher.emulator.knobs import bucket_size, check_ranges, replaced
 from batcher.emulator.latency import Latency
 
 DAY_S = 86_400.0
@@ -153,18 +152,7 @@ class GeminiConfig:
     results_gone_status: int = 403
 
     def __post_init__(self) -> None:
-        for name in _RATES:
-            rate = getattr(self, name)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
-        for name in (*_SECONDS, *_OPTIONAL_NUMBERS):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.rate_limit is not None and self.rate_limit <= 0:
-            raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
-        if self.burst is not None and self.burst < 1:
-            raise ValueError("burst must be at least 1 token")
+        check_ranges(self, _RATES, (*_SECONDS, *_OPTIONAL_NUMBERS))
         if self.batch_list_unavailable_page < 0:
             raise ValueError("batch_list_unavailable_page must be >= 0 (0 turns it off)")
         if self.batch_create_gateway_status not in GATEWAY_STATUSES:

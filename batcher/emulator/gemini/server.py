@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
+
+from aiohttp import web
 
 from batcher.emulator.clock import EmulatorClock
 from batcher.emulator.gemini import lifecycle
@@ -11,44 +12,19 @@ from batcher.emulator.gemini.app import GeminiApp
 from batcher.emulator.gemini.config import GeminiConfig
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.stats import GeminiStats
-from batcher.emulator.serving import LoopbackServer
+from batcher.emulator.serving import ClockedEmulator
 
 
-class GeminiEmulator(LoopbackServer):
+class GeminiEmulator(ClockedEmulator[GeminiConfig, GeminiState]):
     """The Gemini API emulator as an aiohttp server; point a client's base URL at `origin`."""
 
     def __init__(self, config: GeminiConfig | None = None, **knobs: Any) -> None:
         base = config or GeminiConfig()
-        self._initial = base.replace(**knobs) if knobs else base
-        super().__init__(self._initial.host, self._initial.port)
-        self._state: GeminiState | None = None
-        self._clock: EmulatorClock | None = None
+        super().__init__(base.replace(**knobs) if knobs else base)
 
-    async def start(self) -> None:
-        """Bind the socket and start serving."""
-        self._clock = EmulatorClock(asyncio.get_running_loop())
-        self._state = GeminiState(self._initial, self._clock.now())
-        await self._serve(GeminiApp(self._state, self._clock).build())
-
-    @property
-    def state(self) -> GeminiState:
-        if self._state is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._state
-
-    @property
-    def clock(self) -> EmulatorClock:
-        if self._clock is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._clock
-
-    @property
-    def api_key(self) -> str:
-        return self.config.api_key
-
-    @property
-    def config(self) -> GeminiConfig:
-        return self._state.config if self._state is not None else self._initial
+    def _build(self, clock: EmulatorClock) -> tuple[GeminiState, web.Application]:
+        state = GeminiState(self._initial, clock.now())
+        return state, GeminiApp(state, clock).build()
 
     @property
     def stats(self) -> GeminiStats:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from batcher.emulator.until_signalled import serve_until_signalled
 from batcher.emulator.vertex.config import VertexConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -20,7 +18,7 @@ SHARED = (
     *("host", "port", "api_key", "seed", "latency", "error_500_rate", "error_503_rate", "rate_limit", "burst"),
     *("image_bytes", "refusal_rate", "refusal_reason", "block_rate", "block_reason", "lost_reply_rate"),
     *("batch_latency", "batch_expiry_s", "batch_fail_rate", "batch_line_fail_rate", "batch_line_refusal_rate"),
-    "batch_create_503_rate",
+    *("batch_create_503_rate", "batch_create_gateway_rate", "batch_list_lag_s"),  # the last two: Gemini's options
 )
 
 _RATE = click.FloatRange(0.0, 1.0)
@@ -36,8 +34,6 @@ VERTEX_OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_cancel_s": (_SECONDS, "a cancelled job stays JOB_STATE_CANCELLING this long [0]"),
     "batch_output_files": (click.IntRange(min=1), "the *.jsonl files a job writes its rows across [3]"),
     "batch_partial_rate": (_RATE, "probability a job ends PARTIALLY_SUCCEEDED, its last tenth of rows not run"),
-    "batch_create_gateway_rate": (_RATE, "probability a create makes the job, then answers an HTML 502"),
-    "batch_list_lag_s": (_SECONDS, "a new job shows in listings this long after its create [0]"),
     "key_file": (click.Path(dir_okay=False, path_type=Path), "write a service-account key file for this emulator"),
 }
 MULTIPLE = frozenset({"project"})
@@ -83,16 +79,9 @@ async def serve_vertex(config: VertexConfig, ready_prefix: str, key_file: Path |
             f"the Vertex emulator needs {exc.name}: pip install 'batcher-images[vertex]'"
         ) from None
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     emu = VertexEmulator(config)
-    try:
-        try:
-            await emu.start()
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+
+    def ready_line() -> str:
         line = f"{ready_prefix} base_url={emu.origin} api_key={emu.api_key} provider=vertex project={emu.project}"
         if key_file is not None:
             try:
@@ -100,10 +89,6 @@ async def serve_vertex(config: VertexConfig, ready_prefix: str, key_file: Path |
             except OSError as exc:
                 raise click.ClickException(f"cannot write the key file {key_file}: {exc.strerror}") from None
             line += f" key_file={key_file}"
-        click.echo(line)
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        await emu.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        return line
+
+    await serve_until_signalled(emu, ready_line)

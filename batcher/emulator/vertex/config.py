@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batcher.emulator.config import coerce_knob
 from batcher.emulator.gemini.facts import BLOCK_REASONS, DEFAULT_PRICES, FINISH_REFUSALS
-from batcher.emulator.knobs import bucket_size, replaced
+from batcher.emulator.knobs import bucket_size, check_ranges, replaced
 from batcher.emulator.latency import Latency
 
 DEFAULT_PROJECT = "emulator-project"
@@ -88,18 +87,7 @@ class VertexConfig:
     batch_list_lag_s: float = 0.0  # a new job shows in listings only this long after its create
 
     def __post_init__(self) -> None:
-        for name in _RATES:
-            rate = getattr(self, name)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
-        for name in (*_SECONDS, *_OPTIONAL_NUMBERS):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.rate_limit is not None and self.rate_limit <= 0:
-            raise ValueError("rate_limit must be > 0 requests/s (None turns it off)")
-        if self.burst is not None and self.burst < 1:
-            raise ValueError("burst must be at least 1 token")
+        check_ranges(self, _RATES, (*_SECONDS, *_OPTIONAL_NUMBERS))
         for name in ("max_request_bytes", "max_image_bytes", "batch_output_files"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from batcher.emulator.clock import EmulatorClock
-from batcher.emulator.serving import LoopbackServer
+from batcher.emulator.serving import ClockedEmulator
 from batcher.emulator.vertex import lifecycle
 from batcher.emulator.vertex.app import TOKEN_PATH, VertexApp
 from batcher.emulator.vertex.config import VertexConfig
@@ -20,43 +21,17 @@ from batcher.emulator.vertex.tokens import new_key_file
 DEFAULT_ACCOUNT = "batcher@emulator-project.iam.gserviceaccount.com"
 
 
-class VertexEmulator(LoopbackServer):
+class VertexEmulator(ClockedEmulator[VertexConfig, VertexState]):
     """The Vertex AI emulator as an aiohttp server. Point a client's Vertex base URL and Cloud Storage host
     (``STORAGE_EMULATOR_HOST``) at `origin`, and its credentials at a key file from `write_key_file`."""
 
     def __init__(self, config: VertexConfig | None = None, **knobs: Any) -> None:
         base = config or VertexConfig()
-        self._initial = base.replace(**knobs) if knobs else base
-        super().__init__(self._initial.host, self._initial.port)
-        self._state: VertexState | None = None
-        self._clock: EmulatorClock | None = None
+        super().__init__(base.replace(**knobs) if knobs else base)
 
-    async def start(self) -> None:
-        """Bind the socket and start serving."""
-        self._clock = EmulatorClock(asyncio.get_running_loop())
-        self._state = VertexState(self._initial, self._clock.now())
-        await self._serve(VertexApp(self._state, self._clock).build())
-
-    @property
-    def state(self) -> VertexState:
-        if self._state is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._state
-
-    @property
-    def clock(self) -> EmulatorClock:
-        if self._clock is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._clock
-
-    @property
-    def config(self) -> VertexConfig:
-        return self._state.config if self._state is not None else self._initial
-
-    @property
-    def api_key(self) -> str:
-        """Express mode's key."""
-        return self.config.api_key
+    def _build(self, clock: EmulatorClock) -> tuple[VertexState, web.Application]:
+        state = VertexState(self._initial, clock.now())
+        return state, VertexApp(state, clock).build()
 
     @property
     def project(self) -> str:
