@@ -118,7 +118,7 @@ async def arun(
         job: the job's name (default: the manifest's; for a task list, its `job` setting, else "tasks").
         db: the job store, a SQLite path or a database URL (default: $BATCHER_DB, else ./batcher.db).
         out: write the images here instead of the job's output directory.
-        provider: "linkmodel" or "gemini", over the manifest's.
+        provider: "linkmodel", "gemini" or "vertex", over the manifest's.
         route: "online" or "batch" (Gemini Batch Mode), over the manifest's.
         max_cost: the budget in USD: no create that could pass it is started.
         emulate: rehearse against an in-process emulator of the provider (no key, no cost).

@@ -110,6 +110,7 @@ class ProviderFacts:
     label: str  # for people
     models: Mapping[str, ModelFacts]
     separator: str  # of the provider's size notation: "x" (16x9) or ":" (16:9)
+    batch_route: bool = True  # False: batch prices are known, but batcher does not drive its batch mode yet
     sizes: tuple[str, ...] = field(init=False)  # every size some model serves, canonical, in table order
 
     def __post_init__(self) -> None:
@@ -121,8 +122,8 @@ class ProviderFacts:
 
     @property
     def batch_mode(self) -> bool:
-        """Whether the provider has a batch mode: some model of its table has a batch price."""
-        return any(m.batch_price_usd is not None for m in self.models.values())
+        """Whether the provider has a batch mode batcher drives: some model of its table has a batch price."""
+        return self.batch_route and any(m.batch_price_usd is not None for m in self.models.values())
 
     @property
     def max_input_images(self) -> int:
@@ -159,7 +160,11 @@ GEMINI = ProviderFacts(
     ":",
 )
 
-PROVIDERS: Mapping[str, ProviderFacts] = MappingProxyType({p.name: p for p in (LINKMODEL, GEMINI)})
+# Vertex AI: the Gemini API's models, limits and prices ($0.067 online for Lite, Google's rate; batch prediction
+# bills half, $0.0335), billed to a Cloud project.
+VERTEX = ProviderFacts("vertex", "Vertex AI", GEMINI.models, ":", batch_route=False)
+
+PROVIDERS: Mapping[str, ProviderFacts] = MappingProxyType({p.name: p for p in (LINKMODEL, GEMINI, VERTEX)})
 DEFAULT_PROVIDER = "linkmodel"
 
 

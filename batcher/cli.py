@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 import click
 
 from batcher import storage, views
-from batcher.catalog import PROVIDERS
 from batcher.config import ApiSettings, db_from
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import BatcherError, ExitCode, ManifestError
 from batcher.models import RETRY_CHOICES, RETRY_DEFAULT, OnUnknown
+from batcher.providers.registry import REGISTRY
 from batcher.store import Store
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @_with_db
     @click.option(
         "--provider",
-        type=click.Choice(list(PROVIDERS)),
+        type=click.Choice(list(REGISTRY)),
         help="the API to generate through, over the manifest's `provider` (default linkmodel)",
     )
     @click.option(

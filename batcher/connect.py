@@ -4,33 +4,21 @@ emulator of that provider on loopback (`--emulate`); and the request rate every 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 
 from batcher.catalog import DEFAULT_PROVIDER, provider_facts
-from batcher.config import RunConfig, api_key, api_settings
-from batcher.emulator import EmulatorConfig, Latency
+from batcher.config import RunConfig
+from batcher.emulator import EmulatorConfig
 from batcher.errors import BatcherError
 from batcher.providers.base import Provider
+from batcher.providers.registry import Endpoint, registered
 from batcher.ratelimit import AdaptiveRate, RateGate
 from batcher.runner import rate_limit_key
 from batcher.store import Store
 
-REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
+__all__ = ["Endpoint", "endpoint", "open_provider", "provider_name", "rate_gate"]
+
 ACCOUNT_BUCKET = "account"  # the shared token bucket's name (for LinkModel; others add their name)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a provider's API is: its base URL and the key (kept out of every record and message)."""
-
-    provider: str
-    base_url: str | None  # None: the provider's own default (or its environment variable)
-    key: str
-
-    def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
-        return f"Endpoint(provider={self.provider!r}, base_url={self.base_url!r})"
 
 
 def provider_name(option: str | None, settings: dict[str, object]) -> str:
@@ -43,46 +31,17 @@ async def endpoint(
     provider: str, *, emulate: bool, emulator: EmulatorConfig, batch: bool = False
 ) -> AsyncIterator[Endpoint]:
     """The real API from the environment, or an in-process emulator on loopback with `--emulate`."""
-    if provider == "gemini":
-        from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
-
-        if not emulate:
-            yield Endpoint(provider, gemini_settings(os.environ).base_url, gemini_api_key(os.environ))
-            return
-        from batcher.emulator.gemini.config import GeminiConfig  # the server: only for --emulate
-        from batcher.emulator.gemini.server import GeminiEmulator
-
-        config = GeminiConfig(latency=emulator.latency)
-        if batch:  # a rehearsal's batches end within seconds, not the real service's minutes to hours
-            config = config.replace(batch_latency=REHEARSAL_BATCH_LATENCY)
-        async with GeminiEmulator(config) as gemini:
-            yield Endpoint(provider, gemini.origin, gemini.api_key)
-        return
+    entry = registered(provider)
     if not emulate:
-        yield Endpoint(provider, api_settings().base_url, api_key())
+        yield entry.real()
         return
-    from batcher.emulator import Emulator  # the server, and aiohttp's web side with it: only for --emulate
-
-    async with Emulator(emulator) as emu:
-        yield Endpoint(provider, emu.base_url, emu.api_key)
+    async with entry.emulated(emulator, batch) as where:
+        yield where
 
 
 def open_provider(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
     """The provider for `where`, to be entered (`async with`): it owns its HTTP session."""
-    if where.provider == "gemini":
-        from batcher.providers.gemini import GeminiProvider
-        from batcher.providers.gemini_settings import gemini_settings
-
-        settings = gemini_settings(os.environ, base_url=where.base_url)
-        if config.max_connections is not None:
-            settings = replace(settings, max_connections=config.max_connections)
-        return GeminiProvider(settings, where.key, gate)
-    from batcher.providers.linkmodel import LinkModelProvider
-
-    api = replace(config.api, base_url=where.base_url) if where.base_url else config.api
-    if config.max_connections is not None:
-        api = replace(api, max_connections=config.max_connections)
-    return LinkModelProvider(api, where.key, gate)
+    return registered(where.provider).online(where, config, gate)
 
 
 class StoreBucket:

@@ -19,7 +19,6 @@ from batcher import connect, storage
 from batcher.config import (
     ApiSettings,
     RunConfig,
-    api_settings,
     batch_prices,
     image_price,
     lease_settings,
@@ -33,6 +32,7 @@ from batcher.manifest.offload import import_rows
 from batcher.models import RETRY_CHOICES, ImportRow, OnUnknown
 from batcher.money import micros_to_usd, usd_to_micros
 from batcher.providers.base import Provider
+from batcher.providers.registry import batch_providers, registered
 from batcher.report import rows as report_rows
 from batcher.report import summary, write_csv, write_json
 from batcher.retry import RetryPolicy
@@ -231,7 +231,8 @@ def job_prices(models: list[str], job: Job, override: Decimal | None, provider: 
         override = micros_to_usd(held) if held is not None else None
         if route == "batch":
             override = _decimal(job.settings.get("batch_price_usd"))
-    name = "gemini" if route == "batch" else connect.provider_name(provider, job.settings)
+    name = connect.provider_name(provider, job.settings)
+    name = batch_provider(name) if route == "batch" else name
     out: dict[str, int] = {}
     for m in models:
         try:
@@ -257,7 +258,7 @@ async def connected(store: Store, opts: RunOptions, job: Job) -> AsyncIterator[t
     """The job's provider (`--provider` over the manifest's), entered, with the run's settings and rate gate."""
     name = connect.provider_name(opts.provider, job.settings)
     async with connect.endpoint(name, emulate=opts.emulate, emulator=opts.emulator) as where:
-        api = api_settings(base_url=where.base_url) if name == "linkmodel" else ApiSettings()
+        api = registered(name).api(where)
         config = run_config(opts, job, api)
         gate = await connect.rate_gate(store, config, name)
         try:
@@ -290,20 +291,25 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Mani
 
 
 def route_of(opts: RunOptions, job: Job) -> str:
-    """`--route` over the manifest's `route`; Batch Mode is Gemini's."""
+    """`--route` over the manifest's `route`; batch needs a provider with a batch client."""
     route = opts.route or str(job.settings.get("route") or "online")
-    if route == "batch" and connect.provider_name(opts.provider, job.settings) != "gemini":
+    if route == "batch" and registered(connect.provider_name(opts.provider, job.settings)).batch is None:
+        name = batch_providers()[0]
         raise ConfigError(
-            "route batch needs provider gemini: add `provider: gemini` to the manifest or --provider gemini"
+            f"route batch needs provider {' or '.join(batch_providers())}: add `provider: {name}` to the manifest "
+            f"or --provider {name}"
         )
     return route
+
+
+def batch_provider(name: str) -> str:
+    """`name` if it has a batch mode, else the first provider that has (a job's batch record stands there)."""
+    return name if registered(name).batch is not None else batch_providers()[0]
 
 
 async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any) -> tuple[RunResult, RunConfig]:
     """`run` by Batch Mode: plan, create and collect the job's shards; past `--finish-online-after`, cancel what
     is not done and finish those tasks online, through the same endpoint."""
-    from batcher.providers.gemini_batch import GeminiBatchClient
-    from batcher.providers.gemini_settings import gemini_settings
     from batcher.runner.batch import BatchRunner, BatchSettings
 
     s = job.settings
@@ -314,11 +320,14 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
                           max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
                           wait=opts.wait, deadline_at=deadline,
                           create_grace_s=BatchSettings.create_grace_s if grace is None else float(grace))  # fmt: skip
-    async with connect.endpoint("gemini", emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
+    name = batch_provider(connect.provider_name(opts.provider, job.settings))
+    open_batch = registered(name).batch
+    assert open_batch is not None
+    async with connect.endpoint(name, emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
         config = run_config(opts, job, ApiSettings())
-        gate = await connect.rate_gate(store, config, "gemini")
+        gate = await connect.rate_gate(store, config, name)
         try:
-            async with GeminiBatchClient(gemini_settings(os.environ, base_url=where.base_url), where.key, gate) as c:
+            async with open_batch(where, gate) as c:
                 runner = BatchRunner(store, c, job, config, batch, prices)
                 with _signals(runner):
                     if show_progress is None:
@@ -328,7 +337,7 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
                             result = await runner.run()
             if result.reason == StopReason.DEADLINE:
                 log.warning("the deadline passed: the tasks not done by batch now run online")
-                online_prices = job_prices(await store.job_models(job), job, opts.price, "gemini")
+                online_prices = job_prices(await store.job_models(job), job, opts.price, name)
                 async with connect.open_provider(where, config, gate) as provider:
                     result = await drive(store, provider, job, config, online_prices, show_progress)
         finally:
@@ -339,8 +348,6 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
 async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
     """`batcher cancel JOB`: cancel the job's batches not collected; what happened to each shard. A batch that
     finished lines keeps them billed: its shard stays open for a run to collect them."""
-    from batcher.providers.gemini_batch import GeminiBatchClient
-    from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
     from batcher.ratelimit import RateGate
     from batcher.runner.batch import cancel_shards
 
@@ -349,7 +356,9 @@ async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
         job = await store.job(job_name)
         gate = RateGate(None)
         try:
-            async with GeminiBatchClient(gemini_settings(os.environ), gemini_api_key(os.environ), gate) as client:
+            entry = registered(batch_provider(connect.provider_name(None, job.settings)))
+            assert entry.batch is not None
+            async with entry.batch(entry.real(), gate) as client:
                 return await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
         finally:
             await gate.close()

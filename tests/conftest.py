@@ -14,6 +14,7 @@ import yaml
 
 from batcher.emulator import Emulator, GeminiEmulator
 from batcher.emulator.serving import LoopbackServer
+from batcher.emulator.vertex.server import VertexEmulator
 from batcher.store import Store
 
 
@@ -37,6 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 OpenStore = Callable[..., Awaitable[Store]]
 StartEmulator = Callable[..., Awaitable[Emulator]]
 StartGemini = Callable[..., Awaitable[GeminiEmulator]]
+StartVertex = Callable[..., Awaitable[VertexEmulator]]
 WriteManifest = Callable[..., Path]
 
 
@@ -91,6 +93,13 @@ async def start_gemini() -> AsyncIterator[StartGemini]:
 
 
 @pytest.fixture
+async def start_vertex() -> AsyncIterator[StartVertex]:
+    """`await start_vertex(dsq_429_rate=1.0, ...)`: a Vertex AI emulator on a loopback port, closed after the test."""
+    async with _servers(VertexEmulator) as start:
+        yield start
+
+
+@pytest.fixture
 def write_manifest(tmp_path: Path) -> WriteManifest:
     """`write_manifest(tasks=[...], **top)` writes a YAML manifest whose outputs go under tmp_path/out."""
 
@@ -117,6 +126,10 @@ def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
         "GOOGLE_API_KEY",
         "GEMINI_BASE_URL",
         "GOOGLE_GEMINI_BASE_URL",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_CLOUD_LOCATION",
+        "GOOGLE_VERTEX_BASE_URL",
+        "GOOGLE_APPLICATION_CREDENTIALS",
     ):
         monkeypatch.delenv(var, raising=False)
 

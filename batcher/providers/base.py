@@ -157,8 +157,12 @@ class Provider(Protocol):
     """One API. Entered as an async context (it owns its HTTP session); every request passes `gate` first."""
 
     name: str
-    key_env: str  # where the key comes from, for messages (never the key itself)
     gate: RateGate
+
+    @property
+    def key_env(self) -> str:
+        """What to check when the API refuses the credential, for messages (never the secret itself)."""
+        ...
 
     async def __aenter__(self) -> Provider: ...
 

@@ -1,201 +1,43 @@
-"""What the Gemini online provider and the Batch Mode client read alike: Google's error body and its details,
-capped bodies, base64, and a GenerateContentResponse judged as an image, a refusal or a garbled reply.
+"""The Gemini names of the shared Google wire path (`google_wire`): the Batch Mode client still imports them here."""
 
-Online, that response is the reply to generateContent; in Batch Mode, each line of the results file holds
-one. Both must classify it the same way, so a refusal online is a refusal in a batch.
-"""
-
-from __future__ import annotations
-
-import base64
-import binascii
-import json
-import re
-from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
-
-from batcher.providers.base import FailureKind, Image
-from batcher.retry import RETRY_AFTER_CAP_S
-
-KEY_HEADER = "x-goog-api-key"
-DETAIL_CHARS = 300  # of a message kept in the ledger
-RPC = "type.googleapis.com/google.rpc."
-TRANSIENT_5XX = (500, 503, 504)
-
-# A candidate that ended without an image on purpose: the model refused, trying again gives the same.
-REFUSALS = frozenset(
-    {
-        "IMAGE_SAFETY",
-        "IMAGE_PROHIBITED_CONTENT",
-        "PROHIBITED_CONTENT",
-        "SAFETY",
-        "RECITATION",
-        "IMAGE_RECITATION",
-        "NO_IMAGE",
-        "IMAGE_OTHER",
-        "OTHER",
-        "BLOCKLIST",
-        "SPII",
-        "STOP",  # a clean stop with no image is no image all the same
-    }
+from batcher.providers.google_wire import (
+    DETAIL_CHARS,
+    KEY_HEADER,
+    REFUSALS,
+    RPC,
+    TRANSIENT_5XX,
+    Garbled,
+    ImageReply,
+    NoImage,
+    api_error,
+    b64decode,
+    details,
+    image_tokens,
+    parse_json,
+    quota_ids,
+    read_capped,
+    read_response,
+    reasons,
+    retry_delay,
 )
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")  # a protobuf Duration in JSON: "47s", "0.5s"
 
-
-# --- a GenerateContentResponse ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageReply:
-    """The response holds an image: generated, and billed."""
-
-    image: Image
-    response_id: str | None
-    usage: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NoImage:
-    """The response ended without an image: refused (BLOCKED) or a generation that failed (GENERATION)."""
-
-    reason: str
-    kind: FailureKind
-    response_id: str | None
-    outcome: str  # the ledger's word: blocked | generation_failed
-
-
-@dataclass(frozen=True)
-class Garbled:
-    """Not a response that proves either: an image may have been made and billed."""
-
-    message: str
-    response_id: str | None
-
-
-def read_response(doc: dict[str, Any]) -> ImageReply | NoImage | Garbled:
-    """Judge a GenerateContentResponse: the first image part wins; else a refusal or a failure, by reason."""
-    response_id = doc.get("responseId") if isinstance(doc.get("responseId"), str) else None
-    usage = doc.get("usageMetadata")
-    usage = usage if isinstance(usage, dict) else {}
-    candidates = doc.get("candidates")
-    if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
-        feedback = doc.get("promptFeedback")
-        block = feedback.get("blockReason") if isinstance(feedback, dict) else None
-        if isinstance(block, str) and block:
-            reason = f"blocked by the model: {block} (promptFeedback.blockReason: the prompt got no candidate)"
-            return NoImage(reason, FailureKind.BLOCKED, response_id, "blocked")
-        return Garbled("neither a candidate nor a blockReason: the image may have been made and billed", response_id)
-    candidate = candidates[0]
-    finish = str(candidate.get("finishReason") or "FINISH_REASON_UNSPECIFIED")
-    content = candidate.get("content")
-    parts = content.get("parts") if isinstance(content, dict) else None
-    parts = parts if isinstance(parts, list) else []
-    for part in parts:
-        inline = part.get("inlineData") if isinstance(part, dict) else None
-        if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
-            continue
-        mime = str(inline.get("mimeType") or "image/png")
-        if not mime.startswith("image/"):
-            continue
-        data = b64decode(inline["data"])
-        if not data:
-            return Garbled("an image that is not valid base64: the image was made and billed, but is lost", response_id)
-        return ImageReply(Image(data=data, mime_type=mime), response_id, usage)
-    text = " ".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
-    said = f"; the model said: {text.strip()[:150]}" if text.strip() else ""
-    if finish in REFUSALS:
-        reason = f"blocked by the model: {finish} (finishReason, no image in the reply){said}"
-        return NoImage(reason, FailureKind.BLOCKED, response_id, "blocked")
-    reason = f"the generation ended without an image: finishReason {finish}{said}"
-    return NoImage(reason, FailureKind.GENERATION, response_id, "generation_failed")
-
-
-def image_tokens(usage: dict[str, Any]) -> int | None:
-    """The IMAGE modality's count in usageMetadata.candidatesTokensDetails: what an image is billed by."""
-    details = usage.get("candidatesTokensDetails")
-    for d in details if isinstance(details, list) else []:
-        if isinstance(d, dict) and d.get("modality") == "IMAGE" and isinstance(d.get("tokenCount"), int):
-            count: int = d["tokenCount"]
-            return count
-    return None
-
-
-# --- bodies -----------------------------------------------------------------------------------------
-
-
-async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The whole body, or None past `cap` bytes. Chunks joined once: a 3 MB reply is copied once, not grown."""
-    chunks: list[bytes] = []
-    got = 0
-    async for chunk in resp.content.iter_any():
-        got += len(chunk)
-        if got > cap:
-            return None
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def parse_json(raw: bytes) -> dict[str, Any] | None:
-    """A JSON object, or None for anything else."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def b64decode(text: str) -> bytes:
-    """Decoded bytes, or b"" when `text` is not base64. binascii takes the ASCII str as it is (no encoded copy,
-    unlike base64.b64decode); proto JSON also allows the URL-safe alphabet, tried second."""
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except (binascii.Error, ValueError):
-        pass
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return b""
-
-
-# --- Google's error body ----------------------------------------------------------------------------
-
-
-def api_error(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The `error` of Google's error body ``{"error": {code, message, status, details}}``, if that is the body."""
-    error = doc.get("error") if doc is not None else None
-    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-        return None
-    return error
-
-
-def details(error: dict[str, Any] | None, kind: str) -> list[dict[str, Any]]:
-    found = error.get("details") if error is not None else None
-    if not isinstance(found, list):
-        return []
-    return [d for d in found if isinstance(d, dict) and d.get("@type") == RPC + kind]
-
-
-def quota_ids(error: dict[str, Any] | None) -> list[str]:
-    out: list[str] = []
-    for failure in details(error, "QuotaFailure"):
-        violations = failure.get("violations")
-        for v in violations if isinstance(violations, list) else []:
-            if isinstance(v, dict) and isinstance(v.get("quotaId"), str):
-                out.append(v["quotaId"])
-    return out
-
-
-def reasons(error: dict[str, Any] | None) -> set[str]:
-    return {str(d.get("reason")) for d in details(error, "ErrorInfo")}
-
-
-def retry_delay(error: dict[str, Any] | None) -> float | None:
-    """RetryInfo.retryDelay in seconds ("47s"), capped like a Retry-After."""
-    for info in details(error, "RetryInfo"):
-        delay = info.get("retryDelay")
-        m = _DURATION.match(delay) if isinstance(delay, str) else None
-        if m is not None:
-            return min(float(m[1]), RETRY_AFTER_CAP_S)
-    return None
+__all__ = [
+    "DETAIL_CHARS",
+    "KEY_HEADER",
+    "REFUSALS",
+    "RPC",
+    "TRANSIENT_5XX",
+    "Garbled",
+    "ImageReply",
+    "NoImage",
+    "api_error",
+    "b64decode",
+    "details",
+    "image_tokens",
+    "parse_json",
+    "quota_ids",
+    "read_capped",
+    "read_response",
+    "reasons",
+    "retry_delay",
+]

@@ -17,7 +17,7 @@ LITE, FLASH, CLASSIC = "gemini-3.1-flash-lite-image", "gemini-3.1-flash-image", 
 
 def test_linkmodel_is_the_default_and_both_providers_serve_the_three_models() -> None:
     assert DEFAULT_PROVIDER == "linkmodel" == JobSettings("j", "out").provider
-    assert list(PROVIDERS) == ["linkmodel", "gemini"]
+    assert list(PROVIDERS) == ["linkmodel", "gemini", "vertex"]
     for provider in PROVIDERS.values():
         assert list(provider.models) == [LITE, FLASH, CLASSIC]
         assert provider.model("dall-e") is None
@@ -70,7 +70,7 @@ def test_an_unknown_provider_lists_the_known_ones() -> None:
     with pytest.raises(UnknownProviderError) as caught:
         provider_facts("nope")
     assert isinstance(caught.value, ConfigError)  # the CLI exits 2 with the message
-    assert caught.value.message == "unknown provider 'nope'; known providers: linkmodel, gemini"
+    assert caught.value.message == "unknown provider 'nope'; known providers: linkmodel, gemini, vertex"
 
 
 def test_the_unit_price_comes_from_the_providers_table() -> None:

@@ -49,7 +49,7 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("rate_not_positive.yaml", None, 3, 24, "rate_limit.requests_per_second must be greater than 0"),
     ("max_in_flight_fraction.yaml", None, 2, 53, "rate_limit.max_in_flight must be a whole number, not '2.5'"),
     ("max_connections_zero.yaml", None, 2, 55, "rate_limit.max_connections must be at least 1, not '0'"),
-    ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini"),
+    ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini, vertex"),
     ("batch_without_gemini.yaml", None, 3, 8, "route: batch needs provider: gemini; LinkModel has no batch mode"),
     ("batch_max_bytes_too_big.yaml", None, 5, 14, "batch.max_bytes must be at most 2,000,000,000, not '3000000000'"),
     # model, quality, size
@@ -350,7 +350,7 @@ def test_linkmodel_is_the_default_provider(tmp_path: Path) -> None:
 def test_an_unknown_provider_is_named_with_its_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "job: p\nprovider: nope\ntasks: [a red mug]\n")
     (problem,) = problems_of(path)
-    assert str(problem) == f"{path}:2:11: unknown provider 'nope'; known providers: linkmodel, gemini"
+    assert str(problem) == f"{path}:2:11: unknown provider 'nope'; known providers: linkmodel, gemini, vertex"
     path = write(tmp_path, "provider: gemni\nbudget_usd: -1\ntasks: [a red mug]\n")
     assert [p.message.split(",")[0] for p in problems_of(path)] == [
         "unknown provider 'gemni' (did you mean 'gemini'?); known providers: linkmodel",

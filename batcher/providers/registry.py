@@ -1,0 +1,197 @@
+"""Every provider by name: where its API is (from the environment, or an in-process emulator with `--emulate`),
+its online client, its batch client (or none), its settings for the run and the hint that names its credential.
+
+`connect`, `session`, the CLI and the runner ask here; nothing else chooses by a provider's name. What a provider
+serves (models, sizes, input limits, prices) is the catalog's (batcher/catalog.py). Adding a provider is one
+entry here, its modules under providers/, its table in the catalog and its docs page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from batcher.catalog import provider_facts
+from batcher.config import API_KEY_ENV, ApiSettings, RunConfig, api_key, api_settings
+from batcher.emulator import EmulatorConfig, Latency
+from batcher.errors import ConfigError
+from batcher.providers.base import Provider
+from batcher.providers.gemini_settings import KEY_ENVS
+from batcher.ratelimit import RateGate
+
+REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a provider's API is: its base URL, the key (kept out of every record and message) and the settings
+    an emulator gives over the process's environment (its project, its key file)."""
+
+    provider: str
+    base_url: str | None  # None: the provider's own default (or its environment variable)
+    key: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
+        return f"Endpoint(provider={self.provider!r}, base_url={self.base_url!r})"
+
+    def environ(self) -> dict[str, str]:
+        """The environment the provider reads its settings from: the process's, with the emulator's over it."""
+        return {**os.environ, **self.env}
+
+
+Emulated = Callable[[EmulatorConfig, bool], AbstractAsyncContextManager[Endpoint]]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One provider, as the layers above use it."""
+
+    name: str
+    key_hint: str  # what to set to reach it, for messages
+    real: Callable[[], Endpoint]  # the API from the environment
+    emulated: Emulated  # `--emulate`: an emulator on loopback for the run's life (`batch`: a rehearsal's pace)
+    online: Callable[[Endpoint, RunConfig, RateGate], Provider]  # to be entered: it owns its HTTP session
+    batch: Callable[[Endpoint, RateGate], Any] | None = None  # a batch client, to be entered; None: no batch mode
+    api: Callable[[Endpoint], ApiSettings] = lambda where: ApiSettings()  # the run's LinkModel-style settings
+
+
+# --- LinkModel --------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _linkmodel_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterator[Endpoint]:
+    from batcher.emulator import Emulator  # the server, and aiohttp's web side with it: only for --emulate
+
+    async with Emulator(emulator) as emu:
+        yield Endpoint("linkmodel", emu.base_url, emu.api_key)
+
+
+def _linkmodel_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
+    from batcher.providers.linkmodel import LinkModelProvider
+
+    api = replace(config.api, base_url=where.base_url) if where.base_url else config.api
+    if config.max_connections is not None:
+        api = replace(api, max_connections=config.max_connections)
+    return LinkModelProvider(api, where.key, gate)
+
+
+LINKMODEL = Registered(
+    "linkmodel",
+    API_KEY_ENV,
+    real=lambda: Endpoint("linkmodel", api_settings().base_url, api_key()),
+    emulated=_linkmodel_emulated,
+    online=_linkmodel_online,
+    api=lambda where: api_settings(base_url=where.base_url),
+)
+
+
+# --- Gemini API -------------------------------------------------------------------------------------
+
+
+def _gemini_real() -> Endpoint:
+    from batcher.providers.gemini_settings import gemini_api_key, gemini_settings
+
+    return Endpoint("gemini", gemini_settings(os.environ).base_url, gemini_api_key(os.environ))
+
+
+@contextlib.asynccontextmanager
+async def _gemini_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterator[Endpoint]:
+    from batcher.emulator.gemini.config import GeminiConfig  # the server: only for --emulate
+    from batcher.emulator.gemini.server import GeminiEmulator
+
+    config = GeminiConfig(latency=emulator.latency)
+    if batch:  # a rehearsal's batches end within seconds, not the real service's minutes to hours
+        config = config.replace(batch_latency=REHEARSAL_BATCH_LATENCY)
+    async with GeminiEmulator(config) as gemini:
+        yield Endpoint("gemini", gemini.origin, gemini.api_key)
+
+
+def _gemini_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
+    from batcher.providers.gemini import GeminiProvider
+    from batcher.providers.gemini_settings import gemini_settings
+
+    settings = gemini_settings(where.environ(), base_url=where.base_url)
+    if config.max_connections is not None:
+        settings = replace(settings, max_connections=config.max_connections)
+    return GeminiProvider(settings, where.key, gate)
+
+
+def _gemini_batch(where: Endpoint, gate: RateGate) -> Any:
+    """The Gemini Batch Mode client, as it stands (the batch runner speaks to it directly)."""
+    from batcher.providers.gemini_batch import GeminiBatchClient
+    from batcher.providers.gemini_settings import gemini_settings
+
+    return GeminiBatchClient(gemini_settings(where.environ(), base_url=where.base_url), where.key, gate)
+
+
+GEMINI = Registered(
+    "gemini",
+    " or ".join(KEY_ENVS),
+    real=_gemini_real,
+    emulated=_gemini_emulated,
+    online=_gemini_online,
+    batch=_gemini_batch,
+)
+
+
+# --- Vertex AI --------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _vertex_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterator[Endpoint]:
+    """The Vertex emulator with a service-account key file it issued, so the run goes through google-auth's
+    whole token flow against the emulator's token endpoint."""
+    from batcher.providers.vertex import CREDENTIALS_ENV
+
+    try:  # the server, which checks service-account JWTs with cryptography: only for --emulate
+        from batcher.emulator.vertex.config import VertexConfig
+        from batcher.emulator.vertex.server import VertexEmulator
+    except ImportError:
+        raise ConfigError(
+            "the Vertex AI emulator needs the vertex extra: pip install 'batcher-images[vertex]'"
+        ) from None
+
+    with tempfile.TemporaryDirectory(prefix="batcher-vertex-") as tmp:
+        async with VertexEmulator(VertexConfig(latency=emulator.latency)) as emu:
+            key_file = emu.write_key_file(Path(tmp) / "service-account.json")
+            env = {"GOOGLE_CLOUD_PROJECT": emu.project, "GOOGLE_CLOUD_LOCATION": "global",
+                   "GOOGLE_VERTEX_BASE_URL": emu.origin, CREDENTIALS_ENV: str(key_file)}  # fmt: skip
+            yield Endpoint("vertex", emu.origin, "", env)
+
+
+def _vertex_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
+    from batcher.providers.vertex import VertexProvider, vertex_credential, vertex_settings
+
+    env = where.environ()
+    settings, credential = vertex_credential(env, vertex_settings(env))
+    if config.max_connections is not None:
+        settings = replace(settings, max_connections=config.max_connections)
+    return VertexProvider(settings, credential, gate)
+
+
+VERTEX = Registered(
+    "vertex",
+    "GOOGLE_APPLICATION_CREDENTIALS and GOOGLE_CLOUD_PROJECT (or GOOGLE_API_KEY alone for express mode)",
+    real=lambda: Endpoint("vertex", None, ""),  # settings and credentials are read when the client opens
+    emulated=_vertex_emulated,
+    online=_vertex_online,
+)
+
+REGISTRY: Mapping[str, Registered] = {p.name: p for p in (LINKMODEL, GEMINI, VERTEX)}
+
+
+def registered(name: str) -> Registered:
+    """The provider `name` (an UnknownProviderError from the catalog, listing the known ones, for any other)."""
+    return REGISTRY[provider_facts(name).name]
+
+
+def batch_providers() -> list[str]:
+    """The providers with a batch client, in the registry's order."""
+    return [p.name for p in REGISTRY.values() if p.batch is not None]
