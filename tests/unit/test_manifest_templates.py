@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from batcher.errors import ManifestError
@@ -21,7 +21,7 @@ from batcher.manifest.templates import (
     compile_template,
     literal_template,
 )
-from batcher.models import normalise_prompt, spec_key
+from batcher.models import LOCAL_REF, image_identity, normalise_prompt, spec_key
 
 VALUES: dict[str, str | int] = {"animal": "cat", "style": "3d", "n": "7", "price": "1.5", "index": 42, "key": "abc"}
 
@@ -205,11 +205,15 @@ text = st.text(st.characters(codec="utf-8"), max_size=40)
 
 
 @given(text, text, text, text, st.lists(text, max_size=3).map(tuple), st.none() | text)
+@example("m", "p", "q", "s", (LOCAL_REF,), None)  # a local file is known by its content hash, not its path
+@example("m", "p", "q", "s", (LOCAL_REF + "a" * 64 + ":/x/y.png",), None)
 def test_spec_key_hashes_the_canonical_json(
     model: str, prompt: str, quality: str, size: str, images: tuple[str, ...], seed: str | None
 ) -> None:
     canon = json.dumps(
-        [model, normalise_prompt(prompt), quality, size, list(images), seed], ensure_ascii=False, separators=(",", ":")
+        [model, normalise_prompt(prompt), quality, size, [image_identity(i) for i in images], seed],
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
     assert spec_key(model, prompt, quality, size, images, seed) == hashlib.sha256(canon.encode()).hexdigest()[:32]
 
