@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,14 @@ from batcher.cache import copy_object
 from batcher.emulator import Latency
 from batcher.storage.objects import PROBE_PREFIX
 from batcher.storage.remote import FsspecStorage
-from tests.acceptance.cli_kit import batcher, manifest
+from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
 from tests.acceptance.test_gemini_batch import billed_once_each, keys_of, ledger_is_the_api
 from tests.acceptance.test_gemini_online import gemini_env, rows
+from tests.acceptance.test_money_truth import billed_by_the_api, report_of, until
 from tests.bucket_kit import GcsServer, S3Server, sha
-from tests.conftest import StartGemini
+from tests.conftest import StartEmulator, StartGemini
+
+FAST = Latency("uniform", 0.05, 0.2)
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -174,3 +179,41 @@ async def test_batch_mode_outage_while_collecting_stops_clearly_and_a_later_run_
     for r in rows(db):
         data = s3.get(bucket, r["output_path"].split(f"s3://{bucket}/", 1)[1])
         assert (sha(data), len(data)) == (r["sha256"], r["bytes"])
+
+
+async def test_a_reply_after_a_takeover_is_kept_in_the_bucket_as_a_paid_duplicate(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    # every create is held 3 s before the API takes it: long enough for the first worker to be paused mid-create
+    emu = await start_emu(latency=FAST, slow_rate=1.0, slow_s=3.0, fault_kinds=["create"])
+    bucket = s3.bucket()
+    n = 3
+    m = manifest(tmp_path / "stray.yaml", n)
+    db = tmp_path / "b.db"
+    env = cli_env(emu, **s3.env(), BATCHER_LEASE_S="1.5")
+    out = ("--out", f"s3://{bucket}/stray")
+    first = await start("run", str(m), "--db", str(db), *out, "-q", env=env, cwd=tmp_path)
+    await until(lambda: emu.state.in_flight >= n, "the first worker's creates to reach the API")
+    first.send_signal(signal.SIGSTOP)  # a paused machine: its lease runs out while its creates are accepted
+    try:
+        second = await batcher("run", str(m), "--db", str(db), *out, "-q", env=env, cwd=tmp_path)
+        assert second.code == 0, second.err  # it took the tasks over and created them again
+    finally:
+        first.send_signal(signal.SIGCONT)
+    own = {k: s3.get(bucket, k) for k in s3.keys(bucket)}
+    assert sorted(own) == sorted(f"stray/{i}.png" for i in range(n))
+    resumed = await finish(first)  # its replies come in now: each paid image kept, none over a task's object
+    assert resumed.code == 0, resumed.err
+    assert emu.stats.creates_accepted == 2 * n
+    head = (await report_of(db, tmp_path))["summary"]
+    assert head["succeeded"] == n and head["known_duplicates"] == n, head
+    assert head["billed_calls"] == billed_by_the_api(emu) == 2 * n
+    assert {k: s3.get(bucket, k) for k in own} == own  # the tasks' objects unchanged
+    with sqlite3.connect(db) as conn:
+        kept = conn.execute("SELECT output_path, sha256 FROM strays WHERE status = 'succeeded'").fetchall()
+    assert len(kept) == n
+    keys = s3.keys(bucket)
+    assert len(keys) == 2 * n
+    for location, digest in kept:
+        key = location.split(f"s3://{bucket}/", 1)[1]
+        assert key.startswith("stray/") and ".dup-" in key and sha(s3.get(bucket, key)) == digest
