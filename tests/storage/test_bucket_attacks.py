@@ -8,27 +8,27 @@ import io
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
+import yaml
 from PIL import Image
 
 from batcher import storage
 from batcher.cache import copy_object
-from batcher.emulator import Latency
+from batcher.emulator import Emulator, Latency
 from batcher.storage.objects import PROBE_PREFIX
 from batcher.storage.remote import FsspecStorage
-from tests.acceptance.cli_kit import batcher, cli_env, finish, manifest, start
+from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, manifest, start
 from tests.acceptance.test_gemini_batch import billed_once_each, keys_of, ledger_is_the_api
 from tests.acceptance.test_gemini_online import gemini_env, rows
 from tests.acceptance.test_money_truth import billed_by_the_api, report_of, until
-from tests.bucket_kit import GcsServer, S3Server, sha
+from tests.bucket_kit import GcsServer, S3Proxy, S3Server, s3_proxy, sha
 from tests.conftest import StartEmulator, StartGemini
+from tests.storage.test_bucket_jobs import chain
 
 FAST = Latency("uniform", 0.05, 0.2)
 
@@ -83,65 +83,19 @@ async def test_a_writer_racing_the_caches_copy_is_never_overwritten(
     assert kept.startswith("job2/cat.dup-") and srv.get(bucket, kept) == ours
 
 
-@dataclass
-class Outage:
-    """An HTTP proxy in front of the S3 server that the test can turn into an outage: while `down`, every PUT of
-    an object (the probe's excepted, so that a run still starts) is answered 503 SlowDown, as S3 does when it
-    sheds load. `fail_next` answers that many PUTs 503 and then lets them through."""
-
-    upstream: str
-    down: bool = False
-    fail_next: int = 0
-    refused: int = 0
-    puts: list[str] = field(default_factory=list)
-    endpoint: str = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if request.method == "PUT" and PROBE_PREFIX not in request.path and request.path.count("/") >= 2:
-            if self.down or self.fail_next > 0:
-                self.fail_next = max(0, self.fail_next - 1)
-                self.refused += 1
-                xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                return web.Response(status=503, body=xml, content_type="application/xml")
-            self.puts.append(request.path)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession(auto_decompress=False) as session,
-            session.request(
-                request.method, self.upstream + request.path_qs, data=body, headers=headers, allow_redirects=False
-            ) as r,
-        ):
-            data = await r.read()
-            out = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
-            return web.Response(status=r.status, body=data, headers=out)
-
-
-@pytest.fixture
-async def outage(s3: S3Server) -> AsyncIterator[Outage]:
-    proxy = Outage(s3.endpoint)
-    app = web.Application(client_max_size=64 << 20)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    proxy.endpoint = f"http://127.0.0.1:{port}"
-    try:
-        yield proxy
-    finally:
-        await runner.cleanup()
-
-
 def batch_run(m: Path, db: Path, out: str, *more: str) -> tuple[str, ...]:
     return ("run", str(m), "--db", str(db), "--out", out, "--provider", "gemini", "--route", "batch", "-q",
             "--json", *more)  # fmt: skip
 
 
 async def test_batch_mode_outage_while_collecting_stops_clearly_and_a_later_run_stores_each_line_once(
-    start_gemini: StartGemini, tmp_path: Path, s3: S3Server, outage: Outage
+    start_gemini: StartGemini, tmp_path: Path, s3: S3Server
 ) -> None:
+    async with s3_proxy(s3) as outage:
+        await _batch_outage(start_gemini, tmp_path, s3, outage)
+
+
+async def _batch_outage(start_gemini: StartGemini, tmp_path: Path, s3: S3Server, outage: S3Proxy) -> None:
     emu = await start_gemini(batch_latency=Latency("fixed", 1.0), image_bytes=20_000)
     bucket = s3.bucket()
     n = 4
@@ -217,3 +171,165 @@ async def test_a_reply_after_a_takeover_is_kept_in_the_bucket_as_a_paid_duplicat
     for location, digest in kept:
         key = location.split(f"s3://{bucket}/", 1)[1]
         assert key.startswith("stray/") and ".dup-" in key and sha(s3.get(bucket, key)) == digest
+
+
+# --- one task, one upload: a kill -9 or a fault in each window of the save -----------------------------------
+
+
+async def _one_task_with(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server, rig: Callable[[S3Proxy, Process], None]
+) -> tuple[Emulator, str, Path, Done]:
+    """One task run to `s3://BUCKET/w` through a proxy that `rig` sets up (once the process has started), to its
+    end; returns the emulator, the bucket, the store and how that run ended."""
+    emu = await start_emu(latency=FAST)
+    bucket = s3.bucket()
+    m = manifest(tmp_path / "w.yaml", 1)
+    db = tmp_path / "b.db"
+    async with s3_proxy(s3) as proxy:
+        env = cli_env(emu, **{**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint})
+        proc = await start("run", str(m), "--db", str(db), "--out", f"s3://{bucket}/w", "-q", "--json", env=env,
+                           cwd=tmp_path)  # fmt: skip
+        rig(proxy, proc)
+        done = await finish(proc)
+    return emu, bucket, db, done
+
+
+async def _resume_and_check(tmp_path: Path, emu: Emulator, s3: S3Server, bucket: str, db: Path) -> None:
+    """A plain resume stores the one image once, under its own key, byte-exact; it was created and billed once."""
+    m = tmp_path / "w.yaml"
+    done = await batcher("run", str(m), "--db", str(db), "--out", f"s3://{bucket}/w", "-q", "--json",
+                         env=cli_env(emu, **s3.env()), cwd=tmp_path)  # fmt: skip
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert head["succeeded"] == 1 and head["billed_calls"] == 1 and head["unknown_submissions"] == 0, head
+    assert emu.stats.creates_accepted == 1 and billed_by_the_api(emu) == 1
+    assert list(s3.keys(bucket)) == ["w/0.png"]  # no duplicate, no probe
+    (row,) = rows(db)
+    assert row["output_path"] == f"s3://{bucket}/w/0.png" and row["last_error"] is None, row
+    assert sha(s3.get(bucket, "w/0.png")) == row["sha256"]
+
+
+def _kill_once(proc: Process) -> Callable[[str], None]:
+    def kill(_: str) -> None:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+
+    return kill
+
+
+async def test_a_kill_9_between_the_fetch_and_the_create_then_resume_fetches_again_unpaid(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    def rig(proxy: S3Proxy, proc: Process) -> None:
+        proxy.before_put = _kill_once(proc)
+        proxy.down = True  # the upload never reaches the server
+
+    emu, bucket, db, done = await _one_task_with(tmp_path, start_emu, s3, rig)
+    assert done.code == -signal.SIGKILL, done.err
+    assert s3.keys(bucket) == {}
+    await _resume_and_check(tmp_path, emu, s3, bucket, db)
+
+
+async def test_a_kill_9_between_the_create_and_the_commit_then_resume_takes_the_object_as_its_own(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    def rig(proxy: S3Proxy, proc: Process) -> None:
+        proxy.after_put = _kill_once(proc)  # the object is stored; the store never hears of it
+
+    emu, bucket, db, done = await _one_task_with(tmp_path, start_emu, s3, rig)
+    assert done.code == -signal.SIGKILL, done.err
+    assert list(s3.keys(bucket)) == ["w/0.png"]
+    stored = s3.get(bucket, "w/0.png")
+    assert rows(db)[0]["status"] != "succeeded"
+    await _resume_and_check(tmp_path, emu, s3, bucket, db)
+    assert s3.get(bucket, "w/0.png") == stored
+
+
+async def test_an_upload_answered_503_then_taken_is_stored_once(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    seen: list[S3Proxy] = []
+
+    def rig(proxy: S3Proxy, proc: Process) -> None:
+        proxy.fail_next = 2
+        seen.append(proxy)
+
+    emu, bucket, db, done = await _one_task_with(tmp_path, start_emu, s3, rig)
+    assert done.code == 0, done.err
+    assert (seen[0].refused, len(seen[0].stored)) == (2, 1)
+    await _resume_and_check(tmp_path, emu, s3, bucket, db)
+
+
+async def test_an_upload_stored_but_answered_503_is_taken_as_its_own_on_the_next_try(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    seen: list[S3Proxy] = []
+
+    def rig(proxy: S3Proxy, proc: Process) -> None:
+        proxy.lose_replies = 1  # the object is there; the client hears 503 and tries again: 412, its own bytes
+        seen.append(proxy)
+
+    emu, bucket, db, done = await _one_task_with(tmp_path, start_emu, s3, rig)
+    assert done.code == 0, done.err
+    assert (seen[0].refused, len(seen[0].stored)) == (1, 1)  # stored once: the try after the lost reply met 412
+    await _resume_and_check(tmp_path, emu, s3, bucket, db)
+
+
+async def test_pull_refuses_an_object_whose_bytes_changed_and_writes_nothing_for_it(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    emu = await start_emu(latency=FAST)
+    bucket = s3.bucket()
+    m = manifest(tmp_path / "pl.yaml", 2)
+    db = tmp_path / "b.db"
+    env = cli_env(emu, **s3.env())
+    assert (await batcher("run", str(m), "--db", str(db), "--out", f"s3://{bucket}/pl", "-q", env=env,
+                          cwd=tmp_path)).code == 0  # fmt: skip
+    good = s3.get(bucket, "pl/1.png")
+    s3.put(bucket, "pl/0.png", png((1, 2, 3)))  # replaced behind the job's back
+    done = await batcher("pull", "pl", str(tmp_path / "here"), "--db", str(db), env=env, cwd=tmp_path)
+    assert done.code != 0, done.err
+    assert f"s3://{bucket}/pl/0.png: sha256 differs" in done.err, done.err
+    assert not (tmp_path / "here" / "0.png").exists()
+    assert (tmp_path / "here" / "1.png").read_bytes() == good
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["1.png"]  # no half file left
+
+
+async def test_a_chain_whose_parent_object_was_deleted_fails_the_child_unbilled(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    emu = await start_emu(latency=FAST)
+    bucket = s3.bucket()
+    db = tmp_path / "b.db"
+    env = cli_env(emu, **s3.env())
+    m = chain(tmp_path / "mugs.yaml", f"s3://{bucket}/mugs")
+    whole = m.read_text(encoding="utf-8")
+    doc = yaml.safe_load(whole)
+    doc["tasks"] = doc["tasks"][:1]  # the parent alone first
+    m.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    assert (await batcher("run", str(m), "--db", str(db), "-q", env=env, cwd=tmp_path)).code == 0
+    s3.client().delete_object(Bucket=bucket, Key="mugs/1-base.png")  # lost from the bucket
+    m.write_text(whole, encoding="utf-8")
+    done = await batcher("run", str(m), "--db", str(db), "-q", "--json", env=env, cwd=tmp_path)
+    assert done.code == 1, done.err
+    head = json.loads(done.out)
+    assert (head["succeeded"], head["failed"], head["billed_calls"]) == (1, 1, 1), head
+    assert emu.stats.creates_accepted == 1 and billed_by_the_api(emu) == 1  # neither made again nor the child sent
+    child = next(r for r in rows(db) if r["name"] == "blue")
+    assert child["status"] == "failed" and "missing" in child["last_error"], child
+    assert s3.keys(bucket) == {}
+
+
+async def test_a_probe_left_by_a_killed_run_is_gone_after_the_next_run(
+    tmp_path: Path, start_emu: StartEmulator, s3: S3Server
+) -> None:
+    emu = await start_emu(latency=FAST)
+    bucket = s3.bucket()
+    s3.put(bucket, f"pr/{PROBE_PREFIX}0123456789abcdef", b"batcher write probe\n")  # cut between write and delete
+    s3.put(bucket, "elsewhere/keep.txt", b"not ours")
+    m = manifest(tmp_path / "pr.yaml", 2)
+    done = await batcher("run", str(m), "--db", str(tmp_path / "b.db"), "--out", f"s3://{bucket}/pr", "-q",
+                         env=cli_env(emu, **s3.env()), cwd=tmp_path)  # fmt: skip
+    assert done.code == 0, done.err
+    assert sorted(s3.keys(bucket)) == ["elsewhere/keep.txt", "pr/0.png", "pr/1.png"]
+    assert emu.stats.creates_accepted == 2
