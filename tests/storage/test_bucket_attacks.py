@@ -333,3 +333,37 @@ async def test_a_probe_left_by_a_killed_run_is_gone_after_the_next_run(
     assert done.code == 0, done.err
     assert sorted(s3.keys(bucket)) == ["elsewhere/keep.txt", "pr/0.png", "pr/1.png"]
     assert emu.stats.creates_accepted == 2
+
+
+async def test_batch_mode_kill_9_after_a_line_is_stored_then_resume_takes_it_as_its_own(
+    start_gemini: StartGemini, tmp_path: Path, s3: S3Server
+) -> None:
+    emu = await start_gemini(batch_latency=Latency("fixed", 1.0), image_bytes=20_000)
+    bucket = s3.bucket()
+    n = 3
+    m = manifest(tmp_path / "bk.yaml", n, provider="gemini", route="batch")
+    db = tmp_path / "b.db"
+    (tmp_path / "tmp").mkdir()
+    env = gemini_env(emu, **s3.env(), TMPDIR=str(tmp_path / "tmp"))
+    out = f"s3://{bucket}/bk"
+    submitted = await batcher(*batch_run(m, db, out, "--no-wait"), env=env, cwd=tmp_path, timeout=90)
+    assert submitted.code == 5, submitted.err
+    emu.advance(5)
+    async with s3_proxy(s3) as proxy:
+        killing = {**env, "AWS_ENDPOINT_URL": proxy.endpoint}
+        proc = await start(*batch_run(m, db, out), env=killing, cwd=tmp_path)
+        proxy.after_put = _kill_once(proc)  # the first line's object is stored; its line is never settled
+        killed = await finish(proc, timeout=90)
+    assert killed.code == -signal.SIGKILL, killed.err
+    first = dict(s3.keys(bucket))
+    assert len(first) == 1 and all(r["status"] != "succeeded" for r in rows(db))
+    done = await batcher(*batch_run(m, db, out), env=env, cwd=tmp_path, timeout=90)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert head["succeeded"] == n and emu.stats.batches_created == 1
+    billed_once_each(emu, keys_of(db))
+    ledger_is_the_api(head, emu)
+    assert sorted(s3.keys(bucket)) == sorted(f"bk/{i}.png" for i in range(n))  # no duplicate of the first
+    for r in rows(db):
+        data = s3.get(bucket, r["output_path"].split(f"s3://{bucket}/", 1)[1])
+        assert (sha(data), len(data)) == (r["sha256"], r["bytes"]) and r["last_error"] is None
