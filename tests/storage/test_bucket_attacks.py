@@ -133,6 +133,7 @@ async def _batch_outage(start_gemini: StartGemini, tmp_path: Path, s3: S3Server,
     for r in rows(db):
         data = s3.get(bucket, r["output_path"].split(f"s3://{bucket}/", 1)[1])
         assert (sha(data), len(data)) == (r["sha256"], r["bytes"])
+    assert not list((tmp_path / "tmp").rglob("*.img"))  # the kept copies are gone once stored
 
 
 async def test_a_reply_after_a_takeover_is_kept_in_the_bucket_as_a_paid_duplicate(
@@ -367,3 +368,36 @@ async def test_batch_mode_kill_9_after_a_line_is_stored_then_resume_takes_it_as_
     for r in rows(db):
         data = s3.get(bucket, r["output_path"].split(f"s3://{bucket}/", 1)[1])
         assert (sha(data), len(data)) == (r["sha256"], r["bytes"]) and r["last_error"] is None
+
+
+async def test_gemini_online_upload_outage_then_retry_stores_the_paid_images_without_paying_again(
+    start_gemini: StartGemini, tmp_path: Path, s3: S3Server
+) -> None:
+    emu = await start_gemini(latency=FAST, image_bytes=20_000)
+    bucket = s3.bucket()
+    n = 2
+    m = manifest(tmp_path / "go.yaml", n, provider="gemini")
+    db = tmp_path / "b.db"
+    out = ("--out", f"s3://{bucket}/go")
+    tmp = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    async with s3_proxy(s3) as proxy:
+        proxy.down = True
+        env = gemini_env(emu, **{**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint}, TMPDIR=tmp)
+        failed = await batcher("run", str(m), "--db", str(db), *out, "-q", "--json", env=env, cwd=tmp_path)
+    assert failed.code == 1, failed.err
+    assert emu.stats.images_billed == n and s3.keys(bucket) == {}
+    assert all("kept on this machine" in r["last_error"] for r in rows(db)), rows(db)
+    env = gemini_env(emu, **s3.env(), TMPDIR=tmp)
+    retried = await batcher("retry", "go", "--only", "download", "--db", str(db), env=env, cwd=tmp_path)
+    assert retried.code == 0, retried.err
+    done = await batcher("run", str(m), "--db", str(db), *out, "-q", "--json", env=env, cwd=tmp_path)
+    assert done.code == 0, (done.err[-1500:], [(r["status"], r["last_error"]) for r in rows(db)])
+    head = json.loads(done.out)
+    assert head["succeeded"] == n and head["billed_calls"] == n, head
+    assert emu.stats.images_billed == n  # stored from what was paid for, never generated again
+    assert sorted(s3.keys(bucket)) == sorted(f"go/{i}.png" for i in range(n))
+    for r in rows(db):
+        data = s3.get(bucket, r["output_path"].split(f"s3://{bucket}/", 1)[1])
+        assert (sha(data), len(data)) == (r["sha256"], r["bytes"])
+    assert not list((tmp_path / "tmp").rglob("*.img"))  # the kept copies are gone once stored
