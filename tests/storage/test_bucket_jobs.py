@@ -1,5 +1,5 @@
 """Jobs around a bucket, over the real CLI: a chain whose parent is read from the bucket, the cache serving
-another job by a server-side copy, the HTML report made from the objects, `pull`, and an upload outage finished
+another job by a conditional copy, the HTML report made from the objects, `pull`, and an upload outage finished
 by `retry --only download` without paying again."""
 
 from __future__ import annotations
