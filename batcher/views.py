@@ -137,6 +137,9 @@ def retry_lines(outcome: RetryOutcome, *, dry_run: bool) -> None:
     if plan.left:
         lines.append("  left failed: " + ", ".join(f"{c} {n}" for c, n in sorted(plan.left.items()))
                      + " (choose them with --only)")  # fmt: skip
+    if plan.in_shards:
+        lines.append(f"  {plan.in_shards} lines wait in open Batch Mode shards: `batcher run MANIFEST` or `batcher "
+                     f"work {outcome.job}` collects them from the API, at no new charge")  # fmt: skip
     if dry_run:
         lines.append("dry run: nothing was changed")
     elif outcome.done:

@@ -16,12 +16,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 CLOSED = "127.0.0.1:9"  # nothing listens on the discard port: metadata probes fail at once, on loopback
 NO_METADATA = {"NO_GCE_CHECK": "True", "GCE_METADATA_HOST": CLOSED, "GCE_METADATA_IP": CLOSED,
@@ -171,3 +174,74 @@ def authenticated_s3() -> tuple[subprocess.Popen[bytes], str]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class S3Proxy:
+    """A reverse proxy in front of the S3 server that a test turns into a fault. Only uploads of images (a PUT of
+    a `.png` key: never the probe) are touched. While `down`, each is answered 503 SlowDown, as S3 does when it
+    sheds load; `fail_next` answers that many 503 and then lets them through. `before_put` runs as an upload
+    arrives, before it reaches the server; `after_put` once the server has stored it, before the reply goes back
+    (to kill the client in either window)."""
+
+    upstream: str
+    endpoint: str = ""
+    down: bool = False
+    fail_next: int = 0
+    lose_replies: int = 0
+    refused: int = 0
+    stored: list[str] = field(default_factory=list)  # the keys' paths each upload let through
+    before_put: Callable[[str], None] | None = None
+    after_put: Callable[[str], None] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        upload = request.method == "PUT" and request.path.endswith(".png")
+        if upload:
+            if self.before_put is not None:
+                self.before_put(request.path)
+            if self.down or self.fail_next > 0:
+                self.fail_next = max(0, self.fail_next - 1)
+                self.refused += 1
+                xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                return web.Response(status=503, text=xml, content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method,
+                self.upstream + request.rel_url.raw_path_qs,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            ) as r,  # fmt: skip
+        ):
+            data = await r.read()
+            kept = ("etag", "content-type", "last-modified", *(("content-length",) if request.method == "HEAD" else ()))
+            keep = {k: v for k, v in r.headers.items() if k.lower() in kept}  # a HEAD's size is its only answer
+        if upload and r.status == 200:
+            self.stored.append(request.path)
+            if self.after_put is not None:
+                self.after_put(request.path)
+            if self.lose_replies > 0:
+                self.lose_replies -= 1
+                self.refused += 1
+                return web.Response(status=503, text="<Error><Code>ServiceUnavailable</Code></Error>")
+        return web.Response(status=r.status, body=data, headers=keep)
+
+
+@asynccontextmanager
+async def s3_proxy(server: S3Server) -> AsyncIterator[S3Proxy]:
+    """An S3Proxy in front of `server` on a free loopback port, for the length of the block."""
+    proxy = S3Proxy(server.endpoint)
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    proxy.endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield proxy
+    finally:
+        await runner.cleanup()

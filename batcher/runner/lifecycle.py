@@ -272,6 +272,8 @@ class LifecyclePart(RemotePart):
         checks found it still running: time while no runner checked it never counts."""
         assert task.remote_task_id is not None
         billed_before = task.billed_at is not None  # a Success seen by an earlier run: its image may be in place
+        if billed_before and self.remote and await self._store_kept(task):
+            return  # the bucket refused it earlier and the API cannot serve it again: stored from this disk
         tracker = self._first_poll(task.model)
         polls = fetch_failures = 0
         submitted_at = task.submitted_at or self._now()
@@ -387,7 +389,7 @@ class LifecyclePart(RemotePart):
                 self.progress.failed += 1
                 return True
             if isinstance(sink, MemorySink):  # a bucket: one conditional create
-                await self._store_remote(task, sink, info, result.call)
+                await self._store_remote(task, sink, info, result.call, only_copy=image.url is None)
                 return True
             assert target is not None
             final = with_real_extension(target, info)

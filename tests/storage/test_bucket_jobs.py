@@ -1,5 +1,5 @@
 """Jobs around a bucket, over the real CLI: a chain whose parent is read from the bucket, the cache serving
-another job by a server-side copy, the HTML report made from the objects, `pull`, and an upload outage finished
+another job by a conditional copy, the HTML report made from the objects, `pull`, and an upload outage finished
 by `retry --only download` without paying again."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
 from batcher.emulator import Latency
 from tests.acceptance.cli_kit import batcher, cli_env, manifest
-from tests.bucket_kit import S3Server, free_port
+from tests.bucket_kit import S3Server, s3_proxy
 from tests.conftest import StartEmulator
 from tests.storage.test_bucket_runs import report
 
@@ -100,45 +99,16 @@ async def test_the_html_report_and_pull_work_from_the_bucket(
     assert again.code == 0 and "0 copied, 3 already there" in again.err
 
 
-class FlakyS3:
-    """A reverse proxy in front of the S3 server that fails every image upload (503) while `down` is set."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream, self.down, self.refused = upstream, True, 0
-        self.port = free_port()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if self.down and request.method == "PUT" and request.path.endswith(".png"):
-            self.refused += 1
-            return web.Response(status=503, text="<Error><Code>ServiceUnavailable</Code></Error>")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=body
-            ) as r,  # fmt: skip
-        ):
-            data = await r.read()
-            keep = {k: v for k, v in r.headers.items() if k.lower() in ("etag", "content-type", "last-modified")}
-            return web.Response(status=r.status, body=data, headers=keep)
-
-
 async def test_an_upload_outage_leaves_tasks_paid_not_saved_and_retry_finishes_them_unpaid(
     tmp_path: Path, start_emu: StartEmulator, s3: S3Server
 ) -> None:
     emu = await start_emu(latency=FAST)
     bucket = s3.bucket()
-    proxy = FlakyS3(s3.endpoint)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", proxy.port).start()
-    try:
+    async with s3_proxy(s3) as proxy:
+        proxy.down = True
         db = tmp_path / "b.db"
         m = manifest(tmp_path / "out.yaml", 3)
-        flaky = cli_env(emu, **{**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
+        flaky = cli_env(emu, **{**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint})
         done = await batcher("run", str(m), "--db", str(db), "--out", f"s3://{bucket}/o", "-q", "--json",
                              env=flaky, cwd=tmp_path)  # fmt: skip
         assert done.code == 1, done.err
@@ -146,8 +116,6 @@ async def test_an_upload_outage_leaves_tasks_paid_not_saved_and_retry_finishes_t
         assert (head["failed"], head["billed_calls"], head["paid_unusable"]) == (3, 3, 3)
         assert proxy.refused >= 3 * 2  # each upload was tried again before the task was given up
         assert s3.keys(bucket) == {}
-    finally:
-        await runner.cleanup()
     env = cli_env(emu, **s3.env())
     retried = await batcher("retry", "out", "--only", "download", "--db", str(db), env=env, cwd=tmp_path)
     assert retried.code == 0, retried.err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from batcher.errors import OutputError
 from batcher.models import Failure
 from batcher.outputs import AtomicFile, target_path, with_real_extension
 from batcher.providers.base import AuthRejected, Gone, RateLimited
@@ -148,7 +149,13 @@ class CollectPart(ShardWork):
         sub, now = shard.sub, self._now()
         if line.kind is LineKind.IMAGE and line.image is not None and line.image.data is not None:
             if self.remote:  # a bucket job: stored by conditional create, never on this disk
-                if await bucket_line(self.store, sub, task, line.image.data, self.output_root, now):
+                try:
+                    stored = await bucket_line(self.store, sub, task, line.image.data, self.output_root, now)
+                except OutputError as e:  # the shard stays open: its results file is deleted only once settled
+                    raise OutputError(f"{e.message}; the paid lines of shard {sub.display_name} stay at the API "
+                                      "until they are stored: run again to store them, at no new "
+                                      "charge") from None  # fmt: skip
+                if stored:
                     self.progress.succeeded += 1
                     self.progress.lines_done += 1
                     self.progress.spent_micros += sub.price_each
