@@ -62,8 +62,9 @@ class CollectPart(ShardWork):
             return
         # lines the API counts as succeeded that no file holds were billed: paid, result lost, never resent
         # unasked. A file read now names every answered line, settled now or before; a file gone names none,
-        # so the lines settled by an earlier collection (a restart) are taken off the API's count instead.
-        answered = read.answered if not read.gone else sub.requests - len(shard.tasks)
+        # so the lines an earlier collection (a restart) settled with a response are taken off the API's count
+        # instead (not those that answered an error: the API does not count them as succeeded)
+        answered = read.answered if not read.gone else await self.store.shard_lines_answered(sub)
         lost = min(len(shard.tasks), max(0, info.stats.succeeded - answered))
         now = self._now()
         if read.gone:

@@ -1,0 +1,53 @@
+"""Attacks on Batch Mode's money truth over the real CLI: sequences of kills, cancels, lost files and late
+replies around a shard's life that the other batch tests do not play. Each holds the ledger against the
+emulator's own billing, per key: what the API billed for a key is what the ledger bills for it, or the
+difference is one the summary flags."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tests.acceptance.cli_kit import finish, start
+from tests.acceptance.test_batch_money_truth import HOURS_49, images_are_the_apis, money_is_the_apis, run
+from tests.acceptance.test_gemini_batch import QUICK, batch_manifest, cli, pngs
+from tests.acceptance.test_gemini_online import gemini_env, rows
+from tests.acceptance.test_money_truth import until
+from tests.conftest import StartGemini
+
+
+async def test_a_kill_mid_file_after_failed_lines_then_the_file_expires_counts_the_rest_paid_result_lost(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """A shard's results file is read in part (its failed lines, then an image) when the worker is killed; the
+    file is gone (48 hours) before the next run. The lines read before the kill include failed ones the API
+    does not count as succeeded: the billed lines left are paid, result lost, never sent again unflagged."""
+    n = 5
+    # seed 88 draws the first shard's lines failed, failed, image, image, image (the file's order)
+    emu = await start_gemini(batch_latency=QUICK, batch_line_fail_rate=0.4, image_bytes=3_000_000, seed=88)
+    m = batch_manifest(tmp_path / "midfile.yaml", n)
+    db = tmp_path / "b.db"
+    out = tmp_path / "out" / "midfile"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batches_created >= 1, "the shard to be created")
+    emu.configure(batch_line_fail_rate=0.0)  # the failed lines' later shard succeeds
+    first = next(iter(emu.state.batches.values()))
+    assert [line.fate for line in first.lines] == ["failed", "failed", "image", "image", "image"]
+    await until(lambda: pngs(out) >= 1 or proc.returncode is not None, "the first image to be written")
+    proc.send_signal(signal.SIGKILL)
+    await finish(proc)
+    assert 1 <= pngs(out) < 3, f"{pngs(out)} images were written before the kill"
+    emu.advance(HOURS_49)  # the results file has expired before the next run collects the rest
+    done = await run(m, db, emu, tmp_path, timeout=60.0)
+    assert done.out, done.err
+    head = json.loads(done.out)
+    images = {line.key for line in first.lines if line.fate == "image"}
+    by_key = {r["key"]: r for r in rows(db)}
+    lost = {k for k in images if by_key[k]["status"] != "succeeded"}
+    assert lost and {by_key[k]["failure"] for k in lost} == {"result_lost"}, (by_key, done.err)
+    assert head["paid_result_lost"] == len(lost), (head, done.err)
+    assert emu.stats.batches_created == 2, emu.stats.batch_lines_by_key  # no billed line sent again
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n - len(lost)
+    assert done.code == 1, done.err
