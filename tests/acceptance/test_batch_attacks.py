@@ -9,8 +9,17 @@ import json
 import signal
 from pathlib import Path
 
+import aiohttp
+
+from batcher.emulator import Latency
 from tests.acceptance.cli_kit import finish, start
-from tests.acceptance.test_batch_money_truth import HOURS_49, images_are_the_apis, money_is_the_apis, run
+from tests.acceptance.test_batch_money_truth import (
+    HOURS_49,
+    images_are_the_apis,
+    ledger_by_key,
+    money_is_the_apis,
+    run,
+)
 from tests.acceptance.test_gemini_batch import QUICK, batch_manifest, cli, pngs
 from tests.acceptance.test_gemini_online import gemini_env, rows
 from tests.acceptance.test_money_truth import until
@@ -51,3 +60,35 @@ async def test_a_kill_mid_file_after_failed_lines_then_the_file_expires_counts_t
     money_is_the_apis(head, emu, db)
     assert images_are_the_apis(db, emu) == n - len(lost)
     assert done.code == 1, done.err
+
+
+async def test_a_batch_deleted_at_the_api_while_it_runs_sends_its_tasks_again_counted_as_unknown(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """Someone deletes a running batch (batches.delete: it hides the batch, it does not cancel it): it goes on
+    and bills, but the API no longer answers for it. Its tasks go again, each counted as an unknown submission
+    (a possible double charge), never silently."""
+    n = 5
+    emu = await start_gemini(batch_latency=Latency("fixed", 30.0), seed=1)
+    m = batch_manifest(tmp_path / "deleted.yaml", n)
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batches_created >= 1, "the shard to be created")
+    first = next(iter(emu.state.batches))
+    async with aiohttp.ClientSession() as http:
+        gone = await http.delete(f"{emu.origin}/v1beta/{first}", headers={"x-goog-api-key": emu.api_key})
+        assert gone.status == 200, await gone.text()
+    emu.configure(batch_latency=QUICK)  # the tasks sent again are done at once
+    emu.advance(30.0)  # the deleted batch ends and bills all the same
+    done = await finish(proc, 90.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    stats = emu.stats
+    assert stats.batch_lines_by_batch[first] == n and stats.batch_lines_billed == 2 * n, stats.batch_lines_by_batch
+    assert head["succeeded"] == n and images_are_the_apis(db, emu) == n
+    # what the ledger lacks of the API's billing is flagged, key by key
+    flagged = {r["key"]: r["unknown_count"] for r in rows(db)}
+    ledger = ledger_by_key(db)
+    for key, billed in stats.batch_lines_by_key.items():
+        assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged)
+    assert head["unknown_submissions"] >= n, head

@@ -197,10 +197,11 @@ class CollectPart(ShardWork):
             return
         await self.store.shard_line_back_to_pending(sub, task, line.reason, generation_failed=True, now=now)
 
-    async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
-        """The shard ends with no batch to collect (never created, or refused): its unfinished tasks go back to
-        pending; its uploaded requests file, if any, is deleted."""
-        back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason)
+    async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
+        """The shard ends with no batch to collect (never created, refused, or one the API no longer answers
+        for): its unfinished tasks go back to pending (`maybe_billed`: each counted as an unknown submission);
+        its uploaded requests file, if any, is deleted."""
+        back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason, maybe_billed=maybe_billed)
         log.warning("shard %s ended %s (%s): %d tasks go to a later shard", shard.sub.display_name, state,
                     reason, len(back))  # fmt: skip
         if shard.sub.input_file:

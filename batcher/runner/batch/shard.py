@@ -129,7 +129,7 @@ class ShardWork:
     async def _collect(self, shard: Shard) -> None:
         raise NotImplementedError
 
-    async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
+    async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
         raise NotImplementedError
 
     async def _ended(self, shard: Shard, info: BatchInfo) -> None:

@@ -209,5 +209,7 @@ class StepsPart(ShardWork):
             self._later(shard, got.wait_s or 10.0)
         elif isinstance(got, Transient):
             self._fault(shard, f"batches.get answered {got.message}")
-        else:  # Gone or Refused: the API no longer knows the batch; only the missing lines go again
-            await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {got.message}")
+        else:  # Gone or Refused: the API no longer answers for the batch (deleted, which does not cancel it):
+            # it may run on and bill, so its lines go again each counted as a possible double charge
+            await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {got.message}",
+                                maybe_billed=True)  # fmt: skip
