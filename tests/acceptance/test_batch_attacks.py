@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from batcher.emulator import Latency
-from tests.acceptance.cli_kit import finish, start
+from tests.acceptance.cli_kit import batcher, finish, start
 from tests.acceptance.test_batch_money_truth import (
     HOURS_49,
     images_are_the_apis,
@@ -92,3 +92,35 @@ async def test_a_batch_deleted_at_the_api_while_it_runs_sends_its_tasks_again_co
     for key, billed in stats.batch_lines_by_key.items():
         assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged)
     assert head["unknown_submissions"] >= n, head
+
+
+async def test_cancel_while_a_create_is_in_doubt_past_the_grace_period_leaves_no_batch_unflagged(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """A create made its batch but a gateway answered 502/504, and the listing lags past the grace period;
+    `batcher cancel` finds no batch of the shard and marks it; the worker, absent on every listing, closes the
+    shard as never created and sends its tasks again. The first batch shows up late and bills: its lines are
+    collected as known duplicates or flagged, never paid twice silently."""
+    n = 5
+    emu = await start_gemini(batch_latency=Latency("fixed", 5.0), batch_create_gateway_rate=1.0,
+                             batch_list_lag_s=30.0, seed=4)  # fmt: skip
+    m = batch_manifest(tmp_path / "doubt.yaml", n, batch={"max_requests": 5, "create_grace_s": 1})
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batch_create_gateway_errors >= 1, "the first create to be answered by a gateway")
+    emu.configure(batch_create_gateway_rate=0.0)
+    cancelled = await batcher("cancel", "doubt", "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    done = await finish(proc, 90.0)
+    assert "Traceback" not in done.err + cancelled.err, done.err
+    assert "may be on its way" in cancelled.err and "no batch of it on the listing" in done.err, done.err
+    emu.advance(3600.0)  # the first batch has ended, billed, and shows on the listing
+    again = await run(m, db, emu, tmp_path, timeout=60.0)  # a later run finds and collects whatever is left
+    assert again.code == 0, again.err
+    head = json.loads(again.out)
+    stats = emu.stats
+    assert head["succeeded"] == n and images_are_the_apis(db, emu) == n
+    flagged = {r["key"]: r["unknown_count"] for r in rows(db)}
+    ledger = ledger_by_key(db)
+    for key, billed in stats.batch_lines_by_key.items():  # what the ledger lacks of the API's bill is flagged
+        assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged, stats.state_by_batch)
