@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +25,13 @@ from tests.acceptance.test_gemini_batch import QUICK, batch_manifest, cli, pngs
 from tests.acceptance.test_gemini_online import gemini_env, rows
 from tests.acceptance.test_money_truth import until
 from tests.conftest import StartGemini
+
+
+def shard_batch(db: Path) -> str | None:
+    """The batch the job's one shard records as its own."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT remote_name FROM submissions").fetchone()
+    return None if row is None else row[0]
 
 
 async def test_a_kill_mid_file_after_failed_lines_then_the_file_expires_counts_the_rest_paid_result_lost(
@@ -124,3 +132,32 @@ async def test_cancel_while_a_create_is_in_doubt_past_the_grace_period_leaves_no
     ledger = ledger_by_key(db)
     for key, billed in stats.batch_lines_by_key.items():  # what the ledger lacks of the API's bill is flagged
         assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged, stats.state_by_batch)
+
+
+async def test_a_kill_after_a_shard_was_created_again_still_finds_its_late_first_batch(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """A create answered by a gateway, a listing lagging past the grace period: the shard is created again.
+    The worker is killed before it collects; a later run collects the shard. The first batch, billed, shows on
+    the listing by then: its lines are known duplicates in the ledger, never unflagged."""
+    n = 5
+    emu = await start_gemini(batch_latency=Latency("fixed", 5.0), batch_create_gateway_rate=1.0,
+                             batch_list_lag_s=30.0, seed=4)  # fmt: skip
+    m = batch_manifest(tmp_path / "again.yaml", n, batch={"max_requests": 5, "create_grace_s": 1})
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batch_create_gateway_errors >= 1, "the first create to be answered by a gateway")
+    emu.configure(batch_create_gateway_rate=0.0)
+    await until(lambda: emu.stats.batches_created >= 2, "the shard to be created again past the grace period")
+    second = list(emu.state.batches)[1]
+    await until(lambda: shard_batch(db) == second, "the second batch's name to be recorded")
+    proc.send_signal(signal.SIGKILL)
+    await finish(proc)
+    emu.advance(3600.0)  # both batches have ended and billed; the listing shows both
+    done = await run(m, db, emu, tmp_path, timeout=60.0)
+    assert done.code == 0, done.err
+    head = json.loads(done.out)
+    assert emu.stats.batches_created == 2 and emu.stats.batch_lines_billed == 2 * n
+    assert head["succeeded"] == n and head["known_duplicates"] == n, (head, done.err)
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n
