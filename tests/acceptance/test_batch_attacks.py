@@ -161,3 +161,36 @@ async def test_a_kill_after_a_shard_was_created_again_still_finds_its_late_first
     assert head["succeeded"] == n and head["known_duplicates"] == n, (head, done.err)
     money_is_the_apis(head, emu, db)
     assert images_are_the_apis(db, emu) == n
+
+
+async def test_a_worker_frozen_mid_file_past_its_lease_then_woken_writes_nothing_twice(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """Two `work` processes; the one collecting a shard is frozen (SIGSTOP) mid-file past its 2 s lease; the
+    other takes the shard over and collects it; the first is woken (SIGCONT) and goes on reading. Each line is
+    settled once: ledger == billed, key by key, every image byte-exact, nothing created again."""
+    n = 5
+    emu = await start_gemini(batch_latency=QUICK, image_bytes=3_000_000)
+    db = tmp_path / "b.db"
+    env = gemini_env(emu, BATCHER_LEASE_S="2")
+    m = batch_manifest(tmp_path / "midlease.yaml", n, provider="gemini", route="batch")
+    assert (await batcher("import", str(m), "--db", str(db), env=env, cwd=tmp_path)).code == 0
+    out = tmp_path / "out" / "midlease"
+    first = await start("work", "--db", str(db), "-q", env=env, cwd=tmp_path)
+    await until(lambda: pngs(out) >= 1 or first.returncode is not None, "the first image to be written")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert pngs(out) < n, "the whole file was read before the freeze"
+        second = await start("work", "--db", str(db), "-q", env=env, cwd=tmp_path)
+        other = await finish(second, 90.0)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    woken = await finish(first, 90.0)
+    for done in (woken, other):
+        assert done.code == 0 and "Traceback" not in done.err, done.err
+    report = await batcher("report", "midlease", "--db", str(db), "--format", "json", env=env, cwd=tmp_path)
+    doc = json.loads(report.out)
+    head = doc.get("summary", doc)
+    assert emu.stats.batches_created == 1 and head["succeeded"] == n, head
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n
