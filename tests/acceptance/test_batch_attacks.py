@@ -194,3 +194,35 @@ async def test_a_worker_frozen_mid_file_past_its_lease_then_woken_writes_nothing
     assert emu.stats.batches_created == 1 and head["succeeded"] == n, head
     money_is_the_apis(head, emu, db)
     assert images_are_the_apis(db, emu) == n
+
+
+async def test_a_batch_deleted_after_it_ended_and_a_kill_mid_file_counts_the_rest_paid_result_lost(
+    start_gemini: StartGemini, tmp_path: Path
+) -> None:
+    """The worker is killed while it reads a succeeded batch's results; the batch is then deleted at the API
+    (its results with it). The next run cannot look the batch up again: the lines it had not settled were billed
+    (the batch's counts, as recorded), so they are paid, result lost; the run ends, it does not retry forever."""
+    n = 5
+    emu = await start_gemini(batch_latency=QUICK, image_bytes=3_000_000)
+    m = batch_manifest(tmp_path / "deletedafter.yaml", n)
+    db = tmp_path / "b.db"
+    out = tmp_path / "out" / "deletedafter"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: pngs(out) >= 1 or proc.returncode is not None, "the first image to be written")
+    proc.send_signal(signal.SIGKILL)
+    await finish(proc)
+    assert pngs(out) < n, "the whole file was read before the kill"
+    batch = next(iter(emu.state.batches))
+    async with aiohttp.ClientSession() as http:
+        gone = await http.delete(f"{emu.origin}/v1beta/{batch}", headers={"x-goog-api-key": emu.api_key})
+        assert gone.status == 200, await gone.text()
+    emu.advance(HOURS_49)  # and its results file has expired
+    done = await run(m, db, emu, tmp_path, timeout=40.0)
+    assert done.out, done.err
+    head = json.loads(done.out)
+    lost = {r["key"] for r in rows(db) if r["status"] != "succeeded"}
+    assert lost and {r["failure"] for r in rows(db) if r["key"] in lost} == {"result_lost"}, done.err
+    assert head["paid_result_lost"] == len(lost) and emu.stats.batches_created == 1, head
+    money_is_the_apis(head, emu, db)
+    assert images_are_the_apis(db, emu) == n - len(lost)
+    assert done.code == 1, done.err

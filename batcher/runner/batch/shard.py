@@ -134,7 +134,7 @@ class ShardWork:
     async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
         raise NotImplementedError
 
-    async def _ended(self, shard: Shard, info: BatchInfo) -> None:
+    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False) -> None:
         raise NotImplementedError
 
     async def _take_duplicates(self) -> None:
