@@ -5,6 +5,7 @@ difference is one the summary flags."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from batcher.emulator import Latency
+from batcher.emulator.gemini.server import GeminiEmulator
 from tests.acceptance.cli_kit import batcher, finish, start
 from tests.acceptance.test_batch_money_truth import (
     HOURS_49,
@@ -34,6 +36,44 @@ def shard_batch(db: Path) -> str | None:
     return None if row is None else row[0]
 
 
+async def killed_at_the_first_image(proc: asyncio.subprocess.Process, out: Path, n: int) -> None:
+    """SIGKILL the run once it has written its first image of the results file, before the last."""
+    await until(lambda: pngs(out) >= 1 or proc.returncode is not None, "the first image to be written")
+    proc.send_signal(signal.SIGKILL)
+    await finish(proc)
+    assert 1 <= pngs(out) < n, f"{pngs(out)} images were written before the kill"
+
+
+async def delete_batch(emu: GeminiEmulator, name: str) -> None:
+    """batches.delete over HTTP, as a user of the account would: it hides the batch, it does not cancel it."""
+    async with aiohttp.ClientSession() as http:
+        gone = await http.delete(f"{emu.origin}/v1beta/{name}", headers={"x-goog-api-key": emu.api_key})
+        assert gone.status == 200, await gone.text()
+
+
+def nothing_unflagged(emu: GeminiEmulator, db: Path) -> None:
+    """What the ledger lacks of the API's billing, key by key, is counted as unknown submissions of that key."""
+    flagged = {r["key"]: r["unknown_count"] for r in rows(db)}
+    ledger = ledger_by_key(db)
+    for key, billed in emu.stats.batch_lines_by_key.items():
+        assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged, emu.stats.state_by_batch)
+
+
+async def a_create_in_doubt(
+    start_gemini: StartGemini, tmp_path: Path, job: str
+) -> tuple[GeminiEmulator, Path, Path, asyncio.subprocess.Process]:
+    """A run of one shard whose create made its batch but was answered by a gateway's 502/504, with a listing
+    that lags 30 s behind a create, far past the shard's 1 s grace period. Returns once the gateway answered."""
+    emu = await start_gemini(batch_latency=Latency("fixed", 5.0), batch_create_gateway_rate=1.0,
+                             batch_list_lag_s=30.0, seed=4)  # fmt: skip
+    m = batch_manifest(tmp_path / f"{job}.yaml", 5, batch={"max_requests": 5, "create_grace_s": 1})
+    db = tmp_path / "b.db"
+    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
+    await until(lambda: emu.stats.batch_create_gateway_errors >= 1, "the first create to be answered by a gateway")
+    emu.configure(batch_create_gateway_rate=0.0)
+    return emu, m, db, proc
+
+
 async def test_a_kill_mid_file_after_failed_lines_then_the_file_expires_counts_the_rest_paid_result_lost(
     start_gemini: StartGemini, tmp_path: Path
 ) -> None:
@@ -51,10 +91,7 @@ async def test_a_kill_mid_file_after_failed_lines_then_the_file_expires_counts_t
     emu.configure(batch_line_fail_rate=0.0)  # the failed lines' later shard succeeds
     first = next(iter(emu.state.batches.values()))
     assert [line.fate for line in first.lines] == ["failed", "failed", "image", "image", "image"]
-    await until(lambda: pngs(out) >= 1 or proc.returncode is not None, "the first image to be written")
-    proc.send_signal(signal.SIGKILL)
-    await finish(proc)
-    assert 1 <= pngs(out) < 3, f"{pngs(out)} images were written before the kill"
+    await killed_at_the_first_image(proc, out, 3)
     emu.advance(HOURS_49)  # the results file has expired before the next run collects the rest
     done = await run(m, db, emu, tmp_path, timeout=60.0)
     assert done.out, done.err
@@ -83,9 +120,7 @@ async def test_a_batch_deleted_at_the_api_while_it_runs_sends_its_tasks_again_co
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
     await until(lambda: emu.stats.batches_created >= 1, "the shard to be created")
     first = next(iter(emu.state.batches))
-    async with aiohttp.ClientSession() as http:
-        gone = await http.delete(f"{emu.origin}/v1beta/{first}", headers={"x-goog-api-key": emu.api_key})
-        assert gone.status == 200, await gone.text()
+    await delete_batch(emu, first)
     emu.configure(batch_latency=QUICK)  # the tasks sent again are done at once
     emu.advance(30.0)  # the deleted batch ends and bills all the same
     done = await finish(proc, 90.0)
@@ -94,11 +129,7 @@ async def test_a_batch_deleted_at_the_api_while_it_runs_sends_its_tasks_again_co
     stats = emu.stats
     assert stats.batch_lines_by_batch[first] == n and stats.batch_lines_billed == 2 * n, stats.batch_lines_by_batch
     assert head["succeeded"] == n and images_are_the_apis(db, emu) == n
-    # what the ledger lacks of the API's billing is flagged, key by key
-    flagged = {r["key"]: r["unknown_count"] for r in rows(db)}
-    ledger = ledger_by_key(db)
-    for key, billed in stats.batch_lines_by_key.items():
-        assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged)
+    nothing_unflagged(emu, db)
     assert head["unknown_submissions"] >= n, head
 
 
@@ -110,13 +141,7 @@ async def test_cancel_while_a_create_is_in_doubt_past_the_grace_period_leaves_no
     shard as never created and sends its tasks again. The first batch shows up late and bills: its lines are
     collected as known duplicates or flagged, never paid twice silently."""
     n = 5
-    emu = await start_gemini(batch_latency=Latency("fixed", 5.0), batch_create_gateway_rate=1.0,
-                             batch_list_lag_s=30.0, seed=4)  # fmt: skip
-    m = batch_manifest(tmp_path / "doubt.yaml", n, batch={"max_requests": 5, "create_grace_s": 1})
-    db = tmp_path / "b.db"
-    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
-    await until(lambda: emu.stats.batch_create_gateway_errors >= 1, "the first create to be answered by a gateway")
-    emu.configure(batch_create_gateway_rate=0.0)
+    emu, m, db, proc = await a_create_in_doubt(start_gemini, tmp_path, "doubt")
     cancelled = await batcher("cancel", "doubt", "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
     assert cancelled.code == 0, cancelled.err
     done = await finish(proc, 90.0)
@@ -126,12 +151,8 @@ async def test_cancel_while_a_create_is_in_doubt_past_the_grace_period_leaves_no
     again = await run(m, db, emu, tmp_path, timeout=60.0)  # a later run finds and collects whatever is left
     assert again.code == 0, again.err
     head = json.loads(again.out)
-    stats = emu.stats
     assert head["succeeded"] == n and images_are_the_apis(db, emu) == n
-    flagged = {r["key"]: r["unknown_count"] for r in rows(db)}
-    ledger = ledger_by_key(db)
-    for key, billed in stats.batch_lines_by_key.items():  # what the ledger lacks of the API's bill is flagged
-        assert billed - ledger.get(key, 0) <= flagged[key], (key, billed, ledger, flagged, stats.state_by_batch)
+    nothing_unflagged(emu, db)
 
 
 async def test_a_kill_after_a_shard_was_created_again_still_finds_its_late_first_batch(
@@ -141,13 +162,7 @@ async def test_a_kill_after_a_shard_was_created_again_still_finds_its_late_first
     The worker is killed before it collects; a later run collects the shard. The first batch, billed, shows on
     the listing by then: its lines are known duplicates in the ledger, never unflagged."""
     n = 5
-    emu = await start_gemini(batch_latency=Latency("fixed", 5.0), batch_create_gateway_rate=1.0,
-                             batch_list_lag_s=30.0, seed=4)  # fmt: skip
-    m = batch_manifest(tmp_path / "again.yaml", n, batch={"max_requests": 5, "create_grace_s": 1})
-    db = tmp_path / "b.db"
-    proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
-    await until(lambda: emu.stats.batch_create_gateway_errors >= 1, "the first create to be answered by a gateway")
-    emu.configure(batch_create_gateway_rate=0.0)
+    emu, m, db, proc = await a_create_in_doubt(start_gemini, tmp_path, "again")
     await until(lambda: emu.stats.batches_created >= 2, "the shard to be created again past the grace period")
     second = list(emu.state.batches)[1]
     await until(lambda: shard_batch(db) == second, "the second batch's name to be recorded")
@@ -208,14 +223,8 @@ async def test_a_batch_deleted_after_it_ended_and_a_kill_mid_file_counts_the_res
     db = tmp_path / "b.db"
     out = tmp_path / "out" / "deletedafter"
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
-    await until(lambda: pngs(out) >= 1 or proc.returncode is not None, "the first image to be written")
-    proc.send_signal(signal.SIGKILL)
-    await finish(proc)
-    assert pngs(out) < n, "the whole file was read before the kill"
-    batch = next(iter(emu.state.batches))
-    async with aiohttp.ClientSession() as http:
-        gone = await http.delete(f"{emu.origin}/v1beta/{batch}", headers={"x-goog-api-key": emu.api_key})
-        assert gone.status == 200, await gone.text()
+    await killed_at_the_first_image(proc, out, n)
+    await delete_batch(emu, next(iter(emu.state.batches)))
     emu.advance(HOURS_49)  # and its results file has expired
     done = await run(m, db, emu, tmp_path, timeout=40.0)
     assert done.out, done.err
