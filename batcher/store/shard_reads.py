@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
-from batcher.store.base import _TASK_COLUMNS, Job, StoreBase, Task, _task
+from batcher.models import Failure
+from batcher.store.base import _TASK_COLUMNS, Job, S, StoreBase, Task, _task
 from batcher.store.changes import WriteConnection
 from batcher.store.submissions import CLOSED, OPEN_TASK, Submission, _submission
 from batcher.store.tables import jobs, submissions, tasks
@@ -16,6 +17,15 @@ class ShardReadsPart(StoreBase):
     async def shard_by_display_name(self, name: str) -> Submission | None:
         rows = await self._read(select(submissions).where(submissions.c.display_name == name))
         return _submission(rows[0]) if rows else None
+
+    async def shard_lines_answered(self, sub: Submission) -> int:
+        """Lines of the shard settled from its results file with a response (an image, a refusal, a line not
+        usable): what `successfulRequestCount` counts of them. Lines that answered an error went back to pending
+        (out of the shard) or failed as generation failures: not counted."""
+        answered = or_(tasks.c.status == S.SUCCEEDED,
+                       (tasks.c.status == S.FAILED) & (tasks.c.failure != Failure.GENERATION))  # fmt: skip
+        rows = await self._read(select(func.count().label("n")).where(tasks.c.submission_id == sub.id, answered))
+        return int(rows[0]["n"])
 
     async def shards_open(self, job: Job) -> list[Submission]:
         """The job's shards not collected nor closed, oldest first: what a restart reconciles and polls."""

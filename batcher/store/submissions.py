@@ -273,19 +273,32 @@ class SubmissionsPart(TransitionsPart):
             raise ShardMoved(f"shard {sub.display_name} is closed already")
         sub.state, sub.updated_at = COLLECTED, now
 
-    async def shard_abandoned(self, sub: Submission, state: str, now: float, reason: str | None = None) -> list[int]:
+    async def shard_abandoned(
+        self, sub: Submission, state: str, now: float, reason: str | None = None, *, maybe_billed: bool = False
+    ) -> list[int]:
         """The batch ended without results for its unfinished lines (FAILED, CANCELLED, EXPIRED), or was never
         made: every one of its tasks not final goes back to pending, unbilled, its reservation let go and its
-        claim released. Returns those tasks' ids; lines already settled keep what they have."""
+        claim released. Returns those tasks' ids; lines already settled keep what they have. `maybe_billed`:
+        the batch may have billed them (the API no longer answers for it): each is counted as an unknown
+        submission, a possible double charge once sent again."""
         if state not in ABANDONED:
             raise ValueError(f"a shard is abandoned as one of {sorted(ABANDONED)}, not {state!r}")
         back: list[int] = []
-        if not await self._abandon(sub, state, now, reason or f"its batch ended {state}", None, back):
+        error = reason or f"its batch ended {state}"
+        if not await self._abandon(sub, state, now, error, None, back, maybe_billed=maybe_billed):
             raise ShardMoved(f"shard {sub.display_name} is closed already")
         return back
 
     async def _abandon(
-        self, sub: Submission, state: str, now: float, error: str, frm: Any, back: list[int] | None = None
+        self,
+        sub: Submission,
+        state: str,
+        now: float,
+        error: str,
+        frm: Any,
+        back: list[int] | None = None,
+        *,
+        maybe_billed: bool = False,
     ) -> bool:
         """Close the shard as `state` if it is open (and `frm` holds), its open tasks pending again."""
         shard = (
@@ -296,12 +309,13 @@ class SubmissionsPart(TransitionsPart):
         if frm is not None:
             shard = shard.where(frm)
         mine = and_(tasks.c.submission_id == sub.id, tasks.c.status.in_(OPEN_TASK))
+        unknown = tasks.c.unknown_count + (1 if maybe_billed else 0)
         pending = (
             update(tasks)
             .where(mine)
             .values(status=S.PENDING, submission_id=None, remote_task_id=None, next_attempt_at=now, last_error=error,
                     reserved_micros=_freed(sub.price_each), claim_token=None, claimed_by=None, lease_until=None,
-                    updated_at=now)
+                    unknown_count=unknown, updated_at=now)
             .returning(tasks.c.id)
         )  # fmt: skip
 

@@ -10,13 +10,24 @@ its lines are paid, result lost, counted, and made again only by `batcher retry 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from batcher.errors import OutputError
 from batcher.models import Failure
 from batcher.outputs import AtomicFile, target_path, with_real_extension
 from batcher.providers.base import AuthRejected, Gone, RateLimited
-from batcher.providers.gemini_batch import BatchInfo, BatchState, Got, LineKind, ResultLine, ResultsCut, ResultStream
+from batcher.providers.gemini_batch import (
+    BatchInfo,
+    BatchState,
+    BatchStats,
+    Got,
+    LineKind,
+    Refused,
+    ResultLine,
+    ResultsCut,
+    ResultStream,
+)
 from batcher.runner.base import log
 from batcher.runner.batch.shard import Shard, ShardWork
 from batcher.runner.batch_bucket import bucket_line
@@ -43,28 +54,46 @@ class CollectPart(ShardWork):
             self._log_shard_call(shard, got.call)
             if isinstance(got, AuthRejected):
                 self._auth(got.message)
+            if isinstance(got, (Gone, Refused)):  # deleted after it ended: its results are gone with it
+                await self._ended_unknown(shard, got.message)
+                return
             if not isinstance(got, Got) or not got.batch.state.is_done:
                 self._fault(shard, "the ended batch could not be looked up")
                 return
             info = shard.info = got.batch
         await self._ended(shard, info)
 
-    async def _ended(self, shard: Shard, info: BatchInfo) -> None:
+    async def _ended_unknown(self, shard: Shard, why: str) -> None:
+        """The API no longer knows a batch whose ending the store recorded: the counts recorded with it say
+        what it billed, settled as a results file gone; without them, its lines go again, each counted as an
+        unknown submission."""
+        sub = shard.sub
+        log.error("shard %s: the API no longer knows its ended batch %s (%s)", sub.display_name, sub.remote_name, why)
+        if sub.detail is None or sub.remote_name is None:
+            await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {why}",
+                                maybe_billed=True)  # fmt: skip
+            return
+        counts = json.loads(sub.detail)
+        stats = BatchStats(counts["requests"], counts["succeeded"], counts["failed"], counts["pending"])
+        await self._ended(shard, BatchInfo(sub.remote_name, sub.display_name, BatchState(sub.state), stats), gone=True)
+
+    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False) -> None:
         sub = shard.sub
         shard.info = info
-        read = _Read()
-        if info.responses_file is not None:
+        read = _Read(gone=gone)  # gone: nothing of the batch is left to read at the API
+        if not gone and info.responses_file is not None:
             got = await self._read_results(shard, info.responses_file)
             if got is None:
                 return  # a transient fault: the download goes again later
             read = got
-        elif info.state is BatchState.SUCCEEDED:
+        elif not gone and info.state is BatchState.SUCCEEDED:
             self._fault(shard, "the succeeded batch names no results file yet")
             return
         # lines the API counts as succeeded that no file holds were billed: paid, result lost, never resent
         # unasked. A file read now names every answered line, settled now or before; a file gone names none,
-        # so the lines settled by an earlier collection (a restart) are taken off the API's count instead.
-        answered = read.answered if not read.gone else sub.requests - len(shard.tasks)
+        # so the lines an earlier collection (a restart) settled with a response are taken off the API's count
+        # instead (not those that answered an error: the API does not count them as succeeded)
+        answered = read.answered if not read.gone else await self.store.shard_lines_answered(sub)
         lost = min(len(shard.tasks), max(0, info.stats.succeeded - answered))
         now = self._now()
         if read.gone:
@@ -203,10 +232,11 @@ class CollectPart(ShardWork):
             return
         await self.store.shard_line_back_to_pending(sub, task, line.reason, generation_failed=True, now=now)
 
-    async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
-        """The shard ends with no batch to collect (never created, or refused): its unfinished tasks go back to
-        pending; its uploaded requests file, if any, is deleted."""
-        back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason)
+    async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
+        """The shard ends with no batch to collect (never created, refused, or one the API no longer answers
+        for): its unfinished tasks go back to pending (`maybe_billed`: each counted as an unknown submission);
+        its uploaded requests file, if any, is deleted."""
+        back = await self.store.shard_abandoned(shard.sub, state, self._now(), reason, maybe_billed=maybe_billed)
         log.warning("shard %s ended %s (%s): %d tasks go to a later shard", shard.sub.display_name, state,
                     reason, len(back))  # fmt: skip
         if shard.sub.input_file:

@@ -14,7 +14,7 @@ from batcher.runner.base import log
 from batcher.runner.batch.shard import GEMINI, Shard, ShardWork
 from batcher.shards import display_name, plan_shards
 from batcher.store import BudgetRefused, ClaimLost, Task
-from batcher.store.submissions import DuplicateShard
+from batcher.store.submissions import PLANNED, UPLOADED, DuplicateShard
 
 
 class PlanningPart(ShardWork):
@@ -26,7 +26,10 @@ class PlanningPart(ShardWork):
             held = await self.store.claim_shard(sub, self.worker_id, now, now + self.config.lease_s)
             if not held:
                 continue  # another live worker carries it on (its tasks' leases are its own)
-            self.shards[sub.id] = Shard(sub, {t.key: t for t in held})
+            # it may have been created again past the grace period before the restart (or the take-over):
+            # unknowable from here, so it looks for a late batch of its first create before it closes
+            sent = sub.state not in (PLANNED, UPLOADED)
+            self.shards[sub.id] = Shard(sub, {t.key: t for t in held}, recreated=sent)
             log.info("carrying on shard %s (%s, %d lines)", sub.display_name, sub.state, len(held))
 
     async def _plan_new_shards(self, now: float) -> None:

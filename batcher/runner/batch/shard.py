@@ -61,7 +61,9 @@ class Shard:
     anchor: Task | None = None  # the task its calls are logged under (the ledger's rows name a task)
     absent_listings: int = 0  # complete listings that did not show its batch, while in `creating`
     reuploads: int = 0  # times its requests file was uploaded again (the API had dropped it)
-    recreated: bool = False  # sent again after the grace period: a late batch of the first create may show up
+    # sent again after the grace period, or carried on from the store (where that cannot be known): a late
+    # batch of the first create may show up, looked for before the shard closes
+    recreated: bool = False
 
     def __post_init__(self) -> None:
         self.anchor = next(iter(self.tasks.values()), None)
@@ -129,10 +131,10 @@ class ShardWork:
     async def _collect(self, shard: Shard) -> None:
         raise NotImplementedError
 
-    async def _abandon(self, shard: Shard, state: str, reason: str) -> None:
+    async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
         raise NotImplementedError
 
-    async def _ended(self, shard: Shard, info: BatchInfo) -> None:
+    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False) -> None:
         raise NotImplementedError
 
     async def _take_duplicates(self) -> None:

@@ -137,7 +137,10 @@ class StepsPart(ShardWork):
             grace = self.batch.create_grace_s
             left = sub.updated_at + grace - self._now()  # updated when `creating` was committed
             if sub.state == CANCEL_CREATING and left <= 0 and shard.absent_listings >= GRACE_LISTINGS:
-                await self._abandon(shard, "cancelled", "cancelled while its create was on its way; never created")
+                # a listing may lag past the grace period: a batch of it that shows up late bills, and no later
+                # listing looks for it under this shard's name, so its tasks go again counted as unknown
+                await self._abandon(shard, "cancelled", "cancelled while its create was on its way; no batch of it "
+                                    "on the listing", maybe_billed=True)  # fmt: skip
                 return
             if left > 0 or shard.absent_listings < GRACE_LISTINGS:
                 log.info("shard %s: no batch of that name on the listing yet (%d of %d listings; %.0f s of the "
@@ -209,5 +212,7 @@ class StepsPart(ShardWork):
             self._later(shard, got.wait_s or 10.0)
         elif isinstance(got, Transient):
             self._fault(shard, f"batches.get answered {got.message}")
-        else:  # Gone or Refused: the API no longer knows the batch; only the missing lines go again
-            await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {got.message}")
+        else:  # Gone or Refused: the API no longer answers for the batch (deleted, which does not cancel it):
+            # it may run on and bill, so its lines go again each counted as a possible double charge
+            await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {got.message}",
+                                maybe_billed=True)  # fmt: skip
