@@ -165,8 +165,10 @@ def test_the_public_names_are_exported_typed_and_documented() -> None:
 
 RATE = {"requests_per_second": 20, "max_in_flight": 3}
 SCRIPT = f"""
+import signal
 import sys
 import batcher
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive Python has it (not inherited ignored)
 RATE = {RATE!r}
 tasks = [{{"prompt": f"a fox in the snow, number {{i}}", "name": f"fox-{{i}}"}} for i in range(12)]
 try:
