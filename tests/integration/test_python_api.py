@@ -164,6 +164,7 @@ def test_the_public_names_are_exported_typed_and_documented() -> None:
 
 
 RATE = {"requests_per_second": 20, "max_in_flight": 3}
+GENERATION_S = 100 * 3600.0  # the Ctrl-C test's generations: they end when the test advances the clock this far
 SCRIPT = f"""
 import signal
 import sys
@@ -183,8 +184,8 @@ async def test_ctrl_c_in_run_stops_as_the_cli_does_and_the_same_call_resumes(
     api_env: Path, start_emu: StartEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # every create is held on the emulator's clock (its intent committed, its reply not yet come) and every
-    # generation runs for an hour: three creates fill the three slots, and nothing moves until the test says so
-    emu = await start_emu(latency=Latency("fixed", 3600.0), slow_rate=1.0, slow_s=60.0,
+    # generation runs for a long day: three creates fill the three slots, and nothing moves until the test says
+    emu = await start_emu(latency=Latency("fixed", GENERATION_S), slow_rate=1.0, slow_s=60.0,
                           fault_kinds=frozenset({"create"}))  # fmt: skip
     point_at(monkeypatch, emu.base_url, emu.api_key)
     env = dict(os.environ)
@@ -198,6 +199,7 @@ async def test_ctrl_c_in_run_stops_as_the_cli_does_and_the_same_call_resumes(
     assert emu.clock.sleepers == 3 and emu.stats.creates_accepted == 0
     proc.send_signal(signal.SIGINT)
     for _ in range(600):  # the replies come whenever the stop waits for them: the clock moves until it exits
+        # (600 minutes at most: far less than a generation, which must still run when the stop comes)
         emu.advance(60.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 0.1)
@@ -212,7 +214,7 @@ async def test_ctrl_c_in_run_stops_as_the_cli_does_and_the_same_call_resumes(
     finally:
         await store.close()
     emu.configure(slow_rate=0.0, latency=Latency("fixed", 0.4))
-    emu.advance(3600.0)  # the three generations are done
+    emu.advance(GENERATION_S)  # the three generations are done
     tasks12 = [{"prompt": f"a fox in the snow, number {i}", "name": f"fox-{i}"} for i in range(12)]
     result = await batcher.arun(tasks12, job="ctrlc", db=db, output="out", rate_limit=RATE)
     assert result.succeeded == 12 and emu.stats.creates_accepted == 12  # nothing created twice
