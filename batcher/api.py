@@ -198,7 +198,7 @@ def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     thread, as in Jupyter, is left alone). Ctrl-C while it works cancels it, gracefully, then raises
     KeyboardInterrupt."""
     box: dict[str, Any] = {}
-    started = threading.Event()
+    started, ended = threading.Event(), threading.Event()
 
     def work() -> None:
         loop = asyncio.new_event_loop()
@@ -212,20 +212,25 @@ def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         finally:
             started.set()
             loop.close()
+            ended.set()
 
     thread = threading.Thread(target=work, name="batcher-run", daemon=True)
     thread.start()
+    # The end is awaited on an Event, not by Thread.join: on Python 3.11, a KeyboardInterrupt raised inside
+    # join() marks the thread as stopped while it still runs (bpo-45274's fix releases its lock), so the join
+    # after the cancel returned at once and the process left mid-stop, a create on the wire left `submitting`.
     try:
-        while thread.is_alive():
-            thread.join(0.2)  # short joins: a Ctrl-C reaches this thread at once
+        while not ended.wait(0.2):  # short waits: a Ctrl-C reaches this thread at once
+            pass
     except KeyboardInterrupt:
         started.wait()
         loop, task = box.get("loop"), box.get("task")
         if loop is not None and task is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile: it has ended
                 loop.call_soon_threadsafe(task.cancel)
-        thread.join()
+        ended.wait()  # the graceful stop: replies on the wire recorded (a second Ctrl-C leaves at once)
         raise
+    thread.join()
     if "error" in box:
         error: BaseException = box["error"]
         if isinstance(error, asyncio.CancelledError):

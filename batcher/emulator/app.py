@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -105,8 +104,8 @@ class EmulatorApp(AdminRoutes[EmulatorState]):
         config = state.config
         if kind not in config.fault_kinds:
             return None
-        if state.roll(config.slow_rate):
-            await asyncio.sleep(config.slow_s)
+        if state.roll(config.slow_rate):  # on the emulator's clock, as Gemini's: a test's advance ends it
+            await self.clock.sleep_until(self.clock.now() + config.slow_s)
         if state.roll(config.drop_rate):
             state.stats.dropped += 1
             return _close_connection(request)

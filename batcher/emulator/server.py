@@ -128,3 +128,7 @@ class BackgroundEmulator:
     def configure(self, **knobs: Any) -> EmulatorConfig:
         result: EmulatorConfig = self._call(self.emulator.configure, **knobs)
         return result
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock `seconds` forward (see `Emulator.advance`), on the emulator's loop."""
+        self._call(self.emulator.advance, seconds)

@@ -5,7 +5,6 @@ A batch is first looked at 10 s after it is created, so each test waits at least
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -200,7 +199,7 @@ async def test_a_kill_during_the_upload_then_resume_creates_each_shard_once(
     db = tmp_path / "b.db"
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
     await until(lambda: emu.stats.count("upload", 200) >= 1, "the first upload to start")
-    await asyncio.sleep(0.3)  # its bytes are sent; the finalize waits
+    await until(lambda: emu.clock.sleepers >= 1, "its bytes to be sent and the finalize to wait")
     proc.send_signal(signal.SIGKILL)
     await finish(proc)
     assert emu.stats.batches_created == 0

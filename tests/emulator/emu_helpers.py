@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from batcher.emulator import Emulator
+from batcher.emulator.clock import EmulatorClock
 
 LITE = "gemini-3.1-flash-lite-image"
 FLASH = "gemini-3.1-flash-image"
@@ -20,6 +22,16 @@ StartEmulator = Callable[..., Awaitable[Emulator]]  # the start_emulator fixture
 MakeApi = Callable[..., Awaitable["Api"]]  # the make_api fixture
 # Samples per pixel by colour type: greyscale, RGB, palette, grey+alpha, RGBA.
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+async def until_waiting(clock: EmulatorClock, count: int, bound_s: float = 30.0) -> None:
+    """Wait until `count` replies wait on the emulator's clock (an advance then ends them), however slow the
+    machine; bounded, so a request that never comes fails the test instead of hanging it."""
+    for _ in range(int(bound_s / 0.005)):
+        if clock.sleepers >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{clock.sleepers} replies wait on the emulator's clock, not {count}")
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -62,6 +64,8 @@ while True:
         raise RuntimeError(f"generation failed: {poll['msg']}")
 """
 POLL_S = 0.1  # the guide sleeps 3 s between polls
+GENERATION_S = 600.0  # the emulator's generation time: it passes only when the test advances the clock
+WAIT_S = 30.0  # a bound on waits for the guide's thread (never reached when the code is right), seconds
 
 
 def with_constants(api_key: str, base: str) -> str:
@@ -92,18 +96,43 @@ def background() -> Iterator[BackgroundEmulator]:
         yield emu
 
 
-def test_the_guides_quick_start_works_against_the_emulator(background: BackgroundEmulator) -> None:
-    namespace, printed = run_guide(background.api_key, background.base_url)
-    image_url = namespace["image_url"]
-    assert isinstance(image_url, str) and printed.strip() == image_url
-    download = requests.get(image_url, timeout=10)
+def test_the_guides_quick_start_works_against_the_emulator() -> None:
+    # the generation ends only when the test moves the emulator's clock: the guide's loop is seen polling a
+    # running task first, whatever the machine's speed
+    with BackgroundEmulator(latency=f"fixed:{GENERATION_S}") as emu:
+        found: dict[str, object] = {}
+
+        def follow_the_guide() -> None:
+            found["ns"], found["printed"] = run_guide(emu.api_key, emu.base_url)
+
+        guide = threading.Thread(target=follow_the_guide, daemon=True)
+        guide.start()
+        polls_while_running = wait_for_polls(emu, 2)
+        assert guide.is_alive()  # still polling: the task is running
+        emu.advance(GENERATION_S)
+        guide.join(WAIT_S)
+        assert not guide.is_alive()
+        stats = emu.stats()
+        namespace, printed = found["ns"], found["printed"]
+        assert isinstance(namespace, dict) and isinstance(printed, str)
+        image_url = namespace["image_url"]
+        assert isinstance(image_url, str) and printed.strip() == image_url
+        download = requests.get(image_url, timeout=10)
     assert download.status_code == 200
     assert download.headers["Content-Type"] == "image/png"
     png = read_png(download.content)
     assert (png.width, png.height) == (1376, 768)  # 16x9 at 1K on the 3.1 models
-    stats = background.stats()
     assert stats["creates_accepted"] == 1 and stats["successes"] == 1
-    assert stats["polls"] >= 2  # the 0.2 s latency outlasts the first 0.1 s poll
+    assert stats["polls"] > polls_while_running  # it polled again after the generation ended, and stopped
+
+
+def wait_for_polls(emu: BackgroundEmulator, count: int) -> int:
+    """Wait (bounded) until the emulator has answered `count` polls; returns how many it has."""
+    deadline = time.monotonic() + WAIT_S
+    while (polls := int(emu.stats()["polls"])) < count:
+        assert time.monotonic() < deadline, f"{polls} polls in {WAIT_S} s"
+        time.sleep(POLL_S / 10)
+    return polls
 
 
 def test_the_guides_error_branches_report_the_emulators_reasons(background: BackgroundEmulator) -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from .emu_helpers import read_png
+from .emu_helpers import read_png, until_waiting
 from .gemini_helpers import BatchApi, MakeGemini, jsonl
 
 
@@ -270,7 +270,7 @@ async def test_a_delayed_finalize_stores_the_file_only_after_its_wait(make_gemin
     data = jsonl("a", "b")
     url = await api.start_upload(len(data))
     sent = asyncio.create_task(api.send_chunk(url, data, 0, "upload, finalize"))
-    await asyncio.sleep(0.2)
+    await until_waiting(api.api.emu.clock, 1)  # the finalize waits
     assert not sent.done() and stats.files_uploaded == 0
     api.api.emu.advance(30)
     status, upload_status, body = await asyncio.wait_for(sent, 5)

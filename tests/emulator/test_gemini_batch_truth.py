@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .emu_helpers import until_waiting
 from .gemini_helpers import BatchApi, MakeGemini, jsonl
 
 KEYS = tuple(f"k{i:02d}" for i in range(20))
@@ -271,14 +272,14 @@ async def test_get_list_and_cancel_answer_after_their_latency(make_gemini: MakeG
     first = (await api.create(file_name, "first")).body["name"]  # create is not slowed
     cancel = asyncio.create_task(api.call("POST", f"{api.base}/{first}:cancel"))
     listing = asyncio.create_task(_listed(api))
-    await asyncio.sleep(0.2)
+    await until_waiting(emu.clock, 2)  # the cancel and the listing wait
     assert not cancel.done() and not listing.done()
     second = (await api.create(file_name, "second")).body["name"]  # lands while the cancel waits
     emu.advance(30)
     assert (await asyncio.wait_for(cancel, 5)).status == 200
     assert await asyncio.wait_for(listing, 5) == [second, first]  # it acted after its wait
     got = asyncio.create_task(api.get(second))
-    await asyncio.sleep(0.2)
+    await until_waiting(emu.clock, 1)
     assert not got.done()
     emu.advance(30)
     assert (await asyncio.wait_for(got, 5)).body["metadata"]["state"] == "BATCH_STATE_RUNNING"

@@ -4,6 +4,7 @@ checked against the emulator's own billing, never the ledger's column."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -162,12 +163,17 @@ def test_the_public_names_are_exported_typed_and_documented() -> None:
     assert (Path(batcher.__file__).parent / "py.typed").exists()
 
 
-SCRIPT = """
+RATE = {"requests_per_second": 20, "max_in_flight": 3}
+GENERATION_S = 100 * 3600.0  # the Ctrl-C test's generations: they end when the test advances the clock this far
+SCRIPT = f"""
+import signal
 import sys
 import batcher
-tasks = [{"prompt": f"a fox in the snow, number {i}", "name": f"fox-{i}"} for i in range(12)]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive Python has it (not inherited ignored)
+RATE = {RATE!r}
+tasks = [{{"prompt": f"a fox in the snow, number {{i}}", "name": f"fox-{{i}}"}} for i in range(12)]
 try:
-    batcher.run(tasks, job="ctrlc", db=sys.argv[1], output="out", rate_limit={"requests_per_second": 20})
+    batcher.run(tasks, job="ctrlc", db=sys.argv[1], output="out", rate_limit=RATE)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(130)
@@ -177,28 +183,39 @@ except KeyboardInterrupt:
 async def test_ctrl_c_in_run_stops_as_the_cli_does_and_the_same_call_resumes(
     api_env: Path, start_emu: StartEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emu = await start_emu(latency=Latency("fixed", 0.4))
+    # every create is held on the emulator's clock (its intent committed, its reply not yet come) and every
+    # generation runs for a long day: three creates fill the three slots, and nothing moves until the test says
+    emu = await start_emu(latency=Latency("fixed", GENERATION_S), slow_rate=1.0, slow_s=60.0,
+                          fault_kinds=frozenset({"create"}))  # fmt: skip
     point_at(monkeypatch, emu.base_url, emu.api_key)
     env = dict(os.environ)
     db = str(api_env / "i.db")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SCRIPT, db, env=env, cwd=str(api_env),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
-    for _ in range(4000):  # until some creates are accepted
-        if emu.stats.creates_accepted >= 3 or proc.returncode is not None:
+    for _ in range(6000):  # until three creates are on the wire (bounded: a run that never sends them fails)
+        if emu.clock.sleepers >= 3 or proc.returncode is not None:
             break
         await asyncio.sleep(0.005)
+    assert emu.clock.sleepers == 3 and emu.stats.creates_accepted == 0
     proc.send_signal(signal.SIGINT)
+    for _ in range(600):  # the replies come whenever the stop waits for them: the clock moves until it exits
+        # (600 minutes at most: far less than a generation, which must still run when the stop comes)
+        emu.advance(60.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.1)
+            break
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, out.decode().strip()) == (130, "interrupted"), err.decode()
     assert "Traceback" not in err.decode()
-    created = emu.stats.creates_accepted
-    assert 0 < created < 12
+    assert emu.stats.creates_accepted == 3  # the generations still run: no slot came free for a fourth
     store = await Store.open(db, create=False)
-    try:
-        assert "submitting" not in (await store.status_counts())["ctrlc"]  # creates on the wire recorded
+    try:  # the creates on the wire had their replies recorded
+        assert (await store.status_counts())["ctrlc"] == {"pending": 9, "submitted": 3}
     finally:
         await store.close()
+    emu.configure(slow_rate=0.0, latency=Latency("fixed", 0.4))
+    emu.advance(GENERATION_S)  # the three generations are done
     tasks12 = [{"prompt": f"a fox in the snow, number {i}", "name": f"fox-{i}"} for i in range(12)]
-    result = await batcher.arun(tasks12, job="ctrlc", db=db, output="out", rate_limit={"requests_per_second": 20})
+    result = await batcher.arun(tasks12, job="ctrlc", db=db, output="out", rate_limit=RATE)
     assert result.succeeded == 12 and emu.stats.creates_accepted == 12  # nothing created twice
     assert result.cost_usd == emu.stats.successes * PRICE
