@@ -92,7 +92,7 @@ class Page:
             raise BrowserError(f"{expression[:60]}: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
-    async def until(self, expression: str, timeout: float = 20.0) -> Any:
+    async def until(self, expression: str, timeout: float = 60.0) -> Any:
         """Poll `expression` until it is truthy; its value."""
         deadline = time.monotonic() + timeout
         problem = "still false"

@@ -263,22 +263,21 @@ async def finish_overnight(store: Store, job: Job, out: Path) -> None:
 
 @needs_chromium
 @pytest.mark.slow
-async def test_a_10000_task_report_renders_quickly_and_stays_usable(open_store: OpenStore, tmp_path: Path) -> None:
+async def test_a_10000_task_report_renders_and_stays_usable(open_store: OpenStore, tmp_path: Path) -> None:
     store = await open_store()
     await load(store, specs(LARGE, prefix="catalog item"), tmp_path / "out")
     await finish_overnight(store, await store.job("job"), tmp_path / "out")
     failed, sections = LARGE // FAILING_EVERY, -(-LARGE // CHUNK)
 
+    # How fast it renders, loads and scrolls is bench/gallery_browser.py's to measure (a shared, loaded machine
+    # makes any time bound here a flake); this test holds what does not depend on the machine's speed.
     page = tmp_path / "report.html"
-    started = time.monotonic()
     await render(tmp_path, page)
-    took, size = time.monotonic() - started, page.stat().st_size
-    assert took < 30, f"rendering {LARGE} tasks took {took:.1f} s"  # about 2 s here; CI machines are slower
+    size = page.stat().st_size
     assert size < LARGE * 1_000, f"{size} bytes for {LARGE} tasks"  # about 420 bytes a card
 
     async with chromium(tmp_path / "chromium-profile") as browser:
-        ready_ms = await browser.open(page.as_uri(), timeout=60)
-        assert ready_ms < 20_000, f"the page's script was ready after {ready_ms:.0f} ms"  # about 1 s here
+        await browser.open(page.as_uri(), timeout=120)
         layout = await browser.eval("""(() => { const s = document.querySelectorAll("#grid > section");
             return {cards: document.querySelectorAll("#grid .card").length, sections: s.length,
               skippable: Array.from(s).every((e) => getComputedStyle(e).contentVisibility === "auto"),
@@ -291,8 +290,7 @@ async def test_a_10000_task_report_renders_quickly_and_stays_usable(open_store: 
         loaded = await browser.eval("Array.from(document.images).filter((i) => i.naturalWidth > 0).length")
         assert 0 < loaded < 500
         # top to bottom in 20 painted jumps: each lays out only the sections coming into view
-        worst_ms = await browser.eval(SCROLL_THROUGH)
-        assert worst_ms < 5_000, f"a scroll step took {worst_ms:.0f} ms"  # well under 1 s here
+        await browser.eval(SCROLL_THROUGH)
         await browser.until(IMAGES_IN_VIEW)
         # filtering (a changed URL fragment, as a pasted link does) regroups the cards shown into full sections
         await browser.eval("location.hash = 'status=failed'")
