@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +74,32 @@ def manifest(path: Path, n: int, **top: Any) -> Path:
     doc.update(top)
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
+
+
+def _write_locked(db: Path) -> bool:
+    """Whether some process holds the SQLite store's write lock right now."""
+    conn = sqlite3.connect(db, timeout=0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.rollback()
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
+
+
+async def freeze_outside_a_write(proc: asyncio.subprocess.Process, db: Path | str) -> None:
+    """SIGSTOP `proc` at a moment it holds no write transaction. A process frozen inside one holds SQLite's single
+    write lock and stops every other process on the store (the scenario here is a lease running out, not that)."""
+    if "://" in str(db):  # PostgreSQL: no store-wide write lock to avoid
+        proc.send_signal(signal.SIGSTOP)
+        return
+    for _ in range(500):
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.05)  # the stop is delivered
+        if not _write_locked(Path(db)):
+            return
+        proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.01)
+    raise AssertionError("the worker held the store's write lock at every attempt to freeze it")

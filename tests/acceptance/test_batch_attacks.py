@@ -15,7 +15,7 @@ import aiohttp
 
 from batcher.emulator import Latency
 from batcher.emulator.gemini.server import GeminiEmulator
-from tests.acceptance.cli_kit import batcher, finish, start
+from tests.acceptance.cli_kit import batcher, finish, freeze_outside_a_write, start
 from tests.acceptance.test_batch_money_truth import (
     HOURS_49,
     images_are_the_apis,
@@ -193,7 +193,7 @@ async def test_a_worker_frozen_mid_file_past_its_lease_then_woken_writes_nothing
     out = tmp_path / "out" / "midlease"
     first = await start("work", "--db", str(db), "-q", env=env, cwd=tmp_path)
     await until(lambda: pngs(out) >= 1 or first.returncode is not None, "the first image to be written")
-    first.send_signal(signal.SIGSTOP)
+    await freeze_outside_a_write(first, db)
     try:
         assert pngs(out) < n, "the whole file was read before the freeze"
         second = await start("work", "--db", str(db), "-q", env=env, cwd=tmp_path)

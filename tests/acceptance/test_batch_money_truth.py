@@ -19,7 +19,7 @@ from typing import Any
 from batcher.emulator import Latency
 from batcher.emulator.gemini.server import GeminiEmulator
 from batcher.imageinfo import sniff
-from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, start
+from tests.acceptance.cli_kit import Done, batcher, cli_env, finish, freeze_outside_a_write, start
 from tests.acceptance.test_gemini_batch import (
     LINE_PRICE,
     QUICK,
@@ -390,7 +390,7 @@ async def a_worker_frozen_past_its_lease(db: str, emu: GeminiEmulator, cwd: Path
     assert (await batcher("import", str(m), "--db", db, env=env, cwd=cwd)).code == 0
     first = await start("work", "--db", db, "-q", env=env, cwd=cwd)
     await until(lambda: emu.stats.batches_created >= 1, "the first worker's first create to make its batch")
-    first.send_signal(signal.SIGSTOP)
+    await freeze_outside_a_write(first, db)
     try:
         second = await start("work", "--db", db, "-q", env=env, cwd=cwd)
         await until(lambda: emu.stats.batches_created >= shards_for(n) or second.returncode is not None,
