@@ -316,8 +316,7 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     prices = job_prices(await store.job_models(job), job, opts.price, route="batch")
     deadline = None if opts.finish_online_after_s is None else time.time() + opts.finish_online_after_s
     grace = s.get("batch_create_grace_s")
-    batch = BatchSettings(max_requests=int(s.get("batch_max_requests") or BatchSettings.max_requests),
-                          max_bytes=int(s.get("batch_max_bytes") or BatchSettings.max_bytes),
+    batch = BatchSettings(max_requests=_int(s.get("batch_max_requests")), max_bytes=_int(s.get("batch_max_bytes")),
                           wait=opts.wait, deadline_at=deadline,
                           create_grace_s=BatchSettings.create_grace_s if grace is None else float(grace))  # fmt: skip
     name = batch_provider(connect.provider_name(opts.provider, job.settings))
@@ -364,6 +363,10 @@ async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
             await gate.close()
     finally:
         await store.close()
+
+
+def _int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
 
 
 def _decimal(value: Any) -> Decimal | None:

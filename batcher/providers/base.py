@@ -1,4 +1,4 @@
-"""The provider boundary: the worker's whole vocabulary for an image API.
+"""The provider boundary: the worker's whole vocabulary for an image API, online and by batch.
 
 A provider turns a task's request into API calls and every reply into one typed outcome. Three verbs:
 `submit` a request, `check` a submission the API holds, `fetch` a finished image into a sink. An API that
@@ -9,9 +9,12 @@ The API key stays inside the provider: never in an outcome, a record or a messag
 
 from __future__ import annotations
 
+import abc
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from batcher.models import CallRecord
@@ -177,3 +180,235 @@ class Provider(Protocol):
     async def check(self, handle: str) -> CheckOutcome: ...
 
     async def fetch(self, image: Image, sink: Sink) -> Fetched: ...
+
+
+# --- by batch -------------------------------------------------------------------------------------------
+# A batch API takes a file of requests, runs them within hours at a lower price and writes a file of results.
+# The batch runner (runner/batch/) speaks only this vocabulary; each provider's client translates.
+
+
+class BatchState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    UNSPECIFIED = "UNSPECIFIED"  # a state this client does not know: keep polling
+
+    @property
+    def is_done(self) -> bool:
+        return self in (BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED, BatchState.EXPIRED)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    requests: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch as the API describes it: `responses_file` is where its results are once it has ended (a file,
+    or a folder of files, as its client names it), `error` why it FAILED."""
+
+    name: str  # the API's resource name (batches/..., projects/.../batchPredictionJobs/...)
+    display_name: str
+    state: BatchState
+    stats: BatchStats
+    responses_file: str | None = None  # files/...
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Created(Outcome):
+    batch: BatchInfo
+
+
+@dataclass(frozen=True)
+class NotCreated(Outcome):
+    """Proven not created. `retryable`: the same create may be sent again (else the request itself is bad)."""
+
+    message: str
+    retryable: bool = False
+    input_missing: bool = False  # the API no longer has the uploaded requests file: upload it again
+
+
+@dataclass(frozen=True)
+class CreateUnknown(Outcome):
+    """The create left and no proof came back: a batch may exist and bill. Reconcile by listing."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Refused(Outcome):
+    """A 4xx: the API will not do this, and asking again will not change that."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Uploaded(Outcome):
+    file_name: str  # files/...
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Got(Outcome):
+    batch: BatchInfo
+
+
+@dataclass(frozen=True)
+class Ok(Outcome):
+    """Cancelled or deleted."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Every batch of that display name, newest first (more than one: a create was doubled)."""
+
+    batches: tuple[BatchInfo, ...]
+    calls: tuple[CallRecord, ...]
+
+    @property
+    def batch(self) -> BatchInfo:
+        return self.batches[0]
+
+
+@dataclass(frozen=True)
+class Absent:
+    """No batch of that name, on a listing whose every page was fetched."""
+
+    calls: tuple[CallRecord, ...]
+
+
+@dataclass(frozen=True)
+class ListingIncomplete:
+    """A page could not be fetched: absence is not proven, so nothing may be created on its strength."""
+
+    message: str
+    calls: tuple[CallRecord, ...]
+
+
+CreateOutcome = Created | NotCreated | CreateUnknown | RateLimited | AuthRejected
+Problem = Transient | Gone | Refused | RateLimited | AuthRejected
+UploadOutcome = Uploaded | Problem
+GetOutcome = Got | Problem
+DoneOutcome = Ok | Problem
+FindOutcome = Found | Absent | ListingIncomplete
+
+
+class LineKind(enum.StrEnum):
+    IMAGE = "image"  # generated and billed
+    REFUSED = "refused"  # the model gave no image on purpose (IMAGE_SAFETY, blockReason): not billed
+    FAILED = "failed"  # an error Status, or a generation that ended without an image: not billed
+    MALFORMED = "malformed"  # not a line this client can read (an image may have been made and billed)
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One line of a results file. `key` is None only when a malformed line did not even name one."""
+
+    key: str | None
+    kind: LineKind
+    image: Image | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    response_id: str | None = None
+    reason: str = ""
+    failure: FailureKind | None = None  # of a refused or failed line
+    error_code: int | None = None  # the google.rpc.Status code of a failed line
+
+
+class ResultsCut(Exception):
+    """The results stream broke off (a reset, a timeout, a truncated body): download it again."""
+
+
+@dataclass(frozen=True)
+class ShardWritten:
+    bytes_written: int
+    lines: int
+    invalid: tuple[tuple[str, str], ...]  # (key, why): requests that cannot go on the wire, left out
+
+
+class ResultStream(abc.ABC):
+    """A batch's results being read: iterate `lines()` once. `calls` are the requests it made (a download per
+    results file), final once the iteration ended."""
+
+    lines_read: int = 0
+
+    @property
+    @abc.abstractmethod
+    def calls(self) -> tuple[CallRecord, ...]: ...
+
+    @abc.abstractmethod
+    def lines(self) -> AsyncIterator[ResultLine]:
+        """Each line judged, in the results' order. Raises ResultsCut when the stream breaks off."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one batch may hold, and how many may run at once, at this provider."""
+
+    max_requests: int
+    max_bytes: int
+    max_concurrent: int | None = None  # batches running at once; None: the provider sets no limit we know
+
+
+class BatchClient(Protocol):
+    """One provider's batch API. Entered as an async context; every request passes `gate` first (polls,
+    listings and downloads with priority: they make nothing). Nothing here retries: the caller decides, because
+    the one call that bills (`create`) is not idempotent."""
+
+    name: str  # the provider's name, as the registry and the store know it
+    gate: RateGate
+
+    @property
+    def key_env(self) -> str:
+        """What to check when the API refuses the credential, for messages (never the secret itself)."""
+        ...
+
+    @property
+    def limits(self) -> BatchLimits: ...
+
+    async def __aenter__(self) -> BatchClient: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def write_shard(self, path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritten:
+        """A batch's requests file, one line per (key, request), one line in memory at a time (blocking: run it
+        in a thread). A request that cannot go on the wire is left out and named; a key twice raises ValueError."""
+        ...
+
+    async def upload(self, path: Path, display_name: str) -> UploadOutcome:
+        """The requests file, where the API reads it. Not billed: a lost reply is only Transient."""
+        ...
+
+    async def create(
+        self, model: str, file_name: str, display_name: str, *, before_send: Callable[[], Awaitable[None]]
+    ) -> CreateOutcome:
+        """Create the batch. `before_send` runs after the gate, just before the bytes leave (the caller commits
+        its intent there; it may raise, and then nothing was sent). CreateUnknown: reconcile by listing."""
+        ...
+
+    async def get(self, name: str) -> GetOutcome: ...
+
+    async def find_by_display_name(self, display_name: str) -> FindOutcome:
+        """Every batch named so. Absent only when a complete listing came back: a gap is never proof."""
+        ...
+
+    def results(self, where: str) -> AbstractAsyncContextManager[ResultStream | Problem]:
+        """``async with client.results(info.responses_file) as got``: a ResultStream to iterate, or why not."""
+        ...
+
+    async def cancel(self, name: str) -> DoneOutcome:
+        """Lines not yet run are not billed; lines done stay billed, and are collected."""
+        ...
+
+    async def delete_batch(self, name: str) -> DoneOutcome: ...
+
+    async def delete_file(self, name: str) -> DoneOutcome:
+        """An uploaded requests file, or results (a file or a folder of them), once they are settled."""
+        ...

@@ -32,14 +32,13 @@ into an outcome, a record or a message.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,18 +47,42 @@ import aiohttp
 
 from batcher.models import CallRecord
 from batcher.providers.base import (
+    Absent,
     AuthRejected,
+    BatchInfo,
+    BatchLimits,
+    BatchState,
+    BatchStats,
+    Created,
+    CreateOutcome,
+    CreateUnknown,
+    DoneOutcome,
     FailureKind,
+    FindOutcome,
+    Found,
+    GetOutcome,
     Gone,
-    Image,
+    Got,
+    LineKind,
+    ListingIncomplete,
+    NotCreated,
+    Ok,
     Outcome,
+    Problem,
     RateLimited,
+    Refused,
     Request,
+    ResultLine,
+    ResultsCut,
+    ResultStream,
+    ShardWritten,
     Transient,
+    Uploaded,
+    UploadOutcome,
 )
 from batcher.providers.download import describe, origin
 from batcher.providers.gemini import request_body
-from batcher.providers.gemini_settings import GeminiSettings
+from batcher.providers.gemini_settings import KEY_ENVS, GeminiSettings
 from batcher.providers.gemini_wire import (
     DETAIL_CHARS,
     KEY_HEADER,
@@ -87,159 +110,13 @@ _KEY_PREFIX = re.compile(rb'^\s*\{\s*"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _STATE_PREFIXES = ("BATCH_STATE_", "JOB_STATE_")
 
 
-class BatchState(enum.StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-    UNSPECIFIED = "UNSPECIFIED"  # a state this client does not know: keep polling
-
-    @property
-    def is_done(self) -> bool:
-        return self in (BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED, BatchState.EXPIRED)
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    requests: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    pending: int = 0
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """A batch as the API describes it; `responses_file` once it has SUCCEEDED, `error` once it FAILED."""
-
-    name: str  # batches/...
-    display_name: str
-    state: BatchState
-    stats: BatchStats
-    responses_file: str | None = None  # files/...
-    error: str | None = None
-
-
-# --- outcomes ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Created(Outcome):
-    batch: BatchInfo
-
-
-@dataclass(frozen=True)
-class NotCreated(Outcome):
-    """Proven not created. `retryable`: the same create may be sent again (else the request itself is bad)."""
-
-    message: str
-    retryable: bool = False
-    input_missing: bool = False  # the API no longer has the uploaded requests file: upload it again
-
-
-@dataclass(frozen=True)
-class CreateUnknown(Outcome):
-    """The create left and no proof came back: a batch may exist and bill. Reconcile by listing."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Refused(Outcome):
-    """A 4xx: the API will not do this, and asking again will not change that."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Uploaded(Outcome):
-    file_name: str  # files/...
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class Got(Outcome):
-    batch: BatchInfo
-
-
 @dataclass(frozen=True)
 class Page(Outcome):
     batches: tuple[BatchInfo, ...]
     next_token: str | None
 
 
-@dataclass(frozen=True)
-class Ok(Outcome):
-    """Cancelled or deleted."""
-
-
-@dataclass(frozen=True)
-class Found:
-    """Every batch of that display name, newest first (more than one: a create was doubled)."""
-
-    batches: tuple[BatchInfo, ...]
-    calls: tuple[CallRecord, ...]
-
-    @property
-    def batch(self) -> BatchInfo:
-        return self.batches[0]
-
-
-@dataclass(frozen=True)
-class Absent:
-    """No batch of that name, on a listing whose every page was fetched."""
-
-    calls: tuple[CallRecord, ...]
-
-
-@dataclass(frozen=True)
-class ListingIncomplete:
-    """A page could not be fetched: absence is not proven, so nothing may be created on its strength."""
-
-    message: str
-    calls: tuple[CallRecord, ...]
-
-
-CreateOutcome = Created | NotCreated | CreateUnknown | RateLimited | AuthRejected
-Problem = Transient | Gone | Refused | RateLimited | AuthRejected
-UploadOutcome = Uploaded | Problem
-GetOutcome = Got | Problem
 PageOutcome = Page | Problem
-DoneOutcome = Ok | Problem
-FindOutcome = Found | Absent | ListingIncomplete
-
-
-class LineKind(enum.StrEnum):
-    IMAGE = "image"  # generated and billed
-    REFUSED = "refused"  # the model gave no image on purpose (IMAGE_SAFETY, blockReason): not billed
-    FAILED = "failed"  # an error Status, or a generation that ended without an image: not billed
-    MALFORMED = "malformed"  # not a line this client can read (an image may have been made and billed)
-
-
-@dataclass(frozen=True)
-class ResultLine:
-    """One line of a results file. `key` is None only when a malformed line did not even name one."""
-
-    key: str | None
-    kind: LineKind
-    image: Image | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    response_id: str | None = None
-    reason: str = ""
-    failure: FailureKind | None = None  # of a refused or failed line
-    error_code: int | None = None  # the google.rpc.Status code of a failed line
-
-
-class ResultsCut(Exception):
-    """The results stream broke off (a reset, a timeout, a truncated body): download it again."""
-
-
-@dataclass(frozen=True)
-class ShardWritten:
-    bytes_written: int
-    lines: int
-    invalid: tuple[tuple[str, str], ...]  # (key, why): requests that cannot go on the wire, left out
 
 
 # --- the client -------------------------------------------------------------------------------------
@@ -265,6 +142,10 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
     Polls, listings and downloads pass the gate with priority (they make nothing); uploads and creates do not.
     """
 
+    name = "gemini"
+    key_env = " or ".join(KEY_ENVS)
+    limits = BatchLimits(max_requests=100_000, max_bytes=2_000_000_000)  # an input file is up to 2 GB
+
     def __init__(
         self, settings: GeminiSettings, api_key: str, gate: RateGate, *, now: Callable[[], float] = time.time
     ) -> None:
@@ -282,6 +163,9 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
 
     def __repr__(self) -> str:  # never the key
         return f"GeminiBatchClient({self._base!r})"
+
+    def write_shard(self, path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritten:
+        return write_shard(path, items)
 
     # --- upload -------------------------------------------------------------------------------------
 
@@ -446,7 +330,7 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
                 answer = _Answer(resp.status, parse_json(raw) if raw else None, None, {})
                 yield self._problem(answer, record, remote=file_name, file_route=True)
                 return
-            yield ResultStream(resp, self.settings.max_reply_bytes, record, file_name)
+            yield GeminiResults(resp, self.settings.max_reply_bytes, record, file_name)
 
     # --- cancel, delete -----------------------------------------------------------------------------
 
@@ -566,9 +450,9 @@ class GeminiBatchClient(SessionOwner[GeminiSettings]):
         return text.replace(self._key, "[key]") if self._key else text
 
 
-class ResultStream:
-    """A results file being read: iterate `lines()` once. `call` is the download's record, final once the
-    iteration ended (its latency then covers the whole stream)."""
+class GeminiResults(ResultStream):
+    """One results file being read. Its one call is the download's record, final once the iteration ended (its
+    latency then covers the whole stream)."""
 
     def __init__(
         self, resp: aiohttp.ClientResponse, cap: int, record: Callable[..., CallRecord], file_name: str
@@ -579,6 +463,10 @@ class ResultStream:
         self._file = file_name
         self.lines_read = 0
         self.call = record("open", "", file_name, status=resp.status)
+
+    @property
+    def calls(self) -> tuple[CallRecord, ...]:
+        return (self.call,)
 
     async def lines(self) -> AsyncIterator[ResultLine]:
         """Each line parsed, in the file's order. Raises ResultsCut when the stream breaks off."""

@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from batcher.catalog import provider_facts
 from batcher.config import API_KEY_ENV, ApiSettings, RunConfig, api_key, api_settings
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import ConfigError
-from batcher.providers.base import Provider
+from batcher.providers.base import BatchClient, Provider
 from batcher.providers.gemini_settings import KEY_ENVS
 from batcher.ratelimit import RateGate
 
@@ -58,7 +57,7 @@ class Registered:
     real: Callable[[], Endpoint]  # the API from the environment
     emulated: Emulated  # `--emulate`: an emulator on loopback for the run's life (`batch`: a rehearsal's pace)
     online: Callable[[Endpoint, RunConfig, RateGate], Provider]  # to be entered: it owns its HTTP session
-    batch: Callable[[Endpoint, RateGate], Any] | None = None  # a batch client, to be entered; None: no batch mode
+    batch: Callable[[Endpoint, RateGate], BatchClient] | None = None  # to be entered; None: no batch mode
     api: Callable[[Endpoint], ApiSettings] = lambda where: ApiSettings()  # the run's LinkModel-style settings
 
 
@@ -123,8 +122,7 @@ def _gemini_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provid
     return GeminiProvider(settings, where.key, gate)
 
 
-def _gemini_batch(where: Endpoint, gate: RateGate) -> Any:
-    """The Gemini Batch Mode client, as it stands (the batch runner speaks to it directly)."""
+def _gemini_batch(where: Endpoint, gate: RateGate) -> BatchClient:
     from batcher.providers.gemini_batch import GeminiBatchClient
     from batcher.providers.gemini_settings import gemini_settings
 

@@ -19,8 +19,7 @@ from batcher import cache
 from batcher.imageinfo import SNIFF_BYTES, ImageInfo, sniff
 from batcher.models import Failure
 from batcher.outputs import with_real_extension
-from batcher.providers.base import Request
-from batcher.providers.gemini_batch import write_shard
+from batcher.providers.base import BatchClient, Request
 from batcher.storage import join
 from batcher.storage.objects import Written, write_once
 from batcher.store import Job, Store, Submission, Task
@@ -31,7 +30,7 @@ def shard_folder(job: Job, shards_dir: str) -> Path:
     return Path(tempfile.gettempdir()) / "batcher" / f"job-{job.id}" / shards_dir
 
 
-async def rebuild_shard_file(store: Store, tasks: Iterable[Task], path: Path) -> bool:
+async def rebuild_shard_file(store: Store, client: BatchClient, tasks: Iterable[Task], path: Path) -> bool:
     """Write a planned shard's JSONL again from the store; False when a request cannot be made again now (an
     input gone), and the shard is then abandoned as a lost file is (its tasks go back to pending, unbilled)."""
     items: list[tuple[str, Request]] = []
@@ -41,7 +40,7 @@ async def rebuild_shard_file(store: Store, tasks: Iterable[Task], path: Path) ->
             return False
         items.append((task.key, Request(task.model, task.prompt, task.quality, task.size, images)))
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-    written = await asyncio.to_thread(write_shard, path, items)
+    written = await asyncio.to_thread(client.write_shard, path, items)
     return not written.invalid
 
 

@@ -15,28 +15,32 @@ import pytest
 from aiohttp import web
 
 from batcher.emulator import GeminiEmulator
-from batcher.providers.base import AuthRejected, FailureKind, Gone, RateLimited, Request, Transient
-from batcher.providers.gemini import request_body
-from batcher.providers.gemini_batch import (
+from batcher.providers.base import (
     Absent,
+    AuthRejected,
     BatchInfo,
     BatchState,
     Created,
     CreateUnknown,
+    FailureKind,
     Found,
-    GeminiBatchClient,
+    Gone,
     Got,
     LineKind,
     ListingIncomplete,
     NotCreated,
     Ok,
+    RateLimited,
     Refused,
+    Request,
     ResultLine,
     ResultsCut,
     ResultStream,
+    Transient,
     Uploaded,
-    write_shard,
 )
+from batcher.providers.gemini import request_body
+from batcher.providers.gemini_batch import GeminiBatchClient, write_shard
 from batcher.providers.gemini_settings import GeminiSettings
 from tests.conftest import StartGemini
 from tests.emulator.emu_helpers import LITE, read_png
@@ -116,7 +120,7 @@ async def test_upload_create_poll_and_stream_the_images(start_gemini: StartGemin
         png = read_png(line.image.data)
         assert (png.width, png.height) == (1376, 768)  # 16x9 went as 16:9, the same body as online
         assert line.usage["candidatesTokensDetails"][0]["modality"] == "IMAGE"
-    assert (stream.call.kind, stream.call.outcome, stream.call.detail) == ("download", "ok", "3 lines")
+    assert (stream.calls[-1].kind, stream.calls[-1].outcome, stream.calls[-1].detail) == ("download", "ok", "3 lines")
     stats = emu.stats
     assert stats.batches_created == 1 and stats.batch_lines_billed == 3 and stats.files_uploaded == 1
 
@@ -159,7 +163,7 @@ async def test_a_line_past_the_cap_is_skipped_and_named(start_gemini: StartGemin
         assert done.responses_file is not None
         lines, stream = await all_lines(c, done.responses_file)
     assert [(line.key, line.kind) for line in lines] == [("big1", LineKind.MALFORMED), ("big2", LineKind.MALFORMED)]
-    assert "longer than 200000 bytes" in lines[0].reason and stream.call.outcome == "ok"
+    assert "longer than 200000 bytes" in lines[0].reason and stream.calls[-1].outcome == "ok"
 
 
 # --- the input file ------------------------------------------------------------------------------------
@@ -389,7 +393,7 @@ async def test_a_stream_that_breaks_off_raises_results_cut() -> None:
                 with pytest.raises(ResultsCut, match="after 1 lines"):
                     async for got in stream.lines():
                         seen.append(got.key)
-    assert seen == ["only"] and stream.call.outcome == "transient"
+    assert seen == ["only"] and stream.calls[-1].outcome == "transient"
 
 
 async def test_429_and_other_shapes_of_reply() -> None:

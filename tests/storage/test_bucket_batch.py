@@ -12,6 +12,9 @@ import pytest
 
 from batcher import storage
 from batcher.emulator import Latency
+from batcher.providers.gemini_batch import GeminiBatchClient
+from batcher.providers.gemini_settings import GeminiSettings
+from batcher.ratelimit import RateGate
 from batcher.runner.batch_bucket import rebuild_shard_file
 from batcher.store import Store
 from batcher.store.base import _task
@@ -64,7 +67,7 @@ async def test_a_planned_shard_file_is_written_again_from_the_store(
         job = (await store.jobs())[0]
         child = next(_task(r) for r in [r async for r in store.task_rows(job)] if r["name"] == "blue")
         path = tmp_path / "elsewhere" / "shard.jsonl"
-        assert await rebuild_shard_file(store, [child], path)
+        assert await rebuild_shard_file(store, GeminiBatchClient(GeminiSettings(), "", RateGate(None)), [child], path)
     finally:
         await store.close()
         await storage.close_all()

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batcher.errors import AuthError, BatcherError
-from batcher.providers.base import AuthRejected
-from batcher.providers.gemini_batch import Absent, BatchInfo, BatchState, Found, GeminiBatchClient, Got, Ok
+from batcher.providers.base import Absent, AuthRejected, BatchClient, BatchInfo, BatchState, Found, Got, Ok
 from batcher.runner.base import log
 from batcher.runner.batch.shard import shards_dir
 from batcher.store import Job, Store
 from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved, Submission
 
 _ENDED = frozenset(s.value for s in BatchState if s.is_done)
-_KEY_HINT = "GEMINI_API_KEY or GOOGLE_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class ShardCancel:
     closed: bool = False
 
 
-async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: str, now: float) -> list[ShardCancel]:
+async def cancel_shards(store: Store, client: BatchClient, job: Job, why: str, now: float) -> list[ShardCancel]:
     """Cancel the job's shards not collected; what happened to each, in the order they were planned."""
     done: list[ShardCancel] = []
     for sub in await store.shards_open(job):
@@ -47,7 +45,7 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
     for name in await store.duplicate_batches_open(job):  # a shard's second batch: cancelled too
         got = await client.cancel(name)
         if isinstance(got, AuthRejected):
-            raise AuthError.rejected(got.message, _KEY_HINT)
+            raise AuthError.rejected(got.message, client.key_env)
         what = "cancelled" if isinstance(got, Ok) else f"not cancelled ({got.message})"
         done.append(ShardCancel(name, f"a shard's second batch, {what}: a run collects what it finished"))
     for c in done:
@@ -55,7 +53,7 @@ async def cancel_shards(store: Store, client: GeminiBatchClient, job: Job, why: 
     return done
 
 
-async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission, why: str, now: float) -> ShardCancel:
+async def cancel_shard(store: Store, client: BatchClient, sub: Submission, why: str, now: float) -> ShardCancel:
     """Cancel one shard's batch (every batch of it, if a create was doubled) and record what it left."""
     if sub.state in (PLANNED, UPLOADED):
         if await store.shard_cancel_unsent(sub, now, why):
@@ -84,7 +82,7 @@ async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission,
     for name in names:
         got = await client.cancel(name)
         if isinstance(got, AuthRejected):
-            raise AuthError.rejected(got.message, _KEY_HINT)
+            raise AuthError.rejected(got.message, client.key_env)
         info = await _look(client, name, sub, "" if isinstance(got, Ok) else got.message)
         if name == sub.remote_name:
             ended = info
@@ -102,7 +100,7 @@ async def cancel_shard(store: Store, client: GeminiBatchClient, sub: Submission,
                        f"and {stats.failed} failed: a run collects them and sends the rest again")  # fmt: skip
 
 
-async def _clean(client: GeminiBatchClient, local: Path, sub: Submission) -> None:
+async def _clean(client: BatchClient, local: Path, sub: Submission) -> None:
     if sub.input_file:
         await client.delete_file(sub.input_file)
     local.unlink(missing_ok=True)
@@ -115,13 +113,13 @@ async def _fresh(store: Store, sub: Submission) -> Submission:
     return fresh
 
 
-async def _look(client: GeminiBatchClient, name: str, sub: Submission, why: str) -> BatchInfo:
+async def _look(client: BatchClient, name: str, sub: Submission, why: str) -> BatchInfo:
     """The batch after its cancel (accepted, or refused because it had ended). One that cannot be looked at is
     never taken to have ended: it may run on and bill while its tasks ran again elsewhere."""
     got = await client.get(name)
     if isinstance(got, Got):
         return got.batch
     if isinstance(got, AuthRejected):
-        raise AuthError.rejected(got.message, _KEY_HINT)
+        raise AuthError.rejected(got.message, client.key_env)
     raise BatcherError(f"could not look at batch {name} of shard {sub.display_name} after cancelling it"
                        f"{f' ({why})' if why else ''}: {got.message}; nothing was closed for it, try again")  # fmt: skip

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from batcher.errors import OutputError
 from batcher.models import Failure
 from batcher.outputs import AtomicFile, target_path, with_real_extension
-from batcher.providers.base import AuthRejected, Gone, RateLimited
-from batcher.providers.gemini_batch import (
+from batcher.providers.base import (
+    AuthRejected,
     BatchInfo,
     BatchState,
     BatchStats,
+    Gone,
     Got,
     LineKind,
+    RateLimited,
     Refused,
     ResultLine,
     ResultsCut,
@@ -165,10 +167,11 @@ class CollectPart(ShardWork):
                         read.answered += 1
                     await self._line(shard, line)
             except ResultsCut as e:
-                self._log_shard_call(shard, opened.call)
                 self._fault(shard, str(e))
                 return None
-            self._log_shard_call(shard, opened.call)
+            finally:
+                for call in opened.calls:
+                    self._log_shard_call(shard, call)
         return read
 
     async def _line(self, shard: Shard, line: ResultLine) -> None:

@@ -8,8 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batcher.outputs import AtomicFile, target_path, with_real_extension
-from batcher.providers.base import AuthRejected, Gone
-from batcher.providers.gemini_batch import Absent, Found, Got, LineKind, ResultLine, ResultsCut, ResultStream
+from batcher.providers.base import (
+    Absent,
+    AuthRejected,
+    Found,
+    Gone,
+    Got,
+    LineKind,
+    ResultLine,
+    ResultsCut,
+    ResultStream,
+)
 from batcher.runner.base import log
 from batcher.runner.batch.shard import Shard, ShardWork
 from batcher.runner.batch_bucket import store_line
@@ -79,13 +88,13 @@ class DuplicatesPart(ShardWork):
         info, answered, gone = got.batch, 0, False
         if info.responses_file is not None:
             async with self.client.results(info.responses_file) as opened:
-                if first is not None:
-                    self.store.log_call(first, opened.call)
-                if isinstance(opened, Gone):
+                if not isinstance(opened, ResultStream):
+                    if first is not None:
+                        self.store.log_call(first, opened.call)
+                    if not isinstance(opened, Gone):
+                        dup.due = self._now() + 10.0
+                        return
                     gone = True
-                elif not isinstance(opened, ResultStream):
-                    dup.due = self._now() + 10.0
-                    return
                 else:
                     try:
                         async for line in opened.lines():
@@ -94,6 +103,10 @@ class DuplicatesPart(ShardWork):
                     except ResultsCut:
                         dup.due = self._now() + 10.0
                         return
+                    finally:
+                        for call in opened.calls:
+                            if first is not None:
+                                self.store.log_call(first, call)
         lost = max(0, info.stats.succeeded - (0 if gone else answered))
         for stray in list(dup.lines.values()):
             billed = lost > 0

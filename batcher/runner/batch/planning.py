@@ -9,9 +9,8 @@ import uuid
 from batcher import cache
 from batcher.models import Failure, OnUnknown, TaskStatus
 from batcher.providers.base import Request
-from batcher.providers.gemini_batch import write_shard
 from batcher.runner.base import log
-from batcher.runner.batch.shard import GEMINI, Shard, ShardWork
+from batcher.runner.batch.shard import Shard, ShardWork
 from batcher.shards import display_name, plan_shards
 from batcher.store import BudgetRefused, ClaimLost, Task
 from batcher.store.submissions import PLANNED, UPLOADED, DuplicateShard
@@ -34,9 +33,9 @@ class PlanningPart(ShardWork):
 
     async def _plan_new_shards(self, now: float) -> None:
         """Claim the tasks due to be created and cut them into shards, each committed before anything leaves."""
-        limit = self.batch.max_requests * 4
+        limit = self.max_requests * 4
         claimed = await self.store.claim(self.job, self.worker_id, limit, now, now + self.config.lease_s,
-                                         pending=limit, provider=GEMINI, polls=False)  # fmt: skip
+                                         pending=limit, provider=self.client.name, polls=False)  # fmt: skip
         self._more_to_plan = len(claimed) >= limit  # a full claim: more tasks may wait for the next pass
         fresh: list[tuple[Task, Request]] = []
         for task in claimed:
@@ -66,14 +65,14 @@ class PlanningPart(ShardWork):
             by_model.setdefault(item[0].model, []).append(item)
         for same in by_model.values():
             sizes = [(i, _line_bytes(t.key, r)) for i, (t, r) in enumerate(same)]
-            plans = plan_shards(sizes, max_requests=self.batch.max_requests, max_bytes=self.batch.max_bytes)
+            plans = plan_shards(sizes, max_requests=self.max_requests, max_bytes=self.max_bytes)
             for plan in plans:
                 await self._plan_one([same[i] for i in plan.task_ids], now)
 
     async def _plan_one(self, group: list[tuple[Task, Request]], now: float) -> None:
         name = display_name(self.job.name, self.job.id, int(now * 1000) % 10**10, uuid.uuid4().hex[:8])
         path = self.work_dir / f"{name}.jsonl"
-        written = await asyncio.to_thread(write_shard, path, [(t.key, r) for t, r in group])
+        written = await asyncio.to_thread(self.client.write_shard, path, [(t.key, r) for t, r in group])
         bad = dict(written.invalid)
         for task, _ in group:
             if task.key in bad:

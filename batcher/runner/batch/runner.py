@@ -24,16 +24,17 @@ from batcher.config import RunConfig
 from batcher.errors import BatcherError
 from batcher.models import TaskStatus
 from batcher.outputs import Finisher
-from batcher.providers.gemini_batch import GeminiBatchClient
+from batcher.providers.base import BatchClient
 from batcher.runner.base import RunResult, StopReason, log
 from batcher.runner.batch.cancel import cancel_shards
 from batcher.runner.batch.collect import CollectPart
 from batcher.runner.batch.duplicates import DuplicatesPart
 from batcher.runner.batch.planning import PlanningPart
 from batcher.runner.batch.shard import (
-    GEMINI,
     IDLE_S,
     PLAN_AHEAD,
+    SHARD_BYTES,
+    SHARD_REQUESTS,
     UNSENT,
     BatchProgress,
     BatchSettings,
@@ -55,7 +56,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
     def __init__(
         self,
         store: Store,
-        client: GeminiBatchClient,
+        client: BatchClient,
         job: Job,
         config: RunConfig,
         batch: BatchSettings,
@@ -65,6 +66,9 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.client, self.job, self.config, self.batch = store, client, job, config, batch
+        limits = client.limits
+        self.max_requests = min(batch.max_requests or SHARD_REQUESTS, limits.max_requests)
+        self.max_bytes = min(batch.max_bytes or SHARD_BYTES, limits.max_bytes)
         self.prices = prices  # micro-dollars per image line at the batch price, by model
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store.worker_id = self.worker_id
@@ -143,7 +147,7 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
                 await self._carry_on_open_shards()  # shards another worker left (it stopped, or its lease ran out)
                 orphans_at = self._now() + self._orphan_poll_s()
             if not self.shards:
-                left, due = await self.store.next_due(self.job, self._now(), GEMINI, online=False)
+                left, due = await self.store.next_due(self.job, self._now(), self.client.name, online=False)
                 if left == 0 and not self.duplicates:
                     return StopReason.DONE
                 if self._budget_blocked:

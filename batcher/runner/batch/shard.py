@@ -12,7 +12,7 @@ from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
 from batcher.models import CallRecord
 from batcher.outputs import Finisher
-from batcher.providers.gemini_batch import BatchInfo, GeminiBatchClient
+from batcher.providers.base import BatchClient, BatchInfo
 from batcher.retry import backoff_s
 from batcher.runner.base import Progress, log
 from batcher.runner.batch_bucket import shard_folder
@@ -20,13 +20,14 @@ from batcher.storage import is_remote
 from batcher.store import Job, Store, Task
 from batcher.store.submissions import CREATING, PLANNED, UPLOADED, Submission
 
-GEMINI = "gemini"
 SHARDS_DIR = ".batcher-shards"  # under the output directory: each shard's requests file until its batch exists
 PLAN_AHEAD = 16  # shards planned but not yet created, at most
 UNSENT = (PLANNED, UPLOADED, CREATING)
 IDLE_S = 10.0  # the longest sleep while batches run, between looks at the store and the clock, seconds
 PROVIDER_FAULT_S = 10.0  # after a transient fault (503 on get or download, a failed listing), at least this
 CREATE_GRACE_S = 180.0  # a batch may be missing from the listing this long after its create: absence proves nothing
+SHARD_REQUESTS = 100  # lines of a shard unless the manifest says (`batch: max_requests`)
+SHARD_BYTES = 100_000_000  # bytes of its requests file unless the manifest says (`batch: max_bytes`)
 MAX_REUPLOADS = 3  # a requests file the API dropped before its create, uploaded again at most this often
 GRACE_LISTINGS = 3  # complete listings without the batch, the last past the grace period, before creating again
 
@@ -41,8 +42,10 @@ def shards_dir(job: Job) -> Path:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    max_requests: int = 100
-    max_bytes: int = 100_000_000
+    # a shard's lines and bytes at most (None: these defaults: small batches, so a lost one costs little), kept
+    # within the provider's own limits (BatchClient.limits)
+    max_requests: int | None = None
+    max_bytes: int | None = None
     wait: bool = True  # `--no-wait`: exit once every shard is created
     deadline_at: float | None = None  # epoch seconds: cancel what is not done by then, to run online
     create_grace_s: float = CREATE_GRACE_S  # how long a listing may lag behind a create
@@ -83,7 +86,7 @@ class ShardWork:
     cancelling) are mixed into BatchRunner over this."""
 
     store: Store
-    client: GeminiBatchClient
+    client: BatchClient
     job: Job
     config: RunConfig
     batch: BatchSettings
@@ -96,6 +99,8 @@ class ShardWork:
     work_dir: Path
     progress: BatchProgress
     shards: dict[int, Shard]
+    max_requests: int  # a shard's lines and bytes at most: the manifest's, within the provider's limits
+    max_bytes: int
     _wake: asyncio.Event
     _stopping: bool
     _fatal: BatcherError | None
@@ -117,7 +122,7 @@ class ShardWork:
         self._later(shard, min(wait, 300.0))
 
     def _auth(self, message: str) -> None:
-        raise AuthError.rejected(message, "GEMINI_API_KEY or GOOGLE_API_KEY")
+        raise AuthError.rejected(message, self.client.key_env)
 
     def _log_shard_call(self, shard: Shard, call: CallRecord) -> None:
         """A shard's call goes in the ledger under one of its tasks (the ledger's rows name a task)."""

@@ -13,15 +13,17 @@ import contextlib
 import json
 
 from batcher.models import Failure, TaskStatus
-from batcher.providers.base import AuthRejected, RateLimited, Transient
-from batcher.providers.gemini_batch import (
+from batcher.providers.base import (
     Absent,
+    AuthRejected,
     BatchState,
     Created,
     CreateUnknown,
     Found,
     Got,
     NotCreated,
+    RateLimited,
+    Transient,
     Uploaded,
 )
 from batcher.retry import backoff_s
@@ -57,7 +59,9 @@ class StepsPart(ShardWork):
     async def _upload(self, shard: Shard) -> None:
         sub = shard.sub
         path = self.work_dir / f"{sub.display_name}.jsonl"
-        if not path.exists() and not (self.remote and await rebuild_shard_file(self.store, shard.tasks.values(), path)):
+        if not path.exists() and not (
+            self.remote and await rebuild_shard_file(self.store, self.client, shard.tasks.values(), path)
+        ):
             # nothing was created from it yet (and, for a bucket job, it cannot be written again from the store):
             # its tasks go back for a later shard
             await self._abandon(shard, "failed", "its requests file was lost before its batch was created")
