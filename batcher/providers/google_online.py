@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any
 
 import aiohttp
 
-from batcher.errors import AuthError
 from batcher.models import NOT_SENT, CallRecord
-from batcher.providers.auth import Credential, CredentialRefused, CredentialUnavailable
+from batcher.providers.auth import CredentialRefused, CredentialUnavailable
 from batcher.providers.base import (
     AuthRejected,
     Done,
@@ -36,6 +35,7 @@ from batcher.providers.base import (
     Unknown,
 )
 from batcher.providers.download import DownloadOutcome, describe, download, origin
+from batcher.providers.google_calls import GoogleSession, S
 from batcher.providers.google_wire import (
     DETAIL_CHARS,
     TRANSIENT_5XX,
@@ -50,52 +50,14 @@ from batcher.providers.google_wire import (
     reasons,
     request_body,
 )
-from batcher.providers.http import HttpLimits, SessionOwner
-from batcher.ratelimit import RateGate
 from batcher.retry import parse_retry_after
 
 GONE_MESSAGE = "an online reply holds its image; once lost it cannot be fetched again"
 Call = Callable[..., CallRecord]
 
 
-class GoogleLimits(HttpLimits, Protocol):
-    @property
-    def max_reply_bytes(self) -> int: ...
-    @property
-    def max_image_bytes(self) -> int: ...
-
-
-S = TypeVar("S", bound=GoogleLimits)
-
-
-class GoogleOnline(SessionOwner[S], Generic[S]):
-    """One aiohttp session to a Google API; every request first passes the shared rate gate.
-
-    `now` is the wall clock (epoch seconds): it times the ledger's records."""
-
-    name: str
-    label: str  # the API, for messages: "the Gemini API", "Vertex AI"
-    key_env: str  # what to check when the API refuses the credential: the credential's own hint
-
-    def __init__(self, settings: S, credential: Credential, gate: RateGate, *,
-                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
-        self.settings = settings
-        self.credential = credential
-        self.key_env = credential.hint
-        self.gate = gate
-        self._now = now
-
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        try:
-            try:  # a credential that cannot work fails here, before anything is sent
-                await self.credential.prepare()
-            except (CredentialUnavailable, CredentialRefused) as e:
-                raise AuthError(f"{e}: check {self.credential.hint}; nothing was sent") from None
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
+class GoogleOnline(GoogleSession[S]):
+    """generateContent, one POST per image; a subclass says the URL (`_url`) and what its 429s mean."""
 
     def _url(self, model: str) -> str:
         raise NotImplementedError
@@ -188,12 +150,6 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
     def _rate_limited(self, doc: dict[str, Any] | None, retry_after: float | None, call: Call) -> SubmitOutcome:
         raise NotImplementedError
 
-    def _what(self, status: int | None, error: dict[str, Any] | None) -> str:
-        """`HTTP 400 INVALID_ARGUMENT: message`, scrubbed of the credential."""
-        api_status = str(error.get("status") or "") if error else ""
-        message = self._scrub(str(error.get("message") or "")) if error else ""
-        return f"HTTP {status or 0}" + (f" {api_status}" if api_status else "") + (f": {message}" if message else "")
-
     def _refused(self, status: int | None, error: dict[str, Any] | None, call: Call) -> SubmitOutcome:
         code = status or 0
         what = self._what(status, error)
@@ -235,6 +191,3 @@ class GoogleOnline(SessionOwner[S], Generic[S]):
             return Fetched(ok=True, call=got.call)
         expired = got.outcome is DownloadOutcome.TRANSIENT
         return Fetched(ok=False, call=got.call, message=got.message, retryable=expired)
-
-    def _scrub(self, text: str) -> str:
-        return self.credential.scrub(text)

@@ -40,7 +40,8 @@ from batcher.providers.base import (
     Uploaded,
 )
 from batcher.providers.gemini import request_body
-from batcher.providers.gemini_batch import GeminiBatchClient, write_shard
+from batcher.providers.gemini_batch import GeminiBatchClient
+from batcher.providers.gemini_batch_files import write_shard
 from batcher.providers.gemini_settings import GeminiSettings
 from tests.conftest import StartGemini
 from tests.emulator.emu_helpers import LITE, read_png

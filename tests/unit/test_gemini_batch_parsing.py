@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batcher.providers.base import BatchState, FailureKind, LineKind
-from batcher.providers.gemini_batch import batch_info, parse_result_line
+from batcher.providers.gemini_batch_files import batch_info, parse_result_line
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
