@@ -111,6 +111,9 @@ class ProviderFacts:
     models: Mapping[str, ModelFacts]
     separator: str  # of the provider's size notation: "x" (16x9) or ":" (16:9)
     batch_route: bool = True  # False: batch prices are known, but batcher does not drive its batch mode yet
+    # how the store names what it keeps per account (a learned rate, a shared token bucket): `rate_limit`, or
+    # `rate_limit:gemini`. LinkModel's names have no suffix: stores made before the other providers hold them so
+    account_suffix: str = ""
     sizes: tuple[str, ...] = field(init=False)  # every size some model serves, canonical, in table order
 
     def __post_init__(self) -> None:
@@ -119,6 +122,10 @@ class ProviderFacts:
 
     def model(self, model_id: str) -> ModelFacts | None:
         return self.models.get(model_id)
+
+    def account_key(self, base: str) -> str:
+        """The store's name for what it keeps about this provider's account under `base`."""
+        return base + self.account_suffix
 
     @property
     def batch_mode(self) -> bool:
@@ -158,11 +165,12 @@ GEMINI = ProviderFacts(
         _batch_priced(replace(_CLASSIC, max_input_images=3)),
     ),
     ":",
+    account_suffix=":gemini",
 )
 
 # Vertex AI: the Gemini API's models, limits and prices ($0.067 online for Lite, Google's rate; batch prediction
 # bills half, $0.0335), billed to a Cloud project.
-VERTEX = ProviderFacts("vertex", "Vertex AI", GEMINI.models, ":", batch_route=False)
+VERTEX = ProviderFacts("vertex", "Vertex AI", GEMINI.models, ":", batch_route=False, account_suffix=":vertex")
 
 PROVIDERS: Mapping[str, ProviderFacts] = MappingProxyType({p.name: p for p in (LINKMODEL, GEMINI, VERTEX)})
 DEFAULT_PROVIDER = "linkmodel"

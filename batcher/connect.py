@@ -18,7 +18,7 @@ from batcher.store import Store
 
 __all__ = ["Endpoint", "endpoint", "open_provider", "provider_name", "rate_gate"]
 
-ACCOUNT_BUCKET = "account"  # the shared token bucket's name (for LinkModel; others add their name)
+ACCOUNT_BUCKET = "account"  # the shared token bucket's name (ProviderFacts.account_key adds the provider's)
 
 
 def provider_name(option: str | None, settings: dict[str, object]) -> str:
@@ -69,7 +69,7 @@ async def rate_gate(store: Store, config: RunConfig, provider: str = DEFAULT_PRO
     shared = None
     known = config.requests_per_second or learned
     if store.dialect == "postgresql" and known:
-        name = ACCOUNT_BUCKET if provider == DEFAULT_PROVIDER else f"{ACCOUNT_BUCKET}:{provider}"
+        name = provider_facts(provider).account_key(ACCOUNT_BUCKET)
         await store.bucket_setup(name, float(known), capacity=1.0)
         shared = StoreBucket(store, name)
     return RateGate(control, shared)

@@ -224,8 +224,8 @@ def job_prices(models: list[str], job: Job, override: Decimal | None, provider: 
                route: str = "online", strict: bool = True) -> dict[str, int]:  # fmt: skip
     """Micro-dollars per image for each model of the job by `route`: the command line (`override`), else the
     manifest's price for that route (`price_usd`, `batch: price_usd`), else the table of the provider
-    (`provider`, else the job's; by batch, Gemini's: the one provider with a batch mode). `strict` False: a
-    model with no price is left out."""
+    (`provider`, else the job's; by batch, the first provider with a batch mode when that one has none).
+    `strict` False: a model with no price is left out."""
     if override is None:
         held = job.price_micros if route == "online" else None
         override = micros_to_usd(held) if held is not None else None

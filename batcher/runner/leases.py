@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from batcher.catalog import DEFAULT_PROVIDER
+from batcher.catalog import provider_facts
 from batcher.errors import BatcherError
 from batcher.models import TaskStatus
 from batcher.polling import FirstPollTracker
@@ -24,7 +24,7 @@ LOOK_AGAIN_S = 1.0  # a claim that came back short is tried again after this lon
 
 def rate_limit_key(provider: str) -> str:
     """Where the account's learned rate is kept: each provider's account has its own."""
-    return RATE_LIMIT_KEY if provider == DEFAULT_PROVIDER else f"{RATE_LIMIT_KEY}:{provider}"
+    return provider_facts(provider).account_key(RATE_LIMIT_KEY)
 
 
 class LeasesPart(RunnerBase):

@@ -26,7 +26,6 @@ from batcher.store.changes import WriteConnection
 from batcher.store.tables import jobs, submissions, tasks
 from batcher.store.transitions import TransitionsPart, _freed
 
-GEMINI = "gemini"
 BATCH = "batch"
 
 PLANNED = "planned"
@@ -93,7 +92,7 @@ class SubmissionsPart(TransitionsPart):
         now: float,
         *,
         request_bytes: int = 0,
-        provider: str = GEMINI,
+        provider: str,
     ) -> Submission:
         """Commit a shard in ONE transaction: its submission (`planned`), and its tasks `submitting` with
         `provider`, `submission_id`, one more attempt and `price_micros_each` reserved each, as `begin_create`

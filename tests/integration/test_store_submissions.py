@@ -31,7 +31,9 @@ async def planned(
     store: Store, n: int = 5, *, name: str = "s1", budget: int | None = None
 ) -> tuple[Submission, list[Task]]:
     _, claimed = await job_with(store, n)
-    sub = await store.plan_shard(await store.job("j"), claimed, name, PRICE, budget, time.time(), request_bytes=n * 10)
+    sub = await store.plan_shard(
+        await store.job("j"), claimed, name, PRICE, budget, time.time(), request_bytes=n * 10, provider="gemini"
+    )
     return sub, claimed
 
 
@@ -76,12 +78,14 @@ async def test_a_budget_too_small_for_the_whole_shard_changes_nothing(open_store
     store = await open_store()
     _, claimed = await job_with(store, 5)
     with pytest.raises(BudgetRefused):
-        await store.plan_shard(await store.job("j"), claimed, "s1", PRICE, 5 * PRICE - 1, time.time())
+        await store.plan_shard(
+            await store.job("j"), claimed, "s1", PRICE, 5 * PRICE - 1, time.time(), provider="gemini"
+        )
     assert await rows_of(store) == [("pending", None, 0, None)] * 5
     assert await store._rows(select(submissions)) == []
     assert await money(store) == (0, 0)
     assert all(t.status is TaskStatus.PENDING for t in claimed)
-    sub = await store.plan_shard(await store.job("j"), claimed, "s1", PRICE, 5 * PRICE, time.time())
+    sub = await store.plan_shard(await store.job("j"), claimed, "s1", PRICE, 5 * PRICE, time.time(), provider="gemini")
     assert sub.requests == 5  # exactly the room it needs is enough
 
 
@@ -90,7 +94,7 @@ async def test_a_task_taken_over_refuses_the_whole_plan(open_store: OpenStore) -
     _, claimed = await job_with(store, 3)
     claimed[1].claim_token = "someone-else"
     with pytest.raises(ClaimLost):
-        await store.plan_shard(await store.job("j"), claimed, "s1", PRICE, None, time.time())
+        await store.plan_shard(await store.job("j"), claimed, "s1", PRICE, None, time.time(), provider="gemini")
     assert await rows_of(store) == [("pending", None, 0, None)] * 3
     assert await store._rows(select(submissions)) == []
 
@@ -99,13 +103,13 @@ async def test_a_second_shard_of_the_same_name_fails_cleanly(open_store: OpenSto
     store = await open_store()
     _, claimed = await job_with(store, 4)
     job = await store.job("j")
-    first = await store.plan_shard(job, claimed[:2], "same", PRICE, None, time.time())
+    first = await store.plan_shard(job, claimed[:2], "same", PRICE, None, time.time(), provider="gemini")
     with pytest.raises(DuplicateShard):
-        await store.plan_shard(job, claimed[2:], "same", PRICE, None, time.time())
+        await store.plan_shard(job, claimed[2:], "same", PRICE, None, time.time(), provider="gemini")
     assert [r[1] for r in await rows_of(store)] == [first.id, first.id, None, None]
     assert await money(store) == (0, 2 * PRICE)
     # the store is fine afterwards: another name goes through
-    other = await store.plan_shard(job, claimed[2:], "other", PRICE, None, time.time())
+    other = await store.plan_shard(job, claimed[2:], "other", PRICE, None, time.time(), provider="gemini")
     assert other.id != first.id
 
 
@@ -188,8 +192,8 @@ async def test_abandoning_a_shard_returns_exactly_its_unfinished_tasks(open_stor
     store = await open_store()
     _, claimed = await job_with(store, 6)
     job = await store.job("j")
-    sub = await store.plan_shard(job, claimed[:4], "s1", PRICE, None, time.time())
-    other = await store.plan_shard(job, claimed[4:], "s2", PRICE, None, time.time())
+    sub = await store.plan_shard(job, claimed[:4], "s1", PRICE, None, time.time(), provider="gemini")
+    other = await store.plan_shard(job, claimed[4:], "s2", PRICE, None, time.time(), provider="gemini")
     await created(store, sub)
     await saved(store, sub, claimed[0])
     with pytest.raises(ValueError):

@@ -30,7 +30,9 @@ async def test_shards_racing_for_one_budget_never_overspend_it(pg_url: str) -> N
             now = time.time()
             claimed = await store.claim(job, wid, 10, now, now + 60, provider="gemini")
             try:
-                sub = await store.plan_shard(job, claimed, f"shard-{wid}", PRICE, budget, time.time())
+                sub = await store.plan_shard(
+                    job, claimed, f"shard-{wid}", PRICE, budget, time.time(), provider="gemini"
+                )
             except BudgetRefused:
                 return []
             assert sub.requests == len(claimed)
@@ -57,9 +59,9 @@ async def test_a_taken_name_changes_nothing_on_postgresql(pg_url: str) -> None:
         job = await store.job("j")
         now = time.time()
         claimed = await store.claim(job, "w", 4, now, now + 60, provider="gemini")
-        first = await store.plan_shard(job, claimed[:2], "same", PRICE, None, now)
+        first = await store.plan_shard(job, claimed[:2], "same", PRICE, None, now, provider="gemini")
         with pytest.raises(DuplicateShard):
-            await store.plan_shard(job, claimed[2:], "same", PRICE, None, now)
+            await store.plan_shard(job, claimed[2:], "same", PRICE, None, now, provider="gemini")
         rows = await store._rows(select(tasks.c.submission_id, tasks.c.reserved_micros).order_by(tasks.c.seq))
         assert [tuple(r) for r in rows] == [(first.id, PRICE)] * 2 + [(None, 0)] * 2
         await store.shard_uploaded(first, "files/a", now)
