@@ -241,9 +241,10 @@ async def test_cancel_while_a_create_is_on_its_way_cancels_that_batch_and_collec
     start_gemini: StartGemini, tmp_path: Path
 ) -> None:
     n = 5
-    # the create makes its batch and holds its reply; the listing does not show it for a minute
-    emu = await start_gemini(batch_latency=Latency("fixed", 30.0), batch_partial_lines=True, batch_create_delay_s=20.0,
-                             batch_list_lag_s=60.0, seed=2)  # fmt: skip
+    # the create makes its batch and holds its reply; the listing does not show it for an hour. The emulator's
+    # clock also runs with real time: its spans are far longer than a loaded machine takes to start `cancel`
+    emu = await start_gemini(batch_latency=Latency("fixed", 900.0), batch_partial_lines=True,
+                             batch_create_delay_s=600.0, batch_list_lag_s=3600.0, seed=2)  # fmt: skip
     m = batch_manifest(tmp_path / "fence.yaml", n)
     db = tmp_path / "b.db"
     proc = await start(*cli(m, db), env=gemini_env(emu), cwd=tmp_path)
@@ -251,7 +252,7 @@ async def test_cancel_while_a_create_is_on_its_way_cancels_that_batch_and_collec
     cancelled = await batcher("cancel", "fence", "--db", str(db), env=gemini_env(emu), cwd=tmp_path)
     assert cancelled.code == 0, cancelled.err
     emu.configure(batch_create_delay_s=0.0, batch_latency=QUICK)  # the tasks sent again are done at once
-    emu.advance(20.0)  # the held reply goes out; about two thirds of the first batch's lines have finished
+    emu.advance(600.0)  # the held reply goes out; about two thirds of the first batch's lines have finished
     done = await finish(proc, 90.0)
     assert done.code == 0, done.err
     emu.advance(3600.0)  # a batch left running would bill by now
