@@ -89,7 +89,6 @@ class GeminiProvider(GoogleOnline[GeminiSettings]):
 
     name = "gemini"
     label = "the Gemini API"
-    key_env = KEY_HINT
 
     def __init__(
         self, settings: GeminiSettings, api_key: str, gate: RateGate, *, now: Callable[[], float] = time.time

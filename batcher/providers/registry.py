@@ -1,5 +1,6 @@
 """Every provider by name: where its API is (from the environment, or an in-process emulator with `--emulate`),
-its online client, its batch client (or none), its settings for the run and the hint that names its credential.
+its online client, its batch client (or none) and its settings for the run. The hint that names a credential
+in messages is the credential's own (providers/auth.py), written once where the credential is made.
 
 `connect`, `session`, the CLI and the runner ask here; nothing else chooses by a provider's name. What a provider
 serves (models, sizes, input limits, prices) is the catalog's (batcher/catalog.py). Adding a provider is one
@@ -17,11 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batcher.catalog import provider_facts
-from batcher.config import API_KEY_ENV, ApiSettings, RunConfig, api_key, api_settings
+from batcher.config import ApiSettings, RunConfig, api_key, api_settings
 from batcher.emulator import EmulatorConfig, Latency
 from batcher.errors import ConfigError
 from batcher.providers.base import BatchClient, Provider
-from batcher.providers.gemini_settings import KEY_ENVS
 from batcher.ratelimit import RateGate
 
 REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
@@ -53,7 +53,6 @@ class Registered:
     """One provider, as the layers above use it."""
 
     name: str
-    key_hint: str  # what to set to reach it, for messages
     real: Callable[[], Endpoint]  # the API from the environment
     emulated: Emulated  # `--emulate`: an emulator on loopback for the run's life (`batch`: a rehearsal's pace)
     online: Callable[[Endpoint, RunConfig, RateGate], Provider]  # to be entered: it owns its HTTP session
@@ -83,7 +82,6 @@ def _linkmodel_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Pro
 
 LINKMODEL = Registered(
     "linkmodel",
-    API_KEY_ENV,
     real=lambda: Endpoint("linkmodel", api_settings().base_url, api_key()),
     emulated=_linkmodel_emulated,
     online=_linkmodel_online,
@@ -131,7 +129,6 @@ def _gemini_batch(where: Endpoint, gate: RateGate) -> BatchClient:
 
 GEMINI = Registered(
     "gemini",
-    " or ".join(KEY_ENVS),
     real=_gemini_real,
     emulated=_gemini_emulated,
     online=_gemini_online,
@@ -176,7 +173,6 @@ def _vertex_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provid
 
 VERTEX = Registered(
     "vertex",
-    "GOOGLE_APPLICATION_CREDENTIALS and GOOGLE_CLOUD_PROJECT (or GOOGLE_API_KEY alone for express mode)",
     real=lambda: Endpoint("vertex", None, ""),  # settings and credentials are read when the client opens
     emulated=_vertex_emulated,
     online=_vertex_online,
