@@ -219,12 +219,12 @@ def saved_image(target: Path, not_before: float | None = None) -> tuple[Saved | 
 async def adopt_saved(
     store: Store, task: Task, output_dir: Path, cost_micros: int, now: float, *, not_before: float | None = None
 ) -> bool:
-    """A run killed (or, before, stopped) between renaming a paid task's image into place and committing it left
-    the image under the task's name: a resume takes it as the task's output (read back and verified: an image,
-    written after the task's submission `not_before`, recorded by no other task) instead of fetching it again.
-    True when the task succeeded so. When none is taken, what else stands under the task's names and no other
-    task records is removed: the task is fetched again, and must end with its own image there or with nothing,
-    never with an unclaimed file beside its failure."""
+    """A run killed between renaming a submitted task's image into place and committing it (its billing too,
+    perhaps) left the image under the task's name: a resume takes it as the task's output (read back and
+    verified: an image, written after the task's submission `not_before`, recorded by no other task) instead of
+    fetching it again. True when the task succeeded so. When none is taken, what else stands under the task's
+    names and no other task records is removed: the task is fetched again, and must end with its own image
+    there or with nothing, never with an unclaimed file beside its failure."""
     saved, others = await asyncio.to_thread(saved_image, target_path(output_dir, task.filename), not_before)
     if saved is not None and not await store.output_taken(saved.path, task.id):
         await store.succeeded(task, output_path=saved.path, sha256=saved.sha256, size=saved.size,

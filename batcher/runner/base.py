@@ -157,7 +157,7 @@ class RunnerBase:
 async def to_the_end(step: Coroutine[Any, Any, T]) -> T:
     """Run `step` to its end even when the caller is cancelled meanwhile (a stop), then pass the cancellation
     on. For a file's rename into place and the commit that records it: a stop between the two left an image
-    under a task's name that the store did not know, which a resume then paid for or failed beside."""
+    under a task's name that the store did not know, which a resume then fetched again or failed beside."""
     inner = asyncio.ensure_future(step)
     cancelled = False
     while True:
