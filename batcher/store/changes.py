@@ -42,25 +42,6 @@ class RowChange:
 Change = Op | RowChange
 
 
-def in_order(changes: Sequence[Change], key: Callable[[RowChange], Hashable]) -> list[int | list[int]]:
-    """How to run a group: an op by its index, or a list of row changes' indexes (one executemany step), in an
-    order that keeps every op where it was queued. The row changes between two ops are batched by `row_steps`.
-    An op never runs ahead of a change queued before it: a worker's stop (which lets go of its claims) used to
-    run ahead of that worker's own billing and success, whose fenced rows then no longer matched and were
-    lost while the image stood under its name."""
-    plan: list[int | list[int]] = []
-    start = 0
-    for i, change in enumerate([*changes, None]):
-        if isinstance(change, RowChange):
-            continue
-        rows = changes[start:i]
-        plan.extend([start + j for j in step] for step in row_steps(rows, key))
-        if change is not None:
-            plan.append(i)
-        start = i + 1
-    return plan
-
-
 def row_steps(changes: Sequence[Change], key: Callable[[RowChange], Hashable]) -> list[list[int]]:
     """The row changes of a group (by index) as the executemany steps to run, in order: rows of one statement
     (`key`) share a step, except that a change never runs ahead of an earlier change to the same row (its `_id`)

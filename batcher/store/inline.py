@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from batcher.store.changes import Change, RowChange, in_order
+from batcher.store.changes import Change, RowChange, row_steps
 from batcher.store.database import apply_pragmas, is_locked
 
 T = TypeVar("T")
@@ -87,13 +87,10 @@ class InlineSqlite:
         results: list[Any] = [None] * len(changes)
         try:
             inline = InlineConnection(conn)
-            for step in in_order(changes, lambda row: (id(row.stmt), tuple(row.params))):
-                if isinstance(step, int):  # an op, where it was queued (see `in_order`)
-                    op = changes[step]
-                    assert not isinstance(op, RowChange)
-                    results[step] = _run_inline(op, inline)
-                    continue
-                indexes = step
+            for i, change in enumerate(changes):
+                if not isinstance(change, RowChange):
+                    results[i] = _run_inline(change, inline)
+            for indexes in row_steps(changes, lambda row: (id(row.stmt), tuple(row.params))):
                 rows: list[RowChange] = [changes[i] for i in indexes]  # type: ignore[misc]
                 compiled = self._compile(conn.dialect, rows[0])
                 values = [compiled.values(r.params) for r in rows]
