@@ -12,8 +12,10 @@ Three things are decided here, in this order, for a task about to be created:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -188,31 +190,56 @@ class Saved:
     info: ImageInfo
 
 
-def saved_image(target: Path) -> Saved | None:
-    """An image already in place under `target`'s name (any image extension). Only a whole, verified image is
-    ever renamed to a final name, so one found there was written by the task of that name. Blocking."""
+MTIME_SLACK_S = 2.0  # file systems that keep modification times to the second (or two, FAT), seconds
+
+
+def saved_image(target: Path, not_before: float | None = None) -> tuple[Saved | None, list[Path]]:
+    """The image a run left under `target`'s name (any image extension), and the other files standing under
+    those names. Only a whole, verified image is ever renamed to a final name, so an image found there, written
+    after `not_before` (the task's submission, on this host's clock), was written by the task of that name; an
+    older one, or one that is not an image, was not. Blocking."""
+    saved: Saved | None = None
+    others: list[Path] = []
     for path in dict.fromkeys([target, *(target.with_suffix(ext) for ext in (".png", ".jpg", ".jpeg", ".webp"))]):
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                mtime = os.fstat(f.fileno()).st_mtime
+                data = f.read()
         except OSError:
             continue
         info = sniff(data)
-        if info is not None:
-            return Saved(str(path), hashlib.sha256(data).hexdigest(), len(data), info)
-    return None
+        fresh = not_before is None or mtime >= not_before - MTIME_SLACK_S
+        if saved is None and info is not None and fresh:
+            saved = Saved(str(path), hashlib.sha256(data).hexdigest(), len(data), info)
+        else:
+            others.append(path)
+    return saved, others
 
 
-async def adopt_saved(store: Store, task: Task, output_dir: Path, cost_micros: int, now: float) -> bool:
-    """A run killed between renaming a paid task's image into place and committing it left the image under the
-    task's name: a resume takes it as the task's output (read back and verified) instead of fetching it again,
-    unless another task records that file as its own. True when the task succeeded so."""
-    saved = await asyncio.to_thread(saved_image, target_path(output_dir, task.filename))
-    if saved is None or await store.output_taken(saved.path, task.id):
-        return False
-    await store.succeeded(task, output_path=saved.path, sha256=saved.sha256, size=saved.size, width=saved.info.width,
-                          height=saved.info.height, fmt=saved.info.format, cost_micros=cost_micros, call=None,
-                          now=now)  # fmt: skip
-    return True
+async def adopt_saved(
+    store: Store, task: Task, output_dir: Path, cost_micros: int, now: float, *, not_before: float | None = None
+) -> bool:
+    """A run killed between renaming a submitted task's image into place and committing it (its billing too,
+    perhaps) left the image under the task's name: a resume takes it as the task's output (read back and
+    verified: an image, written after the task's submission `not_before`, recorded by no other task) instead of
+    fetching it again. True when the task succeeded so. When none is taken, what else stands under the task's
+    names and no other task records is removed: the task is fetched again, and must end with its own image
+    there or with nothing, never with an unclaimed file beside its failure."""
+    saved, others = await asyncio.to_thread(saved_image, target_path(output_dir, task.filename), not_before)
+    if saved is not None and not await store.output_taken(saved.path, task.id):
+        await store.succeeded(task, output_path=saved.path, sha256=saved.sha256, size=saved.size,
+                              width=saved.info.width, height=saved.info.height, fmt=saved.info.format,
+                              cost_micros=cost_micros, call=None, now=now)  # fmt: skip
+        return True
+    for path in others:
+        if not await store.output_taken(str(path), task.id):
+            await asyncio.to_thread(_remove, path)
+    return False
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _label(name: str | None, key: str) -> str:

@@ -9,10 +9,10 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batcher.config import RunConfig
 from batcher.errors import BatcherError
@@ -23,6 +23,7 @@ from batcher.storage import is_remote
 from batcher.store import Job, Store, Stray, Task
 
 log = logging.getLogger("batcher")
+T = TypeVar("T")
 
 PREFETCH_MIN = 8  # tasks claimed ahead of their create, at least
 PREFETCH_S = 1.0  # and about this many seconds of the request rate
@@ -151,3 +152,22 @@ class RunnerBase:
     def _poll_stray(self, stray: Stray) -> None:
         """Drive a stray reply to its end (the lifecycle part)."""
         raise NotImplementedError
+
+
+async def to_the_end(step: Coroutine[Any, Any, T]) -> T:
+    """Run `step` to its end even when the caller is cancelled meanwhile (a stop), then pass the cancellation
+    on. For a file's rename into place and the commit that records it: a stop between the two left an image
+    under a task's name that the store did not know, which a resume then fetched again or failed beside."""
+    inner = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(inner)
+            break
+        except asyncio.CancelledError:
+            if inner.cancelled():  # the loop itself is closing: nothing is left to wait for
+                raise
+            cancelled = True  # a stop, or the stop's second word (`_wind_down`): the step goes on all the same
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -12,7 +12,7 @@ from pathlib import Path
 from batcher import cache
 from batcher.errors import AuthError, BatcherError, QuotaError, SpendCapError
 from batcher.imageinfo import ImageInfo
-from batcher.models import Failure, OnUnknown, TaskStatus
+from batcher.models import CallRecord, Failure, OnUnknown, TaskStatus
 from batcher.outputs import AtomicFile, MemorySink, target_path, with_real_extension
 from batcher.polling import FirstPollTracker, RunningClock, next_poll_in
 from batcher.providers.base import (
@@ -33,7 +33,7 @@ from batcher.providers.base import (
     Unknown,
 )
 from batcher.retry import backoff_s
-from batcher.runner.base import log
+from batcher.runner.base import log, to_the_end
 from batcher.runner.remote import RemotePart
 from batcher.store import BudgetRefused, ClaimLost, Stray, StrayReply, Task, quota_note
 
@@ -274,6 +274,10 @@ class LifecyclePart(RemotePart):
         billed_before = task.billed_at is not None  # a Success seen by an earlier run: its image may be in place
         if billed_before and self.remote and await self._store_kept(task):
             return  # the bucket refused it earlier and the API cannot serve it again: stored from this disk
+        # submitted by an earlier run: a kill between renaming its image into place and committing that (the
+        # billing included) left the image under its name. A bucket needs no adoption: the conditional create
+        # knows this task's own bytes (same sha256)
+        look_for_saved = not fresh and not self.remote
         tracker = self._first_poll(task.model)
         polls = fetch_failures = 0
         submitted_at = task.submitted_at or self._now()
@@ -315,14 +319,10 @@ class LifecyclePart(RemotePart):
                 self.store.log_call(task, r.call)
                 if task.billed_at is None:  # billed from now on, whatever the fetch does
                     self.store.billed(task, self._cost(task), self._unit(task), now)
-                elif (
-                    billed_before
-                    and not self.remote
-                    and await cache.adopt_saved(self.store, task, self.output_dir, self._cost(task), now)
-                ):  # a bucket needs no adoption: the conditional create knows this task's own bytes (same sha256)
-                    self.progress.succeeded += 1
-                    self.progress.spent_micros += self._cost(task)
-                    return
+                if look_for_saved:
+                    look_for_saved = False
+                    if await self._adopt_saved(task, now):
+                        return
                 if await self._save(task, r.image, last_try=False):
                     return
                 fetch_failures += 1
@@ -353,6 +353,15 @@ class LifecyclePart(RemotePart):
                 self.progress.failed += 1
                 return
             self.store.log_call(task, r.call)  # transient or 429: check again later
+
+    async def _adopt_saved(self, task: Task, now: float) -> bool:
+        """Take the image an earlier run left under the task's name as its output (see `cache.adopt_saved`)."""
+        submitted = None if task.submitted_at is None else task.submitted_at - self.store.clock_offset
+        if not await cache.adopt_saved(self.store, task, self.output_dir, self._cost(task), now, not_before=submitted):
+            return False
+        self.progress.succeeded += 1
+        self.progress.spent_micros += self._cost(task)
+        return True
 
     def _first_poll(self, model: str) -> FirstPollTracker:
         tracker = self.first_polls.get(model)
@@ -388,27 +397,11 @@ class LifecyclePart(RemotePart):
                                         failure=Failure.DOWNLOAD)  # fmt: skip
                 self.progress.failed += 1
                 return True
-            if isinstance(sink, MemorySink):  # a bucket: one conditional create
-                await self._store_remote(task, sink, info, result.call, only_copy=image.url is None)
+            if isinstance(sink, MemorySink):  # a bucket: one conditional create, and its record
+                await to_the_end(self._store_remote(task, sink, info, result.call, only_copy=image.url is None))
                 return True
             assert target is not None
-            final = with_real_extension(target, info)
-            await self._finisher.finish(sink, final)  # a stop now leaves no .part behind: it is finished anyway
-            cost = self._cost(task)
-            await self.store.succeeded(
-                task,
-                output_path=str(final),
-                sha256=sink.sha256,
-                size=sink.size,
-                width=info.width,
-                height=info.height,
-                fmt=info.format,
-                cost_micros=cost,
-                call=result.call,
-                now=now,
-            )
-            self.progress.succeeded += 1
-            self.progress.spent_micros += cost
+            await to_the_end(self._place(task, sink, with_real_extension(target, info), info, result.call, now))
             return True
         if not result.retryable or last_try:
             await self.store.failed(task, f"paid, but the download was refused: {result.message}", result.call, now,
@@ -418,6 +411,18 @@ class LifecyclePart(RemotePart):
         if result.call is not None:
             self.store.log_call(task, result.call)
         return False
+
+    async def _place(
+        self, task: Task, sink: AtomicFile, final: Path, info: ImageInfo, call: CallRecord | None, now: float
+    ) -> None:
+        """Rename the image into place and record it: run `to_the_end`, so that a stop never leaves an image
+        under a task's name without its record."""
+        await self._finisher.finish(sink, final)
+        cost = self._cost(task)
+        await self.store.succeeded(task, output_path=str(final), sha256=sink.sha256, size=sink.size, width=info.width,
+                                   height=info.height, fmt=info.format, cost_micros=cost, call=call, now=now)  # fmt: skip
+        self.progress.succeeded += 1
+        self.progress.spent_micros += cost
 
     # --- stray replies ----------------------------------------------------------------------------------
 
@@ -460,6 +465,11 @@ class LifecyclePart(RemotePart):
         except BatcherError as e:
             self._fail_run(e)
 
+    async def _place_duplicate(self, stray: Stray, sink: AtomicFile, final: Path) -> None:
+        await self._finisher.finish(sink, final)
+        await self.store.stray_done(stray, "succeeded", self._now(), billed=True, output_path=str(final),
+                                    sha256=sink.sha256)  # fmt: skip
+
     async def _keep_duplicate(self, stray: Stray, image: Image, *, last_try: bool) -> bool:
         """Save a stray's image as `NAME.dup-HANDLE.png`; True when the stray is final (saved, or given up)."""
         stem = Path(stray.filename)
@@ -470,13 +480,10 @@ class LifecyclePart(RemotePart):
             self.store.log_call(stray, result.call)
         if info is not None:
             if isinstance(sink, MemorySink):  # a bucket: one conditional create
-                await self._stray_to_bucket(stray, str(name), sink, info)
+                await to_the_end(self._stray_to_bucket(stray, str(name), sink, info))
                 return True
             assert target is not None
-            final = with_real_extension(target, info)
-            await self._finisher.finish(sink, final)
-            await self.store.stray_done(stray, "succeeded", self._now(), billed=True, output_path=str(final),
-                                        sha256=sink.sha256)  # fmt: skip
+            await to_the_end(self._place_duplicate(stray, sink, with_real_extension(target, info)))
             return True
         if result.ok or not result.retryable or last_try:
             await self.store.stray_done(stray, "failed", self._now(), billed=True,

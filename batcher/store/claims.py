@@ -60,7 +60,10 @@ class ClaimsPart(StoreBase):
             if dead:  # its creates in flight may or may not have reached the API
                 await _mark_stale_submissions_unknown(conn, now, worker_id)
 
-        await self.writer.run(op)
+        # alone: after every change queued before it has committed. In a group, ops run ahead of row changes, so
+        # a graceful stop's release of its claims ran ahead of its own tasks' billing and success (fenced by the
+        # claim tokens it cleared): both were lost while the image stood under the task's name
+        await self.writer.run(op, alone=True)
 
     async def recover(self, job_id: int, now: float) -> int:
         """Tasks left `submitting` by a worker whose lease ran out become `unknown`; returns how many."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from batcher.emulator import Latency
+from batcher.models import TaskStatus
 from batcher.runner import Runner, StopReason
 from tests.conftest import OpenStore, StartEmulator
 from tests.integration.runner_kit import drive, fast_config, load, specs
@@ -51,3 +54,38 @@ def test_a_later_run_sweeps_only_abandoned_part_files(tmp_path: Path) -> None:
     os.utime(kept, (now - 3600, now - 3600))
     assert sweep_stale_parts(tmp_path, 900.0, now) == 1
     assert not old.exists() and fresh.exists() and kept.exists()
+
+
+async def test_a_stop_while_an_image_is_renamed_into_place_still_records_it(
+    open_store: OpenStore, start_emu: StartEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The finisher's thread is held after the rename, before the folder's fsync: the stop comes in that window.
+    # The task used to be cancelled there; the rename went through all the same and the success was never
+    # committed, so the image stood under the task's name without a record.
+    import threading
+
+    from batcher import outputs
+
+    store = await open_store()
+    emu = await start_emu(latency=Latency("fixed", 0.05))
+    await load(store, specs(1), tmp_path / "out")
+    renamed, go_on = threading.Event(), threading.Event()
+    real = outputs.fsync_folder
+
+    def held(folder: Path) -> None:
+        renamed.set()
+        go_on.wait(30)
+        real(folder)
+
+    monkeypatch.setattr(outputs, "fsync_folder", held)
+    runners: list[Runner] = []
+    run = asyncio.create_task(drive(store, emu, fast_config(), runner_out=runners))
+    assert await asyncio.to_thread(renamed.wait, 30), "the image was never renamed into place"
+    runners[0].request_stop()
+    await asyncio.sleep(0.1)  # the stop reaches the task while its image is in place and not yet recorded
+    go_on.set()
+    await asyncio.wait_for(run, 30)
+    job = await store.job("job")
+    ledger = await store.ledger(job)
+    assert (ledger.counts.get(TaskStatus.SUCCEEDED), ledger.billed_calls) == (1, 1), ledger
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["prompt-0.png"]

@@ -401,3 +401,31 @@ async def test_a_group_keeps_the_order_of_changes_to_one_task(open_store: OpenSt
     assert store.writer.groups == groups + 1
     ledger = await store.ledger(job)
     assert (ledger.paid_unusable, ledger.billed_calls, ledger.cost_micros) == (2, 2, 2 * 67_000)
+
+
+async def test_a_worker_s_stop_commits_after_the_changes_queued_before_it(open_store: OpenStore) -> None:
+    # A graceful stop queues the worker's release of its claims (an op) right behind a task's billing and success
+    # (patient row changes still waiting for company). Ops run ahead of the row changes of their group: the
+    # release, in the same group, cleared the claim token first, both fenced changes then matched no row, and the
+    # success was lost while its image stood under the task's name. The release now commits on its own, after.
+    store = await open_store()
+    await imported(store, specs(1))
+    job = await store.job("job")
+    now = time.time()
+    (t,) = await store.claim(job, "w", 1, now, now + 30)
+    await store.begin_create(t, now)
+    await store.created(t, "r1", None, call(), now)
+    await store.writer.flush()
+    store.writer.gather_s = 30.0  # the billing and the success wait for company: the stop's op comes meanwhile
+    store.billed(t, 67_000, 0, now)
+    success = asyncio.create_task(store.succeeded(
+        t, output_path="out/p-0.png", sha256="0" * 64, size=10, width=1, height=1, fmt="png", cost_micros=67_000,
+        call=call("download"), now=now,
+    ))  # fmt: skip
+    await asyncio.sleep(0)
+    await store.stop_worker("w", now)
+    await asyncio.wait_for(success, 5)
+    ledger = await store.ledger(job)
+    assert (ledger.counts.get(TaskStatus.SUCCEEDED), ledger.billed_calls, ledger.cost_micros) == (1, 1, 67_000)
+    async with store.engine.connect() as conn:  # and the stop let go of the claim all the same
+        assert tuple((await conn.execute(select(tasks.c.claimed_by, tasks.c.claim_token))).one()) == (None, None)

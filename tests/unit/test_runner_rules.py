@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import os
 import random
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -578,12 +579,32 @@ async def test_an_image_left_in_place_by_a_killed_run_is_taken_without_fetching_
         left = encode_png("what the killed run saved", 16, 16)
         b.out.mkdir(parents=True)
         (b.out / "prompt-0.png").write_bytes(left)
+        os.utime(b.out / "prompt-0.png", (EPOCH, EPOCH))  # written when the killed run saw the Success
         fake.script(P0, check=[done(b"not an image: the host serves an error page now")])
         result = await b.run(fake)
         assert result.reason == StopReason.DONE
         row = (await b.rows())[P0]
         assert row["status"] == "succeeded" and row["sha256"] == hashlib.sha256(left).hexdigest()
         assert fake.fetches == 0 and fake.submits() == 0
+        await assert_money_matches(b, fake)
+
+
+@virtual
+async def test_an_image_older_than_the_submission_is_not_taken_and_never_left_beside_a_failure(home: Path) -> None:
+    # an earlier job's image under the same name (an output directory used again): not this task's, so it is not
+    # adopted; the fetch again serves an error page, and the task fails with nothing left under its name
+    async with bench(home) as b:
+        fake = fake_provider()
+        await paid_and_cut(b, fake, "fake-cut")
+        b.out.mkdir(parents=True)
+        (b.out / "prompt-0.png").write_bytes(encode_png("an earlier job's image", 16, 16))
+        os.utime(b.out / "prompt-0.png", (EPOCH - 3600.0, EPOCH - 3600.0))
+        fake.script(P0, check=[done(b"not an image: the host serves an error page now")])
+        result = await b.run(fake)
+        assert result.reason == StopReason.DONE
+        row = (await b.rows())[P0]
+        assert row["status"] == "failed" and row["output_path"] is None
+        assert fake.fetches == 1 and list(b.out.iterdir()) == []
         await assert_money_matches(b, fake)
 
 
