@@ -28,13 +28,7 @@ from batcher.emulator.images import encode_png
 from batcher.errors import AuthError, ExitCode, QuotaError
 from batcher.models import CallRecord, JobSettings, OnUnknown, import_batches
 from batcher.providers.base import FailureKind, Request, SubmitOutcome
-from batcher.retry import RetryPolicy, backoff_s
-from batcher.runner import Runner, RunResult, StopReason
-from batcher.store import Job, Ledger, Store
-from batcher.store.tables import tasks
-from tests import virtual_time
-from tests.integration.runner_kit import MODEL, specs
-from tests.unit.fake_provider import (
+from batcher.providers.fake import (
     KEY,
     PRICE,
     FakeProvider,
@@ -47,6 +41,12 @@ from tests.unit.fake_provider import (
     transient,
     unknown,
 )
+from batcher.retry import RetryPolicy, backoff_s
+from batcher.runner import Runner, RunResult, StopReason
+from batcher.store import Job, Ledger, Store
+from batcher.store.tables import tasks
+from tests import virtual_time
+from tests.integration.runner_kit import MODEL, specs
 
 EPOCH = 1_800_000_000.0  # the runner's wall clock at virtual time 0
 P0, P1, P2, P3 = (f"prompt {i}" for i in range(4))  # the prompts of `specs`
