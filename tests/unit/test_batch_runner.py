@@ -117,6 +117,8 @@ async def test_a_create_refused_for_the_rate_is_sent_again_and_makes_one_batch(h
         api.script_creates(CreateFault.RATE_LIMITED, CreateFault.NOT_SENT)
         assert (await b.run(api)).reason == StopReason.DONE
         assert len(api.creates) == 3 and len(api.batches) == 1
+        # each reply proved nothing was made: sent again after its wait, with no listing and no grace period
+        assert not api.listings and api.creates[-1] - api.creates[0] < CREATE_GRACE_S / 2
         await assert_money_matches(b, api)
 
 
