@@ -108,6 +108,8 @@ class BatchScript:
 
 @dataclass
 class FakeBatch:
+    """One batch the fake made: what it holds, and where it stands (read it in tests, never change it)."""
+
     name: str
     display_name: str
     input_file: str
@@ -129,9 +131,11 @@ class FakeBatch:
         if self.ended_at is not None:
             return self.done
         n = len(self.keys)
+        script = self.script
+        most = n if script.ending is BatchState.SUCCEEDED or script.finished is None else min(n, script.finished)
         if not n or self.run_s <= 0:
-            return n
-        return min(n, int((now - self.created_at) / self.run_s * n + 1e-9))
+            return most
+        return min(most, int((now - self.created_at) / self.run_s * n + 1e-9))
 
 
 class FakeBatchClient:
@@ -352,10 +356,8 @@ class FakeBatchClient:
         """A batch past its ending: its finished lines fixed and billed, once."""
         if batch.ended_at is not None or now < batch.ends_at:
             return
-        script = batch.script
-        n = len(batch.keys)
-        finished = n if script.ending is BatchState.SUCCEEDED or script.finished is None else script.finished
-        batch.done, batch.ended_at = min(n, finished), batch.ends_at
+        batch.done = batch.finished_by(batch.ends_at)
+        batch.ended_at = batch.ends_at
         self._bill(batch)
 
     def _bill(self, batch: FakeBatch) -> None:

@@ -18,7 +18,7 @@ from batcher.providers.fake import BatchScript, CreateFault, Fate
 from batcher.runner import StopReason
 from batcher.runner.batch import BatchSettings
 from batcher.store import Store
-from tests.unit.batch_bench import CONFIG, assert_money_matches, bench, fake_api, virtual
+from tests.unit.batch_bench import CONFIG, EPOCH, assert_money_matches, bench, fake_api, virtual
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,19 @@ async def test_a_failed_batch_with_lines_missing_from_its_results_bills_that_man
         # the other two go again, each counted as a possible double charge
         ledger = await assert_money_matches(b, api, per_key=False)
         assert ledger.result_lost == 1 and ledger.unknown_submissions == 2
+
+
+@virtual
+async def test_at_the_deadline_running_batches_are_cancelled_and_what_they_finished_is_collected(home: Path) -> None:
+    async with bench(home, tasks=4) as b:
+        api = fake_api(run_s=800.0)  # a line every 200 s
+        settings = BatchSettings(max_requests=4, deadline_at=EPOCH + 500.0)
+        assert (await b.run(api, settings)).reason == StopReason.DEADLINE
+        (batch,) = api.batches.values()
+        assert batch.script.ending is BatchState.CANCELLED and batch.done == 2
+        rows = await b.rows()
+        assert sorted(r["status"] for r in rows.values()) == [TaskStatus.PENDING] * 2 + [TaskStatus.SUCCEEDED] * 2
+        await assert_money_matches(b, api)
 
 
 # --- a restart carries open shards on ------------------------------------------------------------------------
