@@ -34,7 +34,9 @@ from tests.integration.runner_kit import MODEL, specs
 EPOCH = 1_800_000_000.0  # the runner's wall clock at virtual time 0
 CONFIG = RunConfig(retry=RetryPolicy(base_s=1.0, cap_s=8.0))  # the real lease and heartbeat: time costs nothing
 LIMIT_S = 48 * 3600.0  # virtual seconds a run may take before the test fails instead of hanging
-SMALL = BatchSettings(max_requests=3)  # shards of three lines, so a few tasks make several
+# shards of three lines, so a few tasks make several; a create's grace period of 30 s, not 3 minutes: the runner
+# looks for orphaned shards every 10 s, each look a few queries, so the less virtual time a test spans the faster
+SMALL = BatchSettings(max_requests=3, create_grace_s=30.0)
 
 P = ParamSpec("P")
 
@@ -55,7 +57,9 @@ def virtual(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
 
 
 def fake_api(**knobs: Any) -> FakeBatchClient:
-    return FakeBatchClient(clock=clock, **knobs)
+    """The fake batch API on the virtual clock; its batches run 20 s unless `run_s` says (ended by the second look:
+    the runner looks 10 s after a create, then 15 s later)."""
+    return FakeBatchClient(clock=clock, **{"run_s": 20.0, **knobs})
 
 
 @dataclass

@@ -146,8 +146,8 @@ async def test_a_failed_batch_with_lines_missing_from_its_results_bills_that_man
 @virtual
 async def test_at_the_deadline_running_batches_are_cancelled_and_what_they_finished_is_collected(home: Path) -> None:
     async with bench(home, tasks=4) as b:
-        api = fake_api(run_s=800.0)  # a line every 200 s
-        settings = BatchSettings(max_requests=4, deadline_at=EPOCH + 500.0)
+        api = fake_api(run_s=80.0)  # a line every 20 s
+        settings = BatchSettings(max_requests=4, deadline_at=EPOCH + 50.0)
         assert (await b.run(api, settings)).reason == StopReason.DEADLINE
         (batch,) = api.batches.values()
         assert batch.script.ending is BatchState.CANCELLED and batch.done == 2
@@ -162,7 +162,7 @@ async def test_at_the_deadline_running_batches_are_cancelled_and_what_they_finis
 @virtual
 async def test_a_restart_collects_the_batches_an_earlier_run_created(home: Path) -> None:
     async with bench(home, tasks=4) as b:
-        api = fake_api(run_s=3600.0)
+        api = fake_api()
         assert (await b.run(api, BatchSettings(max_requests=2, wait=False))).reason == StopReason.SUBMITTED
         assert (await b.run(api, BatchSettings(max_requests=2), worker="w2")).reason == StopReason.DONE
         assert len(api.creates) == len(api.batches) == 2
@@ -175,7 +175,7 @@ async def test_a_restart_after_a_create_whose_reply_never_came_adopts_the_batch_
     home: Path,
 ) -> None:
     async with bench(home, tasks=3) as b:
-        api = fake_api(listing_lag_s=60.0)
+        api = fake_api(listing_lag_s=20.0)
         api.script_creates(CreateFault.UNKNOWN_CREATED)
         first = await b.runner(api)
         async with api:
@@ -201,7 +201,7 @@ async def test_a_restart_after_a_create_whose_reply_never_came_adopts_the_batch_
 @virtual
 async def test_no_more_batches_run_at_once_than_the_provider_allows(home: Path, cap: int | None) -> None:
     async with bench(home, tasks=10) as b:
-        api = fake_api(limits=BatchLimits(max_requests=100, max_bytes=10**7, max_concurrent=cap), run_s=600.0)
+        api = fake_api(limits=BatchLimits(max_requests=100, max_bytes=10**7, max_concurrent=cap))
         assert (await b.run(api, BatchSettings(max_requests=2))).reason == StopReason.DONE
         assert api.over_limit == 0  # the API never had to refuse a create for it
         assert len(api.creates) == len(api.batches) == 5

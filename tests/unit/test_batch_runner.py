@@ -16,7 +16,7 @@ from batcher.providers.base import BatchLimits
 from batcher.providers.fake import CreateFault
 from batcher.runner import StopReason
 from batcher.runner.batch import BatchSettings
-from batcher.runner.batch.shard import CREATE_GRACE_S, GRACE_LISTINGS, MAX_REUPLOADS
+from batcher.runner.batch.shard import GRACE_LISTINGS, MAX_REUPLOADS
 from batcher.store import Store
 from tests.unit.batch_bench import SMALL, assert_money_matches, bench, fake_api, virtual
 
@@ -118,7 +118,7 @@ async def test_a_create_refused_for_the_rate_is_sent_again_and_makes_one_batch(h
         assert (await b.run(api)).reason == StopReason.DONE
         assert len(api.creates) == 3 and len(api.batches) == 1
         # each reply proved nothing was made: sent again after its wait, with no listing and no grace period
-        assert not api.listings and api.creates[-1] - api.creates[0] < CREATE_GRACE_S / 2
+        assert not api.listings and api.creates[-1] - api.creates[0] < SMALL.create_grace_s
         await assert_money_matches(b, api)
 
 
@@ -128,7 +128,7 @@ async def test_a_create_refused_for_the_rate_is_sent_again_and_makes_one_batch(h
 @virtual
 async def test_an_unknown_create_that_made_its_batch_is_found_on_the_listing_and_adopted(home: Path) -> None:
     async with bench(home, tasks=3) as b:
-        api = fake_api(listing_lag_s=30.0)  # missing from the first listings, within the grace period
+        api = fake_api(listing_lag_s=SMALL.create_grace_s / 2)  # missing at first, within the grace period
         api.script_creates(CreateFault.UNKNOWN_CREATED)
         assert (await b.run(api)).reason == StopReason.DONE
         assert len(api.creates) == 1 and len(api.batches) == 1
@@ -148,7 +148,7 @@ async def test_an_unknown_create_absent_from_complete_listings_past_the_grace_pe
         api.script_creates(CreateFault.UNKNOWN_NOT_CREATED)
         assert (await b.run(api)).reason == StopReason.DONE
         first, second = api.creates
-        assert second - first >= CREATE_GRACE_S  # never sooner: a listing may lag that long
+        assert second - first >= SMALL.create_grace_s  # never sooner: a listing may lag that long
         before = [at for at, whole in api.listings if at <= second]
         assert len(before) >= GRACE_LISTINGS and all(whole for at, whole in api.listings)
         assert len(api.batches) == 1
@@ -178,7 +178,7 @@ async def test_a_batch_the_listing_shows_only_past_the_grace_period_is_a_known_d
 ) -> None:
     async with bench(home, tasks=2) as b:
         # on the listing only after the grace period, yet before its shard's second batch ends
-        api = fake_api(listing_lag_s=CREATE_GRACE_S + 60.0, run_s=600.0)
+        api = fake_api(listing_lag_s=SMALL.create_grace_s + 20.0, run_s=60.0)
         api.script_creates(CreateFault.UNKNOWN_CREATED)
         assert (await b.run(api)).reason == StopReason.DONE
         assert len(api.creates) == len(api.batches) == 2  # the listing lagged past the grace: created again
@@ -233,7 +233,7 @@ async def test_a_refused_create_fails_its_tasks_unbilled_and_releases_their_rese
 @virtual
 async def test_without_the_wait_the_run_ends_once_every_shard_is_created(home: Path) -> None:
     async with bench(home, tasks=4) as b:
-        api = fake_api(run_s=3600.0)
+        api = fake_api()
         result = await b.run(api, BatchSettings(max_requests=2, wait=False))
         assert result.reason == StopReason.SUBMITTED
         assert len(api.creates) == 2 and all(x.ended_at is None for x in api.batches.values())
