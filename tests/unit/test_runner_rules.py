@@ -29,16 +29,11 @@ from batcher.emulator.images import encode_png
 from batcher.errors import AuthError, ExitCode, QuotaError
 from batcher.models import CallRecord, JobSettings, OnUnknown, import_batches
 from batcher.providers.base import FailureKind, Request, SubmitOutcome
-from batcher.retry import RetryPolicy, backoff_s
-from batcher.runner import Runner, RunResult, StopReason
-from batcher.store import Job, Ledger, Store
-from batcher.store.tables import tasks
-from tests import virtual_time
-from tests.integration.runner_kit import MODEL, specs
-from tests.unit.fake_provider import (
+from batcher.providers.fake import (
     KEY,
     PRICE,
     FakeProvider,
+    Rates,
     accepted,
     auth_rejected,
     done,
@@ -48,6 +43,12 @@ from tests.unit.fake_provider import (
     transient,
     unknown,
 )
+from batcher.retry import RetryPolicy, backoff_s
+from batcher.runner import Runner, RunResult, StopReason
+from batcher.store import Job, Ledger, Store
+from batcher.store.tables import tasks
+from tests import virtual_time
+from tests.integration.runner_kit import MODEL, specs
 
 EPOCH = 1_800_000_000.0  # the runner's wall clock at virtual time 0
 P0, P1, P2, P3 = (f"prompt {i}" for i in range(4))  # the prompts of `specs`
@@ -625,3 +626,17 @@ async def test_a_file_another_task_records_as_its_own_is_never_taken(home: Path)
         row = (await b.rows())[P0]
         assert row["status"] == "succeeded" and row["sha256"] != hashlib.sha256(theirs).hexdigest()
         assert fake.fetches >= 1
+
+
+@pytest.mark.parametrize("image_in_reply", [False, True], ids=["queued", "image-in-reply"])
+@virtual
+async def test_drawn_failures_refusals_429s_and_503s_all_settle_and_the_ledger_bills_what_the_api_billed(
+    home: Path, image_in_reply: bool
+) -> None:
+    async with bench(home, 4) as b:
+        rates = Rates(failed=0.2, refused=0.1, rate_limited=0.2, transient=0.2)
+        fake = fake_provider(rates=rates, rng=random.Random(7), image_in_reply=image_in_reply)
+        assert (await b.run(fake)).reason == StopReason.DONE
+        assert {r["status"] for r in (await b.rows()).values()} <= {"succeeded", "failed"}
+        assert 0 < len(fake.billed) < fake.submits()  # outcomes were drawn, and some made images
+        await assert_money_matches(b, fake)

@@ -86,7 +86,8 @@ class PlanningPart(ShardWork):
         price = min(self.prices[t.model] for t in tasks)  # one batch price per shard (its lines share a model)
         try:
             sub = await self.store.plan_shard(self.job, tasks, name, price, self.config.budget_micros, now,
-                                              request_bytes=written.bytes_written, provider=self.client.name)  # fmt: skip
+                                              request_bytes=written.bytes_written,
+                                              provider=self.client.name)  # fmt: skip
         except BudgetRefused:
             self._budget_blocked = True
             path.unlink(missing_ok=True)

@@ -1,12 +1,13 @@
-"""Batch Mode: a job's pending tasks as shards, one Gemini batch each, created exactly once and collected as
-they end, in whatever state they end.
+"""Batch Mode: a job's pending tasks as shards, one batch each (through the `BatchClient` protocol), created
+exactly once and collected as they end, in whatever state they end.
 
 A shard's life is the store's (store/submissions.py): planned (its requests file written, its tasks
 `submitting`, its whole price reserved against the budget, all in one commit) → uploaded → creating (committed
 just before the create request leaves) → created (the batch's name recorded) → the states the API reports →
 collected, or closed as its batch ended (its unfinished tasks pending again, for a later shard). A restart
-carries every open shard on from where it stood. The parts: planning.py (cutting shards), steps.py (one step of
-a shard), collect.py (an ended batch's lines), cancel.py (cancelling).
+carries every open shard on from where it stood. No more of this worker's batches run at once than the provider
+allows (`BatchLimits.max_concurrent`): the shards beyond wait, planned, until one ends. The parts: planning.py
+(cutting shards), steps.py (one step of a shard), collect.py (an ended batch's lines), cancel.py (cancelling).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from batcher.runner.batch.shard import (
     Shard,
     shards_dir,
 )
-from batcher.runner.batch.steps import StepsPart
+from batcher.runner.batch.steps import ENDED, StepsPart
 from batcher.runner.batch.sweep import sweep_shard_files
 from batcher.storage import is_remote
 from batcher.store import Job, Store
 from batcher.store.claims import BATCH_HOLDER
+from batcher.store.submissions import PLANNED, UPLOADED
 
 CANCEL_FOLLOW_S = 60.0  # at the deadline, how long cancelled batches are followed to their ending
 
@@ -140,6 +142,9 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
                 if self._stopping:
                     break
                 if shard.due <= self._now():
+                    if shard.sub.state in (PLANNED, UPLOADED) and self._provider_full():
+                        self._hold(shard)
+                        continue
                     await self._advance(shard)
             await self._advance_duplicates()
             self._tally()
@@ -169,6 +174,22 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _provider_full(self) -> bool:
+        """As many of this worker's batches run at the provider as it allows at once (`limits.max_concurrent`):
+        shards created, or maybe created (`creating`), whose ending it has not seen, and second batches."""
+        cap = self.client.limits.max_concurrent
+        if cap is None:
+            return False
+        running = sum(1 for s in self.shards.values() if _at_provider(s)) + len(self.duplicates)
+        return running >= cap
+
+    def _hold(self, shard: Shard) -> None:
+        """A shard not yet created waits, its requests file not uploaded (an upload the API may drop before the
+        create), until a running batch may have ended: the next look at one."""
+        now = self._now()
+        looks = [s.due for s in self.shards.values() if _at_provider(s)] + [d.due for d in self.duplicates.values()]
+        shard.due = max(now + 0.05, min(looks, default=now + IDLE_S))
 
     def _orphan_poll_s(self) -> float:
         """How often a worker looks for shards nobody holds: a dead worker's shard is taken over within its lease
@@ -246,3 +267,8 @@ class BatchRunner(PlanningPart, StepsPart, CollectPart, DuplicatesPart):
         shown = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
         p.detail = (f"shards: {p.shards_open} open ({shown or 'none'}), {p.shards_done} collected; "
                     f"requests done at the API {at_api} of {lines}")  # fmt: skip
+
+
+def _at_provider(shard: Shard) -> bool:
+    """Its batch runs at the provider, as far as this worker knows (it may exist, and has not been seen ended)."""
+    return shard.sub.state not in (PLANNED, UPLOADED) and shard.sub.state not in ENDED

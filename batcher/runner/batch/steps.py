@@ -119,8 +119,12 @@ class StepsPart(ShardWork):
         elif isinstance(got, AuthRejected):
             self._auth(got.message)
         elif isinstance(got, RateLimited):
+            # proof that nothing was made: sent again after the wait, with no listing and no grace period (the
+            # store keeps `creating`, which only makes a restart list first: safe)
+            sub.state = UPLOADED
             self._later(shard, got.wait_s or 5.0)
-        else:
+        else:  # NotCreated, retryable: the same proof
+            sub.state = UPLOADED
             self._fault(shard, f"create not sent: {got.message}")
 
     async def _reconcile(self, shard: Shard) -> None:

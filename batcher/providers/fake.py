@@ -1,11 +1,18 @@
-"""An image API in memory behind the provider boundary, for the runner's unit tests: no HTTP, scripted replies.
+"""Image APIs in memory behind both provider boundaries: no network, replies scripted or drawn at random, time
+read from a clock passed in. Shipped in the package (as procrastinate ships its InMemoryConnector) so that the
+runners' rules get fast tests on a clock the test controls, and so that a caller can drive a `Runner` or a
+`BatchRunner` without an API (a dry run).
 
-Each prompt has a script of what its submits and its checks answer, in order; past the script a submit is
-accepted and a check finds the image done (after `generation_s` of the test's clock). Script steps are outcomes
-built by the helpers below (their call record is stamped by the fake when it answers, as `linkmodel_api.py` builds
-one per HTTP call), or callables of the request for what an outcome cannot say (hang, raise). The fake passes
-the rate gate and calls `before_send` exactly as a real provider does, and keeps its own accounting of what it
-accepted and billed: the tests hold the store's ledger to that, never the ledger to itself.
+`FakeProvider` is the online `Provider`; `FakeBatchClient` (fake_batch.py) the `BatchClient`. Each keeps its own
+accounting of what it accepted and billed: that is the money truth a test holds the store's ledger to, never the
+ledger to itself.
+
+Online, each prompt has a script of what its submits and its checks answer, in order; past the script a submit
+is accepted (or drawn from `rates`, or answered with the image at once when `image_in_reply`) and a check finds
+the image done after `generation_s` of the clock. Script steps are outcomes built by the helpers below (their
+call record is stamped by the fake when it answers, as `linkmodel_api.py` builds one per HTTP call), or
+callables of the request for what an outcome cannot say (hang, raise). The fake passes the rate gate and calls
+`before_send` exactly as a real provider does.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +121,18 @@ class Sent:
     at: float
 
 
+@dataclass(frozen=True)
+class Rates:
+    """Probabilities that a submit past its prompt's script answers so instead of being accepted: a draw each,
+    in this order, from the fake's `rng` (seed it for a repeatable run)."""
+
+    failed: float = 0.0  # Failed (GENERATION): not billed
+    refused: float = 0.0  # Failed (BLOCKED): not billed
+    unknown: float = 0.0  # Unknown: generated and billed, the reply lost (the case a runner must count)
+    rate_limited: float = 0.0  # RateLimited: not accepted
+    transient: float = 0.0  # Transient: not accepted
+
+
 # how each outcome would have come over HTTP, for its call record: (outcome, status)
 _WIRE: dict[type[Outcome], tuple[str, int | None]] = {
     Accepted: ("ok", 200),
@@ -130,7 +150,9 @@ _WIRE: dict[type[Outcome], tuple[str, int | None]] = {
 class FakeProvider:
     """`Provider` in memory. `clock`: the test's (the runner's) wall clock, for call records and generation
     times; `latency_s`: how long each reply takes on the loop's clock; `generation_s`: how long an accepted
-    submission runs before a check finds it done."""
+    submission runs before a check finds it done; `image_in_reply`: a submit past the script answers Done with
+    the image's bytes (the Gemini online shape) rather than Accepted (LinkModel's queue); `rates` and `rng`:
+    outcomes drawn at random past the script."""
 
     key_env = "FAKE_API_KEY"
 
@@ -143,6 +165,9 @@ class FakeProvider:
         latency_s: float = 0.0,
         generation_s: float = 0.0,
         price_micros: int = PRICE,
+        image_in_reply: bool = False,
+        rates: Rates = Rates(),
+        rng: random.Random | None = None,
     ) -> None:
         self.name = name
         self.gate = RateGate(rate)
@@ -150,6 +175,9 @@ class FakeProvider:
         self.latency_s = latency_s
         self.generation_s = generation_s
         self.price_micros = price_micros
+        self.image_in_reply = image_in_reply
+        self.rates = rates
+        self.rng = rng or random.Random(0)
         self.api_key = KEY
         self.scripts: dict[str, Script] = collections.defaultdict(Script)
         # the fake's own accounting
@@ -195,9 +223,14 @@ class FakeProvider:
         at = self.clock()
         self.sent.append(Sent(request.prompt, at))
         script = self.scripts[request.prompt].submit
-        step: SubmitStep = script.popleft() if script else accepted()
+        drawn = not script
+        step: SubmitStep = script.popleft() if script else self._drawn()
         await self._latency()
         outcome = step if isinstance(step, Outcome) else await step(request)
+        if drawn and isinstance(outcome, Unknown):  # a lost reply: generated and billed, its handle never seen
+            lost = f"{self.name}-{next(self._ids)}"
+            self.accepted[lost], self._started[lost] = request.prompt, at
+            self.billed[lost] = self.price_micros
         if isinstance(outcome, Accepted):
             handle = outcome.handle or f"{self.name}-{next(self._ids)}"
             outcome = dataclasses.replace(outcome, handle=handle)
@@ -244,6 +277,16 @@ class FakeProvider:
 
     # --- inside -----------------------------------------------------------------------------------------
 
+    def _drawn(self) -> SubmitOutcome:
+        """A submit past the script: drawn from `rates`, else accepted (or the image, `image_in_reply`)."""
+        r = self.rates
+        for rate, make in ((r.failed, lambda: failed(FailureKind.GENERATION)),
+                           (r.refused, lambda: failed(FailureKind.BLOCKED)),
+                           (r.unknown, unknown), (r.rate_limited, rate_limited), (r.transient, transient)):  # fmt: skip
+            if rate and self.rng.random() < rate:
+                return make()
+        return done() if self.image_in_reply else accepted()
+
     async def _latency(self) -> None:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
@@ -266,3 +309,21 @@ class FakeProvider:
 
 def _png(prompt: str) -> bytes:
     return encode_png(prompt, 16, 16)
+
+
+# the batch fake, from its own module (small modules): `from batcher.providers.fake import FakeBatchClient`
+from batcher.providers.fake_batch import (  # noqa: E402
+    BatchScript,
+    CreateFault,
+    FakeBatchClient,
+    Fate,
+)
+
+__all__ = [
+    "BatchScript",
+    "CreateFault",
+    "FakeBatchClient",
+    "FakeProvider",
+    "Fate",
+    "Rates",
+]
