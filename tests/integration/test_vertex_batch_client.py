@@ -363,4 +363,3 @@ async def test_a_refused_credential_stops_the_client_on_entering(start_vertex: S
         async with client:
             pass
     assert "GOOGLE_APPLICATION_CREDENTIALS" in caught.value.message and emu.stats.tokens_refused == 1
-
