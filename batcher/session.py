@@ -358,13 +358,19 @@ async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
     store = await Store.open(db, create=False)
     try:
         job = await store.job(job_name)
+        # each open shard through the provider that created it (a run's --provider need not be the manifest's)
+        names = list(dict.fromkeys(s.provider for s in await store.shards_open(job)))
+        names = names or [batch_provider(connect.provider_name(None, job.settings))]
         gate = RateGate(None)
+        done: list[ShardCancel] = []
         try:
-            entry = registered(batch_provider(connect.provider_name(None, job.settings)))
-            assert entry.batch is not None
-            where = replace(entry.real(), staging=job.settings.get("batch_staging"))
-            async with entry.batch(where, gate) as client:
-                return await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
+            for name in names:
+                entry = registered(name)
+                assert entry.batch is not None
+                where = replace(entry.real(), staging=job.settings.get("batch_staging"))
+                async with entry.batch(where, gate) as client:
+                    done += await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
+            return done
         finally:
             await gate.close()
     finally:

@@ -195,3 +195,23 @@ async def test_emulate_runs_vertex_batch_out_of_the_box(tmp_path: Path) -> None:
     assert head["succeeded"] == head["batch_billed"] == n and head["cost_usd"] == usd(n * LINE_PRICE), head
     assert head["api_calls"]["batch_create"] == 1 and head["api_calls"]["file_delete"] == 2, head["api_calls"]
     assert all(Path(r["output_path"]).is_file() for r in rows(tmp_path / "b.db"))
+
+
+async def test_cancel_stops_the_jobs_and_deletes_their_staged_inputs(start_vertex: StartVertex, tmp_path: Path) -> None:
+    """`batcher cancel` finds the staging place the run was given with `--staging`: kept with the job."""
+    n = 6
+    emu = await start_vertex(batch_latency=Latency("fixed", 600.0))
+    m = batch_manifest(tmp_path / "cancel.yaml", n, staging=None)
+    db = tmp_path / "b.db"
+    env = env_of(emu, tmp_path)
+    submitted = await run(m, db, env, tmp_path, "--no-wait", "--staging", STAGING)
+    assert submitted.code == 5, submitted.err
+    shards = math.ceil(n / SHARD)
+    assert len([o for o in staged_objects(emu) if o.endswith("/input.jsonl")]) == shards
+    cancelled = await batcher("cancel", "cancel", "--db", str(db), env=env, cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    assert f"cancelled {shards} batch shard" in cancelled.err, cancelled.err
+    assert emu.stats.jobs_by_state.get("JOB_STATE_CANCELLED") == shards, emu.stats.jobs_by_state
+    got = rows(db)
+    assert {r["status"] for r in got} == {"pending"} and all(r["reserved_micros"] == 0 for r in got)
+    assert emu.stats.batch_rows_billed == 0 and staged_objects(emu) == []
