@@ -363,3 +363,18 @@ async def test_a_refused_credential_stops_the_client_on_entering(start_vertex: S
         async with client:
             pass
     assert "GOOGLE_APPLICATION_CREDENTIALS" in caught.value.message and emu.stats.tokens_refused == 1
+
+
+async def test_a_partially_succeeded_job_is_collected_as_succeeded_with_its_unrun_rows_pending(
+    start_vertex: StartVertex, tmp_path: Path
+) -> None:
+    emu = await start_vertex(batch_latency=QUICK, batch_partial_rate=1.0)
+    async with opened(emu, tmp_path) as client:
+        _, made = await staged_job(client, tmp_path, "shard-p", 10)
+        info = (await ended(client, emu, made.batch.name)).batch
+        assert info.state is BatchState.SUCCEEDED  # JOB_STATE_PARTIALLY_SUCCEEDED: its output is read as is
+        assert (info.stats.succeeded, info.stats.pending) == (9, 1)  # the last tenth never ran: incompleteCount
+        assert info.responses_file is not None
+        lines, _ = await collect(client, info.responses_file)
+    assert len(lines) == 9 == emu.stats.batch_rows_billed
+    assert emu.stats.jobs_by_state == {"JOB_STATE_PARTIALLY_SUCCEEDED": 1}
