@@ -170,7 +170,7 @@ GEMINI = ProviderFacts(
 
 # Vertex AI: the Gemini API's models, limits and prices ($0.067 online for Lite, Google's rate; batch prediction
 # bills half, $0.0335), billed to a Cloud project.
-VERTEX = ProviderFacts("vertex", "Vertex AI", GEMINI.models, ":", batch_route=False, account_suffix=":vertex")
+VERTEX = ProviderFacts("vertex", "Vertex AI", GEMINI.models, ":", account_suffix=":vertex")
 
 PROVIDERS: Mapping[str, ProviderFacts] = MappingProxyType({p.name: p for p in (LINKMODEL, GEMINI, VERTEX)})
 DEFAULT_PROVIDER = "linkmodel"

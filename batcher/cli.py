@@ -46,6 +46,18 @@ def _usd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Dec
     return amount
 
 
+def _staging(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A Cloud Storage folder for batch files, checked as the manifest's `batch: staging` is."""
+    if value is None:
+        return None
+    from batcher.manifest.loader import staging_problem
+
+    uri = value.strip().rstrip("/")
+    if why := staging_problem(uri):
+        raise click.BadParameter(f"{why}, not {value!r}")
+    return uri
+
+
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
     """`90s`, `30m`, `8h`, `1d` or plain seconds, as seconds."""
     if value is None:
@@ -238,13 +250,16 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--route",
         type=click.Choice(["online", "batch"]),
-        help="online (one call per image) or batch (Gemini Batch Mode: half price, within 24 h), over the manifest's",
+        help="online (one call per image) or batch (Gemini Batch Mode, Vertex AI batch prediction: half price, "
+        "within 24 h), over the manifest's",
     )
     @click.option(
         "--no-wait", is_flag=True, help="batch: exit once every shard is created (exit 5); run again to collect"
     )
     @click.option("--finish-online-after", "finish_online_after", callback=_duration, metavar="DURATION",
                   help="batch: cancel the batches not done after DURATION (e.g. 8h) and finish their tasks online")  # fmt: skip
+    @click.option("--staging", callback=_staging, metavar="gs://BUCKET/PREFIX",
+                  help="batch: where Vertex AI batch files are staged, over the manifest's `batch: staging`")  # fmt: skip
     @click.option(
         "--emulate", is_flag=True, help="rehearse against an in-process emulator of the API (no key, no cost)"
     )
@@ -289,6 +304,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         route: str | None,
         no_wait: bool,
         finish_online_after: float | None,
+        staging: str | None,
         emulate: bool,
         emulate_latency: Latency | None,
         rate: float | None,
@@ -323,6 +339,7 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
             route=route,
             wait=not no_wait,
             finish_online_after_s=finish_online_after,
+            staging=staging,
         )
         return f(*args, opts=opts, **kwargs)
 
@@ -441,7 +458,7 @@ def status(db: str, as_json: bool) -> None:
 @click.argument("job")
 @_with_db
 def cancel(job: str, db: str) -> None:
-    """Cancel JOB's Gemini batches not collected yet: their unfinished tasks go back to pending, unbilled."""
+    """Cancel JOB's batches not collected yet: their unfinished tasks go back to pending, unbilled."""
     from batcher import session
 
     shards = _run(session.cancel_batches(db, job))

@@ -157,6 +157,7 @@ class JobSettings:
     batch_max_bytes: int | None = None
     batch_price_usd: Decimal | None = None  # per image by batch, overriding the catalog's batch_price_usd
     batch_create_grace_s: float | None = None  # a create's batch may lag the listing this long (3 minutes)
+    batch_staging: str | None = None  # gs://BUCKET/PREFIX: where a provider that needs one stages batch files
 
 
 NOT_SENT = "not_sent"  # a call record's kind for a request refused before it left: no API call at all

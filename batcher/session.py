@@ -78,6 +78,7 @@ class RunOptions:
     route: str | None = None  # `--route`: online or batch, over the manifest's
     wait: bool = True  # `--no-wait`: a batch run exits once its shards are created
     finish_online_after_s: float | None = None  # `--finish-online-after`: cancel batches not done by then
+    staging: str | None = None  # `--staging`: where batch files are staged (gs://BUCKET/PREFIX), over the manifest's
 
 
 @dataclass
@@ -166,6 +167,7 @@ async def import_manifest(store: Store, manifest: Manifest, price: Decimal | Non
              "max_connections": s.max_connections, "max_attempts": s.max_attempts,
              "provider": s.provider, "route": s.route, "batch_max_requests": s.batch_max_requests,
              "batch_max_bytes": s.batch_max_bytes, "batch_create_grace_s": s.batch_create_grace_s,
+             "batch_staging": s.batch_staging,
              "batch_price_usd": None if s.batch_price_usd is None else str(s.batch_price_usd)}  # fmt: skip
     override = price if price is not None else s.price_usd
     rows = _priced(import_rows(manifest), override, s.provider)
@@ -272,6 +274,8 @@ async def run_job(opts: RunOptions, *, show_progress: Any = None, manifest: Mani
     """`batcher run`: import the manifest (idempotently), then drive every task to a final state. `manifest`:
     one loaded already (tasks given in code), instead of `opts.manifest`'s file."""
     manifest = manifest or load_manifest(opts.manifest)
+    if opts.staging:  # kept with the job, as the manifest's would be: `batcher cancel` and `work` find it there
+        manifest = replace(manifest, settings=replace(manifest.settings, batch_staging=opts.staging))
     store = await Store.open(opts.db)
     try:
         job = (await import_manifest(store, manifest, opts.price)).job
@@ -323,6 +327,7 @@ async def run_batch(store: Store, opts: RunOptions, job: Job, show_progress: Any
     open_batch = registered(name).batch
     assert open_batch is not None
     async with connect.endpoint(name, emulate=opts.emulate, emulator=opts.emulator, batch=True) as where:
+        where = replace(where, staging=opts.staging or s.get("batch_staging") or where.staging)  # an emulator's last
         config = run_config(opts, job, ApiSettings())
         gate = await connect.rate_gate(store, config, name)
         try:
@@ -353,12 +358,19 @@ async def cancel_batches(db: str, job_name: str) -> list[ShardCancel]:
     store = await Store.open(db, create=False)
     try:
         job = await store.job(job_name)
+        # each open shard through the provider that created it (a run's --provider need not be the manifest's)
+        names = list(dict.fromkeys(s.provider for s in await store.shards_open(job)))
+        names = names or [batch_provider(connect.provider_name(None, job.settings))]
         gate = RateGate(None)
+        done: list[ShardCancel] = []
         try:
-            entry = registered(batch_provider(connect.provider_name(None, job.settings)))
-            assert entry.batch is not None
-            async with entry.batch(entry.real(), gate) as client:
-                return await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
+            for name in names:
+                entry = registered(name)
+                assert entry.batch is not None
+                where = replace(entry.real(), staging=job.settings.get("batch_staging"))
+                async with entry.batch(where, gate) as client:
+                    done += await cancel_shards(store, client, job, "cancelled with `batcher cancel`", time.time())
+            return done
         finally:
             await gate.close()
     finally:

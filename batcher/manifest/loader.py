@@ -11,6 +11,7 @@ checks), taskplans (values → plans, at load) and expansion (plans → specs, s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -160,6 +161,7 @@ class _Batch(_Strict):
     price_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)  # overrides the catalog's
     # how long a batch may be missing from the account's listing after an unanswered create, seconds
     create_grace_s: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
+    staging: str | None = None  # gs://BUCKET/PREFIX: where a batch's files are staged (Vertex AI); see _staging
 
 
 class _Settings(_Strict):
@@ -326,6 +328,7 @@ def _load_yaml(p: Path, file: str, problems: Problems, text: str | None = None) 
     if not out_dir.strip() or any(ord(c) < 32 for c in out_dir):
         where = locate(root, ("output", "dir"))
         problems.add(file, where.line, where.column, "output.dir must be a folder path, without control characters")
+    staging = _staging(root, batch.staging, file, problems)
     job_settings = JobSettings(
         name=job,
         output_dir=output_dir(p, out_dir),
@@ -341,8 +344,37 @@ def _load_yaml(p: Path, file: str, problems: Problems, text: str | None = None) 
         batch_max_bytes=batch.max_bytes,
         batch_price_usd=batch.price_usd,
         batch_create_grace_s=batch.create_grace_s,
+        batch_staging=staging,
     )
     return Manifest(p, job_settings, tuple(plans))
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")  # Cloud Storage's bucket names
+
+
+def staging_problem(uri: str) -> str | None:
+    """Why `uri` is not a Cloud Storage folder a batch can stage its files in (`gs://BUCKET/PREFIX`), or None."""
+    scheme, sep, rest = uri.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme != "gs" or not sep:
+        return "must be a Cloud Storage folder, gs://BUCKET/PREFIX"
+    if not _BUCKET.match(bucket):
+        return "must name a Cloud Storage bucket (3-222 lowercase letters, digits, '-', '_' and '.') after gs://"
+    if any(ord(c) < 32 or c in "*?[]#" for c in prefix) or "//" in prefix or prefix.startswith("."):
+        return "must be a plain folder path after the bucket: no control characters, no * ? [ ] #, no '//'"
+    return None
+
+
+def _staging(root: YMap, given: str | None, file: str, problems: Problems) -> str | None:
+    """`batch: staging`, checked where it is written: gs://BUCKET or gs://BUCKET/PREFIX (no trailing slash)."""
+    if given is None:
+        return None
+    uri = given.strip().rstrip("/")
+    if why := staging_problem(uri):
+        where = locate(root, ("batch", "staging"))
+        problems.add(file, where.line, where.column, f"batch.staging {why}, not {_shown(given)}")
+        return None
+    return uri
 
 
 def _provider(root: YMap, settings: _Settings, file: str, problems: Problems) -> str | None:
@@ -370,7 +402,7 @@ def _route(root: YMap, settings: _Settings, provider: str, file: str, problems: 
                      f"unknown route '{name}'{did_you_mean(name, ROUTES)}; the routes are: {', '.join(ROUTES)}")  # fmt: skip
         return "online"
     if name == "batch" and not PROVIDERS[provider].batch_mode:
-        # LinkModel (the default provider) has no batch mode: name the one provider line that fixes it
+        # LinkModel (the default provider) has no batch mode: name the provider lines that fix it
         batch_providers = [p.name for p in PROVIDERS.values() if p.batch_mode]
         fix = " or ".join(f"provider: {p}" for p in batch_providers)
         problems.add(file, where.line, where.column,

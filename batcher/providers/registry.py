@@ -25,17 +25,21 @@ from batcher.providers.base import BatchClient, Provider
 from batcher.ratelimit import RateGate
 
 REHEARSAL_BATCH_LATENCY = Latency("uniform", 3.0, 8.0)  # `--emulate --route batch`: from create to done, seconds
+EMULATED_STAGING = "gs://batcher-staging/batches"  # `--emulate`: the Vertex emulator's own bucket for batch files
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a provider's API is: its base URL, the key (kept out of every record and message) and the settings
-    an emulator gives over the process's environment (its project, its key file)."""
+    """Where a provider's API is: its base URL, the key (kept out of every record and message), the settings
+    an emulator gives over the process's environment (its project, its key file, its Cloud Storage) and where a
+    batch client that stages its files in object storage puts them (`staging`: the run's `batch: staging` or
+    `--staging`, else an emulator's own bucket)."""
 
     provider: str
     base_url: str | None  # None: the provider's own default (or its environment variable)
     key: str
     env: Mapping[str, str] = field(default_factory=dict)
+    staging: str | None = None  # gs://BUCKET/PREFIX
 
     def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
         return f"Endpoint(provider={self.provider!r}, base_url={self.base_url!r})"
@@ -144,6 +148,7 @@ async def _vertex_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterat
     """The Vertex emulator with a service-account key file it issued, so the run goes through google-auth's
     whole token flow against the emulator's token endpoint."""
     from batcher.providers.vertex import CREDENTIALS_ENV
+    from batcher.providers.vertex_batch import STORAGE_EMULATOR_ENV
 
     try:  # the server, which checks service-account JWTs with cryptography: only for --emulate
         from batcher.emulator.vertex.config import VertexConfig
@@ -153,12 +158,18 @@ async def _vertex_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterat
             "the Vertex AI emulator needs the vertex extra: pip install 'batcher-images[vertex]'"
         ) from None
 
+    config = VertexConfig(latency=emulator.latency)
+    if batch:  # a rehearsal's jobs end within seconds, not the real service's minutes to hours
+        config = config.replace(batch_latency=REHEARSAL_BATCH_LATENCY)
     with tempfile.TemporaryDirectory(prefix="batcher-vertex-") as tmp:
-        async with VertexEmulator(VertexConfig(latency=emulator.latency)) as emu:
+        async with VertexEmulator(config) as emu:
             key_file = emu.write_key_file(Path(tmp) / "service-account.json")
+            # its own Cloud Storage, and a bucket in it for batch files, so a rehearsal needs no staging setting
+            emu.state.store.buckets.setdefault(EMULATED_STAGING.split("/")[2], {})
             env = {"GOOGLE_CLOUD_PROJECT": emu.project, "GOOGLE_CLOUD_LOCATION": "global",
-                   "GOOGLE_VERTEX_BASE_URL": emu.origin, CREDENTIALS_ENV: str(key_file)}  # fmt: skip
-            yield Endpoint("vertex", emu.origin, "", env)
+                   "GOOGLE_VERTEX_BASE_URL": emu.origin, CREDENTIALS_ENV: str(key_file),
+                   STORAGE_EMULATOR_ENV: emu.origin}  # fmt: skip
+            yield Endpoint("vertex", emu.origin, "", env, EMULATED_STAGING)
 
 
 def _vertex_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provider:
@@ -171,11 +182,21 @@ def _vertex_online(where: Endpoint, config: RunConfig, gate: RateGate) -> Provid
     return VertexProvider(settings, credential, gate)
 
 
+def _vertex_batch(where: Endpoint, gate: RateGate) -> BatchClient:
+    from batcher.providers.vertex import vertex_credential, vertex_settings
+    from batcher.providers.vertex_batch import VertexBatchClient, batch_settings
+
+    env = where.environ()
+    settings, credential = vertex_credential(env, vertex_settings(env))
+    return VertexBatchClient(batch_settings(settings, credential, where.staging, env), credential, gate)
+
+
 VERTEX = Registered(
     "vertex",
     real=lambda: Endpoint("vertex", None, ""),  # settings and credentials are read when the client opens
     emulated=_vertex_emulated,
     online=_vertex_online,
+    batch=_vertex_batch,
 )
 
 REGISTRY: Mapping[str, Registered] = {p.name: p for p in (LINKMODEL, GEMINI, VERTEX)}

@@ -1,6 +1,8 @@
 """Where outputs live: a local folder, an S3 bucket (`s3://BUCKET/PREFIX`) or a Cloud Storage bucket
 (`gs://BUCKET/PREFIX`), behind one set of verbs (`base.Storage`). `backend(location)` gives the one that holds a
-location; `close_all()` releases the connections this event loop opened."""
+location; `close_all()` releases the connections this event loop opened. A client that stages files on a server of its own
+(an emulator's Cloud Storage) names its `endpoint`: a backend of its own, anonymous, as Google's libraries speak to
+an emulator."""
 
 from __future__ import annotations
 
@@ -14,20 +16,22 @@ __all__ = [
 ]  # fmt: skip
 
 _LOCAL = LocalStorage()
-_OPEN: dict[tuple[int, str], Storage] = {}  # by (event loop, scheme): an async client belongs to its loop
+# by (event loop, scheme, endpoint): an async client belongs to its loop
+_OPEN: dict[tuple[int, str, str | None], Storage] = {}
 
 
-def backend(location: str) -> Storage:
-    """The backend holding `location` (a path, or an `s3://` / `gs://` URI)."""
+def backend(location: str, endpoint: str | None = None) -> Storage:
+    """The backend holding `location` (a path, or an `s3://` / `gs://` URI); `endpoint`: the object store's own
+    URL (`http://HOST:PORT` of an emulator) over the environment's."""
     if not is_remote(location):
         return _LOCAL
     from batcher.storage.remote import FsspecStorage
 
     scheme = split(location)[0]
-    key = (id(asyncio.get_running_loop()), scheme)
+    key = (id(asyncio.get_running_loop()), scheme, endpoint)
     found = _OPEN.get(key)
     if found is None:
-        found = _OPEN[key] = FsspecStorage(scheme)
+        found = _OPEN[key] = FsspecStorage(scheme, endpoint)
     return found
 
 

@@ -4,9 +4,12 @@ Cloud Storage bucket). A location is a full string: an absolute path, or `s3://B
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 REMOTE_SCHEMES = ("s3://", "gs://")
+STREAM_CHUNK_BYTES = 8 << 20  # what `stream` holds of an object at a time
 
 
 class ObjectExists(Exception):
@@ -45,8 +48,18 @@ class Storage(abc.ABC):
         ObjectExists when something is."""
 
     @abc.abstractmethod
+    async def put_file(self, location: str, path: Path) -> int:
+        """Copy the local file `path` to `location` (replacing what is there), streamed: never whole in memory.
+        The byte count written."""
+
+    @abc.abstractmethod
     async def read(self, location: str) -> bytes:
         """The object's bytes. Raises FileNotFoundError when there is none."""
+
+    @abc.abstractmethod
+    def stream(self, location: str, size: int, chunk_bytes: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """The object's `size` bytes (its size as listed), `chunk_bytes` at a time. Raises FileNotFoundError when
+        there is none; any other failure part-way as the backend raises it."""
 
     @abc.abstractmethod
     async def size(self, location: str) -> int | None:

@@ -8,9 +8,10 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from batcher.storage.base import Listed, ObjectExists, Storage
+from batcher.storage.base import STREAM_CHUNK_BYTES, Listed, ObjectExists, Storage
 
 
 class LocalStorage(Storage):
@@ -19,8 +20,17 @@ class LocalStorage(Storage):
     async def put_new(self, location: str, data: bytes) -> None:
         await asyncio.to_thread(put_new_file, Path(location), data)
 
+    async def put_file(self, location: str, path: Path) -> int:
+        await asyncio.to_thread(_copy, path, Path(location))
+        return os.stat(location).st_size
+
     async def read(self, location: str) -> bytes:
         return await asyncio.to_thread(Path(location).read_bytes)
+
+    async def stream(self, location: str, size: int, chunk_bytes: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        with open(location, "rb") as f:  # each read below is one chunk, in a thread
+            while chunk := await asyncio.to_thread(f.read, chunk_bytes):
+                yield chunk
 
     async def size(self, location: str) -> int | None:
         try:

@@ -42,12 +42,13 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
-async def probe(root: str) -> None:
+async def probe(root: str, endpoint: str | None = None) -> None:
     """Write and delete a small object under `root`: the bucket exists and these credentials may write there.
-    Raises DestinationError (exit 2) naming the bucket and the cause."""
+    `endpoint`: the object store's own URL (an emulator's), over the environment's. Raises DestinationError
+    (exit 2) naming the bucket and the cause."""
     if not is_remote(root):
         return
-    store = backend(root)
+    store = backend(root, endpoint)
     probe_at = join(root, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
     try:
         await store.put_new(probe_at, b"batcher write probe\n")

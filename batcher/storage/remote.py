@@ -4,7 +4,8 @@ Settings are read the way the clouds' own tools read them. S3 (botocore reads th
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_REGION / AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL
 (or AWS_ENDPOINT_URL_S3) for an S3-compatible server, addressed path-style. Cloud Storage: Application Default
 Credentials, and STORAGE_EMULATOR_HOST (`http://HOST:PORT`) for an emulator, which gcsfs honours itself and which
-is spoken to anonymously, as Google's own client does."""
+is spoken to anonymously, as Google's own client does; a backend made for an explicit endpoint (an emulator's Cloud
+Storage that a provider's client names) is spoken to the same way."""
 
 from __future__ import annotations
 
@@ -12,36 +13,43 @@ import asyncio
 import logging
 import os
 import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from batcher.errors import DestinationError
-from batcher.storage.base import Listed, ObjectExists, Storage, split
+from batcher.storage.base import STREAM_CHUNK_BYTES, Listed, ObjectExists, Storage, split
 
 log = logging.getLogger("batcher")
 
 UPLOAD_TRIES = 4  # a failed write is tried this many times in all, with backoff, before the task is left unsaved
 UPLOAD_BACKOFF_S = 0.25  # first wait; doubled each time
+FILE_CHUNK_BYTES = 8 << 20  # a file's upload is sent in parts this big (Cloud Storage wants multiples of 256 KiB)
 
 
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # Google's own libraries' name for a Cloud Storage emulator's URL
+
+
 def emulator_host() -> str | None:
-    return os.environ.get("STORAGE_EMULATOR_HOST") or None
+    return os.environ.get(EMULATOR_ENV) or None
 
 
 class FsspecStorage(Storage):
     """One object store (`s3` or `gs`) through its fsspec filesystem, made on first use on the running loop."""
 
-    def __init__(self, scheme: str) -> None:
+    def __init__(self, scheme: str, endpoint: str | None = None) -> None:
         self.scheme = scheme
+        self.endpoint = endpoint  # the server's URL over the environment's (an emulator's), or None
         self._fs: Any = None
         self._unsigned_said = False
 
     async def _filesystem(self) -> Any:
         if self._fs is None:
-            self._fs = await (_s3() if self.scheme == "s3" else _gcs())
+            self._fs = await (_s3(self.endpoint) if self.scheme == "s3" else _gcs(self.endpoint))
         return self._fs
 
     @staticmethod
@@ -66,10 +74,37 @@ class FsspecStorage(Storage):
             await asyncio.sleep(wait)
             wait *= 2
 
+    async def put_file(self, location: str, path: Path) -> int:
+        fs = await self._filesystem()
+        size = os.path.getsize(path)
+        # gcsfs sends a file past 5 MB as a resumable upload in `chunksize` parts; s3fs as a multipart upload
+        kwargs: dict[str, Any] = {"chunksize": FILE_CHUNK_BYTES} if self.scheme == "gs" else {}
+        await fs._put_file(str(path), self._path(location), **kwargs)
+        return size
+
     async def read(self, location: str) -> bytes:
         fs = await self._filesystem()
         data: bytes = await fs._cat_file(self._path(location))
         return data
+
+    async def stream(self, location: str, size: int, chunk_bytes: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """Ranged reads of `chunk_bytes`: the one streaming read both filesystems serve alike (gcsfs has no
+        async file object), each retried by the filesystem itself."""
+        fs = await self._filesystem()
+        path, offset = self._path(location), 0
+        if size == 0 and not await fs._exists(path):
+            raise FileNotFoundError(location)
+        while offset < size:
+            try:
+                chunk: bytes = await fs._cat_file(path, start=offset, end=min(size, offset + chunk_bytes))
+            except OSError:
+                raise
+            except Exception as e:  # the filesystem's own HTTP errors: a read broken off, as the verb says
+                raise OSError(f"{type(e).__name__}: {e}") from e
+            if not chunk:
+                raise OSError(f"{location} ended at byte {offset} of {size}")
+            offset += len(chunk)
+            yield chunk
 
     async def size(self, location: str) -> int | None:
         fs = await self._filesystem()
@@ -99,8 +134,8 @@ class FsspecStorage(Storage):
         fs = await self._filesystem()
         _, bucket, key = split(location)
         quoted = urllib.parse.quote(key, safe="")
-        if self.scheme == "gs" and emulator_host():  # an emulator takes no signature: link its download URL
-            return f"{emulator_host()}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media"
+        if self.scheme == "gs" and (self.endpoint or emulator_host()):  # an emulator takes no signature
+            return f"{self.endpoint or emulator_host()}/download/storage/v1/b/{bucket}/o/{quoted}?alt=media"
         try:
             if self.scheme == "s3":
                 signed: str = await fs._url(self._path(location), expires=expires_s)
@@ -137,13 +172,13 @@ def _missing(scheme: str, extra: str) -> DestinationError:
     return DestinationError(f"{scheme}:// outputs need the {extra} extra: pip install 'batcher-images[{extra}]'")
 
 
-async def _s3() -> Any:
+async def _s3(endpoint: str | None) -> Any:
     try:
         import s3fs
     except ImportError:
         raise _missing("s3", "s3") from None
 
-    endpoint = s3_endpoint()
+    endpoint = endpoint or s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     # botocore's own retries kept short: `put_new` backs off and tries again itself, then gives the task up
     config: dict[str, Any] = {"signature_version": "s3v4", "retries": {"max_attempts": 2, "mode": "standard"}}
@@ -160,14 +195,14 @@ async def _s3() -> Any:
     return fs
 
 
-async def _gcs() -> Any:
+async def _gcs(endpoint: str | None) -> Any:
     # the plain filesystem: gcsfs's default one first asks a gRPC service what kind of bucket it is
     try:
         from gcsfs.core import GCSFileSystem
     except ImportError:
         raise _missing("gs", "gcs") from None
 
-    token = "anon" if emulator_host() else "google_default"
-    fs = GCSFileSystem(asynchronous=True, skip_instance_cache=True, token=token)
+    token = "anon" if endpoint or emulator_host() else "google_default"
+    fs = GCSFileSystem(asynchronous=True, skip_instance_cache=True, token=token, endpoint_url=endpoint)
     await fs._set_session()
     return fs

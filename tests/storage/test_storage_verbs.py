@@ -100,3 +100,36 @@ async def test_credentials_that_cannot_sign_give_an_unsigned_link(
         await storage.close_all()
     assert url == "http://127.0.0.1:9/bkt/p/a%20b.png"
     assert "cannot sign links to s3://bkt objects" in caplog.text
+
+
+async def test_a_file_goes_up_streamed_and_comes_back_in_chunks(root: str, tmp_path: Path) -> None:
+    """What a batch's staged requests need: a file uploaded from disk (past gcsfs's 5 MB one-shot limit: a
+    resumable upload in parts), read back a chunk at a time, never whole."""
+    local = tmp_path / "requests.jsonl"
+    data = b"".join(hashlib.sha256(str(i).encode()).hexdigest().encode() + b"\n" for i in range(200_000))  # 13 MB
+    local.write_bytes(data)
+    at = storage.join(root, "staged/input.jsonl")
+    store = backend(root)
+    assert await store.put_file(at, local) == len(data)
+    (listed,) = await store.list(storage.join(root, "staged"))
+    assert (listed.location, listed.size) == (at, len(data))
+    chunks = [chunk async for chunk in store.stream(at, listed.size, chunk_bytes=4 << 20)]
+    assert b"".join(chunks) == data and max(len(c) for c in chunks) <= 4 << 20 and len(chunks) >= 4
+    assert await store.put_file(at, local) == len(data)  # staged again (a second upload) replaces it
+    with pytest.raises(FileNotFoundError):
+        async for _ in store.stream(storage.join(root, "staged/missing.jsonl"), 10):
+            pass
+
+
+async def test_an_explicit_endpoint_is_spoken_to_over_the_environment(gcs: GcsServer) -> None:
+    """A client that names its object store's URL (an emulator's) reaches it with no environment variable set."""
+    bucket = gcs.bucket()
+    at = f"gs://{bucket}/x/one.txt"
+    try:
+        store = backend(at, gcs.url)
+        assert store is not backend(at) and store is backend(at, gcs.url)  # a client per endpoint
+        await store.put_new(at, b"one")
+        assert await store.read(at) == b"one"
+        await probe(f"gs://{bucket}/x", gcs.url)
+    finally:
+        await storage.close_all()

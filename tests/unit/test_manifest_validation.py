@@ -50,7 +50,13 @@ BAD_CASES: list[tuple[str, str | None, int | None, int | None, str]] = [
     ("max_in_flight_fraction.yaml", None, 2, 53, "rate_limit.max_in_flight must be a whole number, not '2.5'"),
     ("max_connections_zero.yaml", None, 2, 55, "rate_limit.max_connections must be at least 1, not '0'"),
     ("unknown_provider.yaml", None, 2, 11, "unknown provider 'nope'; known providers: linkmodel, gemini, vertex"),
-    ("batch_without_gemini.yaml", None, 3, 8, "route: batch needs provider: gemini; LinkModel has no batch mode"),
+    (
+        "batch_without_gemini.yaml",
+        None,
+        3,
+        8,
+        "route: batch needs provider: gemini or provider: vertex; LinkModel has no batch mode",
+    ),
     ("batch_max_bytes_too_big.yaml", None, 5, 14, "batch.max_bytes must be at most 2,000,000,000, not '3000000000'"),
     # model, quality, size
     ("unknown_model.yaml", None, 4, 12, "unknown model 'gemini-3.1-flash-lite' (did you mean"),
@@ -466,10 +472,20 @@ def test_a_gemini_batch_job_keeps_its_batch_settings(tmp_path: Path) -> None:
     )
 
 
+def test_a_vertex_batch_job_keeps_its_staging_place(tmp_path: Path) -> None:
+    text = "provider: vertex\nroute: batch\nbatch: {staging: gs://my-bucket/batches/}\ntasks: [a red mug]\n"
+    s = load_manifest(write(tmp_path, text)).settings
+    assert (s.provider, s.route, s.batch_staging) == ("vertex", "batch", "gs://my-bucket/batches")
+    bare = load_manifest(write(tmp_path, "provider: vertex\nroute: batch\ntasks: [a red mug]\n")).settings
+    assert bare.batch_staging is None  # the run says what is missing, naming --staging too
+
+
 def test_batch_needs_a_provider_with_a_batch_mode(tmp_path: Path) -> None:
     path = write(tmp_path, "job: b\nroute: batch\ntasks: [a red mug]\n")  # the default provider: LinkModel
     (problem,) = problems_of(path)
-    assert str(problem) == f"{path}:2:8: route: batch needs provider: gemini; LinkModel has no batch mode"
+    assert str(problem) == (
+        f"{path}:2:8: route: batch needs provider: gemini or provider: vertex; LinkModel has no batch mode"
+    )
 
 
 @pytest.mark.parametrize(
@@ -485,6 +501,14 @@ def test_batch_needs_a_provider_with_a_batch_mode(tmp_path: Path) -> None:
         ("batch: {price_usd: cheap}", 20, "batch.price_usd must be a number, not 'cheap'"),
         ("batch: {max_request: 5}", 9, "unknown key 'max_request' in batch (did you mean 'max_requests'?)"),
         ("batch: 100", 8, "batch must be a mapping"),
+        (
+            "batch: {staging: s3://b/x}",
+            18,
+            "batch.staging must be a Cloud Storage folder, gs://BUCKET/PREFIX, not 's3://b/x'",
+        ),
+        ("batch: {staging: gs://Big_Bucket/x}", 18, "batch.staging must name a Cloud Storage bucket"),
+        ("batch: {staging: 'gs://b12/a//b'}", 18, "batch.staging must be a plain folder path after the bucket"),
+        ("batch: {staging: [gs://b12/x]}", 18, "batch.staging must be text, not a list"),
     ],
 )
 def test_a_bad_route_or_batch_setting_is_named_where_it_is(

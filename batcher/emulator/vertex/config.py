@@ -36,7 +36,8 @@ _RATES = (
     "batch_create_503_rate",
     "batch_create_gateway_rate",
 )
-_SECONDS = ("token_lifetime_s", "batch_queued_s", "batch_expiry_s", "batch_cancel_s", "batch_list_lag_s")
+_SECONDS = ("token_lifetime_s", "batch_queued_s", "batch_expiry_s", "batch_cancel_s", "batch_list_lag_s",
+            "batch_create_delay_s")  # fmt: skip
 _OPTIONAL_NUMBERS = ("rate_limit", "burst")
 _INTS = ("port", "seed", "max_request_bytes", "max_image_bytes", "max_input_images", "batch_output_files")
 _LATENCIES = ("latency", "batch_latency")
@@ -85,6 +86,7 @@ class VertexConfig:
     batch_create_503_rate: float = 0.0  # the create answers 503 and makes nothing
     batch_create_gateway_rate: float = 0.0  # the create makes the job, then the front end answers an HTML 502
     batch_list_lag_s: float = 0.0  # a new job shows in listings only this long after its create
+    batch_create_delay_s: float = 0.0  # the create makes the job at once, its reply waits this long
 
     def __post_init__(self) -> None:
         check_ranges(self, _RATES, (*_SECONDS, *_OPTIONAL_NUMBERS))

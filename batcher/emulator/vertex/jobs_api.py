@@ -2,7 +2,8 @@
 
 Faults, to prove a client reconciles instead of creating twice: a create answered 503 having made nothing
 (`batch_create_503_rate`); a create that makes the job, then is answered by the front end's HTML 502
-(`batch_create_gateway_rate`); listings that show a new job only `batch_list_lag_s` after its create.
+(`batch_create_gateway_rate`); a create whose reply waits `batch_create_delay_s` after the job is made (a client
+killed meanwhile); listings that show a new job only `batch_list_lag_s` after its create.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ async def create(
     echo["model"] = model
     now = clock.now()
     job = lifecycle.create_job(state, number, location, display_name, model_id, echo, uris, prefix, now)
+    if state.config.batch_create_delay_s:  # made (it runs and bills); the reply waits
+        await clock.sleep_until(now + state.config.batch_create_delay_s)
     if state.roll(state.config.batch_create_gateway_rate):  # made, and will run and bill; the reply is lost
         return web.Response(status=502, text=GATEWAY_PAGE, content_type="text/html")
     return json_response(job.resource(now, state.wall_offset_s))

@@ -35,6 +35,8 @@ async def cancel_shards(store: Store, client: BatchClient, job: Job, why: str, n
     """Cancel the job's shards not collected; what happened to each, in the order they were planned."""
     done: list[ShardCancel] = []
     for sub in await store.shards_open(job):
+        if sub.provider != client.name:  # another provider's batch: cancelled through its own client
+            continue
         try:
             did = await cancel_shard(store, client, sub, why, now)
             if did.closed:  # nothing of it is left to collect: its uploaded and local requests files go
