@@ -172,12 +172,14 @@ async def test_the_deadline_collects_the_lines_a_cancelled_batch_finished_and_re
     start_gemini: StartGemini, tmp_path: Path
 ) -> None:
     n = 10
-    emu = await start_gemini(batch_latency=Latency("fixed", 40.0), batch_partial_lines=True, latency=QUICK, seed=11)
+    # The deadline runs on the real clock, and so does the emulator's besides its advances: a loaded machine may
+    # take seconds to create the shards, so the deadline leaves it 20 s, and a batch runs far longer than that
+    emu = await start_gemini(batch_latency=Latency("fixed", 400.0), batch_partial_lines=True, latency=QUICK, seed=11)
     m = batch_manifest(tmp_path / "deadline.yaml", n)
     db = tmp_path / "b.db"
-    proc = await start(*cli(m, db, "--finish-online-after", "3s"), env=gemini_env(emu), cwd=tmp_path)
+    proc = await start(*cli(m, db, "--finish-online-after", "20s"), env=gemini_env(emu), cwd=tmp_path)
     await until(lambda: emu.stats.batches_created >= shards_for(n), "every shard to be created")
-    emu.advance(20.0)  # half of each batch's lines have finished when the deadline cancels them
+    emu.advance(200.0)  # half of each batch's lines have finished when the deadline cancels them
     done = await finish(proc, 90.0)
     assert done.code == 0, done.err
     head = json.loads(done.out)

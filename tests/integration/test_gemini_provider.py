@@ -28,7 +28,7 @@ from batcher.providers.base import (
     Transient,
     Unknown,
 )
-from batcher.providers.gemini import GeminiProvider
+from batcher.providers.gemini import GeminiProvider, gemini_key
 from batcher.providers.gemini_settings import GeminiSettings
 from batcher.ratelimit import RateGate
 from tests.conftest import StartGemini
@@ -280,7 +280,7 @@ async def test_a_bad_key_is_rejected_without_the_key(start_gemini: StartGemini, 
     outcome, _ = await submit(emu, key=key)
     assert isinstance(outcome, AuthRejected), outcome
     assert outcome.message.startswith(f"HTTP {code}"), outcome.message  # the reply; the error adds what to check
-    said = AuthError.rejected(outcome.message, GeminiProvider.key_env).message
+    said = AuthError.rejected(outcome.message, gemini_key(key).hint).message
     assert said.count("GEMINI_API_KEY") == said.count("GOOGLE_API_KEY") == 1, said
     assert outcome.call.http_status == code and outcome.call.outcome == "auth"
     if key:
