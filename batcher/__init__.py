@@ -70,8 +70,8 @@ _API = {
 if TYPE_CHECKING:
     from batcher.api import arun, estimate, report, retry, run, status
     from batcher.estimate import Estimate
+    from batcher.job_review import RetryOutcome
     from batcher.results import JobResult, Progress, Status, TaskResult
-    from batcher.session import RetryOutcome
 
 
 class _Package(types.ModuleType):

@@ -25,7 +25,7 @@ from batcher.models import RETRY_CHOICES, RETRY_DEFAULT
 from batcher.results import JobResult, Progress, Status
 
 if TYPE_CHECKING:
-    from batcher.session import RetryOutcome
+    from batcher.job_review import RetryOutcome
 
 T = TypeVar("T")
 Source = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
@@ -298,22 +298,22 @@ def retry(
 
     `only`: which failures, of generation, download, transient, refused, blocked, all (default: generation,
     download, transient). `recreate`: create again even tasks whose image was paid for but not saved."""
-    from batcher import session
+    from batcher import job_review
 
     unknown = sorted(set(only) - set(RETRY_CHOICES))
     if unknown:
         raise ConfigError(f"unknown failure cause {', '.join(unknown)}; the causes: {', '.join(sorted(RETRY_CHOICES))}")
-    return _blocking(lambda: session.retry(db_from(db), job, tuple(only), recreate=recreate, dry_run=dry_run,
+    return _blocking(lambda: job_review.retry(db_from(db), job, tuple(only), recreate=recreate, dry_run=dry_run,
                                            price=_usd(price)))  # fmt: skip
 
 
 def report(job: str | None = None, *, db: str | None = None) -> JobResult:
     """The job's summary and every task, as a JobResult (`job` may be left out when the store holds one job).
     Reads only: a missing store is not created (StoreMissingError)."""
-    from batcher import session
+    from batcher import job_review
 
     async def read() -> JobResult:
-        head, rows = await session.report_table(db_from(db), job)
+        head, rows = await job_review.report_table(db_from(db), job)
         return JobResult.of(head, list(rows))
 
     return _blocking(read)

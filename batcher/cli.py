@@ -203,14 +203,14 @@ def main(verbose: int) -> None:
 def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool, no_cache: bool,
              against: str | None) -> None:  # fmt: skip
     """Dry run: what MANIFEST will cost: new, cached and already-done tasks. No network; writes nothing."""
-    from batcher import session
+    from batcher import job_review, session
 
     if against is not None and db is None:
         raise click.UsageError("--against needs --db: the store that holds the job")
     est = _run(session.dry_run(manifest, db, price, use_cache=not no_cache))
     change = None
     if against is not None:
-        change = _run(session.compare(None, manifest, db, price, against=against, use_cache=not no_cache))
+        change = _run(job_review.compare(None, manifest, db, price, against=against, use_cache=not no_cache))
     if as_json:
         out = est.as_json() | ({"against": {"job": against, **change.as_json()}} if change is not None else {})
         click.echo(json.dumps(out, indent=2))
@@ -229,9 +229,9 @@ def estimate(manifest: str, db: str | None, price: Decimal | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def diff(old: str, new: str, db: str | None, price: Decimal | None, no_cache: bool, as_json: bool) -> None:
     """Which tasks OLD → NEW adds, removes and changes, and what the change costs. No network; writes nothing."""
-    from batcher import session
+    from batcher import job_review
 
-    change = _run(session.compare(old, new, db, price, use_cache=not no_cache))
+    change = _run(job_review.compare(old, new, db, price, use_cache=not no_cache))
     if as_json:
         click.echo(json.dumps(change.as_json(), indent=2))
     else:
@@ -419,9 +419,9 @@ def work(opts: session.RunOptions, jobs: tuple[str, ...], as_json: bool, quiet: 
 def retry(job: str, db: str, only: tuple[str, ...], recreate: bool, dry_run: bool, price: Decimal | None) -> None:
     """Put JOB's failed tasks back to work, by cause; the next `run` or `work` does them. A task whose image was
     paid for but not saved is fetched again (a fresh query for its URL), not created again unless --recreate."""
-    from batcher import session
+    from batcher import job_review
 
-    outcome = _run(session.retry(db, job, only or RETRY_DEFAULT, recreate=recreate, dry_run=dry_run, price=price))
+    outcome = _run(job_review.retry(db, job, only or RETRY_DEFAULT, recreate=recreate, dry_run=dry_run, price=price))
     views.retry_lines(outcome, dry_run=dry_run)
 
 
@@ -480,15 +480,15 @@ def cancel(job: str, db: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="write to FILE instead of stdout")
 def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
     """Every task of JOB with its file, cost and error, and the job's summary."""
+    from batcher import job_review
+
     if fmt == "html" and not output:
         raise click.UsageError("--format html needs -o FILE: the page links its images relative to where it is")
 
-    from batcher import session
-
     if fmt == "table":
-        views.report_table(*_run(session.report_table(db, job)))
+        views.report_table(*_run(job_review.report_table(db, job)))
         return
-    line = _run(session.write_report(db, job, fmt, output))
+    line = _run(job_review.write_report(db, job, fmt, output))
     if line:
         views.stderr.print(line, highlight=False)
 
@@ -499,9 +499,9 @@ def report_(job: str | None, db: str, fmt: str, output: str | None) -> None:
 @_with_db
 def pull(job: str, folder: str, db: str) -> None:
     """Copy JOB's outputs (from its bucket, or its folder) into FOLDER, checking each file's sha256."""
-    from batcher import session
+    from batcher import job_review
 
-    done = _run(session.pull(db, job, folder))
+    done = _run(job_review.pull(db, job, folder))
     for line in done.refused:
         click.echo(f"not copied: {line}", err=True)
     click.echo(f"{done.copied} copied, {done.present} already there, {len(done.refused)} not copied", err=True)

@@ -8,9 +8,8 @@ import contextvars
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,22 +22,20 @@ from batcher.config import (
     image_price,
     lease_settings,
 )
-from batcher.diff import Diff, Entry, diff, entry
 from batcher.emulator import EmulatorConfig, Latency
-from batcher.errors import BatcherError, ConfigError, ExitCode, OutputError, StoreMissingError
+from batcher.errors import BatcherError, ConfigError, ExitCode, StoreMissingError
 from batcher.estimate import Estimate, estimate
 from batcher.manifest import Manifest, load_manifest
 from batcher.manifest.offload import import_rows
-from batcher.models import RETRY_CHOICES, ImportRow, OnUnknown
+from batcher.models import ImportRow, OnUnknown
 from batcher.money import micros_to_usd, usd_to_micros
 from batcher.providers.base import Provider
 from batcher.providers.registry import batch_providers, registered
-from batcher.report import rows as report_rows
-from batcher.report import summary, write_csv, write_json
+from batcher.report import summary
 from batcher.retry import RetryPolicy
 from batcher.runner import Runner, RunResult, StopReason
-from batcher.storage import objects, reading
-from batcher.store import ImportResult, Job, RetryPlan, Store
+from batcher.storage import objects
+from batcher.store import ImportResult, Job, Store
 
 if TYPE_CHECKING:
     from batcher.runner.batch import ShardCancel
@@ -133,7 +130,7 @@ async def dry_run(manifest_path: str | Manifest, db: str | None, price: Decimal 
     override = price if price is not None else manifest.settings.price_usd
     done: set[str] = set()
     cached: Callable[[str], bool] | None = None
-    if (store := await _store_to_read(db)) is not None:
+    if (store := await store_to_read(db)) is not None:
         try:
             job = await store.find_job(manifest.settings.name)
             if job is not None:
@@ -148,7 +145,7 @@ async def dry_run(manifest_path: str | Manifest, db: str | None, price: Decimal 
                     route=manifest.settings.route)  # fmt: skip
 
 
-async def _store_to_read(db: str | None, *, required: bool = False) -> Store | None:
+async def store_to_read(db: str | None, *, required: bool = False) -> Store | None:
     """The store at `db` opened for reading (no migration), or None: no `db`, or a SQLite file not there (which
     is not created: a dry run writes nothing; `required`: StoreMissingError, naming the path)."""
     if db is None:
@@ -532,152 +529,3 @@ def cache_forecast(outputs: dict[str, list[tuple[str, int | None]]]) -> Callable
         return False
 
     return cached
-
-
-def _entries(manifest: Manifest) -> Iterator[Entry]:
-    for spec in manifest.specs():
-        yield entry(spec.name, spec.filename, spec.key, spec.model, spec.source)
-
-
-async def compare(old: str | None, new_path: str, db: str | None, price: Decimal | None, *,
-                  against: str | None = None, use_cache: bool = True) -> Diff:  # fmt: skip
-    """`batcher diff OLD NEW`, or `estimate NEW --against JOB` (`old` None): added, removed, changed and
-    unchanged tasks, and what the added and changed ones cost (less those already made, with `db`)."""
-    new = load_manifest(new_path)
-    override = price if price is not None else new.settings.price_usd
-    olds: list[Entry] = []
-    if old is not None:
-        olds = list(_entries(load_manifest(old)))
-    made: Callable[[str], bool] | None = None
-    if (store := await _store_to_read(db, required=against is not None)) is not None:
-        try:
-            if against is not None:
-                job = await store.job(against)
-                olds = [entry(r["name"], r["filename"], r["key"], r["model"], r["source"])
-                        async for r in store.listed_tasks(job)]  # fmt: skip
-            own = await store.find_job(new.settings.name)
-            done = await store.succeeded_keys(own.id) if own is not None else set()
-            outputs = await store.outputs_by_key(None if own is None else own.id) if use_cache else {}
-            forecast = cache_forecast(outputs)
-
-            def made(key: str) -> bool:
-                return key in done or forecast(key)
-
-        finally:
-            await store.close()
-    elif against is not None:
-        raise ConfigError(f"--against {against} needs the store that holds the job: give --db")
-    s = new.settings
-    if s.route == "batch":  # the change is paid at the price of the route it takes
-        override = price if price is not None else s.batch_price_usd
-    return diff(olds, _entries(new), lambda m: image_price(s.provider, s.route, m, override), made)
-
-
-# --- retrying what failed ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryOutcome:
-    """What `retry` did or would do (`dry_run`): the plan (tasks created again per model, fetched again, by
-    cause, left failed), what creating them again may cost at most, and how many were put back."""
-
-    job: str
-    plan: RetryPlan
-    cost_micros: int  # at most: every task created again billed at its unit price
-    done: int  # tasks put back (0 for a dry run)
-
-
-async def retry(db: str, job_name: str, only: tuple[str, ...], *, recreate: bool, dry_run: bool,
-                price: Decimal | None) -> RetryOutcome:  # fmt: skip
-    """`batcher retry JOB`: the job's failed tasks of the chosen causes back to work; the plan and its cost are
-    worked out (and shown) before anything changes."""
-    causes = frozenset().union(*(RETRY_CHOICES[c] for c in only))
-    store = await Store.open(db, create=False)
-    try:
-        job = await store.job(job_name)
-        plan = await store.retry_plan(job, causes, recreate=recreate)
-        prices = job_prices(sorted(plan.create), job, price)
-        cost = sum(n * prices[m] for m, n in plan.create.items())
-        done = 0 if dry_run or not plan.tasks else await store.retry_failed(job, causes, recreate=recreate,
-                                                                             now=time.time())  # fmt: skip
-    finally:
-        await store.close()
-    return RetryOutcome(job.name, plan, cost, done)
-
-
-LINK_EXPIRY_S = 7 * 24 * 3600  # signed links to a bucket's originals on the HTML report: a week (S3's longest)
-
-# --- the report ---------------------------------------------------------------------------------------------
-
-
-async def write_report(db: str, job: str | None, fmt: str, output: str | None) -> str | None:
-    """`batcher report`: the job's summary and every task as JSON, CSV or the HTML gallery (with its thumbnails
-    beside the page); returns a line for the terminal, if any. Reads only: a missing store is not created."""
-    from batcher import gallery, thumbs
-
-    store = await Store.open(db, create=False)
-    try:
-        the_job = await _report_job(store, job)
-        head = await job_summary(store, the_job)
-        try:
-            out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-        except OSError as e:
-            raise OutputError(f"cannot write the report to {output}: {e.strerror}") from None
-        try:
-            if fmt == "json":
-                await write_json(out, head, report_rows(store, the_job))
-            elif fmt == "csv":
-                await write_csv(out, report_rows(store, the_job))
-            elif fmt == "html" and output:
-                task_rows = [r async for r in report_rows(store, the_job)]
-                files = [r["file"] for r in task_rows if r["file"]]
-                fetch = reading.fetcher(asyncio.get_running_loop())
-                made = await asyncio.to_thread(thumbs.make_all, files, output, fetch=fetch)
-                links = await reading.signed_links(files, LINK_EXPIRY_S)
-                expire = reading.expires_label(LINK_EXPIRY_S)
-                out.writelines(gallery.render(head, task_rows, await store.calls(the_job), output, made.thumbs,
-                                              links, expire))  # fmt: skip
-                return (f"thumbnails in {thumbs.folder(output)}: {made.made} made, {made.reused} reused, "
-                        f"{made.problems} images missing or unreadable")  # fmt: skip
-            else:
-                raise ValueError(f"unknown report format {fmt!r}")
-        finally:
-            if output:
-                out.close()
-    finally:
-        await store.close()
-        await storage.close_all()
-    return None
-
-
-async def pull(db: str, job_name: str, folder: str) -> reading.Pulled:
-    """`batcher pull`: copy JOB's outputs (from a bucket or a folder) into `folder`, each checked against the
-    sha256 the store recorded; returns what was copied, already there, and refused."""
-    store = await Store.open(db, create=False)
-    try:
-        job = await store.job(job_name)
-        rows = [(r["output_path"], r["sha256"]) async for r in store.task_rows(job) if r["output_path"]]
-    finally:
-        await store.close()
-    try:
-        return await reading.pull(rows, job.output_dir, os.path.abspath(folder))
-    finally:
-        await storage.close_all()
-
-
-async def report_table(db: str, job: str | None) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """The summary and rows `batcher report` shows as a table."""
-    store = await Store.open(db, create=False)
-    try:
-        the_job = await _report_job(store, job)
-        return await job_summary(store, the_job), [r async for r in report_rows(store, the_job)]
-    finally:
-        await store.close()
-
-
-async def _report_job(store: Store, job: str | None) -> Job:
-    jobs = await store.jobs()
-    if job is None and len(jobs) != 1:
-        names = ", ".join(j.name for j in jobs) or "none"
-        raise BatcherError(f"name the job to report on (jobs in the store: {names})")
-    return await store.job(job) if job is not None else jobs[0]

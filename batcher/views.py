@@ -21,8 +21,8 @@ from batcher.models import BILLED_APART
 from batcher.money import fmt_usd
 
 if TYPE_CHECKING:
+    from batcher.job_review import RetryOutcome
     from batcher.runner import Progress as RunProgress
-    from batcher.session import RetryOutcome
 
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal, seconds
 STATUSES = ("pending", "submitting", "submitted", "unknown", "succeeded", "failed", "retired")  # `status`'s order

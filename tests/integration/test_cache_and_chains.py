@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from batcher import session
+from batcher import job_review, session
 from batcher.emulator import Latency
 from batcher.manifest import load_manifest
 from batcher.models import TaskSpec, from_ref
@@ -137,7 +137,7 @@ async def test_ten_thousand_rows_edited_in_fifty_estimate_and_pay_for_fifty(
     db = str(tmp_path / "batcher.db")
     est = await session.dry_run(str(path), db, None)
     assert (est.tasks, est.done, est.cached, est.to_run, est.cost_usd) == (10_000, 9_950, 0, 50, Decimal("3.35"))
-    change = await session.compare(None, str(path), db, None, against="catalog")
+    change = await job_review.compare(None, str(path), db, None, against="catalog")
     assert (change.counts["changed"], change.counts["unchanged"], change.to_pay) == (50, 9_950, 50)
     # the same catalog under another job name: the finished outputs are reused, only the 50 are new
     other = tmp_path / "other.yaml"
