@@ -165,7 +165,7 @@ async def _vertex_emulated(emulator: EmulatorConfig, batch: bool) -> AsyncIterat
         async with VertexEmulator(config) as emu:
             key_file = emu.write_key_file(Path(tmp) / "service-account.json")
             # its own Cloud Storage, and a bucket in it for batch files, so a rehearsal needs no staging setting
-            emu.state.store.buckets.setdefault(EMULATED_STAGING.split("/")[2], {})
+            emu.add_bucket(EMULATED_STAGING.split("/")[2])
             env = {"GOOGLE_CLOUD_PROJECT": emu.project, "GOOGLE_CLOUD_LOCATION": "global",
                    "GOOGLE_VERTEX_BASE_URL": emu.origin, CREDENTIALS_ENV: str(key_file),
                    STORAGE_EMULATOR_ENV: emu.origin}  # fmt: skip

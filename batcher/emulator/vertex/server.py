@@ -51,6 +51,10 @@ class VertexEmulator(ClockedEmulator[VertexConfig, VertexState]):
         """The live counters, with every job brought up to now (its finished rows exported and billed)."""
         return lifecycle.settle(self.state, self.clock.now())
 
+    def add_bucket(self, name: str) -> None:
+        """A bucket in its own Cloud Storage (kept if it is there already)."""
+        self.state.store.buckets.setdefault(name, {})
+
     def add_service_account(self, email: str, public_pem: bytes | str) -> None:
         """Accept JWTs `email` signs with the private half of this RSA public key (PEM)."""
         self.state.tokens.register(email, public_pem)
