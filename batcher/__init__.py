@@ -64,7 +64,7 @@ _API = {
     "run": "batcher.api", "arun": "batcher.api", "estimate": "batcher.api", "retry": "batcher.api",
     "report": "batcher.api", "status": "batcher.api",
     "JobResult": "batcher.results", "TaskResult": "batcher.results", "Progress": "batcher.results",
-    "Status": "batcher.results", "Estimate": "batcher.estimate", "RetryOutcome": "batcher.session",
+    "Status": "batcher.results", "Estimate": "batcher.estimate", "RetryOutcome": "batcher.job_review",
 }  # fmt: skip
 
 if TYPE_CHECKING:

@@ -177,7 +177,7 @@ async def copy_object(source: str, sha256: str, root: str, filename: str) -> Cop
 
 
 def _write_local(target: Path, data: bytes) -> None:
-    sink = AtomicFile(target)
+    sink = AtomicFile(target, whole=True)
     sink.write(data)
     sink.finish(target)
 

@@ -11,14 +11,23 @@ collecting (streaming each results file line by line, writing each image, record
   read from the store's ledger, to the process's exit) and over the whole run; the wall time; and that the
   ledger matches the emulator: `batch_lines_billed` == images, each display name created once, each key billed
   once, one billed line per succeeded task, the same cost and the same batches. The images are deleted after.
+- collect: `--images` (500 here by default) created with `--no-wait`, left to end at the emulator, then collected
+  by a second `batcher run`, which is timed from its first results download to the last task it settles (both
+  read from the store), so its start-up, its first batch lookup and its exit are left out (the lookups of the
+  later batches and the deletes of the collected ones fall inside). Printed: the client's CPU per image in that
+  window (user + system, from `benchkit.sample`'s 20 ms timeline), images collected per second of it, and the
+  emulator's CPU per image over the whole second run (it builds each results line as it streams it). Medians of
+  `--repeat` rounds; the ledger is checked against the emulator as in `scale`. Targets: <= 6 ms per image,
+  >= 150 images/s.
 - memory: one shard of 100 images (100 tasks, the default shard size): the client's peak RSS (sampled every
   20 ms, children included) while it streams that one 100-image results file — target <= 300 MB.
 
 What it showed (docs/benchmarks.md): about 0.07 requests per image; the runner plans 4 shards (400 lines) a pass
 of its loop and creates them after collecting the shards due before them, so the wall time here is rounds of
-collecting 4 shards one line at a time plus a 10 s wait for the new batches' first check.
+collecting 4 shards plus a 10 s wait for the new batches' first check.
 
     .venv/bin/python bench/batch.py [--images 10000] [--image-bytes 1500000] [--batch-latency fixed:1]
+    .venv/bin/python bench/batch.py --only collect --images 1000 --repeat 3
     .venv/bin/python bench/batch.py --only memory --repeat 3
 """
 
@@ -32,6 +41,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import time
 from bisect import bisect_left
 from dataclasses import dataclass
 from decimal import Decimal
@@ -184,6 +194,70 @@ def scale(args: argparse.Namespace) -> None:
           f"cost ${last.stats['cost_usd']})")  # fmt: skip
 
 
+@dataclass
+class Collected:
+    cpu_s: float  # the client's, from its first results download to the last task settled
+    wall_s: float
+    emulator_cpu_s: float  # the emulator's over the whole second run (its lookups, downloads and deletes)
+    problems: list[str]
+
+
+def collect_round(emu: EmulatorProcess, tmp: Path, tag: str, images: int, batch_latency_s: float) -> Collected:
+    """Create every shard with `--no-wait`, let the batches end, then collect them all in a second run."""
+    manifest = tmp / f"{tag}.csv"
+    manifest.write_text("prompt\n" + "".join(f"Collect bench {tag} {i}\n" for i in range(images)))
+    db, out = tmp / f"{tag}.db", tmp / f"out-{tag}"
+    emu.reset()
+    env = {**os.environ, **emu.env()}
+    cmd = [sys.executable, "-m", "batcher.cli", "run", str(manifest), "--provider", "gemini", "--route", "batch",
+           "--db", str(db), "--out", str(out), "-q", "--json"]  # fmt: skip
+    created = sample([*cmd, "--no-wait"], env, tmp)
+    if created.code != 5:  # SUBMITTED: every shard created, none collected
+        sys.exit(f"batcher --no-wait exited {created.code}: {created.err[-2000:]}")
+    time.sleep(batch_latency_s + 0.5)
+    timeline: list[tuple[float, float]] = []
+    emu_before = emulator_cpu(emu)
+    run = sample(cmd, env, tmp, timeline)
+    emu_cpu = emulator_cpu(emu) - emu_before
+    if run.code != 0:
+        sys.exit(f"batcher failed ({run.code}): {run.err[-2000:]}")
+    head = json.loads(run.out)
+    problems = check_ledger(db, out, images, head, emu.stats())
+    with sqlite3.connect(db) as conn:
+        (first,) = conn.execute("SELECT min(at) FROM api_calls WHERE kind = 'download'").fetchone()
+        (last,) = conn.execute("SELECT max(finished_at) FROM tasks").fetchone()
+    shutil.rmtree(out, ignore_errors=True)
+    cpu = cpu_at(timeline, float(last)) - cpu_at(timeline, float(first))
+    return Collected(cpu, float(last) - float(first), emu_cpu, problems)
+
+
+def collect(args: argparse.Namespace) -> None:
+    n = args.images
+    latency = args.batch_latency
+    if not latency.startswith("fixed:"):
+        sys.exit("collect: --batch-latency must be fixed:S (the bench waits that long for the batches to end)")
+    knobs = ["--image-bytes", str(args.image_bytes), "--batch-latency", latency]
+    rounds: list[Collected] = []
+    with EmulatorProcess(*knobs, provider="gemini") as emu, tempfile.TemporaryDirectory(dir=args.tmp) as tmp_:
+        tmp = Path(tmp_)
+        for i in range(args.repeat):
+            r = collect_round(emu, tmp, f"collect{i}", n, float(latency.removeprefix("fixed:")))
+            rounds.append(r)
+            print(f"  round {i}: {r.cpu_s:.2f} s client CPU in {r.wall_s:.2f} s collecting ({n / r.wall_s:.0f} images/s); "
+                  f"emulator {r.emulator_cpu_s:.2f} s CPU; {'ledger matches' if not r.problems else r.problems}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    med = statistics.median
+    per = [r.cpu_s / n * 1000 for r in rounds]
+    rates = [n / r.wall_s for r in rounds]
+    print(f"\ncollect: {n} images of about {args.image_bytes / 2**20:.2f} MB in {-(-n // SHARD)} ended batches, "
+          f"collected by one `batcher run`; medians of {len(rounds)} rounds")  # fmt: skip
+    print(f"  client CPU per image while collecting: {med(per):.2f} ms (rounds: {', '.join(f'{x:.2f}' for x in per)})")
+    print(f"  collected: {med(rates):.0f} images/s (rounds: {', '.join(f'{x:.0f}' for x in rates)}); emulator CPU "
+          f"{med(r.emulator_cpu_s for r in rounds) / n * 1000:.2f} ms per image")  # fmt: skip
+    bad = [p for r in rounds for p in r.problems]
+    print(f"  ledger vs emulator: {'matches in every round' if not bad else bad}")
+
+
 def memory(args: argparse.Namespace) -> None:
     knobs = ["--image-bytes", str(args.image_bytes), "--batch-latency", args.batch_latency]
     peaks: list[float] = []
@@ -204,15 +278,17 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("scale", "memory"), default=None)
-    ap.add_argument("--images", type=int, default=10_000, help="images of the scale run")
+    ap.add_argument("--only", choices=("scale", "collect", "memory"), default=None)
+    ap.add_argument("--images", type=int, default=None, help="images of the scale run [10000] or collect run [500]")
     ap.add_argument("--image-bytes", type=int, default=IMAGE_BYTES)
     ap.add_argument("--batch-latency", default="fixed:1", help="the emulator's create-to-done time of a batch")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--tmp", default=None, help="where the store and the images go [TMPDIR]")
     args = ap.parse_args()
     if args.only in (None, "scale"):
-        scale(args)
+        scale(argparse.Namespace(**{**vars(args), "images": args.images or 10_000}))
+    if args.only in (None, "collect"):
+        collect(argparse.Namespace(**{**vars(args), "images": args.images or 500}))
     if args.only in (None, "memory"):
         memory(args)
 

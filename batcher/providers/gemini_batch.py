@@ -72,7 +72,7 @@ from batcher.providers.gemini import gemini_key
 from batcher.providers.gemini_batch_files import batch_info, parse_result_line, write_shard
 from batcher.providers.gemini_settings import GeminiSettings
 from batcher.providers.google_calls import ERROR_BODY_BYTES, Answer, GoogleCalls, NoAnswer, is_auth, url_path
-from batcher.providers.google_results import CHUNK_BYTES, LineStream
+from batcher.providers.google_results import LineStream
 from batcher.providers.google_wire import api_error, parse_json, read_capped
 from batcher.ratelimit import RateGate
 
@@ -288,7 +288,7 @@ class GeminiBatchClient(GoogleCalls[GeminiSettings]):
                 yield self._problem(answer, record, remote=file_name, file_route=True)
                 return
             yield LineStream(
-                resp.content.iter_chunked(CHUNK_BYTES),
+                resp.content.iter_any(),
                 parse_result_line,
                 cap=self.settings.max_reply_bytes,
                 record=record,

@@ -23,7 +23,12 @@ from batcher.providers.base import (
     ResultLine,
     ShardWritten,
 )
-from batcher.providers.google_wire import DETAIL_CHARS, ImageReply, NoImage, parse_json, read_response, request_body
+from batcher.providers.google_results import judged_line
+from batcher.providers.google_wire import (
+    DETAIL_CHARS,
+    parse_line,
+    request_body,
+)
 
 GRPC_INVALID_ARGUMENT = 3  # a line's error is a google.rpc.Status: gRPC codes, not HTTP statuses
 _STATE_PREFIXES = ("BATCH_STATE_", "JOB_STATE_")
@@ -55,7 +60,7 @@ def write_shard(path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritte
 
 def parse_result_line(raw: bytes) -> ResultLine:
     """One ``{"key", "response"}`` or ``{"key", "error"}`` line, judged as the online reply would be."""
-    doc = parse_json(raw)
+    doc = parse_line(raw)  # the image's base64 cut out before parsing, as an online reply's is
     if doc is None:
         return ResultLine(None, LineKind.MALFORMED, reason="a results line that is not a JSON object")
     key = doc.get("key")
@@ -70,13 +75,7 @@ def parse_result_line(raw: bytes) -> ResultLine:
     response = doc.get("response")
     if not isinstance(response, dict):
         return ResultLine(key, LineKind.MALFORMED, reason="a results line with neither response nor error")
-    judged = read_response(response)
-    if isinstance(judged, ImageReply):
-        return ResultLine(key, LineKind.IMAGE, judged.image, judged.usage, judged.response_id)
-    if isinstance(judged, NoImage):
-        line_kind = LineKind.REFUSED if judged.kind is FailureKind.BLOCKED else LineKind.FAILED
-        return ResultLine(key, line_kind, response_id=judged.response_id, reason=judged.reason, failure=judged.kind)
-    return ResultLine(key, LineKind.MALFORMED, response_id=judged.response_id, reason=judged.message)
+    return judged_line(key, response)
 
 
 # --- reading a batch --------------------------------------------------------------------------------

@@ -12,47 +12,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from batcher.models import CallRecord
-from batcher.providers.base import LineKind, ResultLine, ResultsCut, ResultStream
+from batcher.providers.base import FailureKind, LineKind, ResultLine, ResultsCut, ResultStream
 from batcher.providers.download import describe
+from batcher.providers.google_wire import ImageReply, NoImage, Overlong, read_lines, read_response
 
-CHUNK_BYTES = 256 * 1024
-KEY_SNIFF_BYTES = 512  # of an over-long line, read to name its key
 _KEY_PREFIX = re.compile(rb'^\s*\{\s*"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 Record = Callable[..., CallRecord]
 
 
 async def split_lines(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes | ResultLine]:
-    """The lines (without b"\\n") of a stream of chunks, one in memory at a time; a line past `cap` is skipped
-    to its end and yielded as a MALFORMED ResultLine naming its key where its head does."""
-    buf = bytearray()
-    over: bytes | None = None  # the head of a line past the cap, kept to name its key
-    async for chunk in chunks:
-        start = 0
-        while start < len(chunk):
-            end = chunk.find(b"\n", start)
-            stop = len(chunk) if end < 0 else end
-            if over is None:
-                if len(buf) + stop - start > cap:
-                    over = bytes(buf[:KEY_SNIFF_BYTES]) + chunk[start : start + KEY_SNIFF_BYTES]
-                    buf.clear()
-                else:
-                    buf += chunk[start:stop]
-            if end < 0:
-                break
-            start = end + 1
-            if over is not None:
-                yield oversize(over, cap)
-                over = None
-            elif buf.strip():
-                yield bytes(buf)
-                buf.clear()
-    if over is not None:
-        yield oversize(over, cap)
-    elif buf.strip():
-        yield bytes(buf)
+    """The lines of a stream of chunks (google_wire.read_lines); a line past `cap` comes as a MALFORMED
+    ResultLine naming its key where its head does."""
+    async for raw in read_lines(chunks, cap):
+        yield oversize(raw.head, cap) if isinstance(raw, Overlong) else raw
 
 
 def oversize(head: bytes, cap: int) -> ResultLine:
@@ -65,6 +41,18 @@ def oversize(head: bytes, cap: int) -> ResultLine:
         except ValueError:
             key = None
     return ResultLine(key, LineKind.MALFORMED, reason=f"a results line longer than {cap} bytes, skipped")
+
+
+def judged_line(key: str | None, response: dict[str, Any]) -> ResultLine:
+    """A results line's GenerateContentResponse judged as the online reply would be: an image (billed), a
+    refusal, a generation that ended without one, or a garbled reply (which may have been billed)."""
+    judged = read_response(response)
+    if isinstance(judged, ImageReply):
+        return ResultLine(key, LineKind.IMAGE, judged.image, judged.usage, judged.response_id)
+    if isinstance(judged, NoImage):
+        kind = LineKind.REFUSED if judged.kind is FailureKind.BLOCKED else LineKind.FAILED
+        return ResultLine(key, kind, response_id=judged.response_id, reason=judged.reason, failure=judged.kind)
+    return ResultLine(key, LineKind.MALFORMED, response_id=judged.response_id, reason=judged.message)
 
 
 class LineStream(ResultStream):

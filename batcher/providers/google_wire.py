@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,46 +153,191 @@ def parse_json(raw: bytes) -> dict[str, Any] | None:
 
 
 LIFT_MIN_BYTES = 64 << 10  # an image's base64 at least this long is decoded from the body's bytes, not parsed
-_LIFTED = "\x00batcher:lifted"  # stands in the parsed document for the lifted string (no reply holds a NUL)
-_DATA_KEY = re.compile(rb'"data"\s*:\s*"')
+_LIFTED = "\x00batcher:lifted:"  # + its number: stands in the document for a lifted string (no reply holds a NUL)
+_DATA_KEY = b'"data"'
+_WHITESPACE = b" \t\r\n"
 
 
 def parse_reply(raw: bytes) -> dict[str, Any] | None:
     """A GenerateContentResponse, as `parse_json`, but an image's base64 stays in `raw`: its span is cut out before
     parsing and its bytes (a memoryview) stand in the inlineData's `data`. That spares the JSON parser and the
-    UTF-8 decoder their passes over 2 MB, and a 2 MB str. Only when the span is one plain JSON string (no escape)
-    in an inlineData part's `data`; any other body is parsed whole."""
-    lifted = _parse_lifted(raw) if len(raw) >= LIFT_MIN_BYTES else None
+    UTF-8 decoder their passes over 2 MB, and a 2 MB str. Only for spans that are plain JSON strings (no escape)
+    of an inlineData part's `data`; any other body is parsed whole."""
+    return _parse(raw, _itself)
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """A line of batch results whose `response` is a GenerateContentResponse (Gemini Batch Mode's ``{"key",
+    "response"}``, Vertex AI's ``{"request", "response", "status"}``), parsed as `parse_reply` parses a reply:
+    the response's image stays a memoryview into `raw`. Long strings elsewhere (a request's input images, echoed)
+    are put back as str."""
+    return _parse(raw, _response_of)
+
+
+def _itself(doc: dict[str, Any]) -> Any:
+    return doc
+
+
+def _response_of(doc: dict[str, Any]) -> Any:
+    return doc.get("response")
+
+
+def _parse(raw: bytes, response_of: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+    lifted = _parse_lifted(raw, response_of) if len(raw) >= LIFT_MIN_BYTES else None
     return lifted if lifted is not None else parse_json(raw)
 
 
-def _parse_lifted(raw: bytes) -> dict[str, Any] | None:
-    key = _DATA_KEY.search(raw)
-    if key is None:
+def _spans(raw: bytes) -> list[tuple[int, int]]:
+    """Where the long, unescaped string values of `"data"` keys lie in `raw`: (start, end) inside the quotes.
+    bytes.find, not a regex: the scan crosses 2 MB of base64 at memchr speed."""
+    spans: list[tuple[int, int]] = []
+    at = raw.find(_DATA_KEY)
+    while at != -1:
+        i = at + len(_DATA_KEY)
+        while i < len(raw) and raw[i] in _WHITESPACE:
+            i += 1
+        if i < len(raw) and raw[i] == 0x3A:  # ':'
+            i += 1
+            while i < len(raw) and raw[i] in _WHITESPACE:
+                i += 1
+        else:
+            i = -1
+        if i != -1 and i < len(raw) and raw[i] == 0x22:  # '"': the value is a string
+            start = i + 1
+            end = raw.find(b'"', start)
+            if end == -1:
+                break
+            if end - start >= LIFT_MIN_BYTES and raw.find(b"\\", start, end) == -1:
+                spans.append((start, end))
+            at = raw.find(_DATA_KEY, end + 1)
+        else:
+            at = raw.find(_DATA_KEY, at + len(_DATA_KEY))
+    return spans
+
+
+def _parse_lifted(raw: bytes, response_of: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+    spans = _spans(raw)
+    if not spans:
         return None
-    start = key.end()
-    end = raw.find(b'"', start)
-    if end - start < LIFT_MIN_BYTES or raw.find(b"\\", start, end) != -1:
-        return None  # not there, short, or escaped: the JSON parser reads it
-    doc = parse_json(b"".join((raw[:start], json.dumps(_LIFTED)[1:-1].encode(), raw[end:])))
+    pieces: list[bytes] = []
+    at = 0
+    for n, (start, end) in enumerate(spans):
+        pieces += (raw[at:start], json.dumps(_LIFTED + str(n))[1:-1].encode())
+        at = end
+    pieces.append(raw[at:])
+    doc = parse_json(b"".join(pieces))
     if doc is None:
         return None
-    for part in _parts(doc):
+    view = memoryview(raw)
+    placed = 0
+    for part in _parts(response_of(doc)):  # the response's images: memoryviews into raw
         inline = part.get("inlineData") if isinstance(part, dict) else None
-        if isinstance(inline, dict) and inline.get("data") == _LIFTED:
-            inline["data"] = memoryview(raw)[start:end]
-            return doc
-    return None  # the span was some other "data": parse the body whole
+        if not isinstance(inline, dict):
+            continue
+        lifted = _lifted_number(inline.get("data"))
+        if lifted is not None and lifted < len(spans):
+            inline["data"] = view[spans[lifted][0] : spans[lifted][1]]
+            placed += 1
+    if placed < len(spans):  # some elsewhere (an echoed request's images): put back as text
+        placed += _put_back(doc, raw, spans)
+    return doc if placed == len(spans) else None  # a span that was some other "data": parse the body whole
 
 
-def _parts(doc: dict[str, Any]) -> list[Any]:
-    candidates = doc.get("candidates")
+def _lifted_number(value: object) -> int | None:
+    if isinstance(value, str) and value.startswith(_LIFTED) and value[len(_LIFTED) :].isdigit():
+        return int(value[len(_LIFTED) :])
+    return None
+
+
+def _put_back(node: object, raw: bytes, spans: list[tuple[int, int]]) -> int:
+    """Every lifted string left in `node` (a small document: its long strings are lifted) restored as str."""
+    count = 0
+    if isinstance(node, dict):
+        for k, v in node.items():
+            n = _lifted_number(v)
+            if n is not None and n < len(spans):
+                node[k] = raw[spans[n][0] : spans[n][1]].decode("ascii", "replace")
+                count += 1
+            else:
+                count += _put_back(v, raw, spans)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            n = _lifted_number(v)
+            if n is not None and n < len(spans):
+                node[i] = raw[spans[n][0] : spans[n][1]].decode("ascii", "replace")
+                count += 1
+            else:
+                count += _put_back(v, raw, spans)
+    return count
+
+
+def _parts(response: object) -> list[Any]:
+    candidates = response.get("candidates") if isinstance(response, dict) else None
     out: list[Any] = []
     for candidate in candidates if isinstance(candidates, list) else []:
         content = candidate.get("content") if isinstance(candidate, dict) else None
         parts = content.get("parts") if isinstance(content, dict) else None
         out += parts if isinstance(parts, list) else []
     return out
+
+
+# --- a results file, line by line -------------------------------------------------------------------------
+
+KEY_SNIFF_BYTES = 512  # of an over-long line, kept to name its key
+
+
+@dataclass(frozen=True)
+class Overlong:
+    """A line past the cap, skipped to its end: `head` (its first bytes) may still name its key."""
+
+    head: bytes
+
+
+async def read_lines(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes | Overlong]:
+    """A JSONL body's lines (without b"\\n"; blank ones skipped), one in memory at a time, each joined once from
+    the pieces its source delivered (a response's `content.iter_any()`, an object's reads) (no growing buffer, no copy per piece); a line past `cap` bytes is
+    skipped to its end and yielded as Overlong. aiohttp's own readline refuses lines past 128 KB, hence this."""
+    pieces: list[bytes] = []
+    held = 0
+    over: bytes | None = None  # the head of a line past the cap
+    async for chunk in chunks:
+        start, size = 0, len(chunk)
+        while start < size:
+            end = chunk.find(b"\n", start)
+            stop = size if end < 0 else end
+            if over is None and stop > start:
+                if held + stop - start > cap:
+                    over = _head([*pieces, chunk[start : start + KEY_SNIFF_BYTES]])
+                    pieces, held = [], 0
+                else:
+                    pieces.append(chunk if start == 0 and stop == size else chunk[start:stop])
+                    held += stop - start
+            if end < 0:
+                break
+            start = end + 1
+            if over is not None:
+                yield Overlong(over)
+                over = None
+            elif pieces:
+                line = _joined(pieces)
+                pieces, held = [], 0
+                if line.strip():  # bytes.strip gives the line itself back when there is nothing to strip
+                    yield line
+    if over is not None:
+        yield Overlong(over)
+    elif pieces and (line := _joined(pieces)).strip():
+        yield line
+
+
+def _head(pieces: list[bytes]) -> bytes:
+    head = b""
+    for piece in pieces:
+        head += piece[: KEY_SNIFF_BYTES - len(head)]
+    return head
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def b64decode(text: str | bytes | memoryview) -> bytes:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from batcher.providers import google_wire
 from batcher.providers.base import (
     BatchInfo,
     BatchState,
@@ -30,7 +31,8 @@ from batcher.providers.base import (
     ResultLine,
     ShardWritten,
 )
-from batcher.providers.google_wire import DETAIL_CHARS, ImageReply, NoImage, parse_json, read_response, request_body
+from batcher.providers.google_results import judged_line
+from batcher.providers.google_wire import DETAIL_CHARS, request_body
 
 KEY_LABEL = "batcher_key"  # the task key in request.labels (label values: lowercase letters, digits, _ and -)
 JOB_NAME = re.compile(r"^projects/[^/]+/locations/[^/]+/batchPredictionJobs/[^/]+$")
@@ -159,7 +161,7 @@ def _failed(key: str | None, status: str) -> ResultLine:
 
 def parse_line(raw: bytes) -> ResultLine:
     """One output line, judged as the online reply would be."""
-    doc = parse_json(raw)
+    doc = google_wire.parse_line(raw)  # the image's base64 cut out before parsing, as an online reply's is
     if doc is None:
         return ResultLine(None, LineKind.MALFORMED, reason="a results line that is not a JSON object")
     key = _key(doc)
@@ -169,10 +171,4 @@ def parse_line(raw: bytes) -> ResultLine:
         if isinstance(status, str) and status.strip():
             return _failed(key, status)
         return ResultLine(key, LineKind.MALFORMED, reason="a results line with neither a response nor a status")
-    judged = read_response(response)
-    if isinstance(judged, ImageReply):
-        return ResultLine(key, LineKind.IMAGE, judged.image, judged.usage, judged.response_id)
-    if isinstance(judged, NoImage):
-        kind = LineKind.REFUSED if judged.kind is FailureKind.BLOCKED else LineKind.FAILED
-        return ResultLine(key, kind, response_id=judged.response_id, reason=judged.reason, failure=judged.kind)
-    return ResultLine(key, LineKind.MALFORMED, response_id=judged.response_id, reason=judged.message)
+    return judged_line(key, response)

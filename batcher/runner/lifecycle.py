@@ -373,7 +373,7 @@ class LifecyclePart(RemotePart):
 
     async def _fetch(self, image: Image, target: Path) -> tuple[Fetched, AtomicFile, ImageInfo | None]:
         """Fetch `image` toward `target`: what became of it, the sink holding the bytes, the image they make."""
-        sink = AtomicFile(target)
+        sink = AtomicFile(target, whole=image.data is not None)
         try:
             result = await self.provider.fetch(image, sink)
         except BaseException:  # a stop cancels downloads in progress: leave no partial file behind

@@ -100,6 +100,6 @@ class RemotePart(RunnerBase):
 
 def _keep(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sink = AtomicFile(path)
+    sink = AtomicFile(path, whole=True)
     sink.write(data)
     sink.finish(path)

@@ -102,6 +102,6 @@ def _sha_of(path: Path) -> str | None:
 
 
 def _write(target: Path, data: bytes) -> None:
-    sink = AtomicFile(target)
+    sink = AtomicFile(target, whole=True)
     sink.write(data)
     sink.finish(target)

@@ -34,7 +34,7 @@ from batcher.emulator.gemini.batches import (
 from batcher.emulator.gemini.errors import api_error, gateway_error
 from batcher.emulator.gemini.files import FILES_PREFIX
 from batcher.emulator.gemini.lifecycle import RESULTS_MIME, create_batch
-from batcher.emulator.gemini.reply import image_reply, refused_reply
+from batcher.emulator.gemini.reply import IMAGE_SLOT, encode_with_image, image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, field, model_id
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.uploads import find_file
@@ -199,6 +199,7 @@ async def download(state: GeminiState, clock: EmulatorClock, request: web.Reques
         line = batch.lines[number]
         response_id = f"{batch.name.removeprefix(BATCH_PREFIX)}-{number}"
         record: dict[str, object] = {"key": line.key}
+        end = b"" if at == last and state.config.batch_results_no_final_newline else b"\n"
         if line.spec is None or line.fate == "failed":
             code = GRPC_INVALID_ARGUMENT if line.spec is None else GRPC_INTERNAL
             record["error"] = {"code": code, "message": line.error}
@@ -207,8 +208,10 @@ async def download(state: GeminiState, clock: EmulatorClock, request: web.Reques
         else:
             spec = line.spec
             _, b64 = state.images.image(spec.prompt, spec.width, spec.height, state.config.image_bytes)
-            record["response"] = image_reply(spec, b64, response_id)
-        end = b"" if at == last and state.config.batch_results_no_final_newline else b"\n"
+            record["response"] = image_reply(spec, IMAGE_SLOT, response_id)
+            for piece in encode_with_image(record, b64, end):  # the image's bytes written as they are cached
+                await response.write(piece)
+            continue
         await response.write(_dumps(record).encode("utf-8") + end)
     await response.write_eof()
     return response

@@ -14,7 +14,7 @@ import math
 from aiohttp import web
 
 from batcher.emulator.clock import EmulatorClock
-from batcher.emulator.envelope import json_response
+from batcher.emulator.envelope import JSON_TYPE, json_response
 from batcher.emulator.gemini.errors import (
     DEADLINE_MESSAGE,
     api_error,
@@ -23,7 +23,7 @@ from batcher.emulator.gemini.errors import (
     spend_cap_exceeded,
 )
 from batcher.emulator.gemini.facts import QUOTA_PER_DAY, QUOTA_PER_MINUTE
-from batcher.emulator.gemini.reply import blocked_reply, image_reply, refused_reply
+from batcher.emulator.gemini.reply import IMAGE_SLOT, blocked_reply, encode_with_image, image_reply, refused_reply
 from batcher.emulator.gemini.request import BadRequest, UnknownModel, check_model, model_id, parse_generate
 from batcher.emulator.gemini.state import GeminiState
 from batcher.emulator.gemini.wire import BodyError, close_connection, read_json
@@ -94,4 +94,5 @@ async def generate_content(
         stats.gateway_errors += 1
         return gateway_error(502, "google")
     _, b64 = state.images.image(spec.prompt, spec.width, spec.height, config.image_bytes)
-    return json_response(image_reply(spec, b64, response_id))
+    body = b"".join(encode_with_image(image_reply(spec, IMAGE_SLOT, response_id), b64))
+    return web.Response(body=body, content_type=JSON_TYPE)

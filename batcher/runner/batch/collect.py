@@ -10,7 +10,9 @@ its lines are paid, result lost, counted, and made again only by `batcher retry 
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
 from dataclasses import dataclass
 
 from batcher.errors import OutputError
@@ -33,7 +35,11 @@ from batcher.providers.base import (
 from batcher.runner.base import log
 from batcher.runner.batch.shard import Shard, ShardWork
 from batcher.runner.batch_bucket import bucket_line
+from batcher.store import Task
 
+# lines settled at once while the next are read (a local job's): their images are hashed, written and synced in
+# parallel threads (each holds its decoded image, about 1.5 MB, until its file is in place)
+LOOKAHEAD = 16
 # lines of a results file that carry a `response` (what successfulRequestCount counts); a malformed line is
 # counted so too, since it may have been billed: the lost count errs toward fewer, never toward resending
 _ANSWERED = (LineKind.IMAGE, LineKind.REFUSED, LineKind.MALFORMED)
@@ -43,6 +49,15 @@ _ANSWERED = (LineKind.IMAGE, LineKind.REFUSED, LineKind.MALFORMED)
 class _Read:
     answered: int = 0  # lines of the file that carry a response, settled now or by an earlier collection
     gone: bool = False  # the file is no longer at the API
+
+
+async def _settle_rest(settling: deque[asyncio.Task[None]]) -> None:
+    """Let the lines in flight finish (one failed: the others' files are finished and recorded all the same); if
+    this task is itself cancelled, cancel them (a line cut short is settled again by the next collection)."""
+    try:
+        await asyncio.gather(*settling, return_exceptions=True)  # cancelled, it cancels them
+    finally:
+        settling.clear()
 
 
 class CollectPart(ShardWork):
@@ -161,23 +176,33 @@ class CollectPart(ShardWork):
                     return None
                 self._fault(shard, f"the results download answered {opened.message}")
                 return None
+            settling: deque[asyncio.Task[None]] = deque()  # lines being settled while the next are read
             try:
                 async for line in opened.lines():
                     if line.kind in _ANSWERED:
                         read.answered += 1
-                    await self._line(shard, line)
+                    task = shard.tasks.pop(line.key, None) if line.key is not None else None
+                    if task is None:
+                        continue  # settled by an earlier collection (a restart), or no task of this shard
+                    if self.remote:  # a bucket job stores its lines one by one, each by conditional create
+                        await self._line(shard, task, line)
+                        continue
+                    settling.append(asyncio.ensure_future(self._line(shard, task, line)))
+                    if len(settling) >= LOOKAHEAD:
+                        await settling.popleft()
+                while settling:
+                    await settling.popleft()
             except ResultsCut as e:
+                await _settle_rest(settling)  # the lines read before the cut are settled all the same
                 self._fault(shard, str(e))
                 return None
             finally:
+                await _settle_rest(settling)
                 for call in opened.calls:
                     self._log_shard_call(shard, call)
         return read
 
-    async def _line(self, shard: Shard, line: ResultLine) -> None:
-        task = shard.tasks.pop(line.key, None) if line.key is not None else None
-        if task is None:
-            return  # settled by an earlier collection (a restart), or no task of this shard
+    async def _line(self, shard: Shard, task: Task, line: ResultLine) -> None:
         sub, now = shard.sub, self._now()
         if line.kind is LineKind.IMAGE and line.image is not None and line.image.data is not None:
             if self.remote:  # a bucket job: stored by conditional create, never on this disk
@@ -195,7 +220,7 @@ class CollectPart(ShardWork):
                     self.progress.failed += 1
                 return
             target = target_path(self.output_dir, task.filename)
-            sink = AtomicFile(target)
+            sink = AtomicFile(target, whole=True)
             try:
                 sink.write(line.image.data)
                 info = sink.image()

@@ -139,7 +139,7 @@ class DuplicatesPart(ShardWork):
                                                 output_path=stored.written.location, sha256=stored.sha256)  # fmt: skip
                 return
             target = target_path(self.output_dir, name)
-            sink = AtomicFile(target)
+            sink = AtomicFile(target, whole=True)
             sink.write(line.image.data)
             info = sink.image()
             if info is None:
