@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -331,6 +332,32 @@ class ShardWritten:
     bytes_written: int
     lines: int
     invalid: tuple[tuple[str, str], ...]  # (key, why): requests that cannot go on the wire, left out
+
+
+def write_shard_lines(
+    path: Path, items: Iterable[tuple[str, Request]], line: Callable[[str, Request], dict[str, Any]]
+) -> ShardWritten:
+    """A batch's JSONL requests file: `line(key, request)` as one JSON line per item, one in memory at a time.
+    A request `line` refuses (ValueError: it cannot go on the wire) is left out and named in `invalid`; a key
+    seen twice raises ValueError (results are matched by key). Every batch client writes its file through this."""
+    seen: set[str] = set()
+    invalid: list[tuple[str, str]] = []
+    written = lines = 0
+    with open(path, "wb") as out:
+        for key, request in items:
+            if key in seen:
+                raise ValueError(f"the key {key!r} appears twice in one batch")
+            seen.add(key)
+            try:
+                doc = line(key, request)
+            except ValueError as e:
+                invalid.append((key, str(e)))
+                continue
+            data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+            out.write(data)
+            written += len(data)
+            lines += 1
+    return ShardWritten(written, lines, tuple(invalid))
 
 
 class ResultStream(abc.ABC):

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batcher.emulator.images import encode_png
 from batcher.models import CallRecord
@@ -61,6 +62,7 @@ from batcher.providers.base import (
     ShardWritten,
     Uploaded,
     UploadOutcome,
+    write_shard_lines,
 )
 from batcher.ratelimit import RateGate
 
@@ -224,21 +226,12 @@ class FakeBatchClient:
         await self.gate.close()
 
     def write_shard(self, path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritten:
-        seen: set[str] = set()
-        invalid: list[tuple[str, str]] = []
-        written = lines = 0
-        with open(path, "wb") as out:
-            for key, request in items:
-                if key in seen:
-                    raise ValueError(f"the key {key!r} appears twice in one batch")
-                seen.add(key)
-                if request.prompt in self.invalid_prompts:
-                    invalid.append((key, "this fake API cannot take that request"))
-                    continue
-                line = json.dumps({"key": key, "model": request.model, "prompt": request.prompt}).encode() + b"\n"
-                out.write(line)
-                written, lines = written + len(line), lines + 1
-        return ShardWritten(written, lines, tuple(invalid))
+        def line(key: str, request: Request) -> dict[str, Any]:
+            if request.prompt in self.invalid_prompts:
+                raise ValueError("this fake API cannot take that request")
+            return {"key": key, "model": request.model, "prompt": request.prompt}
+
+        return write_shard_lines(path, items, line)
 
     async def upload(self, path: Path, display_name: str) -> UploadOutcome:
         await self.gate.acquire(priority=False)

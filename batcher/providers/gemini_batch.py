@@ -45,19 +45,15 @@ import aiohttp
 from batcher.models import CallRecord
 from batcher.providers.base import (
     Absent,
-    AuthRejected,
     BatchInfo,
     BatchLimits,
-    Created,
     CreateOutcome,
-    CreateUnknown,
     DoneOutcome,
     FindOutcome,
     Found,
     GetOutcome,
     Got,
     ListingIncomplete,
-    NotCreated,
     Outcome,
     Problem,
     Request,
@@ -71,9 +67,9 @@ from batcher.providers.download import describe, origin
 from batcher.providers.gemini import gemini_key
 from batcher.providers.gemini_batch_files import batch_info, parse_result_line, write_shard
 from batcher.providers.gemini_settings import GeminiSettings
-from batcher.providers.google_calls import ERROR_BODY_BYTES, Answer, GoogleCalls, NoAnswer, is_auth, url_path
+from batcher.providers.google_calls import ERROR_BODY_BYTES, Answer, GoogleCalls, url_path
 from batcher.providers.google_results import LineStream
-from batcher.providers.google_wire import api_error, parse_json, read_capped
+from batcher.providers.google_wire import parse_json, read_capped
 from batcher.ratelimit import RateGate
 
 JSONL_MIME = "application/jsonl"
@@ -168,39 +164,8 @@ class GeminiBatchClient(GoogleCalls[GeminiSettings]):
         """One batchGenerateContent. Not idempotent: `before_send` (after the gate, just before the bytes
         leave; it may raise, and then nothing was sent) is where the caller commits its intent."""
         body = {"batch": {"displayName": display_name, "inputConfig": {"fileName": file_name}}}
-        payload = json.dumps(body, separators=(",", ":")).encode()
         url = f"{self._base}/models/{quote(model, safe='')}:batchGenerateContent"
-        record = self._recorder("batch_create")
-        headers = {"Content-Type": "application/json"}
-        await self.gate.acquire(priority=False)
-        await before_send()
-        got = await self._send("POST", url, payload, headers)
-        if isinstance(got, NoAnswer):
-            if not got.connected:
-                return NotCreated(record("not_created", got.message), got.message, retryable=True)
-            msg = f"{got.message}; a batch may have been created: list to find out"
-            return CreateUnknown(record("ambiguous", msg), msg)
-        status = got.status
-        if status == 200:
-            info = batch_info(got.doc)
-            if info is not None:
-                return Created(record("ok", info.state, info.name, status=status), info)
-            msg = "HTTP 200 that names no batch; a batch may have been created: list to find out"
-            return CreateUnknown(record("ambiguous", msg, status=status), msg)
-        if status == 429:
-            return self._rate_limited(got, record)
-        error = api_error(got.doc)
-        what = self._what(status, error)
-        if is_auth(status, error):
-            msg = what  # AuthError.rejected says what to check, once
-            return AuthRejected(record("auth", msg, status=status), msg)
-        if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
-            # files live 48 hours: a refusal naming the input file says it is gone, not that the request is bad
-            missing = status in (400, 404) and file_name in what
-            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408,
-                              input_missing=missing)  # fmt: skip
-        msg = f"{what}; a batch may have been created: list to find out"
-        return CreateUnknown(record("ambiguous", msg, status=status), msg)
+        return await self._create(url, body, file_name, batch_info, before_send=before_send)
 
     # --- get, list, find ----------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ GenerateContentResponse}`` or ``{"key": K, "error": google.rpc.Status}``, judged
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,15 @@ from batcher.providers.base import (
     Request,
     ResultLine,
     ShardWritten,
+    write_shard_lines,
 )
 from batcher.providers.google_results import judged_line
 from batcher.providers.google_wire import (
     DETAIL_CHARS,
+    int64,
     parse_line,
     request_body,
+    status_message,
 )
 
 GRPC_INVALID_ARGUMENT = 3  # a line's error is a google.rpc.Status: gRPC codes, not HTTP statuses
@@ -38,24 +40,7 @@ def write_shard(path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritte
     """Write a batch's JSONL input, one ``{"key", "request"}`` line per item, one line in memory at a time.
     A request that cannot go on the wire (a URL input image, a size with no aspect ratio) is left out and
     named in `invalid`; a key seen twice raises ValueError (results are matched by key)."""
-    seen: set[str] = set()
-    invalid: list[tuple[str, str]] = []
-    written = lines = 0
-    with open(path, "wb") as out:
-        for key, request in items:
-            if key in seen:
-                raise ValueError(f"the key {key!r} appears twice in one batch")
-            seen.add(key)
-            try:
-                body = request_body(request)
-            except ValueError as e:
-                invalid.append((key, str(e)))
-                continue
-            line = json.dumps({"key": key, "request": body}, separators=(",", ":")).encode() + b"\n"
-            out.write(line)
-            written += len(line)
-            lines += 1
-    return ShardWritten(written, lines, tuple(invalid))
+    return write_shard_lines(path, items, lambda key, request: {"key": key, "request": request_body(request)})
 
 
 def parse_result_line(raw: bytes) -> ResultLine:
@@ -81,14 +66,6 @@ def parse_result_line(raw: bytes) -> ResultLine:
 # --- reading a batch --------------------------------------------------------------------------------
 
 
-def _count(stats: dict[str, Any], name: str) -> int:
-    value = stats.get(name)
-    try:
-        return int(value) if isinstance(value, int | str) else 0  # int64 comes as a string
-    except ValueError:
-        return 0
-
-
 def _state(raw: object, doc: dict[str, Any]) -> BatchState:
     text = raw if isinstance(raw, str) else ""
     for prefix in _STATE_PREFIXES:
@@ -111,10 +88,10 @@ def batch_info(doc: object) -> BatchInfo | None:
     raw_stats = meta.get("batchStats")
     raw_stats = raw_stats if isinstance(raw_stats, dict) else {}
     stats = BatchStats(
-        _count(raw_stats, "requestCount"),
-        _count(raw_stats, "successfulRequestCount"),
-        _count(raw_stats, "failedRequestCount"),
-        _count(raw_stats, "pendingRequestCount"),
+        int64(raw_stats, "requestCount"),
+        int64(raw_stats, "successfulRequestCount"),
+        int64(raw_stats, "failedRequestCount"),
+        int64(raw_stats, "pendingRequestCount"),
     )
     responses: object = None
     for holder in (doc.get("response"), meta.get("output"), doc.get("output")):
@@ -122,11 +99,7 @@ def batch_info(doc: object) -> BatchInfo | None:
             responses = holder["responsesFile"]
             break
     error = doc.get("error")
-    message = None
-    if isinstance(error, dict):
-        message = str(error.get("message") or "the batch failed")[:DETAIL_CHARS]
-        if isinstance(error.get("code"), int):
-            message += f" (code {error['code']})"
+    message = status_message(error, "the batch failed")
     display = meta.get("displayName")
     return BatchInfo(
         name=doc["name"],

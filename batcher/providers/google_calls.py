@@ -19,8 +19,9 @@ A 401 to a bearer token renews it and sends the request once more (a 401 proves 
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 from urllib.parse import quote
@@ -32,8 +33,13 @@ from batcher.models import CallRecord
 from batcher.providers.auth import Credential, CredentialRefused, CredentialUnavailable
 from batcher.providers.base import (
     AuthRejected,
+    BatchInfo,
+    Created,
+    CreateOutcome,
+    CreateUnknown,
     DoneOutcome,
     Gone,
+    NotCreated,
     Ok,
     Problem,
     RateLimited,
@@ -214,6 +220,57 @@ class GoogleCalls(GoogleSession[S]):
         self.gate.rate_limited(wait)
         msg = f"rate limited: {self._what(429, error)}"
         return RateLimited(record("rate_limited", msg, remote, status=429), msg, wait_s=wait)
+
+    async def _create(
+        self,
+        url: str,
+        body: dict[str, Any],
+        input_name: str,
+        parse: Callable[[object], BatchInfo | None],
+        *,
+        before_send: Callable[[], Awaitable[None]],
+    ) -> CreateOutcome:
+        """The one call that bills: a batch's create. Not idempotent: `before_send` (after the gate, just before
+        the bytes leave; it may raise, and then nothing was sent) is where the caller commits its intent. Any
+        reply that does not prove the batch absent or present is CreateUnknown: reconcile by listing, never
+        create blind (a 5xx too: a create is cheap to reconcile and expensive to double)."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        record = self._recorder("batch_create")
+        await self.gate.acquire(priority=False)
+        await before_send()
+        got = await self._send("POST", url, payload, {"Content-Type": "application/json"})
+        if isinstance(got, NoAnswer):
+            if got.refused:
+                return AuthRejected(record("auth", got.message), got.message)
+            if not got.connected:
+                return NotCreated(record("not_created", got.message), got.message, retryable=True)
+            msg = f"{got.message}; a batch may have been created: list to find out"
+            return CreateUnknown(record("ambiguous", msg), msg)
+        status = got.status
+        if status == 200:
+            info = parse(got.doc)
+            if info is not None:
+                return Created(record("ok", info.state, info.name, status=status), info)
+            msg = "HTTP 200 that names no batch; a batch may have been created: list to find out"
+            return CreateUnknown(record("ambiguous", msg, status=status), msg)
+        if status == 429:
+            return self._rate_limited(got, record)
+        error = api_error(got.doc)
+        what = self._what(status, error)
+        if is_auth(status, error):
+            msg = self._refused_credential(status, what)  # AuthError.rejected says what to check, once
+            return AuthRejected(record("auth", msg, status=status), msg)
+        if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
+            # inputs do not live for ever: a refusal naming the input says it is gone, not that the request is bad
+            missing = status in (400, 404) and input_name in what
+            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408,
+                              input_missing=missing)  # fmt: skip
+        msg = f"{what}; a batch may have been created: list to find out"
+        return CreateUnknown(record("ambiguous", msg, status=status), msg)
+
+    def _refused_credential(self, status: int, what: str) -> str:
+        """What a refusal of the credential says (a provider adds what it knows: the project, say)."""
+        return what
 
     async def _plain(self, method: str, url: str, kind: str, name: str, *, file_route: bool = False) -> DoneOutcome:
         """A cancel or a delete: Ok, or why not."""

@@ -436,3 +436,20 @@ def _image_part(index: int, uri: str) -> dict[str, Any]:
     if not comma or "base64" not in fields[1:] or not mime.startswith("image/") or not data:
         raise Unsendable(f"input image {index + 1} must be a base64 data: URI of an image (data:image/...;base64,)")
     return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+def int64(fields: dict[str, Any], name: str) -> int:
+    """A count of a resource as proto JSON writes it: int64 as a string, a zero left out."""
+    value = fields.get(name)
+    try:
+        return int(value) if isinstance(value, int | str) else 0
+    except ValueError:
+        return 0
+
+
+def status_message(error: object, default: str) -> str | None:
+    """A google.rpc.Status as one short line (`message (code N)`); None when `error` is none."""
+    if not isinstance(error, dict):
+        return None
+    message = str(error.get("message") or default)[:DETAIL_CHARS]
+    return message + (f" (code {error['code']})" if isinstance(error.get("code"), int) else "")

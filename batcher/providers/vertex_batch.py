@@ -34,7 +34,6 @@ shard's name makes unique.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -53,9 +52,7 @@ from batcher.providers.base import (
     AuthRejected,
     BatchInfo,
     BatchLimits,
-    Created,
     CreateOutcome,
-    CreateUnknown,
     DoneOutcome,
     FindOutcome,
     Found,
@@ -63,7 +60,6 @@ from batcher.providers.base import (
     Gone,
     Got,
     ListingIncomplete,
-    NotCreated,
     Ok,
     Problem,
     RateLimited,
@@ -76,9 +72,8 @@ from batcher.providers.base import (
     Uploaded,
     UploadOutcome,
 )
-from batcher.providers.google_calls import Answer, GoogleCalls, NoAnswer, Record, is_auth, url_path
+from batcher.providers.google_calls import Answer, GoogleCalls, Record, url_path
 from batcher.providers.google_results import LineStream
-from batcher.providers.google_wire import api_error
 from batcher.providers.vertex import VertexSettings
 from batcher.providers.vertex_jobs import job_info, parse_line, write_shard
 from batcher.ratelimit import RateGate
@@ -213,38 +208,10 @@ class VertexBatchClient(GoogleCalls[VertexBatchSettings]):
             "outputConfig": {"predictionsFormat": "jsonl",
                              "gcsDestination": {"outputUriPrefix": join(self.staged(display_name), OUTPUT_FOLDER)}},
         }  # fmt: skip
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        record = self._recorder("batch_create")
-        await self.gate.acquire(priority=False)
-        await before_send()
-        got = await self._send("POST", self.settings.jobs_url, payload, {"Content-Type": "application/json"})
-        if isinstance(got, NoAnswer):
-            if got.refused:
-                return AuthRejected(record("auth", got.message), got.message)
-            if not got.connected:
-                return NotCreated(record("not_created", got.message), got.message, retryable=True)
-            msg = f"{got.message}; a job may have been created: list to find out"
-            return CreateUnknown(record("ambiguous", msg), msg)
-        status = got.status
-        if status == 200:
-            info = job_info(got.doc)
-            if info is not None:
-                return Created(record("ok", info.state, info.name, status=status), info)
-            msg = "HTTP 200 that names no job; a job may have been created: list to find out"
-            return CreateUnknown(record("ambiguous", msg, status=status), msg)
-        if status == 429:
-            return self._rate_limited(got, record)
-        error = api_error(got.doc)
-        what = self._what(status, error)
-        if is_auth(status, error):
-            msg = f"{what} (project {self.settings.project})" if status == 403 else what
-            return AuthRejected(record("auth", msg, status=status), msg)
-        if 400 <= status < 500:  # 408: the request did not arrive whole, so it may go again
-            missing = status in (400, 404) and file_name in what  # the staged input is gone: stage it again
-            return NotCreated(record("not_created", what, status=status), what, retryable=status == 408,
-                              input_missing=missing)  # fmt: skip
-        msg = f"{what}; a job may have been created: list to find out"
-        return CreateUnknown(record("ambiguous", msg, status=status), msg)
+        return await self._create(self.settings.jobs_url, body, file_name, job_info, before_send=before_send)
+
+    def _refused_credential(self, status: int, what: str) -> str:
+        return f"{what} (project {self.settings.project})" if status == 403 else what
 
     # --- get, find ----------------------------------------------------------------------------------
 

@@ -30,9 +30,10 @@ from batcher.providers.base import (
     Request,
     ResultLine,
     ShardWritten,
+    write_shard_lines,
 )
 from batcher.providers.google_results import judged_line
-from batcher.providers.google_wire import DETAIL_CHARS, request_body
+from batcher.providers.google_wire import DETAIL_CHARS, int64, request_body, status_message
 
 KEY_LABEL = "batcher_key"  # the task key in request.labels (label values: lowercase letters, digits, _ and -)
 JOB_NAME = re.compile(r"^projects/[^/]+/locations/[^/]+/batchPredictionJobs/[^/]+$")
@@ -62,36 +63,16 @@ _GRPC = {"INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "PERMISS
 def write_shard(path: Path, items: Iterable[tuple[str, Request]]) -> ShardWritten:
     """A job's JSONL input, one line per item, one line in memory at a time. A request that cannot go on the wire
     is left out and named in `invalid`; a key seen twice raises ValueError (results are matched by key)."""
-    seen: set[str] = set()
-    invalid: list[tuple[str, str]] = []
-    written = lines = 0
-    with open(path, "wb") as out:
-        for key, request in items:
-            if key in seen:
-                raise ValueError(f"the key {key!r} appears twice in one batch")
-            seen.add(key)
-            try:
-                body = request_body(request)
-            except ValueError as e:
-                invalid.append((key, str(e)))
-                continue
-            body["labels"] = {KEY_LABEL: key}
-            line = json.dumps({"key": key, "request": body}, separators=(",", ":")).encode() + b"\n"
-            out.write(line)
-            written += len(line)
-            lines += 1
-    return ShardWritten(written, lines, tuple(invalid))
+
+    def line(key: str, request: Request) -> dict[str, Any]:
+        body = request_body(request)
+        body["labels"] = {KEY_LABEL: key}  # echoed back too: the key where a line lost its own
+        return {"key": key, "request": body}
+
+    return write_shard_lines(path, items, line)
 
 
 # --- the job resource -------------------------------------------------------------------------------
-
-
-def _count(stats: dict[str, Any], name: str) -> int:
-    value = stats.get(name)
-    try:
-        return int(value) if isinstance(value, int | str) else 0  # int64 comes as a string; zero is left out
-    except ValueError:
-        return 0
 
 
 def job_info(doc: object) -> BatchInfo | None:
@@ -101,18 +82,14 @@ def job_info(doc: object) -> BatchInfo | None:
         return None
     raw = doc.get("completionStats")
     raw = raw if isinstance(raw, dict) else {}
-    succeeded, failed = _count(raw, "successfulCount"), _count(raw, "failedCount")
-    incomplete = _count(raw, "incompleteCount")
+    succeeded, failed = int64(raw, "successfulCount"), int64(raw, "failedCount")
+    incomplete = int64(raw, "incompleteCount")
     stats = BatchStats(succeeded + failed + incomplete, succeeded, failed, incomplete)
     state = doc.get("state")
     output = doc.get("outputInfo")
     folder = output.get("gcsOutputDirectory") if isinstance(output, dict) else None
     error = doc.get("error")
-    message = None
-    if isinstance(error, dict):
-        message = str(error.get("message") or "the job failed")[:DETAIL_CHARS]
-        if isinstance(error.get("code"), int):
-            message += f" (code {error['code']})"
+    message = status_message(error, "the job failed")
     display = doc.get("displayName")
     return BatchInfo(
         name=doc["name"],
