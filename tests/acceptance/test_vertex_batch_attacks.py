@@ -340,3 +340,29 @@ async def test_no_more_jobs_at_once_than_vertex_allows_while_shards_wait(
         running = [j for j in jobs if j.created_at < job.created_at and j.finishes_at > job.created_at]
         assert len(running) < 4, [(j.created_at, j.finishes_at) for j in jobs]
     money_is_the_apis(head, emu, db)
+
+
+async def test_a_job_deleted_after_it_ended_and_a_kill_mid_collection_collects_the_rest_from_its_output(
+    start_vertex: StartVertex, tmp_path: Path
+) -> None:
+    """The worker is killed while it reads an ended job's output; the job is then deleted at the API. Its output
+    stays in Cloud Storage: the next run collects the lines it had not settled, none paid and lost, none sent
+    again."""
+    n = 6
+    emu = await start_vertex(batch_latency=QUICK, batch_output_files=3, image_bytes=3_000_000)
+    m = vmanifest(tmp_path / "deletedmid.yaml", n, shard=6)
+    db = tmp_path / "b.db"
+    env = env_of(emu, tmp_path)
+    out = tmp_path / "out" / "deletedmid"
+    proc = await start(*cli(m, db), env=env, cwd=tmp_path)
+    await until(lambda: images(out) >= 1 or proc.returncode is not None, "the first image to be written")
+    proc.send_signal(signal.SIGKILL)
+    await finish(proc)
+    assert 1 <= images(out) < n, images(out)
+    next(iter(emu.state.jobs.values())).deleted = True  # batchPredictionJobs.delete: the job goes, its files stay
+    done = await run(m, db, env, tmp_path)
+    assert done.code == 0, done.err
+    head = head_of(done)
+    assert head["succeeded"] == n and head["paid_result_lost"] == 0 and emu.stats.jobs_created == 1, head
+    money_is_the_apis(head, emu, db)
+    assert images(out) == n and staged_objects(emu) == []
