@@ -7,7 +7,9 @@ the summary flags (an unknown submission)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from batcher.emulator import Latency
 from batcher.emulator.vertex import lifecycle
 from batcher.emulator.vertex.server import VertexEmulator
+from tests.acceptance.batch_chaos_kit import FreshDatabase
 from tests.acceptance.cli_kit import Done, batcher, finish, freeze_outside_a_write, manifest, start
 from tests.acceptance.test_money_truth import until
 from tests.acceptance.test_vertex_batch import LINE_PRICE, QUICK, STAGING, cli, env_of, staged_objects, usd
@@ -371,3 +374,46 @@ async def test_a_job_deleted_after_it_ended_and_a_kill_mid_collection_collects_t
     assert head["succeeded"] == n and head["paid_result_lost"] == 0 and emu.stats.jobs_created == 1, head
     money_is_the_apis(head, emu, db)
     assert images(out) == n and staged_objects(emu) == []
+
+
+@pytest.mark.postgres
+async def test_two_workers_on_one_postgresql_store_create_each_shard_once(
+    start_vertex: StartVertex, tmp_path: Path
+) -> None:
+    admin = os.environ.get("BATCHER_TEST_PG_URL")
+    if not admin:
+        if os.environ.get("CI"):
+            pytest.fail("BATCHER_TEST_PG_URL is not set: .ci/run must start PostgreSQL and export it")
+        pytest.skip("no PostgreSQL server configured (set BATCHER_TEST_PG_URL)")
+    import asyncpg
+
+    n = 20
+    emu = await start_vertex(batch_latency=Latency("fixed", 3.0), batch_output_files=2)
+    env = env_of(emu, tmp_path)
+    fresh = FreshDatabase(admin)
+    await asyncio.to_thread(fresh.__enter__)
+    try:
+        db = fresh.url
+        m = vmanifest(tmp_path / "twopg.yaml", n, shard=4, top={"provider": "vertex", "route": "batch"})
+        imported = await batcher("import", str(m), "--db", db, env=env, cwd=tmp_path)
+        assert imported.code == 0, imported.err
+        first = await start("work", "--db", db, "-q", env=env, cwd=tmp_path)
+        second = await start("work", "--db", db, "-q", env=env, cwd=tmp_path)
+        for done in (await finish(first, 120.0), await finish(second, 120.0)):
+            assert done.code == 0 and "Traceback" not in done.err, done.err
+        report = await batcher("report", "twopg", "--db", db, "--format", "json", env=env, cwd=tmp_path)
+        doc = json.loads(report.out)
+        head = doc.get("summary", doc)
+        conn = await asyncpg.connect(db.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            billed = [r["key"] for r in await conn.fetch("SELECT key FROM tasks WHERE cost_micros > 0")]
+            strays = await conn.fetchval("SELECT count(*) FROM strays WHERE cost_micros > 0")
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.to_thread(fresh.__exit__, None, None, None)
+    assert head["succeeded"] == n and strays == 0, head
+    assert set(emu.stats.jobs_by_display_name.values()) == {1}, emu.stats.jobs_by_display_name
+    assert {str(k): 1 for k in billed} == emu.stats.batch_rows_by_key
+    assert head["billed_calls"] == emu.stats.batch_rows_billed == n
+    assert head["cost_usd"] == usd(emu.stats.batch_rows_billed * LINE_PRICE), head
