@@ -439,3 +439,9 @@ class BatchClient(Protocol):
     async def delete_file(self, name: str) -> DoneOutcome:
         """An uploaded requests file, or results (a file or a folder of them), once they are settled."""
         ...
+
+    def results_outliving(self, display_name: str) -> str | None:
+        """Where the results of the batch of this display name stay once the API no longer knows the batch (for
+        `results`), or None where they go with it. Vertex deletes only an ended job and leaves its output in
+        Cloud Storage: what it billed can still be collected, not paid for again."""
+        ...

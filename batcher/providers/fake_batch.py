@@ -343,6 +343,9 @@ class FakeBatchClient:
         self.files.pop(name, None)
         return Ok(self._call("file_delete", self.clock(), name))
 
+    def results_outliving(self, display_name: str) -> str | None:
+        return None  # as the Gemini API: a deleted batch's results go with it
+
     # --- inside -----------------------------------------------------------------------------------------
 
     def _settled(self, batch: FakeBatch, now: float) -> None:

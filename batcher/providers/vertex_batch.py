@@ -316,6 +316,10 @@ class VertexBatchClient(GoogleCalls[VertexBatchSettings]):
         self.gate.answered()
         return Ok(record("ok", f"{done} objects", name))
 
+    def results_outliving(self, display_name: str) -> str | None:
+        """A job is deleted only once it has ended, and its output stays in Cloud Storage: the shard's folder."""
+        return join(self.staged(display_name), OUTPUT_FOLDER)
+
     # --- Cloud Storage's failures -------------------------------------------------------------------
 
     def _storage_problem(self, e: Exception, record: Record, where: str) -> Problem:

@@ -43,6 +43,7 @@ LOOKAHEAD = 16
 # lines of a results file that carry a `response` (what successfulRequestCount counts); a malformed line is
 # counted so too, since it may have been billed: the lost count errs toward fewer, never toward resending
 _ANSWERED = (LineKind.IMAGE, LineKind.REFUSED, LineKind.MALFORMED)
+_ENDED = frozenset(s.value for s in BatchState if s.is_done)  # a shard's recorded remote state, once it ended
 
 
 @dataclass
@@ -80,11 +81,34 @@ class CollectPart(ShardWork):
             info = shard.info = got.batch
         await self._ended(shard, info)
 
-    async def _ended_unknown(self, shard: Shard, why: str) -> None:
-        """The API no longer knows a batch whose ending the store recorded: the counts recorded with it say
-        what it billed, settled as a results file gone; without them, its lines go again, each counted as an
-        unknown submission."""
+    async def _ended_outliving(self, shard: Shard, why: str) -> bool:
+        """The API no longer knows the shard's batch, but its results outlive it (Vertex deletes only an ended job
+        and leaves its output in Cloud Storage): collected from there, never sent and paid again. The counts
+        recorded with its ending, if the store has them, say what it billed; else the lines its results do not
+        hold go again, each counted as an unknown submission. False: nothing outlives it here."""
         sub = shard.sub
+        folder = self.client.results_outliving(sub.display_name)
+        if folder is None or sub.remote_name is None:
+            return False
+        log.error("shard %s: the API no longer knows its batch %s (%s); collecting its results from %s",
+                  sub.display_name, sub.remote_name, why, folder)  # fmt: skip
+        if sub.detail is not None and sub.state in _ENDED:
+            counts = json.loads(sub.detail)
+            stats = BatchStats(counts["requests"], counts["succeeded"], counts["failed"], counts["pending"])
+            info = BatchInfo(sub.remote_name, sub.display_name, BatchState(sub.state), stats, folder)
+            await self._ended(shard, info)
+        else:  # its ending never seen: how it ended, and what it billed, only its results tell
+            info = BatchInfo(sub.remote_name, sub.display_name, BatchState.SUCCEEDED, BatchStats(0, 0, 0, 0), folder)
+            await self._ended(shard, info, unseen=True)
+        return True
+
+    async def _ended_unknown(self, shard: Shard, why: str) -> None:
+        """The API no longer knows a batch whose ending the store recorded: its results, where they outlive it;
+        else the counts recorded with it say what it billed, settled as a results file gone; without them, its
+        lines go again, each counted as an unknown submission."""
+        sub = shard.sub
+        if await self._ended_outliving(shard, why):
+            return
         log.error("shard %s: the API no longer knows its ended batch %s (%s)", sub.display_name, sub.remote_name, why)
         if sub.detail is None or sub.remote_name is None:
             await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {why}",
@@ -94,7 +118,9 @@ class CollectPart(ShardWork):
         stats = BatchStats(counts["requests"], counts["succeeded"], counts["failed"], counts["pending"])
         await self._ended(shard, BatchInfo(sub.remote_name, sub.display_name, BatchState(sub.state), stats), gone=True)
 
-    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False) -> None:
+    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False, unseen: bool = False) -> None:
+        """`unseen`: the batch's counts are unknown (its ending never seen): a line its results do not hold may
+        have been billed, so it goes again counted as an unknown submission."""
         sub = shard.sub
         shard.info = info
         read = _Read(gone=gone)  # gone: nothing of the batch is left to read at the API
@@ -123,7 +149,7 @@ class CollectPart(ShardWork):
         why = "its batch's results file is gone" if read.gone else "missing from its batch's results"
         # the API billed `lost` of these lines without saying which: the others may have been billed too, so
         # each goes again counted as a possible double charge (an unknown submission), never silently
-        maybe = 0 < lost < len(shard.tasks)
+        maybe = unseen or 0 < lost < len(shard.tasks)
         capped = info.state is not BatchState.CANCELLED  # a cancel is ours: it spends no attempt of the line
         for task in list(shard.tasks.values()):
             if lost > 0:

@@ -139,7 +139,10 @@ class ShardWork:
     async def _abandon(self, shard: Shard, state: str, reason: str, *, maybe_billed: bool = False) -> None:
         raise NotImplementedError
 
-    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False) -> None:
+    async def _ended(self, shard: Shard, info: BatchInfo, *, gone: bool = False, unseen: bool = False) -> None:
+        raise NotImplementedError
+
+    async def _ended_outliving(self, shard: Shard, why: str) -> bool:
         raise NotImplementedError
 
     async def _take_duplicates(self) -> None:

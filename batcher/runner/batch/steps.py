@@ -20,6 +20,7 @@ from batcher.providers.base import (
     Created,
     CreateUnknown,
     Found,
+    Gone,
     Got,
     NotCreated,
     RateLimited,
@@ -221,6 +222,9 @@ class StepsPart(ShardWork):
         elif isinstance(got, Transient):
             self._fault(shard, f"batches.get answered {got.message}")
         else:  # Gone or Refused: the API no longer answers for the batch (deleted, which does not cancel it):
-            # it may run on and bill, so its lines go again each counted as a possible double charge
+            # collected where its results outlive it; else it may run on and bill, so its lines go again each
+            # counted as a possible double charge
+            if isinstance(got, Gone) and await self._ended_outliving(shard, got.message):
+                return
             await self._abandon(shard, "expired", f"the API no longer knows batch {sub.remote_name}: {got.message}",
                                 maybe_billed=True)  # fmt: skip
