@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batcher.errors import AuthError, BatcherError
-from batcher.providers.base import Absent, AuthRejected, BatchClient, BatchInfo, BatchState, Found, Got, Ok
+from batcher.providers.base import Absent, AuthRejected, BatchClient, BatchInfo, Found, Got, Ok
 from batcher.runner.base import log
-from batcher.runner.batch.shard import shards_dir
+from batcher.runner.batch.shard import ENDED, shards_dir
 from batcher.store import Job, Store
 from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved, Submission
-
-_ENDED = frozenset(s.value for s in BatchState if s.is_done)
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ async def cancel_shard(store: Store, client: BatchClient, sub: Submission, why: 
         except ShardMoved:
             sub = await _fresh(store, sub)  # the worker learnt the name meanwhile
             names = sorted({*names, *([sub.remote_name] if sub.remote_name else [])})
-    if sub.state in _ENDED:
+    if sub.state in ENDED:
         return ShardCancel(sub.display_name, f"its batch ended {sub.state}: a run collects its lines")
     ended: BatchInfo | None = None
     for name in names:

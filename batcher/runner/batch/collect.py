@@ -33,7 +33,7 @@ from batcher.providers.base import (
     ResultStream,
 )
 from batcher.runner.base import log
-from batcher.runner.batch.shard import Shard, ShardWork
+from batcher.runner.batch.shard import ENDED, Shard, ShardWork
 from batcher.runner.batch_bucket import bucket_line
 from batcher.store import Task
 
@@ -43,7 +43,6 @@ LOOKAHEAD = 16
 # lines of a results file that carry a `response` (what successfulRequestCount counts); a malformed line is
 # counted so too, since it may have been billed: the lost count errs toward fewer, never toward resending
 _ANSWERED = (LineKind.IMAGE, LineKind.REFUSED, LineKind.MALFORMED)
-_ENDED = frozenset(s.value for s in BatchState if s.is_done)  # a shard's recorded remote state, once it ended
 
 
 @dataclass
@@ -92,7 +91,7 @@ class CollectPart(ShardWork):
             return False
         log.error("shard %s: the API no longer knows its batch %s (%s); collecting its results from %s",
                   sub.display_name, sub.remote_name, why, folder)  # fmt: skip
-        if sub.detail is not None and sub.state in _ENDED:
+        if sub.detail is not None and sub.state in ENDED:
             counts = json.loads(sub.detail)
             stats = BatchStats(counts["requests"], counts["succeeded"], counts["failed"], counts["pending"])
             info = BatchInfo(sub.remote_name, sub.display_name, BatchState(sub.state), stats, folder)

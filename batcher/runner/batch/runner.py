@@ -32,6 +32,7 @@ from batcher.runner.batch.collect import CollectPart
 from batcher.runner.batch.duplicates import DuplicatesPart
 from batcher.runner.batch.planning import PlanningPart
 from batcher.runner.batch.shard import (
+    ENDED,
     IDLE_S,
     PLAN_AHEAD,
     SHARD_BYTES,
@@ -42,7 +43,7 @@ from batcher.runner.batch.shard import (
     Shard,
     shards_dir,
 )
-from batcher.runner.batch.steps import ENDED, StepsPart
+from batcher.runner.batch.steps import StepsPart
 from batcher.runner.batch.sweep import sweep_shard_files
 from batcher.storage import is_remote
 from batcher.store import Job, Store

@@ -12,7 +12,7 @@ from batcher.config import RunConfig
 from batcher.errors import AuthError, BatcherError
 from batcher.models import CallRecord
 from batcher.outputs import Finisher
-from batcher.providers.base import BatchClient, BatchInfo
+from batcher.providers.base import BatchClient, BatchInfo, BatchState
 from batcher.retry import backoff_s
 from batcher.runner.base import Progress, log
 from batcher.runner.batch_bucket import shard_folder
@@ -28,6 +28,7 @@ PROVIDER_FAULT_S = 10.0  # after a transient fault (503 on get or download, a fa
 CREATE_GRACE_S = 180.0  # a batch may be missing from the listing this long after its create: absence proves nothing
 SHARD_REQUESTS = 100  # lines of a shard unless the manifest says (`batch: max_requests`)
 SHARD_BYTES = 100_000_000  # bytes of its requests file unless the manifest says (`batch: max_bytes`)
+ENDED = frozenset(s.value for s in BatchState if s.is_done)  # a shard's recorded remote state, once it ended
 MAX_REUPLOADS = 3  # a requests file the API dropped before its create, uploaded again at most this often
 GRACE_LISTINGS = 3  # complete listings without the batch, the last past the grace period, before creating again
 

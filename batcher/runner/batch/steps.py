@@ -16,7 +16,6 @@ from batcher.models import Failure, TaskStatus
 from batcher.providers.base import (
     Absent,
     AuthRejected,
-    BatchState,
     Created,
     CreateUnknown,
     Found,
@@ -29,13 +28,11 @@ from batcher.providers.base import (
 )
 from batcher.retry import backoff_s
 from batcher.runner.base import log
-from batcher.runner.batch.shard import GRACE_LISTINGS, MAX_REUPLOADS, Shard, ShardWork
+from batcher.runner.batch.shard import ENDED, GRACE_LISTINGS, MAX_REUPLOADS, Shard, ShardWork
 from batcher.runner.batch_bucket import rebuild_shard_file
 from batcher.shards import next_check_in
 from batcher.store import ClaimLost
 from batcher.store.submissions import CANCEL_CREATING, CLOSED, CREATING, PLANNED, UPLOADED, ShardMoved
-
-ENDED = frozenset(s.value for s in BatchState if s.is_done)  # a shard's recorded remote state, once it ended
 
 
 class StepsPart(ShardWork):
