@@ -22,6 +22,7 @@ from batcher.emulator.vertex import lifecycle
 from batcher.emulator.vertex.server import VertexEmulator
 from tests.acceptance.batch_chaos_kit import FreshDatabase
 from tests.acceptance.cli_kit import Done, batcher, finish, freeze_outside_a_write, manifest, start
+from tests.acceptance.test_batch_money_truth import ledger_by_key
 from tests.acceptance.test_money_truth import until
 from tests.acceptance.test_vertex_batch import LINE_PRICE, QUICK, STAGING, cli, env_of, staged_objects, usd
 from tests.acceptance.test_vertex_online import rows
@@ -34,19 +35,6 @@ def vmanifest(path: Path, n: int, shard: int = 5, top: dict[str, Any] | None = N
 
 async def run(m: Path, db: Path, env: dict[str, str], cwd: Path, *more: str, timeout: float = 90.0) -> Done:
     return await batcher(*cli(m, db, *more), env=env, cwd=cwd, timeout=timeout)
-
-
-def ledger_by_key(db: Path) -> dict[str, int]:
-    """Charges the ledger holds per task key: its own cost, and each known second charge (a stray row)."""
-    with sqlite3.connect(db) as conn:
-        billed = conn.execute("SELECT key FROM tasks WHERE cost_micros > 0").fetchall()
-        strays = conn.execute(
-            "SELECT t.key FROM strays s JOIN tasks t ON t.id = s.task_id WHERE s.cost_micros > 0"
-        ).fetchall()
-    out: dict[str, int] = {}
-    for (key,) in [*billed, *strays]:
-        out[str(key)] = out.get(str(key), 0) + 1
-    return out
 
 
 def money_is_the_apis(head: dict[str, Any], emu: VertexEmulator, db: Path) -> None:
